@@ -1,0 +1,229 @@
+"""The `transferops` command line: the entry point that reads params.yaml and runs flows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.runtime import apply_env_defaults
+
+apply_env_defaults()  # before TensorFlow or Prefect are imported
+
+from tasks.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """["finetune.head_epochs=2"] -> {"finetune": {"head_epochs": 2}} (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def _run(flow_fn, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a flow; a failed run exits non-zero with the flow's message, no traceback."""
+    state = flow_fn(*args, return_state=True, **kwargs)
+    if not state.is_completed():
+        raise SystemExit(f"transferops: {flow_fn.name} {state.name.lower()}: {state.message}")
+    result = state.result(raise_on_failure=False)
+    if result is None or isinstance(result, Exception):
+        return {"flow": flow_fn.name, "message": state.message}
+    if hasattr(result, "is_completed"):  # a subflow's returned state
+        return _unwrap_state(flow_fn.name, result)
+    return result
+
+
+def _unwrap_state(name: str, state: Any) -> dict[str, Any]:
+    if not state.is_completed():
+        raise SystemExit(f"transferops: {name} {state.name.lower()}: {state.message}")
+    result = state.result(raise_on_failure=False)
+    return result if isinstance(result, dict) else {"flow": name, "message": state.message}
+
+
+def _write_report(paths: Paths, name: str, summary: dict[str, Any]) -> None:
+    paths.reports_dir.mkdir(parents=True, exist_ok=True)
+    (paths.reports_dir / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    if "message" in summary and "registered" not in summary:
+        print(f"{summary['flow']}: {summary['message']}")
+        return
+    print(f"\n== {summary['flow']} (MLflow run {summary['mlflow_run_id']}) ==")
+    print(f"data version  {summary['data_version']}  images {summary['images']}")
+    stage_seconds = summary.get("stage_seconds", {})
+    print("stages        " + "  ".join(f"{k} {v:.1f}s" for k, v in stage_seconds.items()))
+    if summary.get("logme"):
+        print("LogME         " + "  ".join(f"{k} {v:.4f}" for k, v in summary["logme"].items()))
+    if "backbone" in summary:
+        print(f"backbone      {summary['backbone']}")
+    if "test" in summary:
+        print("test          " + "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+        before = summary["champion_before"]
+        if before["version"]:
+            scores = "  ".join(f"{k} {v:.4f}" for k, v in (before["test"] or {}).items())
+            print(f"champion was  v{before['version']}  {scores or '(not comparable)'}")
+    reg = summary["registered"]
+    aliases = ", ".join(reg.get("aliases", [])) or reg.get("alias", "")
+    print(f"registered    {reg['model']} v{reg['version']}  aliases: {aliases}")
+    if "reason" in reg:
+        print(f"promotion     {reg['reason']}")
+
+
+def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    from tasks import fashion_mnist, versioning
+
+    source, raw = paths.resolve(params.data.source), paths.resolve(params.data.raw)
+    counts = fashion_mnist.write_demo_data(source, raw, params.fashion_mnist)
+    print(
+        f"wrote {sum(counts['source'].values())} images to {source}, {sum(counts['raw'].values())} to {raw}"
+    )
+    if not args.no_dvc:
+        versioning.track(paths.root, [source, raw], paths.root / ".dvc-remote")
+        print("dvc add + dvc push done (data/source.dvc, data/raw.dvc)")
+
+
+def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+    from flows.pretrain import pretrain_flow
+
+    return _run(pretrain_flow, params, paths.root)
+
+
+def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+    from flows.train import train_flow
+
+    return _run(train_flow, Path(args.data or params.data.raw), params, paths.root)
+
+
+def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+    from flows.retrain import retrain_flow
+
+    return _run(retrain_flow, args.data or params.data.raw, str(args.params), str(paths.root))
+
+
+def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    from tasks import registry, tracking
+
+    tracking.configure(paths.mlflow_dir)
+    status = registry.model_status(params.register.model_name)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return
+    if not status["registered"]:
+        print(f"{status['model']}: not registered yet")
+        return
+    for alias, info in status["aliases"].items():
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items())
+        print(f"{alias:<11} v{info['version']}  data {info['data_version']}  {metrics}")
+
+
+def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    from flows.schedule import deploy_retrain, serve_retrain
+
+    if args.serve:
+        serve_retrain(args.cron, paths.root, args.data or params.data.raw)
+        return
+    deployment_id = deploy_retrain(args.cron, paths.root, args.data or params.data.raw, args.pool)
+    print(
+        f"deployment retrain/scheduled-retrain ({deployment_id}) runs on '{args.cron}'. "
+        f"Start a worker to run it: prefect worker start --pool {args.pool}"
+    )
+
+
+def cmd_demo(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+    args.no_dvc = False
+    cmd_data(args, params, paths)
+    print_summary(cmd_pretrain(args, params, paths))
+    args.data = None
+    return cmd_train(args, params, paths)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transferops",
+        description="Transfer learning with validation, tracking, a registry and promotion.",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="project root (default: $TRANSFEROPS_ROOT or the current folder)",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="params file, relative to the root (default: params.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one param, e.g. --set finetune.head_epochs=5",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="write demo data (PNG class folders) and version it with DVC")
+    data.add_argument("dataset", choices=["fashion-mnist"])
+    data.add_argument("--no-dvc", action="store_true", help="write the folders only")
+    data.set_defaults(func=cmd_data)
+
+    sub.add_parser("pretrain", help="train and register the pretrained backbone").set_defaults(
+        func=cmd_pretrain
+    )
+
+    train = sub.add_parser("train", help="validate, fine-tune, evaluate and register")
+    train.add_argument("--data", type=Path, help="image folder <data>/<class>/<image>")
+    train.set_defaults(func=cmd_train)
+
+    retrain = sub.add_parser("retrain", help="train warm-started from the champion, if data changed")
+    retrain.add_argument("--data", type=str)
+    retrain.set_defaults(func=cmd_retrain)
+
+    schedule = sub.add_parser("schedule", help="create the Prefect deployment of retrain on a cron")
+    schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (Mondays, 03:00)')
+    schedule.add_argument("--pool", default="transferops", help="process work pool (created if missing)")
+    schedule.add_argument("--data", type=str)
+    schedule.add_argument(
+        "--serve", action="store_true", help="serve the schedule from this process instead of a work pool"
+    )
+    schedule.set_defaults(func=cmd_schedule)
+
+    status = sub.add_parser("status", help="champion and challenger with metrics and data versions")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="data fashion-mnist + pretrain + train, then a summary")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root = (args.root or project_root()).resolve()
+    paths = Paths.from_root(root)
+    try:
+        params_file = args.params if args.params.is_absolute() else root / args.params
+        params = load_params(params_file if params_file.exists() else None, parse_overrides(args.set))
+        summary = args.func(args, params, paths)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"transferops: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(summary, dict):
+        _write_report(paths, args.command, summary)
+        print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Process-wide settings for running flows on one machine, applied by the entry points.
+
+Prefect's local server keeps its state in SQLite, which on 2 busy cores answers
+"database is locked" when a statement waits longer than Prefect's 10 s default (SQLite's own
+busy_timeout is 60 s), and the temporary server needs longer than 20 s to start (migrations)
+while TensorFlow loads. Analytics writes a telemetry row on every start that also races for
+the lock, and sends nothing useful offline. Every value is a default: the environment wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+ENV_DEFAULTS = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ start-up chatter
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+    "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "60",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
+def apply_env_defaults() -> None:
+    """Set each default unless the environment already has the variable."""
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # Keras' "tf.function retracing" warnings are expected: features are extracted for
+    # splits of different sizes.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)

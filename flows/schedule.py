@@ -1,0 +1,46 @@
+"""Scheduled retraining: the retrain flow as a Prefect deployment on a cron schedule.
+
+`deploy_retrain` registers the deployment with the Prefect server (PREFECT_API_URL) for a
+process work pool; `prefect worker start --pool <pool>` then runs it when due. The server's
+scheduler creates the runs, so use a long-lived `prefect server start`, not the temporary one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists
+
+from flows.retrain import retrain_flow
+
+DEPLOYMENT = "scheduled-retrain"
+ENTRYPOINT = "flows/retrain.py:retrain_flow"
+
+
+def ensure_process_pool(name: str) -> None:
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def deploy_retrain(cron: str, root: Path, data_dir: str, pool: str) -> UUID:
+    """Create (or update) the deployment `retrain/scheduled-retrain` on `cron`."""
+    ensure_process_pool(pool)
+    source = retrain_flow.from_source(source=str(root), entrypoint=ENTRYPOINT)
+    return source.deploy(
+        name=DEPLOYMENT,
+        work_pool_name=pool,
+        cron=cron,
+        parameters={"data_dir": data_dir, "root": str(root)},
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
+
+
+def serve_retrain(cron: str, root: Path, data_dir: str) -> None:
+    """Run the schedule from this process (blocks): no work pool or worker needed."""
+    retrain_flow.serve(name=DEPLOYMENT, cron=cron, parameters={"data_dir": data_dir, "root": str(root)})

@@ -1,0 +1,123 @@
+"""The train flow: validate -> split -> select -> finetune -> evaluate -> register (+ promote)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, runtime
+from prefect.states import Completed, Failed, State
+
+import mlflow
+from flows import stages
+from tasks import lineage, registry, tracking
+from tasks.backbones import backbone_of
+from tasks.config import Params, Paths
+
+
+def warm_start_from_champion(model_name: str, class_names: list[str]):
+    """(backbone, head weights) of the champion when it knows the same classes, else None."""
+    champion = registry.load_champion(model_name)
+    if champion is None:
+        return None
+    classifier, champion_classes = registry.champion_keras_model(champion[1])
+    if champion_classes != class_names:
+        return None
+    return backbone_of(classifier), classifier.get_layer("head").get_weights(), champion[0].version
+
+
+@flow(name="train", validate_parameters=False)
+def train_flow(
+    data_dir: Path,
+    params: Params,
+    root: Path,
+    warm_start: bool = False,
+    only_if_new_data: bool = False,
+) -> dict[str, Any] | State:
+    """Fine-tune a pretrained backbone on `data_dir` and register the result."""
+    paths = Paths.from_root(root)
+    data_dir = paths.resolve(data_dir)
+    tracking.configure(paths.mlflow_dir)
+    tags = {"git_commit": lineage.git_commit(paths.root), "prefect_flow_run_id": str(runtime.flow_run.id)}
+    with tracking.flow_run("train", tags, params.as_dict()) as parent:
+        run_id = parent.info.run_id
+        data = stages.validate_data(data_dir, params.validate, run_id)
+        mlflow.set_tags(data.lineage)
+        if not data.report.success:
+            mlflow.end_run("FAILED")
+            return Failed(message=data.report.message(data_dir))
+        champion = registry.version_by_alias(params.register.model_name, registry.CHAMPION)
+        if (
+            only_if_new_data
+            and champion
+            and champion.tags.get("data_version") == data.lineage["data_version"]
+        ):
+            mlflow.set_tag("outcome", "skipped: data unchanged")
+            return Completed(
+                message=f"data {data.lineage['data_version']} unchanged since "
+                f"champion v{champion.version}; nothing to retrain"
+            )
+
+        split = stages.split_data(data.manifest, data_dir, params.split, params.data.image_size, run_id)
+        warm = warm_start_from_champion(params.register.model_name, split.class_names) if warm_start else None
+        if warm is not None:
+            backbone, head, champion_version = warm
+            chosen, scores, features = (
+                f"registry:{params.register.model_name}@champion (v{champion_version})",
+                {},
+                None,
+            )
+            mlflow.set_tag("warm_start", chosen)
+        else:
+            head = None
+            selection = stages.select_backbone(
+                params.select.candidates,
+                split.train,
+                params.data.image_size,
+                params.select.max_samples,
+                params.finetune.seed,
+                run_id,
+            )
+            backbone, chosen, scores, features = (
+                selection.backbone,
+                selection.candidate.uri,
+                selection.scores,
+                selection.train_features,
+            )
+        mlflow.set_tag("backbone", chosen)
+        result = stages.finetune_model(
+            backbone, split, params.finetune, run_id, init_head=head, train_features=features
+        )
+        evaluation = stages.evaluate_model(result.model, split, params.register.model_name, run_id)
+        mlflow.log_metrics({f"test_{k}": v for k, v in evaluation.metrics.items()})
+        version_tags = {
+            **tags,
+            **data.lineage,
+            "backbone": chosen,
+            "mlflow_run_id": run_id,
+            "params": json.dumps(params.as_dict(), sort_keys=True),
+        }
+        registered = stages.register_model(
+            result.model,
+            split,
+            params.data.image_size,
+            evaluation,
+            version_tags,
+            params.register,
+            run_id,
+        )
+    return {
+        "flow": "train",
+        "mlflow_run_id": run_id,
+        "data_version": data.lineage["data_version"],
+        "data_dvc_state": data.lineage["data_dvc_state"],
+        "images": {s: len(getattr(split, s)) for s in ("train", "val", "test")},
+        "classes": split.class_names,
+        "logme": scores,
+        "backbone": chosen,
+        "test": evaluation.metrics,
+        "champion_before": {"version": evaluation.champion_version, "test": evaluation.champion_metrics},
+        "registered": registered,
+        "stage_seconds": stages.stage_timings(run_id),
+    }

@@ -1,0 +1,145 @@
+"""Fine-tuning in two phases.
+
+Phase 1 trains only the head, on features the frozen backbone computed once (the backbone's
+forward pass is the costly part, and frozen it gives the same features every epoch).
+Phase 2 unfreezes the top `unfreeze_layers` weighted layers of the backbone and trains the
+whole classifier at a lower learning rate; BatchNorm layers stay frozen and in inference mode.
+Both phases stop early on validation loss and keep their best weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from tasks.backbones import build_classifier, build_head, extract_features
+from tasks.config import FinetuneParams
+
+
+@dataclass
+class FinetuneResult:
+    model: keras.Model
+    history: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
+    unfrozen: list[str] = field(default_factory=list)
+
+
+def _early_stopping(patience: int) -> keras.callbacks.Callback:
+    return keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+
+
+def unfreeze_top(backbone: keras.Model, n_layers: int) -> list[str]:
+    """Make the top `n_layers` layers that have weights trainable, BatchNorm excluded."""
+    backbone.trainable = True
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    chosen = (
+        [layer for layer in weighted if not isinstance(layer, keras.layers.BatchNormalization)][-n_layers:]
+        if n_layers > 0
+        else []
+    )
+    for layer in backbone.layers:
+        layer.trainable = layer in chosen
+    return [layer.name for layer in chosen]
+
+
+def finetune(
+    backbone: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    params: FinetuneParams,
+    init_head: list[np.ndarray] | None = None,
+    train_features: np.ndarray | None = None,
+) -> FinetuneResult:
+    """Fine-tune `backbone` on (images, int labels); returns the classifier and its history.
+
+    `init_head` (the head's [kernel, bias], e.g. from the champion) warm-starts the head.
+    `train_features` are the frozen features of `train[0]` when the caller has them already.
+    """
+    keras.utils.set_random_seed(params.seed)
+    (x_train, y_train), (x_val, y_val) = train, val
+    backbone.trainable = False
+    f_train = train_features if train_features is not None else extract_features(backbone, x_train)
+    f_val = extract_features(backbone, x_val)
+
+    head_model, dense = build_head(f_train.shape[1], num_classes, params.dropout)
+    if init_head is not None:
+        dense.set_weights(init_head)
+    head_model.compile(
+        optimizer=keras.optimizers.Adam(params.head_learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    history: dict[str, dict[str, list[float]]] = {}
+    if params.head_epochs > 0:
+        h1 = head_model.fit(
+            f_train,
+            y_train,
+            validation_data=(f_val, y_val),
+            epochs=params.head_epochs,
+            batch_size=params.batch_size,
+            callbacks=[_early_stopping(params.patience)],
+            verbose=0,
+        )
+        history["head"] = {k: [float(v) for v in vs] for k, vs in h1.history.items()}
+
+    classifier = build_classifier(backbone, dense, params.dropout)
+    unfrozen: list[str] = []
+    if params.finetune_epochs > 0 and params.unfreeze_layers > 0:
+        unfrozen = unfreeze_top(backbone, params.unfreeze_layers)
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(params.finetune_learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        h2 = classifier.fit(
+            x_train.astype("float32"),
+            y_train,
+            validation_data=(x_val.astype("float32"), y_val),
+            epochs=params.finetune_epochs,
+            batch_size=params.batch_size,
+            callbacks=[_early_stopping(params.patience)],
+            verbose=0,
+        )
+        history["finetune"] = {k: [float(v) for v in vs] for k, vs in h2.history.items()}
+    backbone.trainable = False
+    return FinetuneResult(model=classifier, history=history, unfrozen=unfrozen)
+
+
+def train_from_scratch(
+    backbone: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    patience: int,
+    dropout: float = 0.2,
+    seed: int = 0,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train a classifier end to end, every layer trainable (pretraining and the baseline).
+
+    Unlike fine-tuning, BatchNorm here learns its statistics (training=True in fit)."""
+    keras.utils.set_random_seed(seed)
+    backbone.trainable = True
+    inputs = keras.Input(backbone.input_shape[1:], name="pixels")
+    x = keras.layers.Dropout(dropout)(backbone(inputs))
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs, name="classifier")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    h = model.fit(
+        train[0].astype("float32"),
+        train[1],
+        validation_data=(val[0].astype("float32"), val[1]),
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=[_early_stopping(patience)],
+        verbose=0,
+    )
+    return model, {k: [float(v) for v in vs] for k, vs in h.history.items()}

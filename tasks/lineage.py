@@ -1,0 +1,64 @@
+"""Lineage: which code and which data a run came from.
+
+The data version is DVC's own directory hash (`<md5>.dir`), computed from the manifest's
+per-file md5s exactly as `dvc add` computes it, so a run on a folder tracked by DVC carries
+the hash in its `.dvc` file, and a run on an untracked folder still gets a stable version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def dvc_dir_hash(manifest: pd.DataFrame) -> str:
+    """DVC 3's hash of a directory: md5 of the JSON list of {md5, relpath} sorted by path."""
+    entries = sorted(
+        ({"md5": md5, "relpath": path} for path, md5 in zip(manifest["path"], manifest["md5"], strict=False)),
+        key=lambda e: e["relpath"],
+    )
+    payload = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(payload, usedforsecurity=False).hexdigest() + ".dir"
+
+
+def dvc_file_hash(data_dir: Path | str) -> str | None:
+    """The hash recorded in `<data_dir>.dvc`, or None when the folder is not tracked by DVC."""
+    dvc_file = Path(str(data_dir).rstrip("/") + ".dvc")
+    if not dvc_file.exists():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def data_lineage(data_dir: Path | str, manifest: pd.DataFrame) -> dict[str, str]:
+    """Tags describing the data: its version and whether DVC's record matches it."""
+    version = dvc_dir_hash(manifest)
+    recorded = dvc_file_hash(data_dir)
+    if recorded is None:
+        state = "untracked"
+    elif recorded == version:
+        state = "tracked"
+    else:
+        state = "modified since dvc add"
+    return {"data_version": version, "data_dvc_state": state, "data_path": str(data_dir)}
+
+
+def git_commit(root: Path | str) -> str:
+    """The code version: the commit hash, with '-dirty' when tracked files have changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")

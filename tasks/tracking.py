@@ -1,0 +1,87 @@
+"""MLflow tracking: where the store is, one parent run per flow run, one nested run per stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+EXPERIMENT = "transferops"
+
+
+def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at $MLFLOW_TRACKING_URI, else the local store in `mlflow_dir`
+    (SQLite database + artifact folder). Returns the experiment id."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    artifact_location = None
+    if not uri:
+        mlflow_dir.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+        artifact_location = (mlflow_dir / "artifacts").as_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
+    found = mlflow.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    )
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextmanager
+def stage_run(stage: str, parent_run_id: str) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one stage under the flow's parent run (explicit parent: thread-safe)."""
+    with mlflow.start_run(
+        run_name=stage, nested=True, parent_run_id=parent_run_id, tags={"stage": stage}
+    ) as run:
+        yield run
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and tuples become strings."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value, default=str)
+        else:
+            out[name] = value
+    return out
+
+
+def log_history(history: dict[str, dict[str, list[float]]]) -> None:
+    """Per-epoch metrics as MLflow metric series: `<phase>.<metric>` at step = epoch."""
+    for phase, series in history.items():
+        for metric, values in series.items():
+            for epoch, value in enumerate(values):
+                mlflow.log_metric(f"{phase}.{metric}", value, step=epoch)
+
+
+def log_json(data: Any, artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temporary folder for files on their way to the artifact store."""
+    with tempfile.TemporaryDirectory(prefix="transferops-") as tmp:
+        yield Path(tmp)
+
+
+@contextmanager
+def flow_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one flow run: lineage tags, every param flattened, params.json."""
+    with mlflow.start_run(run_name=name, tags={"flow": name, **tags}) as run:
+        mlflow.log_params(flatten(params))
+        mlflow.log_dict(params, "params.json")
+        yield run

@@ -1,0 +1,165 @@
+"""Validate: a Great Expectations suite over the manifest, before anything is trained.
+
+Two tables are checked: the manifest (one row per file: decodable, labelled, a known format,
+large enough, not the same bytes under two labels) and a class table (enough images in
+every class folder, at least two classes). Any failure blocks the run; the report names
+each bad file and the reason. The Data Docs (HTML) are written to `docs_dir` either way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.config import ValidateParams
+
+
+class DataValidationError(RuntimeError):
+    """The data failed validation; the message lists each bad file or class and why."""
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    problems: list[str] = field(default_factory=list)  # "<path>: <reason>", one per bad item
+    statistics: dict[str, float] = field(default_factory=dict)
+    docs_dir: Path | None = None
+    ignored: list[str] = field(default_factory=list)  # hidden/system files skipped by design
+
+    def message(self, root: Path | str) -> str:
+        head = f"data validation failed for {root}: {len(self.problems)} problem(s)"
+        return "\n  ".join([head, *self.problems])
+
+
+def _label_conflicts(files: pd.DataFrame) -> pd.Series:
+    """True for files whose bytes also appear under another label."""
+    labels_per_hash = files.groupby("sha256")["label"].transform("nunique")
+    return labels_per_hash > 1
+
+
+def class_table(files: pd.DataFrame, folders: list[str]) -> pd.DataFrame:
+    """Usable images per class folder, empty folders included."""
+    usable = files[files["decodable"] & files["label"].notna()]
+    counts = usable.groupby("label").size()
+    labels = sorted(set(folders) | set(counts.index))
+    return pd.DataFrame({"label": labels, "n_images": [int(counts.get(label, 0)) for label in labels]})
+
+
+def _suites(params: ValidateParams):
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    files = gx.ExpectationSuite(name="image_files")
+    for expectation in (
+        gxe.ExpectColumnValuesToNotBeNull(column="label"),
+        gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(params.formats)),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=params.min_side),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=params.min_side),
+        gxe.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False]),
+    ):
+        files.add_expectation(expectation)
+    classes = gx.ExpectationSuite(name="image_classes")
+    for expectation in (
+        gxe.ExpectTableRowCountToBeBetween(min_value=2),
+        gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=params.min_images_per_class),
+    ):
+        classes.add_expectation(expectation)
+    return files, classes
+
+
+_REASONS = {
+    "expect_column_values_to_not_be_null": "not inside a class folder",
+    "expect_column_values_to_be_between": "smaller than validate.min_side={min_side} pixels",
+    "label_conflict": "the same image (sha256) is also filed under another label",
+    "format": "format not in validate.formats",
+}
+
+
+def _reason(config, params: ValidateParams, errors: dict[str, str], path: str) -> str:
+    column = config.kwargs.get("column")
+    if column == "decodable":
+        return errors.get(path) or "not decodable"
+    if column in _REASONS:
+        return _REASONS[column]
+    return _REASONS.get(config.type, config.type).format(min_side=params.min_side)
+
+
+def validate_manifest(
+    manifest: pd.DataFrame, folders: list[str], params: ValidateParams, docs_dir: Path
+) -> ValidationReport:
+    """Run the expectation suites; returns the report (it does not raise)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    ignored = manifest.loc[manifest["ignored"], "path"].tolist()
+    files = manifest[~manifest["ignored"]].reset_index(drop=True).copy()
+    files["label_conflict"] = _label_conflicts(files)
+    classes = class_table(files, folders)
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    context.add_data_docs_site(
+        site_name="transferops",
+        site_config={
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir),
+            },
+        },
+    )
+    source = context.data_sources.add_pandas("manifest")
+    file_suite, class_suite = _suites(params)
+    definitions = []
+    for name, suite in (("files", file_suite), ("classes", class_suite)):
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+        definitions.append(
+            context.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch, suite=context.suites.add(suite))
+            )
+        )
+
+    problems: list[str] = []
+    statistics: dict[str, float] = {"files": float(len(files)), "ignored_files": float(len(ignored))}
+    errors = dict(zip(files["path"], files["error"].fillna(""), strict=False))
+    for definition, frame, key in ((definitions[0], files, "path"), (definitions[1], classes, "label")):
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]},
+        )
+        statistics[f"{definition.name}_expectations_failed"] = float(
+            result.statistics["unsuccessful_expectations"]
+        )
+        for r in result.results:
+            if r.success:
+                continue
+            config = r.expectation_config
+            if config.type == "expect_table_row_count_to_be_between":
+                problems.append(f"{len(frame)} class folder(s) found; at least 2 are needed")
+                continue
+            for item in r.result.get("unexpected_index_list") or []:
+                name = item[key]
+                if key == "label":
+                    count = int(classes.loc[classes["label"] == name, "n_images"].iloc[0])
+                    problems.append(
+                        f"{name}/: {count} usable image(s); validate.min_images_per_class="
+                        f"{params.min_images_per_class}"
+                    )
+                else:
+                    problems.append(f"{name}: {_reason(config, params, errors, name)}")
+    context.build_data_docs()
+    return ValidationReport(
+        success=not problems,
+        problems=sorted(set(problems)),
+        statistics=statistics,
+        docs_dir=docs_dir,
+        ignored=ignored,
+    )
