@@ -17,6 +17,7 @@ from prefect.exceptions import ObjectAlreadyExists
 
 from flows.retrain import retrain_flow
 
+CODE_ROOT = Path(__file__).resolve().parents[1]  # where flows/ lives; the worker runs it from here
 DEPLOYMENT = "scheduled-retrain"
 ENTRYPOINT = "flows/retrain.py:retrain_flow"
 
@@ -27,9 +28,10 @@ def ensure_process_pool(name: str) -> None:
 
 
 def deploy_retrain(cron: str, root: Path, data_dir: str, pool: str) -> UUID:
-    """Create (or update) the deployment `retrain/scheduled-retrain` on `cron`."""
+    """Create (or update) the deployment `retrain/scheduled-retrain` on `cron`; its runs
+    use the project (data, params.yaml, MLflow store) at `root`."""
     ensure_process_pool(pool)
-    source = retrain_flow.from_source(source=str(root), entrypoint=ENTRYPOINT)
+    source = retrain_flow.from_source(source=str(CODE_ROOT), entrypoint=ENTRYPOINT)
     return source.deploy(
         name=DEPLOYMENT,
         work_pool_name=pool,

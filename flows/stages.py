@@ -245,7 +245,7 @@ def register_model(
         mlflow.set_tags({"registered_version": version.version, "promotion": decision.reason})
         return {
             "model": params.model_name,
-            "version": version.version,
+            "version": str(version.version),
             "aliases": registry.aliases_of(params.model_name, version.version),
             "promoted": decision.promote,
             "reason": decision.reason,
@@ -283,7 +283,7 @@ def pretrain_backbone(
         mlflow.MlflowClient().set_registered_model_alias(params.model_name, params.alias, version.version)
     return {
         "model": params.model_name,
-        "version": version.version,
+        "version": str(version.version),
         "alias": params.alias,
         "source_test": scores,
         "epochs": len(history["loss"]),

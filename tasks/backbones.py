@@ -25,7 +25,7 @@ def build_backbone(image_size: int, width: int = 32, name: str = "backbone") -> 
     for i, filters in enumerate((width, 2 * width, 4 * width)):
         for j in range(2):
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
-            x = keras.layers.BatchNormalization(name=f"bn{i}_{j}")(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}_{j}")(x)
             x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
     outputs = keras.layers.GlobalAveragePooling2D(name="features")(x)

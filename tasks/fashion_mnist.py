@@ -74,7 +74,7 @@ def write_class_folders(
         folder = out_dir / CLASS_NAMES[c]
         folder.mkdir(parents=True)
         for i in chosen:
-            Image.fromarray(images[i], mode="L").save(folder / f"{i:05d}.png", optimize=False)
+            Image.fromarray(images[i]).save(folder / f"{i:05d}.png", optimize=False)
         counts[CLASS_NAMES[c]] = len(chosen)
     return counts
 

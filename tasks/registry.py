@@ -164,7 +164,7 @@ def model_status(name: str) -> dict[str, Any]:
         run = client.get_run(mv.run_id) if mv.run_id else None
         metrics = {k: v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")}
         out["aliases"][alias] = {
-            "version": mv.version,
+            "version": str(mv.version),
             "run_id": mv.run_id,
             "created": pd.Timestamp(mv.creation_timestamp, unit="ms").isoformat(),
             "data_version": mv.tags.get("data_version"),

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny image folders made in the test, Prefect's test harness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.runtime import apply_env_defaults
+
+apply_env_defaults()
+
+
+def pattern_image(label: int, rng: np.random.Generator, size: int = 24) -> np.ndarray:
+    """A learnable image: class k has a bar at a class-specific height, bright in colour
+    channel k % 3 (so it survives global pooling), on noise."""
+    image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    row = 2 + (label * 5) % (size - 4)
+    image[row : row + 3, :, label % 3] = 220
+    return image
+
+
+def make_image_folder(root: Path, classes: list[str], per_class: int, seed: int = 0, size: int = 24) -> Path:
+    """Write `per_class` PNGs for each class under root/<class>/."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(pattern_image(k, rng, size)).save(folder / f"{name}_{seed}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images", ["ant", "bee", "cat"], per_class=12)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Flows run against a temporary Prefect server and database, not the user's."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,188 @@
+"""The real pipeline, end to end: Prefect flows (test harness), MLflow (throwaway store in a
+temp folder), Great Expectations, TensorFlow. Tiny data made here; a few minutes on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_image_folder
+
+import mlflow
+from flows.cli import main
+from mlflow import MlflowClient
+from tasks.ingest import scan
+from tasks.lineage import dvc_dir_hash
+
+pytestmark = pytest.mark.slow
+
+MODEL = "transferops-classifier"
+FAST = [
+    "--set",
+    "data.image_size=32",
+    "--set",
+    "pretrain.epochs=5",
+    "--set",
+    "pretrain.width=8",
+    "--set",
+    "pretrain.batch_size=16",
+    "--set",
+    "finetune.head_epochs=30",
+    "--set",
+    "finetune.finetune_epochs=2",
+    "--set",
+    "finetune.batch_size=16",
+    "--set",
+    "finetune.head_learning_rate=0.01",
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    """pretrain + train once, through the CLI, in a fresh project folder."""
+    root = tmp_path_factory.mktemp("project")
+    make_image_folder(root / "data" / "source", ["ant", "bee", "cat"], per_class=60, seed=1)
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=40, seed=2)
+    args = ["--root", str(root), *FAST]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert main([*args, "pretrain"]) == 0
+        assert main([*args, "train"]) == 0
+        yield root, args
+
+
+def client_for(root) -> MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    return MlflowClient()
+
+
+def test_train_registers_a_champion_with_lineage(project):
+    root, _ = project
+    client = client_for(root)
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(version.version) == "1" == summary["registered"]["version"]
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
+
+    manifest = scan(root / "data" / "raw")
+    assert version.tags["data_version"] == dvc_dir_hash(manifest) == summary["data_version"]
+    assert version.tags["data_dvc_state"] == "untracked"
+    assert version.tags["git_commit"] == "unknown"  # the temp project is not a git repo
+    assert version.tags["backbone"] == "registry:transferops-backbone@pretrained"
+    assert json.loads(version.tags["params"])["finetune"]["head_epochs"] == 30
+
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["test_accuracy"] > 0.6  # 3 classes: chance is 1/3
+    assert 0 <= run.data.metrics["test_macro_f1"] <= 1
+
+
+def test_every_stage_has_a_nested_run_with_its_records(project):
+    root, _ = project
+    client = client_for(root)
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.data.tags["data_version"] == summary["data_version"]
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    stages = {r.data.tags["stage"]: r for r in children}
+    assert set(stages) == {"validate", "split", "select", "finetune", "evaluate", "register"}
+    assert set(summary["stage_seconds"]) == set(stages)
+
+    select = stages["select"].data.metrics
+    assert {"logme.transferops-backbone_pretrained", "logme.MobileNetV3Small"} <= set(select)
+    # the pretrained backbone must transfer better than an untrained MobileNetV3
+    assert select["logme.transferops-backbone_pretrained"] > select["logme.MobileNetV3Small"]
+
+    history = client.get_metric_history(stages["finetune"].info.run_id, "head.val_loss")
+    assert [m.step for m in history] == list(range(len(history))) and len(history) >= 2
+
+    def artifacts(run, path=""):
+        return {a.path for a in client.list_artifacts(run.info.run_id, path)}
+
+    assert "data_docs/index.html" in artifacts(stages["validate"], "data_docs")
+    assert "manifest.parquet" in artifacts(stages["validate"])
+    assert {"confusion_matrix.png", "per_class_report.json"} <= artifacts(stages["evaluate"])
+
+
+def test_the_registered_model_serves_class_names_and_probabilities(project):
+    root, _ = project
+    client_for(root)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    paths = sorted(str(p) for p in (root / "data" / "raw" / "eel").glob("*.png"))[:5]
+    out = model.predict(pd.DataFrame({"image": paths}))
+    assert list(out.columns) == ["label", "confidence", "dog", "eel", "fox"]
+    np.testing.assert_allclose(out[["dog", "eel", "fox"]].sum(axis=1), 1.0, rtol=1e-4)
+    assert (out["label"] == "eel").mean() >= 0.6
+
+
+def test_corrupt_image_stops_the_run_and_changes_nothing(project, capsys):
+    root, args = project
+    client = client_for(root)
+    bad = root / "data" / "bad"
+    shutil.copytree(root / "data" / "raw", bad)
+    (bad / "fox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files_before = sorted(p.name for p in bad.rglob("*"))
+
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "train", "--data", str(bad)])
+    message = str(stop.value)
+    assert f"data validation failed for {bad}" in message
+    assert "fox/broken.png: not an image PIL can identify" in message
+
+    client = client_for(root)
+    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert sorted(p.name for p in bad.rglob("*")) == files_before  # nothing deleted
+    failed = client.search_runs(
+        [client.get_experiment_by_name("transferops").experiment_id],
+        "attributes.status = 'FAILED' and tags.flow = 'train'",
+    )
+    assert len(failed) == 1
+
+
+def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
+    root, args = project
+    assert main([*args, "retrain"]) == 0
+    client = client_for(root)
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 1  # data unchanged: no run
+
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=6, seed=3)
+    assert main([*args, "retrain"]) == 0
+    client = client_for(root)
+    new = client.get_model_version_by_alias(MODEL, "challenger")
+    assert str(new.version) == "2"
+    assert new.tags["backbone"].startswith("registry:transferops-classifier@champion")
+    assert new.tags["data_version"] == dvc_dir_hash(scan(root / "data" / "raw"))
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    # the gate decided on the same test set; its reason is recorded either way
+    assert ("macro_f1" in new.tags["promotion"]) and champion in {"1", "2"}
+
+
+def test_status_json_reports_champion_metrics_and_data_version(project, capsys):
+    args = project[1]
+    capsys.readouterr()
+    assert main([*args, "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    champion = status["aliases"]["champion"]
+    assert champion["data_version"].endswith(".dir")
+    assert set(champion["metrics"]) >= {"test_accuracy", "test_macro_f1"}
+
+
+def test_schedule_creates_a_cron_deployment_of_retrain(project):
+    from prefect.client.orchestration import get_client
+
+    from flows.schedule import deploy_retrain
+
+    root = project[0]
+    deployment_id = deploy_retrain("0 3 * * 1", root, "data/raw", "transferops-test")
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+    assert deployment.name == "scheduled-retrain"
+    assert deployment.entrypoint == "flows/retrain.py:retrain_flow"
+    assert deployment.work_pool_name == "transferops-test"
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+    assert deployment.parameters == {"data_dir": "data/raw", "root": str(root)}

@@ -1,0 +1,41 @@
+import base64
+
+import numpy as np
+import pytest
+
+from tasks.registry import promotion_decision
+from tasks.serving import image_bytes, predictions_frame
+
+
+def test_first_model_becomes_champion():
+    assert promotion_decision({"macro_f1": 0.1}, None, "macro_f1", 0.0).promote
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "delta", "promote"),
+    [(0.81, 0.80, 0.0, True), (0.80, 0.80, 0.0, False), (0.81, 0.80, 0.02, False), (0.7, 0.8, 0.0, False)],
+)
+def test_gate_needs_a_real_improvement(new, old, delta, promote):
+    decision = promotion_decision({"macro_f1": new}, {"macro_f1": old}, "macro_f1", delta)
+    assert decision.promote is promote
+    assert "macro_f1" in decision.reason
+
+
+def test_missing_metric_keeps_the_champion():
+    assert not promotion_decision({"accuracy": 1.0}, {"accuracy": 0.0}, "macro_f1", 0.0).promote
+
+
+def test_served_model_accepts_paths_and_base64(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(b"\x89PNG-bytes")
+    assert image_bytes(str(path)) == b"\x89PNG-bytes"
+    assert image_bytes(base64.b64encode(b"abc").decode()) == b"abc"
+    with pytest.raises(ValueError, match="neither an existing file nor base64"):
+        image_bytes("/no/such/file.png")
+
+
+def test_predictions_frame_names_classes():
+    frame = predictions_frame(np.array([[0.2, 0.8], [0.6, 0.4]]), ["cat", "dog"])
+    assert frame["label"].tolist() == ["dog", "cat"]
+    assert frame["confidence"].tolist() == [0.8, 0.6]
+    assert list(frame.columns) == ["label", "confidence", "cat", "dog"]
