@@ -73,6 +73,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             scores = "  ".join(f"{k} {v:.4f}" for k, v in (before["test"] or {}).items())
             print(f"champion was  v{before['version']}  {scores or '(not comparable)'}")
     reg = summary["registered"]
+    if "source_test" in reg:
+        print("source test   " + "  ".join(f"{k} {v:.4f}" for k, v in reg["source_test"].items()))
     aliases = ", ".join(reg.get("aliases", [])) or reg.get("alias", "")
     print(f"registered    {reg['model']} v{reg['version']}  aliases: {aliases}")
     if "reason" in reg:

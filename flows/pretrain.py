@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import flow, runtime
 from prefect.states import Failed, State
 
-import mlflow
 from flows import stages
 from tasks import lineage, tracking
 from tasks.config import Params, Paths

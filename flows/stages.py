@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-import mlflow
 from tasks import backbones, evaluate, finetune, ingest, lineage, registry, split, validate
 from tasks.config import (
     Candidate,
@@ -216,7 +216,7 @@ def evaluate_model(
     return Evaluation(scores, champion_scores, champion_version)
 
 
-@stage(name="register", retries=2, retry_delay_seconds=2)
+@stage(name="register")  # no retries: a retry after a partial success would add a version
 def register_model(
     model: keras.Model,
     data: SplitData,
@@ -240,7 +240,7 @@ def register_model(
             **{f"test_{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()},
             "promotion": decision.reason,
         }
-        version = registry.register(info.model_uri, params.model_name, version_tags)
+        version = mlflow.register_model(info.model_uri, params.model_name, tags=version_tags)
         registry.set_aliases(params.model_name, version.version, decision.promote)
         mlflow.set_tags({"registered_version": version.version, "promotion": decision.reason})
         return {
@@ -277,8 +277,8 @@ def pretrain_backbone(
         mlflow.log_metrics({f"source_test_{k}": v for k, v in scores.items()})
         backbone.trainable = False
         info = registry.log_backbone(backbone)
-        version = registry.register(
-            info.model_uri, params.model_name, {"source_classes": json.dumps(data.class_names)}
+        version = mlflow.register_model(
+            info.model_uri, params.model_name, tags={"source_classes": json.dumps(data.class_names)}
         )
         mlflow.MlflowClient().set_registered_model_alias(params.model_name, params.alias, version.version)
     return {

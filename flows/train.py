@@ -6,25 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import flow, runtime
 from prefect.states import Completed, Failed, State
 
-import mlflow
 from flows import stages
 from tasks import lineage, registry, tracking
-from tasks.backbones import backbone_of
 from tasks.config import Params, Paths
-
-
-def warm_start_from_champion(model_name: str, class_names: list[str]):
-    """(backbone, head weights) of the champion when it knows the same classes, else None."""
-    champion = registry.load_champion(model_name)
-    if champion is None:
-        return None
-    classifier, champion_classes = registry.champion_keras_model(champion[1])
-    if champion_classes != class_names:
-        return None
-    return backbone_of(classifier), classifier.get_layer("head").get_weights(), champion[0].version
 
 
 @flow(name="train", validate_parameters=False)
@@ -60,7 +48,7 @@ def train_flow(
             )
 
         split = stages.split_data(data.manifest, data_dir, params.split, params.data.image_size, run_id)
-        warm = warm_start_from_champion(params.register.model_name, split.class_names) if warm_start else None
+        warm = registry.warm_start(params.register.model_name, split.class_names) if warm_start else None
         if warm is not None:
             backbone, head, champion_version = warm
             chosen, scores, features = (

@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-import mlflow
-from mlflow import MlflowClient
+from tasks.backbones import backbone_of
 from tasks.serving import KERAS_ARTIFACT, META_ARTIFACT
 
 TASKS_DIR = Path(__file__).parent
@@ -84,12 +85,6 @@ def log_backbone(backbone: keras.Model, name: str = "backbone") -> mlflow.models
     )
 
 
-def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
-    """Create a model version with lineage tags (and the same tags on the registered model)."""
-    version = mlflow.register_model(model_uri, name, tags=tags)
-    return version
-
-
 def version_by_alias(name: str, alias: str) -> ModelVersion | None:
     try:
         return MlflowClient().get_model_version_by_alias(name, alias)
@@ -143,6 +138,17 @@ def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras
     """The Keras classifier and class names inside a served ImageClassifier."""
     inner = pyfunc_model.unwrap_python_model()
     return inner.model, inner.class_names
+
+
+def warm_start(model_name: str, class_names: list[str]) -> tuple[keras.Model, list[np.ndarray], str] | None:
+    """(backbone, head weights, version) of the champion if it knows the same classes, else None."""
+    champion = load_champion(model_name)
+    if champion is None:
+        return None
+    classifier, champion_classes = champion_keras_model(champion[1])
+    if champion_classes != class_names:
+        return None
+    return backbone_of(classifier), classifier.get_layer("head").get_weights(), str(champion[0].version)
 
 
 def predict_paths(pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 the model and runs at load time (no pickled Python object in the model)."""
 
 import mlflow
+
 from tasks.serving import ImageClassifier
 
 mlflow.models.set_model(ImageClassifier())

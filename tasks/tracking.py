@@ -36,11 +36,18 @@ def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
     return experiment_id
 
 
+# Tags every stage run inherits from its flow's parent run.
+LINEAGE_TAGS = ("git_commit", "prefect_flow_run_id", "data_version", "data_dvc_state", "data_path")
+
+
 @contextmanager
 def stage_run(stage: str, parent_run_id: str) -> Iterator[mlflow.ActiveRun]:
-    """A nested run for one stage under the flow's parent run (explicit parent: thread-safe)."""
+    """A nested run for one stage under the flow's parent run (explicit parent: thread-safe),
+    carrying the parent's lineage tags."""
+    parent_tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
+    tags = {k: parent_tags[k] for k in LINEAGE_TAGS if k in parent_tags}
     with mlflow.start_run(
-        run_name=stage, nested=True, parent_run_id=parent_run_id, tags={"stage": stage}
+        run_name=stage, nested=True, parent_run_id=parent_run_id, tags={"stage": stage, **tags}
     ) as run:
         yield run
 
@@ -65,10 +72,6 @@ def log_history(history: dict[str, dict[str, list[float]]]) -> None:
         for metric, values in series.items():
             for epoch, value in enumerate(values):
                 mlflow.log_metric(f"{phase}.{metric}", value, step=epoch)
-
-
-def log_json(data: Any, artifact_file: str) -> None:
-    mlflow.log_dict(data, artifact_file)
 
 
 @contextmanager

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_image_folder
-
-import mlflow
-from flows.cli import main
 from mlflow import MlflowClient
+
+from flows.cli import main
 from tasks.ingest import scan
 from tasks.lineage import dvc_dir_hash
 
