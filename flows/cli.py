@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from flows.runtime import apply_env_defaults
+
+if TYPE_CHECKING:
+    from prefect import Flow
 
 apply_env_defaults()  # before TensorFlow or Prefect are imported
 
@@ -29,24 +32,16 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _run(flow_fn, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run a flow; a failed run exits non-zero with the flow's message, no traceback."""
+def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a flow; a failed run exits non-zero with the flow's message, no traceback.
+
+    A flow that returns a State (a failed validation, a skipped retrain) ends in that state,
+    so its message is what the user reads."""
     state = flow_fn(*args, return_state=True, **kwargs)
     if not state.is_completed():
         raise SystemExit(f"transferops: {flow_fn.name} {state.name.lower()}: {state.message}")
     result = state.result(raise_on_failure=False)
-    if result is None or isinstance(result, Exception):
-        return {"flow": flow_fn.name, "message": state.message}
-    if hasattr(result, "is_completed"):  # a subflow's returned state
-        return _unwrap_state(flow_fn.name, result)
-    return result
-
-
-def _unwrap_state(name: str, state: Any) -> dict[str, Any]:
-    if not state.is_completed():
-        raise SystemExit(f"transferops: {name} {state.name.lower()}: {state.message}")
-    result = state.result(raise_on_failure=False)
-    return result if isinstance(result, dict) else {"flow": name, "message": state.message}
+    return result if isinstance(result, dict) else {"flow": flow_fn.name, "message": state.message}
 
 
 def _write_report(paths: Paths, name: str, summary: dict[str, Any]) -> None:

@@ -20,4 +20,5 @@ def retrain_flow(
     """Entry point of the deployment: reads params.yaml itself (parameters are JSON there)."""
     base = Path(root) if root else project_root()
     params = load_params(base / params_file if (base / params_file).exists() else None)
-    return train_flow(Path(data_dir), params, base, warm_start=True, only_if_new_data=True)
+    # The subflow's state becomes this flow's state, message ("data unchanged ...") included.
+    return train_flow(Path(data_dir), params, base, warm_start=True, only_if_new_data=True, return_state=True)

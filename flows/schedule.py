@@ -40,6 +40,7 @@ def deploy_retrain(cron: str, root: Path, data_dir: str, pool: str) -> UUID:
         build=False,
         push=False,
         print_next_steps=False,
+        ignore_warnings=True,  # the ".serve is simpler" hint; `schedule --serve` offers that
     )
 
 
