@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,13 +18,16 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NONE
+from prefect.states import Failed, State
 
-from tasks import backbones, evaluate, finetune, ingest, lineage, registry, split, validate
+from tasks import backbones, evaluate, finetune, ingest, lineage, registry, split, tracking, validate
 from tasks.config import (
     Candidate,
     FinetuneParams,
+    Params,
+    Paths,
     PretrainParams,
     RegisterParams,
     SplitParams,
@@ -33,6 +38,30 @@ from tasks.logme import logme
 from tasks.tracking import flatten, log_history, scratch_dir, stage_run
 
 stage = task(cache_policy=NONE, persist_result=False)
+
+
+@dataclass
+class FlowRun:
+    paths: Paths
+    run_id: str  # the MLflow parent run
+    tags: dict[str, str]  # code lineage: git commit, Prefect flow run id
+
+
+@contextmanager
+def tracked_flow(name: str, params: Params, root: Path) -> Iterator[FlowRun]:
+    """Configure MLflow for the project at `root` and open the flow's parent run."""
+    paths = Paths.from_root(root)
+    tracking.configure(paths.mlflow_dir)
+    tags = {"git_commit": lineage.git_commit(paths.root), "prefect_flow_run_id": str(runtime.flow_run.id)}
+    with tracking.flow_run(name, tags, params.as_dict()) as parent:
+        yield FlowRun(paths, parent.info.run_id, tags)
+
+
+def failed(message: str) -> State:
+    """End the parent run as FAILED; the returned state fails the Prefect flow run with
+    `message` (no traceback: the message names the files and reasons)."""
+    mlflow.end_run("FAILED")
+    return Failed(message=message)
 
 
 @dataclass
@@ -52,6 +81,8 @@ def validate_data(data_dir: Path, params: ValidateParams, parent_run_id: str) ->
         )
         data = lineage.data_lineage(data_dir, manifest)
         mlflow.set_tags(data)
+        for key, value in data.items():  # the flow's run carries the data version too
+            mlflow.MlflowClient().set_tag(parent_run_id, key, value)
         mlflow.log_params(flatten({"validate": vars(params)}))
         mlflow.log_metrics(report.statistics)
         manifest_path = tmp / "manifest.parquet"
@@ -102,10 +133,22 @@ def candidate_name(candidate: Candidate) -> str:
 
 @dataclass
 class Selection:
-    candidate: Candidate
+    """Where fine-tuning starts: a backbone, and possibly a head to warm-start from."""
+
+    uri: str
     backbone: keras.Model
-    scores: dict[str, float]
-    train_features: np.ndarray | None  # features of the whole training split, if computed
+    scores: dict[str, float]  # LogME per candidate; empty for a warm start
+    train_features: np.ndarray | None = None  # features of the whole training split, if computed
+    init_head: list[np.ndarray] | None = None
+
+
+def champion_start(model_name: str, class_names: list[str]) -> Selection | None:
+    """Warm start from the champion (backbone and head), if it knows the same classes."""
+    warm = registry.warm_start(model_name, class_names)
+    if warm is None:
+        return None
+    backbone, head, version = warm
+    return Selection(f"registry:{model_name}@champion (v{version})", backbone, {}, init_head=head)
 
 
 @stage(name="select")
@@ -137,30 +180,25 @@ def select_backbone(
         mlflow.log_metrics({f"logme.{k}": v for k, v in scores.items()})
         mlflow.log_dict({"scores": scores, "chosen": chosen.uri, "samples": len(sample)}, "logme.json")
         mlflow.set_tag("backbone", chosen.uri)
-    return Selection(chosen, model, scores, features if len(sample) == len(train) else None)
+    return Selection(chosen.uri, model, scores, features if len(sample) == len(train) else None)
 
 
 @stage(name="finetune")
 def finetune_model(
-    backbone: keras.Model,
-    data: SplitData,
-    params: FinetuneParams,
-    parent_run_id: str,
-    init_head: list[np.ndarray] | None = None,
-    train_features: np.ndarray | None = None,
+    start: Selection, data: SplitData, params: FinetuneParams, parent_run_id: str
 ) -> finetune.FinetuneResult:
     """Phase 1 head on cached features, phase 2 top of the backbone at a lower rate."""
     with stage_run("finetune", parent_run_id):
         mlflow.log_params(flatten({"finetune": vars(params)}))
-        mlflow.log_param("warm_start", init_head is not None)
+        mlflow.log_params({"backbone": start.uri, "warm_start": start.init_head is not None})
         result = finetune.finetune(
-            backbone,
+            start.backbone,
             (data.train.x, data.train.y),
             (data.val.x, data.val.y),
             len(data.class_names),
             params,
-            init_head=init_head,
-            train_features=train_features,
+            init_head=start.init_head,
+            train_features=start.train_features,
         )
         log_history(result.history)
         mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import flow, runtime
-from prefect.states import Completed, Failed, State
+from prefect import flow
+from prefect.states import Completed, State
 
 from flows import stages
-from tasks import lineage, registry, tracking
-from tasks.config import Params, Paths
+from tasks import registry
+from tasks.config import Params
 
 
 @flow(name="train", validate_parameters=False)
@@ -24,17 +24,12 @@ def train_flow(
     only_if_new_data: bool = False,
 ) -> dict[str, Any] | State:
     """Fine-tune a pretrained backbone on `data_dir` and register the result."""
-    paths = Paths.from_root(root)
-    data_dir = paths.resolve(data_dir)
-    tracking.configure(paths.mlflow_dir)
-    tags = {"git_commit": lineage.git_commit(paths.root), "prefect_flow_run_id": str(runtime.flow_run.id)}
-    with tracking.flow_run("train", tags, params.as_dict()) as parent:
-        run_id = parent.info.run_id
+    with stages.tracked_flow("train", params, root) as run:
+        run_id = run.run_id
+        data_dir = run.paths.resolve(data_dir)
         data = stages.validate_data(data_dir, params.validate, run_id)
-        mlflow.set_tags(data.lineage)
         if not data.report.success:
-            mlflow.end_run("FAILED")
-            return Failed(message=data.report.message(data_dir))
+            return stages.failed(data.report.message(data_dir))
         champion = registry.version_by_alias(params.register.model_name, registry.CHAMPION)
         if (
             only_if_new_data
@@ -48,18 +43,9 @@ def train_flow(
             )
 
         split = stages.split_data(data.manifest, data_dir, params.split, params.data.image_size, run_id)
-        warm = registry.warm_start(params.register.model_name, split.class_names) if warm_start else None
-        if warm is not None:
-            backbone, head, champion_version = warm
-            chosen, scores, features = (
-                f"registry:{params.register.model_name}@champion (v{champion_version})",
-                {},
-                None,
-            )
-            mlflow.set_tag("warm_start", chosen)
-        else:
-            head = None
-            selection = stages.select_backbone(
+        start = stages.champion_start(params.register.model_name, split.class_names) if warm_start else None
+        if start is None:
+            start = stages.select_backbone(
                 params.select.candidates,
                 split.train,
                 params.data.image_size,
@@ -67,22 +53,14 @@ def train_flow(
                 params.finetune.seed,
                 run_id,
             )
-            backbone, chosen, scores, features = (
-                selection.backbone,
-                selection.candidate.uri,
-                selection.scores,
-                selection.train_features,
-            )
-        mlflow.set_tag("backbone", chosen)
-        result = stages.finetune_model(
-            backbone, split, params.finetune, run_id, init_head=head, train_features=features
-        )
+        mlflow.set_tag("backbone", start.uri)
+        result = stages.finetune_model(start, split, params.finetune, run_id)
         evaluation = stages.evaluate_model(result.model, split, params.register.model_name, run_id)
         mlflow.log_metrics({f"test_{k}": v for k, v in evaluation.metrics.items()})
         version_tags = {
-            **tags,
+            **run.tags,
             **data.lineage,
-            "backbone": chosen,
+            "backbone": start.uri,
             "mlflow_run_id": run_id,
             "params": json.dumps(params.as_dict(), sort_keys=True),
         }
@@ -102,8 +80,8 @@ def train_flow(
         "data_dvc_state": data.lineage["data_dvc_state"],
         "images": {s: len(getattr(split, s)) for s in ("train", "val", "test")},
         "classes": split.class_names,
-        "logme": scores,
-        "backbone": chosen,
+        "logme": start.scores,
+        "backbone": start.uri,
         "test": evaluation.metrics,
         "champion_before": {"version": evaluation.champion_version, "test": evaluation.champion_metrics},
         "registered": registered,

@@ -15,17 +15,33 @@ import mlflow
 EXPERIMENT = "transferops"
 
 
+# URIs that `configure` chose itself. MLflow copies every URI it is given into the
+# environment (for subprocesses), so without this record a later `configure` in the same
+# process (another project root, a test) would mistake our own choice for the user's.
+_OWN_URIS: set[str] = set()
+
+
+def _user_uri(variable: str) -> str | None:
+    value = os.environ.get(variable)
+    return value if value and value not in _OWN_URIS else None
+
+
 def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at $MLFLOW_TRACKING_URI, else the local store in `mlflow_dir`
     (SQLite database + artifact folder). Returns the experiment id."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = _user_uri("MLFLOW_TRACKING_URI")
     artifact_location = None
     if not uri:
         mlflow_dir.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
         artifact_location = (mlflow_dir / "artifacts").as_uri()
+        _OWN_URIS.add(uri)
+    registry_uri = _user_uri("MLFLOW_REGISTRY_URI")
+    if not registry_uri:
+        registry_uri = uri
+        _OWN_URIS.add(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
+    mlflow.set_registry_uri(registry_uri)
     found = mlflow.get_experiment_by_name(experiment)
     experiment_id = (
         found.experiment_id

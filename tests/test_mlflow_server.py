@@ -1,0 +1,93 @@
+"""The train flow against a real `mlflow server` on 127.0.0.1 (REST tracking, registry and
+proxied artifacts), as a team would run it: the same code, only MLFLOW_TRACKING_URI differs."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import make_image_folder
+
+from flows.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"mlflow server did not start on {url}")
+            time.sleep(1)
+    yield url, tmp_path / "server-artifacts"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_train_registers_through_a_tracking_server(tmp_path, mlflow_server, prefect_harness, monkeypatch):
+    url, artifact_root = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    root = tmp_path / "project"
+    make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
+    args = [
+        "--root",
+        str(root),
+        "--set",
+        "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none}]",
+        "--set",
+        "finetune.head_epochs=2",
+        "--set",
+        "finetune.finetune_epochs=1",
+    ]
+    assert main([*args, "train"]) == 0
+
+    mlflow.set_tracking_uri(url)
+    version = mlflow.MlflowClient().get_model_version_by_alias("transferops-classifier", "champion")
+    assert version.tags["backbone"] == "keras:MobileNetV3Small"
+    assert not (root / "mlflow").exists()  # nothing went to the local store
+    assert list(artifact_root.rglob("MLmodel"))  # artifacts landed behind the server
+    model = mlflow.pyfunc.load_model("models:/transferops-classifier@champion")
+    paths = [str(p) for p in sorted((root / "data" / "raw" / "dog").glob("*.png"))[:3]]
+    out = model.predict(pd.DataFrame({"image": paths}))
+    assert set(out["label"]) <= {"dog", "eel"} and len(out) == 3
