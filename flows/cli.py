@@ -80,7 +80,7 @@ def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
     from tasks import fashion_mnist, versioning
 
     source, raw = paths.resolve(params.data.source), paths.resolve(params.data.raw)
-    counts = fashion_mnist.write_demo_data(source, raw, params.fashion_mnist)
+    counts = fashion_mnist.write_demo_data(source, raw, params.fashion_mnist, force=args.force)
     print(
         f"wrote {sum(counts['source'].values())} images to {source}, {sum(counts['raw'].values())} to {raw}"
     )
@@ -137,7 +137,7 @@ def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None
 
 
 def cmd_demo(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
-    args.no_dvc = False
+    args.no_dvc, args.force = False, False
     cmd_data(args, params, paths)
     print_summary(cmd_pretrain(args, params, paths))
     args.data = None
@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="write demo data (PNG class folders) and version it with DVC")
     data.add_argument("dataset", choices=["fashion-mnist"])
     data.add_argument("--no-dvc", action="store_true", help="write the folders only")
+    data.add_argument(
+        "--force",
+        action="store_true",
+        help="replace folders holding other files (the old ones are kept as *.old-<time>)",
+    )
     data.set_defaults(func=cmd_data)
 
     sub.add_parser("pretrain", help="train and register the pretrained backbone").set_defaults(
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         params_file = args.params if args.params.is_absolute() else root / args.params
         params = load_params(params_file if params_file.exists() else None, parse_overrides(args.set))
         summary = args.func(args, params, paths)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
         print(f"transferops: {exc}", file=sys.stderr)
         return 2
     if isinstance(summary, dict):

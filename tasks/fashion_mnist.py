@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,33 +60,63 @@ def write_class_folders(
     per_class: int,
     out_dir: Path,
     seed: int,
+    force: bool = False,
 ) -> dict[str, int]:
     """Write `per_class` images of each class as `<out_dir>/<name>/<index>.png`.
 
-    The folder is replaced, so re-running with the same inputs gives identical bytes (and
-    the same DVC hash)."""
+    Re-running with the same inputs gives identical bytes (and the same DVC hash). An
+    existing folder is replaced only when every file in it would be written again unchanged;
+    anything else in it (your own images, edits) stops the command, or with `force` the old
+    folder is kept beside the new one as `<out_dir>.old-<time>`. Nothing is deleted."""
     rng = np.random.default_rng(seed)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.writing")
+    if staging.exists():
+        shutil.rmtree(staging)  # our own leftover from an interrupted run
     counts = {}
     for c in classes:
         index = np.flatnonzero(labels == c)
         chosen = np.sort(rng.choice(index, size=min(per_class, len(index)), replace=False))
-        folder = out_dir / CLASS_NAMES[c]
+        folder = staging / CLASS_NAMES[c]
         folder.mkdir(parents=True)
         for i in chosen:
             Image.fromarray(images[i]).save(folder / f"{i:05d}.png", optimize=False)
         counts[CLASS_NAMES[c]] = len(chosen)
+    if out_dir.exists():
+        foreign = _files_not_rewritten(out_dir, staging)
+        if foreign and not force:
+            shutil.rmtree(staging)
+            raise FileExistsError(
+                f"{out_dir}: holds {len(foreign)} file(s) the demo data would not write "
+                f"(first: {foreign[0]}); not replacing it. Move them, or pass --force to keep "
+                f"the old folder as {out_dir.name}.old-<time>"
+            )
+        if foreign:
+            out_dir.rename(out_dir.with_name(f"{out_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+        else:
+            shutil.rmtree(out_dir)
+    staging.rename(out_dir)
     return counts
 
 
-def write_demo_data(source_dir: Path, raw_dir: Path, params: FashionMnistParams) -> dict[str, dict[str, int]]:
+def _files_not_rewritten(old: Path, new: Path) -> list[str]:
+    """Files under `old` that are missing from `new` or differ from it."""
+    out = []
+    for path in sorted(p for p in old.rglob("*") if p.is_file()):
+        twin = new / path.relative_to(old)
+        if not twin.is_file() or twin.read_bytes() != path.read_bytes():
+            out.append(str(path.relative_to(old)))
+    return out
+
+
+def write_demo_data(
+    source_dir: Path, raw_dir: Path, params: FashionMnistParams, force: bool = False
+) -> dict[str, dict[str, int]]:
     images, labels = load_fashion_mnist()
     return {
         "source": write_class_folders(
-            images, labels, params.source_classes, params.source_per_class, source_dir, params.seed
+            images, labels, params.source_classes, params.source_per_class, source_dir, params.seed, force
         ),
         "raw": write_class_folders(
-            images, labels, params.raw_classes, params.raw_per_class, raw_dir, params.seed + 1
+            images, labels, params.raw_classes, params.raw_per_class, raw_dir, params.seed + 1, force
         ),
     }
