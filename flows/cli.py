@@ -96,9 +96,12 @@ def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> dict
 
 
 def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+    data_dir = paths.resolve(args.data or params.data.raw)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder not found (expected <folder>/<class>/<image>)")
     from flows.train import train_flow
 
-    return _run(train_flow, Path(args.data or params.data.raw), params, paths.root)
+    return _run(train_flow, data_dir, params, paths.root)
 
 
 def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:

@@ -59,3 +59,19 @@ def test_bad_params_name_the_file_and_the_key(tmp_path, text, fragment):
 def test_override_syntax_is_checked():
     with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_overrides(["head_epochs=3"])
+
+
+def test_cli_names_a_missing_data_folder_and_exits_2(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["--root", str(tmp_path), "train", "--data", "nowhere"]) == 2
+    assert f"{tmp_path / 'nowhere'}: data folder not found" in capsys.readouterr().err
+
+
+def test_cli_names_a_bad_params_file(tmp_path, capsys):
+    from flows.cli import main
+
+    (tmp_path / "params.yaml").write_text("finetune:\n  head_epochs: lots\n")
+    assert main(["--root", str(tmp_path), "status"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "params.yaml") in err and "head_epochs" in err
