@@ -100,7 +100,6 @@ def validate_data(data_dir: Path, params: ValidateParams, parent_run_id: str) ->
 
 @dataclass
 class SplitData:
-    table: pd.DataFrame
     class_names: list[str]
     train: Split
     val: Split
@@ -122,7 +121,7 @@ def split_data(
         mlflow.log_metrics({f"n_{s}": len(loaded[s]) for s in split.SPLITS})
         mlflow.log_table(split.split_counts(table).reset_index(), "split_counts.json")
         mlflow.log_table(table[["path", "label", "sha256", "split"]], "split_table.json")
-    return SplitData(table, names, loaded["train"], loaded["val"], loaded["test"])
+    return SplitData(names, loaded["train"], loaded["val"], loaded["test"])
 
 
 def candidate_name(candidate: Candidate) -> str:
