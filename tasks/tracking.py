@@ -15,15 +15,17 @@ import mlflow
 EXPERIMENT = "transferops"
 
 
-# URIs that `configure` chose itself. MLflow copies every URI it is given into the
-# environment (for subprocesses), so without this record a later `configure` in the same
-# process (another project root, a test) would mistake our own choice for the user's.
-_OWN_URIS: set[str] = set()
+# Per variable, the URIs that `configure` chose itself. MLflow copies every URI it is
+# given into the environment (for subprocesses), so without this record a later `configure`
+# in the same process (another project root, a test) would mistake our own choice for the
+# user's. Kept per variable: a user's tracking URI that we also used as the registry
+# default is still the user's tracking URI.
+_OWN_URIS: dict[str, set[str]] = {"MLFLOW_TRACKING_URI": set(), "MLFLOW_REGISTRY_URI": set()}
 
 
 def _user_uri(variable: str) -> str | None:
     value = os.environ.get(variable)
-    return value if value and value not in _OWN_URIS else None
+    return value if value and value not in _OWN_URIS[variable] else None
 
 
 def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
@@ -35,11 +37,11 @@ def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
         mlflow_dir.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
         artifact_location = (mlflow_dir / "artifacts").as_uri()
-        _OWN_URIS.add(uri)
+        _OWN_URIS["MLFLOW_TRACKING_URI"].add(uri)
     registry_uri = _user_uri("MLFLOW_REGISTRY_URI")
     if not registry_uri:
         registry_uri = uri
-        _OWN_URIS.add(uri)
+        _OWN_URIS["MLFLOW_REGISTRY_URI"].add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry_uri)
     found = mlflow.get_experiment_by_name(experiment)

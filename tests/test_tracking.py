@@ -12,9 +12,10 @@ def test_configure_follows_the_environment_not_its_own_earlier_choice(tmp_path, 
     assert mlflow.get_registry_uri() == mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'user.db'}")
     configure(tmp_path / "c")
+    configure(tmp_path / "d")  # the user's URI stays the user's on every later call
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'user.db'}"
     assert mlflow.get_registry_uri() == mlflow.get_tracking_uri()
-    assert not (tmp_path / "c").exists()
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 def test_flatten_nests_keys_and_serialises_lists():
