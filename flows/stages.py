@@ -81,8 +81,9 @@ def validate_data(data_dir: Path, params: ValidateParams, parent_run_id: str) ->
         )
         data = lineage.data_lineage(data_dir, manifest)
         mlflow.set_tags(data)
+        client = mlflow.MlflowClient()
         for key, value in data.items():  # the flow's run carries the data version too
-            mlflow.MlflowClient().set_tag(parent_run_id, key, value)
+            client.set_tag(parent_run_id, key, value)
         mlflow.log_params(flatten({"validate": vars(params)}))
         mlflow.log_metrics(report.statistics)
         manifest_path = tmp / "manifest.parquet"
@@ -236,10 +237,11 @@ def evaluate_model(
         )
 
         champion_scores, champion_version = None, None
+        # Loaded afresh, also after a warm start: fine-tuning changed that copy's weights.
         champion = registry.load_champion(registered_model)
         if champion is not None:
             version, pyfunc_model = champion
-            champion_version = version.version
+            champion_version = str(version.version)
             predicted = registry.predict_paths(pyfunc_model, data.test.paths)
             champion_classes = [c for c in predicted.columns if c not in ("label", "confidence")]
             if champion_classes == data.class_names:

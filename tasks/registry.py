@@ -113,13 +113,12 @@ def promotion_decision(
     return Decision(False, f"{metric} {new:.4f} <= champion {old:.4f} + {min_delta}; champion kept")
 
 
-def set_aliases(name: str, version: str, promote: bool) -> dict[str, str]:
+def set_aliases(name: str, version: str, promote: bool) -> None:
     """`challenger` -> version always; `champion` -> version only if promoted."""
     client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, version)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-    return client.get_registered_model(name).aliases
 
 
 def aliases_of(name: str, version: str) -> list[str]:

@@ -157,9 +157,15 @@ def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
     assert str(new.version) == "2"
     assert new.tags["backbone"].startswith("registry:transferops-classifier@champion")
     assert new.tags["data_version"] == dvc_dir_hash(scan(root / "data" / "raw"))
+    # the gate compared both on the same test set; the champion alias follows its decision
+    summary = json.loads((root / "reports" / "retrain.json").read_text())
+    champion_before = summary["champion_before"]
+    assert champion_before["version"] == "1" and champion_before["test"] is not None
+    promoted = summary["registered"]["promoted"]
+    assert promoted == (summary["test"]["macro_f1"] > champion_before["test"]["macro_f1"])
     champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
-    # the gate decided on the same test set; its reason is recorded either way
-    assert ("macro_f1" in new.tags["promotion"]) and champion in {"1", "2"}
+    assert champion == ("2" if promoted else "1")
+    assert new.tags["promotion"] == summary["registered"]["reason"]
 
 
 def test_status_json_reports_champion_metrics_and_data_version(project, capsys):
