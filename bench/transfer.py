@@ -23,7 +23,6 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +33,19 @@ apply_env_defaults()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tasks import evaluate, fashion_mnist, ingest, split  # noqa: E402
+from tasks import evaluate, fashion_mnist  # noqa: E402
 from tasks.backbones import build_backbone  # noqa: E402
 from tasks.config import Params, Paths, load_params  # noqa: E402
-from tasks.datasets import Split, class_names_of, load_split  # noqa: E402
+from tasks.datasets import Split, load_folder  # noqa: E402
 from tasks.finetune import finetune, train_from_scratch  # noqa: E402
+from tasks.pretraining import pretrain  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def load(data_dir: Path, params: Params) -> dict[str, Any]:
-    table = split.assign_splits(
-        ingest.usable(ingest.scan(data_dir)),
-        params.split.val_fraction,
-        params.split.test_fraction,
-        params.split.salt,
-    )
-    names = class_names_of(table)
-    return {s: load_split(table, data_dir, s, names, params.data.image_size) for s in split.SPLITS} | {
-        "names": names
-    }
+    data = load_folder(data_dir, params.split, params.data.image_size, params.validate.max_pixels)
+    return {"train": data.train, "val": data.val, "test": data.test, "names": data.class_names}
 
 
 def subsample(split_data: Split, per_class: int, seed: int = 0) -> Split:
@@ -102,7 +94,7 @@ def keras_guide(backbone: keras.Model, data: dict, epochs: int, patience: int, b
 
 
 def run_arm(name: str, backbone: keras.Model, data: dict, params: Params, epochs: int, seed: int):
-    ft = replace(params.finetune, head_epochs=epochs, finetune_epochs=epochs, seed=seed)
+    ft = params.finetune.model_copy(update={"head_epochs": epochs, "finetune_epochs": epochs, "seed": seed})
     train, val = (data["train"].x, data["train"].y), (data["val"].x, data["val"].y)
     start = time.perf_counter()
     if name == "transferops":
@@ -169,25 +161,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     paths = Paths.from_root(Path.cwd())
-    params = load_params(paths.root / "params.yaml" if (paths.root / "params.yaml").exists() else None)
+    params = load_params(paths.root / "params.yaml")
     raw, source = paths.resolve(params.data.raw), paths.resolve(params.data.source)
     if not raw.is_dir() or not source.is_dir():
         fashion_mnist.write_demo_data(source, raw, params.fashion_mnist)
 
-    pretrain_data = load(source, params)
+    source_data = load_folder(source, params.split, params.data.image_size, params.validate.max_pixels)
     start = time.perf_counter()
-    backbone = build_backbone(params.data.image_size, params.pretrain.width)
-    train_from_scratch(
-        backbone,
-        (pretrain_data["train"].x, pretrain_data["train"].y),
-        (pretrain_data["val"].x, pretrain_data["val"].y),
-        len(pretrain_data["names"]),
-        params.pretrain.epochs,
-        params.pretrain.learning_rate,
-        params.pretrain.batch_size,
-        params.pretrain.epochs,
-        seed=params.pretrain.seed,
-    )
+    backbone = pretrain(source_data, params.pretrain, params.data.image_size).backbone
     pretrain_seconds = time.perf_counter() - start
     full = load(raw, params)
 

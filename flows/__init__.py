@@ -1,1 +1,2 @@
-"""Prefect flows: they wire the stages in `flows.stages` together and hold no model code."""
+"""Prefect flows: they wire the stages (`flows.stages`) together and record what happened;
+every decision and all model code live in `tasks/`."""

@@ -19,6 +19,9 @@ apply_env_defaults()  # before TensorFlow or Prefect are imported
 
 from tasks.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
 
+if TYPE_CHECKING:
+    from tasks.summary import RunSummary
+
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """["finetune.head_epochs=2"] -> {"finetune": {"head_epochs": 2}} (values parsed as YAML)."""
@@ -26,54 +29,40 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
-        if not sep or not dot:
+        if not sep or not dot or not section or not name:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
+        try:
+            out.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
     return out
 
 
-def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run a flow; a failed run exits non-zero with the flow's message, no traceback.
+def resolve_params(root: Path, params_arg: Path | None, sets: list[str]) -> Params:
+    """The params of a command: `--params FILE` (relative to the root; it must exist), else
+    <root>/params.yaml when there is one, else the embedded defaults; then the --set overrides.
+    Never a params file of another folder."""
+    overrides = parse_overrides(sets)
+    if params_arg is not None:
+        return load_params(params_arg if params_arg.is_absolute() else root / params_arg, overrides)
+    default = root / "params.yaml"
+    if default.exists():
+        return load_params(default, overrides)
+    print(f"transferops: no params.yaml in {root}; using the built-in defaults", file=sys.stderr)
+    return load_params(None, overrides)
 
-    A flow that returns a State (a failed validation, a skipped retrain) ends in that state,
-    so its message is what the user reads."""
+
+def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> RunSummary:
+    """Run a flow; a failed run exits non-zero with the flow's message, no traceback."""
     state = flow_fn(*args, return_state=True, **kwargs)
     if not state.is_completed():
         raise SystemExit(f"transferops: {flow_fn.name} {state.name.lower()}: {state.message}")
-    result = state.result(raise_on_failure=False)
-    return result if isinstance(result, dict) else {"flow": flow_fn.name, "message": state.message}
+    return state.result(raise_on_failure=False)
 
 
-def _write_report(paths: Paths, name: str, summary: dict[str, Any]) -> None:
+def _write_report(paths: Paths, name: str, summary: RunSummary) -> None:
     paths.reports_dir.mkdir(parents=True, exist_ok=True)
-    (paths.reports_dir / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    if "message" in summary and "registered" not in summary:
-        print(f"{summary['flow']}: {summary['message']}")
-        return
-    print(f"\n== {summary['flow']} (MLflow run {summary['mlflow_run_id']}) ==")
-    print(f"data version  {summary['data_version']}  images {summary['images']}")
-    stage_seconds = summary.get("stage_seconds", {})
-    print("stages        " + "  ".join(f"{k} {v:.1f}s" for k, v in stage_seconds.items()))
-    if summary.get("logme"):
-        print("LogME         " + "  ".join(f"{k} {v:.4f}" for k, v in summary["logme"].items()))
-    if "backbone" in summary:
-        print(f"backbone      {summary['backbone']}")
-    if "test" in summary:
-        print("test          " + "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
-        before = summary["champion_before"]
-        if before["version"]:
-            scores = "  ".join(f"{k} {v:.4f}" for k, v in (before["test"] or {}).items())
-            print(f"champion was  v{before['version']}  {scores or '(not comparable)'}")
-    reg = summary["registered"]
-    if "source_test" in reg:
-        print("source test   " + "  ".join(f"{k} {v:.4f}" for k, v in reg["source_test"].items()))
-    aliases = ", ".join(reg.get("aliases", [])) or reg.get("alias", "")
-    print(f"registered    {reg['model']} v{reg['version']}  aliases: {aliases}")
-    if "reason" in reg:
-        print(f"promotion     {reg['reason']}")
+    (paths.reports_dir / f"{name}.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
 
 
 def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
@@ -89,13 +78,13 @@ def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
         print("dvc add + dvc push done (data/source.dvc, data/raw.dvc)")
 
 
-def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     from flows.pretrain import pretrain_flow
 
     return _run(pretrain_flow, params, paths.root)
 
 
-def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     data_dir = paths.resolve(args.data or params.data.raw)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data folder not found (expected <folder>/<class>/<image>)")
@@ -104,10 +93,10 @@ def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> dict[st
     return _run(train_flow, data_dir, params, paths.root)
 
 
-def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     from flows.retrain import retrain_flow
 
-    return _run(retrain_flow, args.data or params.data.raw, str(args.params), str(paths.root))
+    return _run(retrain_flow, params, str(paths.root), args.data)
 
 
 def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
@@ -130,50 +119,66 @@ def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None
     from flows.schedule import deploy_retrain, serve_retrain
 
     if args.serve:
-        serve_retrain(args.cron, paths.root, args.data or params.data.raw)
+        serve_retrain(args.cron, paths.root, params, args.data)
         return
-    deployment_id = deploy_retrain(args.cron, paths.root, args.data or params.data.raw, args.pool)
+    deployment_id = deploy_retrain(args.cron, paths.root, params, args.data, args.pool)
     print(
         f"deployment retrain/scheduled-retrain ({deployment_id}) runs on '{args.cron}'. "
         f"Start a worker to run it: prefect worker start --pool {args.pool}"
     )
 
 
-def cmd_demo(args: argparse.Namespace, params: Params, paths: Paths) -> dict[str, Any]:
+def cmd_demo(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
+    from tasks.summary import format_summary
+
     args.no_dvc, args.force = False, False
     cmd_data(args, params, paths)
-    print_summary(cmd_pretrain(args, params, paths))
+    pretrained = cmd_pretrain(args, params, paths)
+    _write_report(paths, "pretrain", pretrained)
+    print(format_summary(pretrained))
     args.data = None
     return cmd_train(args, params, paths)
+
+
+def _common_options(where: str) -> argparse.ArgumentParser:
+    """--root, --params and --set, accepted before and after the subcommand (`where` keeps
+    the two apart in the namespace; `main` merges them)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--root",
+        type=Path,
+        dest=f"root_{where}",
+        help="project root (default: $TRANSFEROPS_ROOT or the current folder)",
+    )
+    common.add_argument(
+        "--params",
+        type=Path,
+        dest=f"params_{where}",
+        help="params file, relative to the root (default: <root>/params.yaml, else built-in defaults)",
+    )
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest=f"set_{where}",
+        metavar="SECTION.KEY=VALUE",
+        help="override one param, e.g. --set finetune.head_epochs=5 (repeatable)",
+    )
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferops",
         description="Transfer learning with validation, tracking, a registry and promotion.",
+        parents=[_common_options("before")],
     )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=None,
-        help="project root (default: $TRANSFEROPS_ROOT or the current folder)",
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="params file, relative to the root (default: params.yaml)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one param, e.g. --set finetune.head_epochs=5",
-    )
+    after = [_common_options("after")]
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="write demo data (PNG class folders) and version it with DVC")
+    data = sub.add_parser(
+        "data", parents=after, help="write demo data (PNG class folders) and version it with DVC"
+    )
     data.add_argument("dataset", choices=["fashion-mnist"])
     data.add_argument("--no-dvc", action="store_true", help="write the folders only")
     data.add_argument(
@@ -183,19 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.set_defaults(func=cmd_data)
 
-    sub.add_parser("pretrain", help="train and register the pretrained backbone").set_defaults(
+    sub.add_parser("pretrain", parents=after, help="train and register the pretrained backbone").set_defaults(
         func=cmd_pretrain
     )
 
-    train = sub.add_parser("train", help="validate, fine-tune, evaluate and register")
+    train = sub.add_parser("train", parents=after, help="validate, fine-tune, evaluate and register")
     train.add_argument("--data", type=Path, help="image folder <data>/<class>/<image>")
     train.set_defaults(func=cmd_train)
 
-    retrain = sub.add_parser("retrain", help="train warm-started from the champion, if data changed")
+    retrain = sub.add_parser(
+        "retrain", parents=after, help="train warm-started from the champion, if data changed"
+    )
     retrain.add_argument("--data", type=str)
     retrain.set_defaults(func=cmd_retrain)
 
-    schedule = sub.add_parser("schedule", help="create the Prefect deployment of retrain on a cron")
+    schedule = sub.add_parser(
+        "schedule", parents=after, help="create the Prefect deployment of retrain on a cron"
+    )
     schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * 1" (Mondays, 03:00)')
     schedule.add_argument("--pool", default="transferops", help="process work pool (created if missing)")
     schedule.add_argument("--data", type=str)
@@ -204,29 +213,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schedule.set_defaults(func=cmd_schedule)
 
-    status = sub.add_parser("status", help="champion and challenger with metrics and data versions")
+    status = sub.add_parser(
+        "status", parents=after, help="champion and challenger with metrics and data versions"
+    )
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
-    demo = sub.add_parser("demo", help="data fashion-mnist + pretrain + train, then a summary")
+    demo = sub.add_parser("demo", parents=after, help="data fashion-mnist + pretrain + train, then a summary")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tasks.summary import format_summary
+
     args = build_parser().parse_args(argv)
-    root = (args.root or project_root()).resolve()
+    root = (args.root_after or args.root_before or project_root()).resolve()
     paths = Paths.from_root(root)
     try:
-        params_file = args.params if args.params.is_absolute() else root / args.params
-        params = load_params(params_file if params_file.exists() else None, parse_overrides(args.set))
+        params = resolve_params(
+            root, args.params_after or args.params_before, args.set_before + args.set_after
+        )
         summary = args.func(args, params, paths)
     except (ConfigError, FileNotFoundError, FileExistsError) as exc:
         print(f"transferops: {exc}", file=sys.stderr)
         return 2
-    if isinstance(summary, dict):
+    if summary is not None:
         _write_report(paths, args.command, summary)
-        print_summary(summary)
+        print(format_summary(summary))
     return 0
 
 

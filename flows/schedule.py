@@ -16,6 +16,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
 
 from flows.retrain import retrain_flow
+from tasks.config import Params
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # where flows/ lives; the worker runs it from here
 DEPLOYMENT = "scheduled-retrain"
@@ -27,16 +28,24 @@ def ensure_process_pool(name: str) -> None:
         client.create_work_pool(WorkPoolCreate(name=name, type="process"))
 
 
-def deploy_retrain(cron: str, root: Path, data_dir: str, pool: str) -> UUID:
-    """Create (or update) the deployment `retrain/scheduled-retrain` on `cron`; its runs
-    use the project (data, params.yaml, MLflow store) at `root`."""
+def retrain_parameters(params: Params, root: Path, data_dir: str | None) -> dict[str, object]:
+    """The deployment's parameters: the params resolved now (file + --set), as JSON."""
+    return {"params": params.as_dict(), "root": str(root), "data_dir": data_dir}
+
+
+def deploy_retrain(cron: str, root: Path, params: Params, data_dir: str | None, pool: str) -> UUID:
+    """Create (or update) the deployment `retrain/scheduled-retrain` on `cron`; its runs use
+    the project (data, MLflow store) at `root` and exactly `params` (schedule again to change them)."""
     ensure_process_pool(pool)
     source = retrain_flow.from_source(source=str(CODE_ROOT), entrypoint=ENTRYPOINT)
     return source.deploy(
         name=DEPLOYMENT,
         work_pool_name=pool,
         cron=cron,
-        parameters={"data_dir": data_dir, "root": str(root)},
+        parameters=retrain_parameters(params, root, data_dir),
+        description="Retrain warm-started from the champion when the data version changed; "
+        "promote through the gate.",
+        tags=["transferops", "retrain"],
         build=False,
         push=False,
         print_next_steps=False,
@@ -44,6 +53,6 @@ def deploy_retrain(cron: str, root: Path, data_dir: str, pool: str) -> UUID:
     )
 
 
-def serve_retrain(cron: str, root: Path, data_dir: str) -> None:
+def serve_retrain(cron: str, root: Path, params: Params, data_dir: str | None) -> None:
     """Run the schedule from this process (blocks): no work pool or worker needed."""
-    retrain_flow.serve(name=DEPLOYMENT, cron=cron, parameters={"data_dir": data_dir, "root": str(root)})
+    retrain_flow.serve(name=DEPLOYMENT, cron=cron, parameters=retrain_parameters(params, root, data_dir))

@@ -1,189 +1,204 @@
-"""Typed configuration: every tunable number, one section per stage.
+"""Typed configuration: every tunable number, one section per stage, with its range.
 
-`params.yaml` (read by DVC too) overrides the defaults embedded here. Only the entry point
-(`flows/cli.py`) calls `load_params`; each stage receives just its own section.
+The defaults live here and only here; `params.yaml` (the file users edit, and DVC reads) is
+kept equal to them by a test. Only the entry point (`flows/cli.py`) calls `load_params`;
+each stage receives just its own section. Every section is a frozen pydantic model that
+forbids unknown keys, so a typo is an error that names the key and where it came from.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
-    """A params file that cannot be used; the message names the file and the key."""
+    """Params that cannot be used; the message names the source (file or --set) and the key."""
 
 
-@dataclass(frozen=True)
-class DataParams:
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataParams(Section):
     raw: str = "data/raw"  # the target task's image folder: <raw>/<class>/<image>
     source: str = "data/source"  # the pretraining image folder, same layout
-    image_size: int = 32  # images are decoded to RGB and resized to image_size x image_size
+    image_size: int = Field(32, ge=8, le=1024)  # images are decoded to RGB, image_size x image_size
 
 
-@dataclass(frozen=True)
-class FashionMnistParams:
+class FashionMnistParams(Section):
     source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
     raw_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
-    source_per_class: int = 1000
-    raw_per_class: int = 200
+    source_per_class: int = Field(1000, ge=1)
+    raw_per_class: int = Field(200, ge=1)
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class ValidateParams:
-    min_images_per_class: int = 5
-    min_side: int = 8  # smallest accepted width/height in pixels
-    max_pixels: int = 40_000_000  # larger images are refused as decompression bombs
-    formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+class ValidateParams(Section):
+    min_images_per_class: int = Field(5, ge=1)
+    min_side: int = Field(8, ge=1)  # smallest accepted width/height in pixels
+    max_pixels: int = Field(40_000_000, ge=1)  # larger images are refused as decompression bombs
+    formats: tuple[str, ...] = Field(("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"), min_length=1)
 
 
-@dataclass(frozen=True)
-class SplitParams:
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
+class SplitParams(Section):
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
     salt: str = "transferops-v1"  # changing it reshuffles every split: do it deliberately
 
+    @model_validator(mode="after")
+    def _room_for_training(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1 (training needs images)")
+        return self
 
-@dataclass(frozen=True)
-class PretrainParams:
-    model_name: str = "transferops-backbone"
-    alias: str = "pretrained"
-    width: int = 32  # filters of the first conv block; later blocks double it
-    epochs: int = 6
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+
+class PretrainParams(Section):
+    model_name: str = Field("transferops-backbone", min_length=1)
+    alias: str = Field("pretrained", min_length=1)
+    width: int = Field(32, ge=1)  # filters of the first conv block; later blocks double it
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(Section):
     """A pretrained backbone: `registry:<model>@<alias>`, `keras:<Application>`, `file:<x.keras>`."""
 
-    uri: str
+    uri: str = Field(pattern=r"^(registry|keras|file):.+")
     weights: str | None = None  # keras: only; "imagenet" needs internet, "none" or a file path
 
 
-@dataclass(frozen=True)
-class SelectParams:
-    candidates: tuple[Candidate, ...] = (
-        Candidate("registry:transferops-backbone@pretrained"),
-        Candidate("keras:MobileNetV3Small", weights="none"),
+class SelectParams(Section):
+    candidates: tuple[Candidate, ...] = Field(
+        (
+            Candidate(uri="registry:transferops-backbone@pretrained"),
+            Candidate(uri="keras:MobileNetV3Small", weights="none"),
+        ),
+        min_length=1,
     )
-    max_samples: int = 2000  # LogME is scored on at most this many training images
+    max_samples: int = Field(2000, ge=2)  # LogME is scored on at most this many training images
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _uri_strings(cls, value: Any) -> Any:
+        """A candidate may be written as its URI alone."""
+        if isinstance(value, (list, tuple)):
+            return [{"uri": c} if isinstance(c, str) else c for c in value]
+        return value
 
 
-@dataclass(frozen=True)
-class FinetuneParams:
-    batch_size: int = 32
-    head_epochs: int = 40
-    head_learning_rate: float = 1e-3
-    finetune_epochs: int = 15
-    finetune_learning_rate: float = 1e-4
-    unfreeze_layers: int = 4  # trainable layers (with weights) at the top of the backbone
-    dropout: float = 0.2
-    patience: int = 4  # early stopping on validation loss
+class FinetuneParams(Section):
+    batch_size: int = Field(32, ge=1)
+    head_epochs: int = Field(40, ge=0)
+    head_learning_rate: float = Field(1e-3, gt=0)
+    finetune_epochs: int = Field(15, ge=0)
+    finetune_learning_rate: float = Field(1e-4, gt=0)
+    unfreeze_layers: int = Field(4, ge=0)  # trainable layers (with weights) at the top of the backbone
+    dropout: float = Field(0.2, ge=0, lt=1)
+    patience: int = Field(4, ge=1)  # early stopping on validation loss
     seed: int = 0
 
-
-@dataclass(frozen=True)
-class RegisterParams:
-    model_name: str = "transferops-classifier"
-    metric: str = "macro_f1"  # the promotion gate compares this metric on the same test set
-    min_delta: float = 0.0  # the challenger must beat the champion by more than this
-
-
-@dataclass(frozen=True)
-class Params:
-    data: DataParams = field(default_factory=DataParams)
-    fashion_mnist: FashionMnistParams = field(default_factory=FashionMnistParams)
-    validate: ValidateParams = field(default_factory=ValidateParams)
-    split: SplitParams = field(default_factory=SplitParams)
-    pretrain: PretrainParams = field(default_factory=PretrainParams)
-    select: SelectParams = field(default_factory=SelectParams)
-    finetune: FinetuneParams = field(default_factory=FinetuneParams)
-    register: RegisterParams = field(default_factory=RegisterParams)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @model_validator(mode="after")
+    def _trains_something(self) -> FinetuneParams:
+        if self.head_epochs == 0 and (self.finetune_epochs == 0 or self.unfreeze_layers == 0):
+            raise ValueError("head_epochs is 0 and phase 2 is off: nothing would be trained")
+        return self
 
 
-T = TypeVar("T")
+class RegisterParams(Section):
+    model_name: str = Field("transferops-classifier", min_length=1)
+    metric: str = Field("macro_f1", pattern=r"^(accuracy|macro_f1)$")  # what the promotion gate compares
+    min_delta: float = Field(0.0, ge=0, le=1)  # the challenger must beat the champion by more than this
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
+# Two section names are also attributes of pydantic's BaseModel (the deprecated classmethod
+# `validate`) and of its ABCMeta (`register`); on an instance the field wins, so the warning
+# pydantic gives for them is noise.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r'Field name "(validate|register)"', category=UserWarning)
+
+    class Params(Section):
+        data: DataParams = DataParams()
+        fashion_mnist: FashionMnistParams = FashionMnistParams()
+        validate: ValidateParams = ValidateParams()  # type: ignore[assignment]
+        split: SplitParams = SplitParams()
+        pretrain: PretrainParams = PretrainParams()
+        select: SelectParams = SelectParams()
+        finetune: FinetuneParams = FinetuneParams()
+        register: RegisterParams = RegisterParams()  # type: ignore[assignment]
+
+        def as_dict(self) -> dict[str, Any]:
+            """Plain JSON-able values, keyed as in params.yaml."""
+            return self.model_dump(mode="json")
 
 
-def _build(cls: type[T], values: Any, where: str, source: Path) -> T:
+def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged = dict(base)
+    for section, values in overrides.items():
+        current = merged.get(section)
+        merged[section] = {**current, **values} if isinstance(current, dict) else values
+    return merged
+
+
+def _describe(error: Any) -> str:
+    """`<key>: <what is wrong> (got <value>)` for one pydantic error."""
+    where = ".".join(str(part) for part in error["loc"]) or "top level"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] not in ("missing",) and not isinstance(error.get("input"), dict):
+        message = f"{message} (got {error['input']!r})"
+    return f"{where}: {message}"
+
+
+def parse_params(
+    values: dict[str, Any],
+    source: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Params:
+    """Params from the mapping read out of `source`, with `overrides` ({section: {key: value}},
+    from --set) on top. An error names each bad key and whether --set or `source` gave it."""
+    overrides = overrides or {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown} in '{where}'; known: {sorted(fields)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        default = _default(fields[name])
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}", source)
-        elif name == "candidates":
-            if not isinstance(value, list) or not value:
-                raise ConfigError(f"{source}: '{where}.candidates' must be a non-empty list")
-            kwargs[name] = tuple(
-                _build(
-                    Candidate, c if isinstance(c, dict) else {"uri": c}, f"{where}.candidates[{i}]", source
-                )
-                for i, c in enumerate(value)
-            )
-        elif isinstance(default, tuple):
-            if not isinstance(value, list):
-                raise ConfigError(f"{source}: '{where}.{name}' must be a list")
-            kwargs[name] = tuple(value)
-        elif isinstance(default, bool) or default is None:
-            kwargs[name] = value
-        elif isinstance(default, (int, float, str)):
-            expected = (int, float) if isinstance(default, float) else type(default)
-            if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError(
-                    f"{source}: '{where}.{name}' must be {type(default).__name__}, got {value!r}"
-                )
-            kwargs[name] = type(default)(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(_merge(values, overrides))
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = [str(p) for p in error["loc"]]
+            from_set = len(loc) >= 2 and loc[1] in overrides.get(loc[0], {})
+            whole_section_from_set = len(loc) == 1 and loc[0] in overrides
+            origin = "--set" if from_set or whole_section_from_set else f"{source}:"
+            lines.append(f"{origin} {_describe(error)}")
+        raise ConfigError("; ".join(lines)) from None
 
 
-def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Params:
-    """Read params.yaml (if it exists) over the embedded defaults.
-
-    `overrides` is a nested mapping applied on top, e.g. {"finetune": {"head_epochs": 2}}.
-    """
+def load_params(path: Path | str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Params:
+    """The embedded defaults, then the params file `path` (it must exist when given), then
+    `overrides`. With no path, no file is read: never a params.yaml of the current folder."""
     values: dict[str, Any] = {}
-    source = Path(path) if path else Path("params.yaml")
-    if path is not None and not source.exists():
-        raise ConfigError(f"{source}: params file not found")
-    if source.exists():
+    source = "defaults"
+    if path is not None:
+        source = str(path)
         try:
-            loaded = yaml.safe_load(source.read_text()) or {}
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: params file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the params file: {exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: top level must be a mapping of sections")
-        values = loaded
-    for section, section_values in (overrides or {}).items():
-        values.setdefault(section, {})
-        values[section] = {**values[section], **section_values}
-    return _build(Params, values, "params", source)
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        values = loaded if loaded is not None else {}
+    return parse_params(values, source, overrides)
 
 
 @dataclass(frozen=True)

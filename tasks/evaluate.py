@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+
+@dataclass
+class TestReport:
+    """One model on one test split."""
+
+    metrics: dict[str, float]  # accuracy, macro_f1
+    per_class: dict[str, Any]  # scikit-learn's classification report
+    confusion: np.ndarray  # rows: true class, columns: predicted
+
+
+def predict(model: Any, images: np.ndarray) -> np.ndarray:
+    """Class probabilities of a Keras classifier for uint8 images."""
+    return np.asarray(model.predict(images.astype("float32"), verbose=0))
+
+
+def report(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> TestReport:
+    return TestReport(
+        metrics=metrics(y_true, probabilities),
+        per_class=per_class_report(y_true, probabilities, class_names),
+        confusion=confusion(y_true, probabilities, len(class_names)),
+    )
 
 
 def metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:

@@ -1,14 +1,15 @@
-"""The MLflow model registry: logging the served model, versions, tags, aliases, promotion.
+"""The MLflow model registry: logging the served model and backbones, versions, tags, aliases.
 
 Aliases: `challenger` always points at the newest version; `champion` moves only through
-`promotion_decision`, which compares both models on the same test set.
+the gate in `tasks.promotion`, which compares both models on the same test set.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from tasks.backbones import backbone_of
 from tasks.serving import KERAS_ARTIFACT, META_ARTIFACT
 
 TASKS_DIR = Path(__file__).parent
+# What the served model imports: decoding and the pyfunc wrapper, nothing else of `tasks`.
+SERVING_MODULES = ("images.py", "serving.py")
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -64,11 +67,23 @@ def log_classifier(
         name=name,
         python_model=str(TASKS_DIR / "serving_model.py"),
         artifacts={KERAS_ARTIFACT: str(keras_path), META_ARTIFACT: str(meta_path)},
-        code_paths=[str(TASKS_DIR)],  # the `tasks` package: preprocessing travels with the model
+        code_paths=[str(serving_package(workdir / "code"))],  # preprocessing travels with the model
         signature=signature,
         input_example=example,
         pip_requirements=_pins("mlflow", "tensorflow-cpu", "keras", "pillow", "pandas", "numpy"),
     )
+
+
+def serving_package(folder: Path) -> Path:
+    """A `tasks` package holding only what the served model imports (SERVING_MODULES)."""
+    package = folder / "tasks"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(
+        '"""What a served transferops model needs: decoding and the pyfunc."""\n'
+    )
+    for module in SERVING_MODULES:
+        shutil.copyfile(TASKS_DIR / module, package / module)
+    return package
 
 
 def log_backbone(backbone: keras.Model, name: str = "backbone") -> mlflow.models.model.ModelInfo:
@@ -93,32 +108,42 @@ def version_by_alias(name: str, alias: str) -> ModelVersion | None:
 
 
 @dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
+class Registered:
+    """A model version as registered, with the aliases it holds."""
+
+    model: str
+    version: str
+    aliases: list[str] = field(default_factory=list)
+    promoted: bool = False  # whether `champion` (or the backbone's alias) moved to it
+    reason: str = ""  # why (the promotion gate's words)
 
 
-def promotion_decision(
-    challenger: dict[str, float], champion: dict[str, float] | None, metric: str, min_delta: float
-) -> Decision:
-    """The gate. Promote when there is no champion, or the challenger's `metric` on the same
-    test set beats the champion's by more than `min_delta`."""
-    if champion is None:
-        return Decision(True, "no champion yet")
-    if metric not in challenger or metric not in champion:
-        return Decision(False, f"metric {metric!r} missing; champion kept")
-    new, old = challenger[metric], champion[metric]
-    if new > old + min_delta:
-        return Decision(True, f"{metric} {new:.4f} > champion {old:.4f} + {min_delta}")
-    return Decision(False, f"{metric} {new:.4f} <= champion {old:.4f} + {min_delta}; champion kept")
-
-
-def set_aliases(name: str, version: str, promote: bool) -> None:
-    """`challenger` -> version always; `champion` -> version only if promoted."""
+def register_version(
+    model_uri: str, name: str, tags: dict[str, str], aliases: list[str]
+) -> tuple[str, list[str]]:
+    """Create a version of `name` from a logged model, set `aliases` on it; (version, its aliases)."""
+    version = mlflow.register_model(model_uri, name, tags=tags)
     client = MlflowClient()
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version), aliases_of(name, version.version)
+
+
+def register_backbone(backbone: keras.Model, name: str, alias: str, source_classes: list[str]) -> Registered:
+    """Log a pretrained backbone in the active run and register it under `alias`."""
+    info = log_backbone(backbone)
+    version, aliases = register_version(
+        info.model_uri, name, {"source_classes": json.dumps(source_classes)}, [alias]
+    )
+    return Registered(name, version, aliases, True, f"pretrained backbone, alias {alias}")
+
+
+def champion_with_data(name: str, data_version: str) -> str | None:
+    """The champion's version if it was trained on `data_version`, else None."""
+    champion = version_by_alias(name, CHAMPION)
+    if champion is not None and champion.tags.get("data_version") == data_version:
+        return str(champion.version)
+    return None
 
 
 def aliases_of(name: str, version: str) -> list[str]:
@@ -166,8 +191,7 @@ def model_status(name: str) -> dict[str, Any]:
         if alias not in registered.aliases:
             continue
         mv = client.get_model_version_by_alias(name, alias)
-        run = client.get_run(mv.run_id) if mv.run_id else None
-        metrics = {k: v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")}
+        metrics = {k: float(v) for k, v in mv.tags.items() if k.startswith("test_")}
         out["aliases"][alias] = {
             "version": str(mv.version),
             "run_id": mv.run_id,

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks import ingest, lineage
 from tasks.config import ValidateParams
-
-
-class DataValidationError(RuntimeError):
-    """The data failed validation; the message lists each bad file or class and why."""
 
 
 @dataclass
@@ -163,3 +160,17 @@ def validate_manifest(
         docs_dir=docs_dir,
         ignored=ignored,
     )
+
+
+@dataclass
+class ValidatedData:
+    manifest: pd.DataFrame  # one row per file (tasks.ingest.MANIFEST_COLUMNS)
+    report: ValidationReport
+    lineage: dict[str, str]  # data_version (DVC's directory hash), data_dvc_state, data_path
+
+
+def validate_folder(data_dir: Path, params: ValidateParams, docs_dir: Path) -> ValidatedData:
+    """Ingest `data_dir` (hash and decode every file), run the suites, and name the data version."""
+    manifest = ingest.scan(data_dir, max_pixels=params.max_pixels)
+    report = validate_manifest(manifest, ingest.class_folders(data_dir), params, docs_dir)
+    return ValidatedData(manifest, report, lineage.data_lineage(data_dir, manifest))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -74,9 +75,15 @@ def test_train_registers_a_champion_with_lineage(project):
     assert version.tags["backbone"] == "registry:transferops-backbone@pretrained"
     assert json.loads(version.tags["params"])["finetune"]["head_epochs"] == 30
 
-    run = client.get_run(version.run_id)
-    assert run.data.metrics["test_accuracy"] > 0.6  # 3 classes: chance is 1/3
-    assert 0 <= run.data.metrics["test_macro_f1"] <= 1
+    # test metrics: computed (and logged) once, by the evaluate stage; the version carries them
+    evaluate = client.search_runs(
+        [client.get_run(summary["mlflow_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and tags.stage = 'evaluate'",
+    )[0]
+    assert evaluate.data.metrics["test_accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert evaluate.data.metrics["test_accuracy"] > 0.6  # 3 classes: chance is 1/3
+    assert float(version.tags["test_macro_f1"]) == pytest.approx(summary["test"]["macro_f1"], abs=1e-4)
+    assert json.loads(version.tags["classes"]) == ["dog", "eel", "fox"]
 
 
 def test_every_stage_has_a_nested_run_with_its_records(project):
@@ -89,8 +96,14 @@ def test_every_stage_has_a_nested_run_with_its_records(project):
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     stages = {r.data.tags["stage"]: r for r in children}
-    assert set(stages) == {"validate", "split", "select", "finetune", "evaluate", "register"}
-    assert set(summary["stage_seconds"]) == set(stages)
+    order = ["validate", "split", "select", "finetune", "evaluate", "register"]
+    assert set(stages) == set(order)
+    assert list(summary["stage_seconds"]) == order  # timed by the wrappers, in the order they ran
+    # each fact once: params on the parent run only, test metrics on the evaluate run only
+    assert parent.data.params["finetune.head_epochs"] == "30"
+    assert not any(r.data.params for r in children)
+    assert "test_accuracy" not in parent.data.metrics
+    assert [s for s, r in stages.items() if "test_accuracy" in r.data.metrics] == ["evaluate"]
 
     select = stages["select"].data.metrics
     assert {"logme.transferops-backbone_pretrained", "logme.MobileNetV3Small"} <= set(select)
@@ -106,6 +119,14 @@ def test_every_stage_has_a_nested_run_with_its_records(project):
     assert "data_docs/index.html" in artifacts(stages["validate"], "data_docs")
     assert "manifest.parquet" in artifacts(stages["validate"])
     assert {"confusion_matrix.png", "per_class_report.json"} <= artifacts(stages["evaluate"])
+
+
+def test_the_logged_model_carries_only_what_serving_needs(project):
+    root, _ = project
+    client_for(root)
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion")
+    code = sorted(p.name for p in (Path(local) / "code" / "tasks").iterdir())
+    assert code == ["__init__.py", "images.py", "serving.py"]
 
 
 def test_the_registered_model_serves_class_names_and_probabilities(project):
@@ -151,21 +172,50 @@ def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 1  # data unchanged: no run
 
     make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=6, seed=3)
-    assert main([*args, "retrain"]) == 0
+    assert main([*args, "retrain", "--set", "finetune.finetune_epochs=1"]) == 0  # --set after the command
     client = client_for(root)
     new = client.get_model_version_by_alias(MODEL, "challenger")
+    # the retrain ran with the CLI's params, not a fresh read of a params file
+    retrain_run = client.get_run(new.tags["mlflow_run_id"])
+    assert retrain_run.data.params["finetune.finetune_epochs"] == "1"
+    assert json.loads(new.tags["params"])["finetune"]["finetune_epochs"] == 1
+    finetune_stage = client.search_runs(
+        [retrain_run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{retrain_run.info.run_id}' and tags.stage = 'finetune'",
+    )[0]
+    assert finetune_stage.data.metrics["epochs.finetune"] == 1
     assert str(new.version) == "2"
     assert new.tags["backbone"].startswith("registry:transferops-classifier@champion")
     assert new.tags["data_version"] == dvc_dir_hash(scan(root / "data" / "raw"))
     # the gate compared both on the same test set; the champion alias follows its decision
     summary = json.loads((root / "reports" / "retrain.json").read_text())
     champion_before = summary["champion_before"]
-    assert champion_before["version"] == "1" and champion_before["test"] is not None
+    assert champion_before["version"] == "1" and champion_before["metrics"] is not None
     promoted = summary["registered"]["promoted"]
-    assert promoted == (summary["test"]["macro_f1"] > champion_before["test"]["macro_f1"])
+    assert promoted == (summary["test"]["macro_f1"] > champion_before["metrics"]["macro_f1"])
     champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
     assert champion == ("2" if promoted else "1")
     assert new.tags["promotion"] == summary["registered"]["reason"]
+
+
+def test_a_champion_with_other_classes_is_kept_not_compared(project):
+    root, args = project
+    client = client_for(root)
+    champion_before = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    other = root / "data" / "other"
+    make_image_folder(other, ["dog", "eel", "gnu"], per_class=30, seed=4)
+    assert main([*args, "train", "--data", str(other)]) == 0
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    assert summary["champion_before"]["version"] == champion_before
+    assert summary["champion_before"]["metrics"] is None
+    assert "['dog', 'eel', 'fox']" in summary["champion_before"]["not_comparable"]
+    assert summary["registered"]["promoted"] is False
+    assert summary["registered"]["reason"].startswith("champion not comparable")
+    client = client_for(root)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == champion_before
+    challenger = client.get_model_version_by_alias(MODEL, "challenger")
+    assert str(challenger.version) == summary["registered"]["version"]
+    assert challenger.tags["promotion"] == summary["registered"]["reason"]
 
 
 def test_status_json_reports_champion_metrics_and_data_version(project, capsys):
@@ -182,13 +232,19 @@ def test_schedule_creates_a_cron_deployment_of_retrain(project):
     from prefect.client.orchestration import get_client
 
     from flows.schedule import deploy_retrain
+    from tasks.config import load_params
 
     root = project[0]
-    deployment_id = deploy_retrain("0 3 * * 1", root, "data/raw", "transferops-test")
+    params = load_params(None, {"finetune": {"head_epochs": 3}})
+    deployment_id = deploy_retrain("0 3 * * 1", root, params, None, "transferops-test")
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment(deployment_id)
     assert deployment.name == "scheduled-retrain"
     assert deployment.entrypoint == "flows/retrain.py:retrain_flow"
     assert deployment.work_pool_name == "transferops-test"
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
-    assert deployment.parameters == {"data_dir": "data/raw", "root": str(root)}
+    assert deployment.parameters == {"params": params.as_dict(), "root": str(root), "data_dir": None}
+    # what the deployment passes comes back as the same Params when a run starts
+    from flows.retrain import retrain_flow
+
+    assert retrain_flow.validate_parameters(deployment.parameters)["params"] == params

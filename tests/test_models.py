@@ -86,15 +86,15 @@ def test_unsupported_candidates_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file"):
         keras_application("MobileNetV3Small", 32, str(tmp_path / "missing.h5"))
     with pytest.raises(ValueError, match="must start with"):
-        load_candidate(Candidate("hub:foo"), 32)
+        load_candidate(Candidate.model_construct(uri="hub:foo"), 32)  # params refuse it earlier
 
 
 def test_file_candidate_loads_and_checks_its_shape(tmp_path):
     path = tmp_path / "b.keras"
     build_backbone(32, width=4).save(path)
-    assert load_candidate(Candidate(f"file:{path}"), 32).output_shape == (None, 16)
+    assert load_candidate(Candidate(uri=f"file:{path}"), 32).output_shape == (None, 16)
     with pytest.raises(ValueError, match="expected"):
-        load_candidate(Candidate(f"file:{path}"), 48)
+        load_candidate(Candidate(uri=f"file:{path}"), 48)
 
 
 def test_metrics_report_and_confusion_png(tmp_path):

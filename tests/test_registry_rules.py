@@ -3,12 +3,20 @@ import base64
 import numpy as np
 import pytest
 
-from tasks.registry import promotion_decision
+from tasks.promotion import ChampionScores, decide
 from tasks.serving import image_bytes, predictions_frame
 
 
 def test_first_model_becomes_champion():
-    assert promotion_decision({"macro_f1": 0.1}, None, "macro_f1", 0.0).promote
+    decision = decide({"macro_f1": 0.1}, ChampionScores(), "macro_f1", 0.0)
+    assert decision.promote and decision.reason == "no champion yet"
+
+
+def test_a_champion_that_cannot_be_compared_is_kept():
+    champion = ChampionScores("3", None, "champion v3 knows classes ['a'], this data ['b']")
+    decision = decide({"macro_f1": 1.0}, champion, "macro_f1", 0.0)
+    assert not decision.promote
+    assert decision.reason.startswith("champion not comparable (champion v3 knows")
 
 
 @pytest.mark.parametrize(
@@ -16,13 +24,13 @@ def test_first_model_becomes_champion():
     [(0.81, 0.80, 0.0, True), (0.80, 0.80, 0.0, False), (0.81, 0.80, 0.02, False), (0.7, 0.8, 0.0, False)],
 )
 def test_gate_needs_a_real_improvement(new, old, delta, promote):
-    decision = promotion_decision({"macro_f1": new}, {"macro_f1": old}, "macro_f1", delta)
+    decision = decide({"macro_f1": new}, ChampionScores("1", {"macro_f1": old}), "macro_f1", delta)
     assert decision.promote is promote
     assert "macro_f1" in decision.reason
 
 
 def test_missing_metric_keeps_the_champion():
-    assert not promotion_decision({"accuracy": 1.0}, {"accuracy": 0.0}, "macro_f1", 0.0).promote
+    assert not decide({"accuracy": 1.0}, ChampionScores("1", {"accuracy": 0.0}), "macro_f1", 0.0).promote
 
 
 def test_served_model_accepts_paths_and_base64(tmp_path):

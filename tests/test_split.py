@@ -36,9 +36,14 @@ def test_identical_images_share_a_split(image_folder):
     assert (table.groupby("sha256")["split"].nunique() == 1).all()
 
 
-def test_the_salt_reshuffles():
+def test_a_new_salt_moves_assignments_but_keeps_the_fractions():
+    one = assign_splits(frame(500), 0.15, 0.15, "one").set_index("path")["split"]
+    two = assign_splits(frame(500), 0.15, 0.15, "two").set_index("path")["split"]
+    moved = (one != two.loc[one.index]).mean()
+    # independent draws: an image keeps its split with p = .7^2 + 2 * .15^2 = 0.535
+    assert 0.35 < moved < 0.6
+    assert abs((two == "test").mean() - 0.15) < 0.04
     assert hash_fraction("abc", "one") != hash_fraction("abc", "two")
-    assert 0 <= hash_fraction("abc", "one") < 1
 
 
 def test_a_small_class_still_gets_val_and_test_images():

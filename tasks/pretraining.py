@@ -1,0 +1,43 @@
+"""Pretrain: the offline stand-in for ImageNet weights.
+
+A small CNN (`backbones.build_backbone`) is trained from scratch on a source data set (the
+demo uses Fashion-MNIST classes 0-4) and scored on its test split; its backbone, frozen, is
+what `registry:<name>@<alias>` candidates load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from tasks import evaluate, finetune
+from tasks.backbones import build_backbone
+from tasks.config import PretrainParams
+from tasks.datasets import SplitData
+
+
+@dataclass
+class PretrainResult:
+    backbone: keras.Model  # frozen
+    history: dict[str, list[float]]  # metric -> per-epoch values
+    test: evaluate.TestReport  # the whole classifier on the source test split
+
+
+def pretrain(data: SplitData, params: PretrainParams, image_size: int) -> PretrainResult:
+    """Train backbone + head on every source class for `params.epochs` epochs (no early stop)."""
+    backbone = build_backbone(image_size, params.width)
+    model, history = finetune.train_from_scratch(
+        backbone,
+        (data.train.x, data.train.y),
+        (data.val.x, data.val.y),
+        len(data.class_names),
+        params.epochs,
+        params.learning_rate,
+        params.batch_size,
+        patience=params.epochs,
+        seed=params.seed,
+    )
+    probabilities = evaluate.predict(model, data.test.x)
+    backbone.trainable = False
+    return PretrainResult(backbone, history, evaluate.report(data.test.y, probabilities, data.class_names))

@@ -1,0 +1,96 @@
+"""Select: where fine-tuning starts.
+
+Either the champion (backbone and head, when it knows the same classes: a warm start for
+retraining), or the candidate backbone whose frozen features best explain the training
+labels by LogME (You et al., 2021), scored on a seeded sample of the training split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tasks import backbones, registry
+from tasks.config import Candidate
+from tasks.datasets import Split
+from tasks.logme import logme
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """Where fine-tuning starts: a backbone, and possibly a head to warm-start from."""
+
+    uri: str
+    backbone: keras.Model
+    scores: dict[str, float] = field(default_factory=dict)  # LogME per candidate; empty for a warm start
+    samples: int = 0  # training images LogME was scored on
+    train_features: np.ndarray | None = None  # features of the whole training split, if computed
+    init_head: list[np.ndarray] | None = None
+
+
+def candidate_name(candidate: Candidate) -> str:
+    """A metric-safe short name: registry:foo@bar -> foo_bar."""
+    ref = candidate.uri.partition(":")[2]
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(ref).name)
+
+
+def sample_indices(n: int, max_samples: int, seed: int) -> np.ndarray:
+    """At most `max_samples` of range(n), sorted; the same for the same seed."""
+    indices = np.arange(n)
+    if n <= max_samples:
+        return indices
+    return np.sort(np.random.default_rng(seed).choice(indices, size=max_samples, replace=False))
+
+
+def score_candidates(
+    candidates: tuple[Candidate, ...], train: Split, image_size: int, max_samples: int, seed: int
+) -> Selection:
+    """LogME of every candidate on frozen features of (a sample of) the training split; the
+    best one is chosen. Its features are kept when they cover the whole split (phase 1 reuses them)."""
+    sample = sample_indices(len(train), max_samples, seed)
+    scores: dict[str, float] = {}
+    loaded: dict[str, tuple[Candidate, keras.Model, np.ndarray]] = {}
+    for candidate in candidates:
+        name = candidate_name(candidate)
+        model = backbones.load_candidate(candidate, image_size)
+        features = backbones.extract_features(model, train.x[sample])
+        scores[name] = logme(features, train.y[sample])
+        loaded[name] = (candidate, model, features)
+        log.info("LogME %s = %.4f (%d features)", candidate.uri, scores[name], features.shape[1])
+    chosen, model, features = loaded[max(scores, key=scores.__getitem__)]
+    whole = len(sample) == len(train)
+    return Selection(chosen.uri, model, scores, len(sample), features if whole else None)
+
+
+def champion_start(model_name: str, class_names: list[str]) -> Selection | None:
+    """Warm start from the champion (backbone and head), if it knows the same classes."""
+    warm = registry.warm_start(model_name, class_names)
+    if warm is None:
+        return None
+    backbone, head, version = warm
+    return Selection(f"registry:{model_name}@champion (v{version})", backbone, init_head=head)
+
+
+def select(
+    candidates: tuple[Candidate, ...],
+    train: Split,
+    class_names: list[str],
+    image_size: int,
+    max_samples: int,
+    seed: int,
+    warm_start_from: str | None = None,
+) -> Selection:
+    """The champion of `warm_start_from` (a registered model) when it can warm-start these
+    classes, else the best candidate by LogME."""
+    if warm_start_from:
+        start = champion_start(warm_start_from, class_names)
+        if start is not None:
+            return start
+        log.info("no champion of %s with classes %s: scoring candidates", warm_start_from, class_names)
+    return score_candidates(candidates, train, image_size, max_samples, seed)
