@@ -53,11 +53,15 @@ def resolve_params(root: Path, params_arg: Path | None, sets: list[str]) -> Para
 
 
 def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> RunSummary:
-    """Run a flow; a failed run exits non-zero with the flow's message, no traceback."""
+    """Run a flow. A run that failed on an exception re-raises it (`main` explains it in one
+    line); one that failed with a message (a failed validation) exits with that message."""
     state = flow_fn(*args, return_state=True, **kwargs)
-    if not state.is_completed():
-        raise SystemExit(f"transferops: {flow_fn.name} {state.name.lower()}: {state.message}")
-    return state.result(raise_on_failure=False)
+    result = state.result(raise_on_failure=False)
+    if state.is_completed():
+        return result
+    if isinstance(result, BaseException):
+        raise result
+    raise SystemExit(f"transferops: {flow_fn.name} {state.name.lower()}: {state.message}")
 
 
 def _write_report(paths: Paths, name: str, summary: RunSummary) -> None:
@@ -173,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning with validation, tracking, a registry and promotion.",
         parents=[_common_options("before")],
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     after = [_common_options("after")]
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -224,23 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USAGE_ERRORS = (ConfigError, FileNotFoundError, FileExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from tasks.summary import format_summary
+    """Exit codes: 0 done, 1 a run or a service failed, 2 bad params or paths, 130 interrupted."""
+    from flows import errors
 
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        errors.quiet_prefect_tracebacks()
     root = (args.root_after or args.root_before or project_root()).resolve()
     paths = Paths.from_root(root)
     try:
         params = resolve_params(
             root, args.params_after or args.params_before, args.set_before + args.set_after
         )
+        if args.command != "data":
+            errors.check_services()
         summary = args.func(args, params, paths)
-    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
-        print(f"transferops: {exc}", file=sys.stderr)
-        return 2
-    if summary is not None:
-        _write_report(paths, args.command, summary)
-        print(format_summary(summary))
+        if summary is not None:
+            from tasks.summary import format_summary
+
+            _write_report(paths, args.command, summary)
+            print(format_summary(summary))
+    except KeyboardInterrupt:
+        print("transferops: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = errors.explain(exc)
+        if message is None or args.debug:
+            raise
+        print(f"transferops: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, USAGE_ERRORS) else 1
     return 0
 
 

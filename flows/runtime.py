@@ -20,6 +20,11 @@ ENV_DEFAULTS = {
     "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
     "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "60",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    # A tracking server that stops answering fails a call in about 30 s, not MLflow's default of
+    # 7 retries with 2 s backoff and a 120 s timeout (minutes). Raise them for a flaky network.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 
 

@@ -63,7 +63,7 @@ def load_split(
     index = {label: i for i, label in enumerate(class_names)}
     paths = [str(root / p) for p in rows["path"]]
     return Split(
-        x=load_images(paths, image_size),
+        x=load_images([ingest.read_inside(root, p) for p in rows["path"]], image_size),
         y=rows["label"].map(index).to_numpy(dtype=np.int64),
         paths=paths,
     )

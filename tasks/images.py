@@ -7,6 +7,7 @@ greyscale, CMYK and 16-bit images converted, the first frame of an animation tak
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,25 @@ from PIL import Image, ImageOps
 
 # Files that operating systems drop into folders; recorded in the manifest and skipped.
 SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+class ImageError(ValueError):
+    """Bytes that are not an image this project can use; the message says why."""
+
+
+def printable(name: str) -> str:
+    """A file or class name safe to print in a terminal or a log line: control characters
+    (newlines, ANSI escapes) and bytes that are not UTF-8 become backslash escapes."""
+    out = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 def is_ignored(path: Path) -> bool:
@@ -37,18 +57,37 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode(data: bytes, size: int) -> np.ndarray:
-    """Bytes of an image file -> (size, size, 3) uint8."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.seek(0)
-        rgb = to_rgb(image)
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+def decode(data: bytes, size: int, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Bytes of an image file -> (size, size, 3) uint8. Raises ImageError with the reason
+    (not an image, too many pixels, corrupt) and nothing else."""
+    if not data:
+        raise ImageError("empty image data (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > max_pixels:
+                    raise ImageError(
+                        f"{image.width}x{image.height} pixels is over the limit of {max_pixels} "
+                        "(possible decompression bomb)"
+                    )
+                image.seek(0)
+                rgb = to_rgb(image)
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(rgb, dtype=np.uint8)
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image PIL can identify") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError) as exc:
+        raise ImageError(f"cannot decode: {exc}") from None
 
 
-def load_images(paths: list[str] | list[Path], size: int) -> np.ndarray:
-    """Decode files into one (n, size, size, 3) uint8 array."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        out[i] = decode(Path(path).read_bytes(), size)
+def load_images(images: list[bytes], size: int) -> np.ndarray:
+    """Decode image files' bytes into one (n, size, size, 3) uint8 array."""
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, data in enumerate(images):
+        out[i] = decode(data, size)
     return out

@@ -44,13 +44,13 @@ def champion_scores(model_name: str, data: SplitData) -> ChampionScores:
     if loaded is None:
         return ChampionScores()
     version, pyfunc_model = loaded
-    predicted = registry.predict_paths(pyfunc_model, data.test.paths)
-    classes = [c for c in predicted.columns if c not in ("label", "confidence")]
+    predicted = registry.predict_files(pyfunc_model, data.test.paths)
+    classes = [c for c in predicted.columns if c not in ("label", "confidence", "error")]
     if classes != data.class_names:
         reason = f"champion v{version.version} knows classes {classes}, this data {data.class_names}"
         log.warning("%s; not comparable", reason)
         return ChampionScores(str(version.version), None, reason)
-    probabilities = predicted[data.class_names].to_numpy()
+    probabilities = predicted[data.class_names].to_numpy(dtype="float64", na_value=0.0)
     return ChampionScores(str(version.version), evaluate.metrics(data.test.y, probabilities))
 
 

@@ -6,7 +6,6 @@ the gate in `tasks.promotion`, which compares both models on the same test set.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from tasks.backbones import backbone_of
-from tasks.serving import KERAS_ARTIFACT, META_ARTIFACT
+from tasks.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame
 
 TASKS_DIR = Path(__file__).parent
 # What the served model imports: decoding and the pyfunc wrapper, nothing else of `tasks`.
@@ -46,23 +45,28 @@ def log_classifier(
     workdir: Path,
     example_image: Path,
     name: str = "model",
+    max_pixels: int = 40_000_000,
 ) -> mlflow.models.model.ModelInfo:
     """Log the classifier as a pyfunc (tasks.serving.ImageClassifier) in the active run.
 
     `example_image` becomes the input example, so MLflow checks at logging time that the
     logged model loads and predicts."""
+    workdir.mkdir(parents=True, exist_ok=True)
     keras_path = workdir / "classifier.keras"
     model.save(keras_path)
     meta_path = workdir / "meta.json"
-    meta_path.write_text(json.dumps({"class_names": class_names, "image_size": image_size}))
+    meta_path.write_text(
+        json.dumps({"class_names": class_names, "image_size": image_size, "max_pixels": max_pixels})
+    )
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema(
             [ColSpec("string", "label"), ColSpec("double", "confidence")]
             + [ColSpec("double", c) for c in class_names]
+            + [ColSpec("string", "error", required=False)]
         ),
     )
-    example = pd.DataFrame({"image": [base64.b64encode(example_image.read_bytes()).decode()]})
+    example = files_frame([example_image])
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(TASKS_DIR / "serving_model.py"),
@@ -175,8 +179,9 @@ def warm_start(model_name: str, class_names: list[str]) -> tuple[keras.Model, li
     return backbone_of(classifier), classifier.get_layer("head").get_weights(), str(champion[0].version)
 
 
-def predict_paths(pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str]) -> pd.DataFrame:
-    return pyfunc_model.predict(pd.DataFrame({"image": paths}))
+def predict_files(pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str]) -> pd.DataFrame:
+    """A served model's predictions for files this process trusts (it reads them, not the model)."""
+    return pyfunc_model.predict(files_frame(paths))
 
 
 def model_status(name: str) -> dict[str, Any]:

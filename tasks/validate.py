@@ -4,6 +4,12 @@ Two tables are checked: the manifest (one row per file: decodable, labelled, a k
 large enough, not the same bytes under two labels) and a class table (enough images in
 every class folder, at least two classes). Any failure blocks the run; the report names
 each bad file and the reason. The Data Docs (HTML) are written to `docs_dir` either way.
+
+File and folder names are untrusted (`<svg onload=...>.png` is a valid file name), and Data
+Docs are HTML that people open from the MLflow UI. So Great Expectations never sees a name:
+its tables hold the manifest row (`manifest_row`, the row of manifest.parquet) and a class
+index (`class_id`, into the sorted class folders); the report maps them back to names,
+escaped for the terminal with `images.printable`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import pandas as pd
 
 from tasks import ingest, lineage
 from tasks.config import ValidateParams
+from tasks.images import printable
 
 
 @dataclass
@@ -51,7 +58,7 @@ def _suites(params: ValidateParams):
 
     files = gx.ExpectationSuite(name="image_files")
     for expectation in (
-        gxe.ExpectColumnValuesToNotBeNull(column="label"),
+        gxe.ExpectColumnValuesToNotBeNull(column="class_id"),
         gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(params.formats)),
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=params.min_side),
@@ -76,10 +83,10 @@ _REASONS = {
 }
 
 
-def _reason(config, params: ValidateParams, errors: dict[str, str], path: str) -> str:
+def _reason(config, params: ValidateParams, error: str) -> str:
     column = config.kwargs.get("column")
     if column == "decodable":
-        return errors.get(path) or "not decodable"
+        return error or "not decodable"
     if column in _REASONS:
         return _REASONS[column]
     return _REASONS.get(config.type, config.type).format(min_side=params.min_side)
@@ -92,14 +99,38 @@ def validate_manifest(
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
-    ignored = manifest.loc[manifest["ignored"], "path"].tolist()
-    files = manifest[~manifest["ignored"]].reset_index(drop=True).copy()
+    ignored = [printable(p) for p in manifest.loc[manifest["ignored"], "path"]]
+    files = manifest[~manifest["ignored"]].copy()  # index: the manifest row
     files["label_conflict"] = _label_conflicts(files)
     classes = class_table(files, folders)
+    # Great Expectations sees ids, never the untrusted names: its Data Docs are HTML.
+    class_ids = {label: i for i, label in enumerate(classes["label"])}
+    gx_files = pd.DataFrame(
+        {
+            "manifest_row": files.index.astype(int),
+            "class_id": files["label"].map(class_ids).astype("Int64"),
+            "decodable": files["decodable"],
+            "format": files["format"],
+            "width": files["width"],
+            "height": files["height"],
+            "label_conflict": files["label_conflict"],
+        }
+    ).reset_index(drop=True)
+    gx_classes = pd.DataFrame({"class_id": range(len(classes)), "n_images": classes["n_images"]})
 
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    context = gx.get_context(mode="ephemeral")
+    # Only our own docs site: the default ephemeral context also writes one to a temp folder.
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+        ),
+    )
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     docs_dir.mkdir(parents=True, exist_ok=True)
     context.add_data_docs_site(
@@ -109,7 +140,7 @@ def validate_manifest(
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {
                 "class_name": "TupleFilesystemStoreBackend",
-                "base_directory": str(docs_dir),
+                "base_directory": str(docs_dir.resolve()),
             },
         },
     )
@@ -126,8 +157,11 @@ def validate_manifest(
 
     problems: list[str] = []
     statistics: dict[str, float] = {"files": float(len(files)), "ignored_files": float(len(ignored))}
-    errors = dict(zip(files["path"], files["error"].fillna(""), strict=False))
-    for definition, frame, key in ((definitions[0], files, "path"), (definitions[1], classes, "label")):
+    errors = files["error"].fillna("")
+    for definition, frame, key in (
+        (definitions[0], gx_files, "manifest_row"),
+        (definitions[1], gx_classes, "class_id"),
+    ):
         result = definition.run(
             batch_parameters={"dataframe": frame},
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]},
@@ -143,15 +177,16 @@ def validate_manifest(
                 problems.append(f"{len(frame)} class folder(s) found; at least 2 are needed")
                 continue
             for item in r.result.get("unexpected_index_list") or []:
-                name = item[key]
-                if key == "label":
-                    count = int(classes.loc[classes["label"] == name, "n_images"].iloc[0])
+                index = int(item[key])
+                if key == "class_id":
+                    name, count = classes.iloc[index]["label"], int(classes.iloc[index]["n_images"])
                     problems.append(
-                        f"{name}/: {count} usable image(s); validate.min_images_per_class="
+                        f"{printable(name)}/: {count} usable image(s); validate.min_images_per_class="
                         f"{params.min_images_per_class}"
                     )
                 else:
-                    problems.append(f"{name}: {_reason(config, params, errors, name)}")
+                    reason = _reason(config, params, errors.loc[index])
+                    problems.append(f"{printable(files.loc[index, 'path'])}: {reason}")
     context.build_data_docs()
     return ValidationReport(
         success=not problems,

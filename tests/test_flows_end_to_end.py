@@ -4,12 +4,13 @@ temp folder), Great Expectations, TensorFlow. Tiny data made here; a few minutes
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 from conftest import make_image_folder
 from mlflow import MlflowClient
@@ -17,6 +18,7 @@ from mlflow import MlflowClient
 from flows.cli import main
 from tasks.ingest import scan
 from tasks.lineage import dvc_dir_hash
+from tasks.serving import files_frame
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +52,19 @@ def project(tmp_path_factory, prefect_harness):
     args = ["--root", str(root), *FAST]
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        tmp = fresh_tmpdir(mp, root.parent / "tmp")
         assert main([*args, "pretrain"]) == 0
         assert main([*args, "train"]) == 0
+        assert list(tmp.iterdir()) == []  # nothing left in the temp folder (Data Docs, models)
         yield root, args
+
+
+def fresh_tmpdir(mp: pytest.MonkeyPatch, folder: Path) -> Path:
+    """Point TMPDIR (and `tempfile`) at an empty folder of the test's own."""
+    folder.mkdir(exist_ok=True)
+    mp.setenv("TMPDIR", str(folder))
+    mp.setattr(tempfile, "tempdir", None)
+    return folder
 
 
 def client_for(root) -> MlflowClient:
@@ -134,8 +146,9 @@ def test_the_registered_model_serves_class_names_and_probabilities(project):
     client_for(root)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     paths = sorted(str(p) for p in (root / "data" / "raw" / "eel").glob("*.png"))[:5]
-    out = model.predict(pd.DataFrame({"image": paths}))
-    assert list(out.columns) == ["label", "confidence", "dog", "eel", "fox"]
+    out = model.predict(files_frame(paths))
+    assert list(out.columns) == ["label", "confidence", "dog", "eel", "fox", "error"]
+    assert out["error"].isna().all()
     np.testing.assert_allclose(out[["dog", "eel", "fox"]].sum(axis=1), 1.0, rtol=1e-4)
     assert (out["label"] == "eel").mean() >= 0.6
 
@@ -163,6 +176,30 @@ def test_corrupt_image_stops_the_run_and_changes_nothing(project, capsys):
         "attributes.status = 'FAILED' and tags.flow = 'train'",
     )
     assert len(failed) == 1
+
+
+def test_a_hostile_folder_stops_with_each_entry_named_and_no_traceback(project, tmp_path, capsys):
+    root, args = project
+    bad = tmp_path / "hostile"
+    shutil.copytree(root / "data" / "raw", bad)
+    shutil.copy(bad / "dog" / "dog_2_000.png", bad / "dog" / "<svg onload=alert(1)>.png")
+    os.symlink("/etc/passwd", bad / "eel" / "passwd.png")
+    os.mkfifo(bad / "eel" / "pipe.png")
+    (bad / "fox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    versions_before = len(client_for(root).search_model_versions(f"name='{MODEL}'"))
+    with pytest.MonkeyPatch.context() as mp:
+        tmp = fresh_tmpdir(mp, tmp_path / "tmp")
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "train", "--data", str(bad)])
+        assert list(tmp.iterdir()) == []  # a failed run leaves nothing behind either
+    message = str(stop.value)
+    assert message.startswith(f"transferops: train failed: data validation failed for {bad}: 3 problem(s)")
+    assert "eel/passwd.png: symbolic link to outside the data folder: not read" in message
+    assert "eel/pipe.png: a FIFO (named pipe): not read" in message
+    assert "fox/broken.png: not an image PIL can identify" in message
+    assert "svg" not in message  # a valid image with a hostile name is just an image
+    assert "Traceback" not in capsys.readouterr().err
+    assert len(client_for(root).search_model_versions(f"name='{MODEL}'")) == versions_before
 
 
 def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):

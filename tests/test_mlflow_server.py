@@ -3,26 +3,17 @@ proxied artifacts), as a team would run it: the same code, only MLFLOW_TRACKING_
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
-import pandas as pd
 import pytest
-from conftest import make_image_folder
+from conftest import free_port, make_image_folder, wait_until_up
 
 from flows.cli import main
+from tasks.serving import files_frame
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -49,17 +40,7 @@ def mlflow_server(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"mlflow server did not start on {url}")
-            time.sleep(1)
+    wait_until_up(f"{url}/health", process)
     yield url, tmp_path / "server-artifacts"
     process.terminate()
     process.wait(timeout=30)
@@ -89,5 +70,5 @@ def test_train_registers_through_a_tracking_server(tmp_path, mlflow_server, pref
     assert list(artifact_root.rglob("MLmodel"))  # artifacts landed behind the server
     model = mlflow.pyfunc.load_model("models:/transferops-classifier@champion")
     paths = [str(p) for p in sorted((root / "data" / "raw" / "dog").glob("*.png"))[:3]]
-    out = model.predict(pd.DataFrame({"image": paths}))
+    out = model.predict(files_frame(paths))
     assert set(out["label"]) <= {"dog", "eel"} and len(out) == 3

@@ -3,6 +3,7 @@ import base64
 import numpy as np
 import pytest
 
+from tasks.images import ImageError
 from tasks.promotion import ChampionScores, decide
 from tasks.serving import image_bytes, predictions_frame
 
@@ -33,17 +34,22 @@ def test_missing_metric_keeps_the_champion():
     assert not decide({"accuracy": 1.0}, ChampionScores("1", {"accuracy": 0.0}), "macro_f1", 0.0).promote
 
 
-def test_served_model_accepts_paths_and_base64(tmp_path):
+def test_the_served_model_takes_bytes_never_paths(tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(b"\x89PNG-bytes")
-    assert image_bytes(str(path)) == b"\x89PNG-bytes"
     assert image_bytes(base64.b64encode(b"abc").decode()) == b"abc"
-    with pytest.raises(ValueError, match="neither an existing file nor base64"):
-        image_bytes("/no/such/file.png")
+    assert image_bytes(b"raw") == b"raw"
+    with pytest.raises(ImageError, match="never file paths"):
+        image_bytes(str(path))  # exists, and is still not read
+    with pytest.raises(ImageError, match="expected base64 text or bytes, got int"):
+        image_bytes(3)
 
 
-def test_predictions_frame_names_classes():
-    frame = predictions_frame(np.array([[0.2, 0.8], [0.6, 0.4]]), ["cat", "dog"])
-    assert frame["label"].tolist() == ["dog", "cat"]
-    assert frame["confidence"].tolist() == [0.8, 0.6]
-    assert list(frame.columns) == ["label", "confidence", "cat", "dog"]
+def test_predictions_frame_names_classes_and_nulls_failed_rows():
+    frame = predictions_frame(
+        np.array([[0.2, 0.8], [0.6, 0.4], [0.0, 0.0]]), ["cat", "dog"], [None, None, "bad"]
+    )
+    assert frame["label"].tolist() == ["dog", "cat", None]
+    assert frame["confidence"].tolist() == [0.8, 0.6, None]
+    assert list(frame.columns) == ["label", "confidence", "cat", "dog", "error"]
+    assert frame.loc[2, ["cat", "dog"]].tolist() == [None, None]

@@ -1,0 +1,110 @@
+"""The command line's one error path: every expected failure becomes one line that names what
+failed and what to do. Anything else is a bug, and keeps its traceback.
+
+Also here: the checks that run before a flow starts (a tracking server or Prefect API that
+does not answer fails in seconds, before any work).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+
+from tasks.config import ConfigError
+
+
+class Unavailable(RuntimeError):
+    """A service the command needs (tracking server, Prefect API) does not answer."""
+
+
+def _answers(url: str, timeout: float) -> str | None:
+    """None when `url` answers HTTP (any status), else the reason it does not."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return str(getattr(reason, "strerror", None) or reason)
+
+
+def check_services(timeout: float = 10.0) -> None:
+    """Fail fast when MLFLOW_TRACKING_URI or PREFECT_API_URL point at a server that does not
+    answer (the defaults, a local store and a temporary Prefect server, need no check)."""
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking.startswith(("http://", "https://")):
+        reason = _answers(tracking.rstrip("/") + "/health", timeout)
+        if reason:
+            raise Unavailable(
+                f"MLflow tracking server {tracking} does not answer ({reason}): start it, or unset "
+                "MLFLOW_TRACKING_URI to use the local store in mlflow/"
+            )
+    prefect_api = os.environ.get("PREFECT_API_URL", "")
+    if prefect_api.startswith(("http://", "https://")):
+        reason = _answers(prefect_api.rstrip("/") + "/health", timeout)
+        if reason:
+            raise Unavailable(
+                f"Prefect API {prefect_api} does not answer ({reason}): start `prefect server start`, "
+                "or unset PREFECT_API_URL to run on a temporary local server"
+            )
+
+
+def _first_line(text: object) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def explain(exc: BaseException) -> str | None:
+    """One line for an expected failure; None for anything else (a bug: show the traceback)."""
+    if isinstance(exc, (ConfigError, Unavailable)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename or f"{tempfile.gettempdir()} or the project folder"
+        return (
+            f"disk full while writing {where}: free some space there and run again (nothing was registered)"
+        )
+    if isinstance(exc, PermissionError):
+        return (
+            f"permission denied: {exc.filename or _first_line(exc)}: make it readable/writable by this user, "
+            "or point --root/--data elsewhere"
+        )
+    if isinstance(exc, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)):
+        return str(exc) if exc.filename is None else f"{exc.filename}: {exc.strerror}"
+    name = type(exc).__name__
+    module = type(exc).__module__
+    text = _first_line(exc)
+    if module.startswith("mlflow") or name in ("ConnectionError", "MaxRetryError", "ReadTimeout"):
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "the local store in mlflow/")
+        if "Max retries exceeded" in text or "Connection" in text or "timed out" in text.lower():
+            return (
+                f"MLflow tracking server {uri} stopped answering: {text[:200]}; start it again and rerun "
+                "(the champion alias was not moved)"
+            )
+        return f"MLflow ({uri}): {text[:300]}"
+    if module.startswith(("prefect", "httpx")) or "Prefect" in text or "ephemeral" in text:
+        return (
+            f"Prefect: {text[:300]}: if the temporary server failed to start, run again or use "
+            "`prefect server start` with PREFECT_API_URL"
+        )
+    if module.startswith("sqlalchemy") or name == "OperationalError":
+        return f"database error: {text[:300]}: another transferops may be starting the same store; run again"
+    return None
+
+
+class _NoTracebacks(logging.Filter):
+    """Prefect logs a failed flow's traceback; the command line prints one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def quiet_prefect_tracebacks() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoTracebacks())

@@ -1,0 +1,72 @@
+"""Every expected failure of the command line is one line, a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import free_port
+
+from flows import errors
+from flows.cli import main
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_an_unreachable_tracking_server_is_one_line(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    done = run_cli("--root", str(tmp_path), "status", env={"MLFLOW_TRACKING_URI": url})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"transferops: MLflow tracking server {url} does not answer (Connection refused): start it, "
+        "or unset MLFLOW_TRACKING_URI to use the local store in mlflow/"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_prefect_api_is_one_line(tmp_path, capsys, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/api"
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    assert main(["--root", str(tmp_path), "train"]) == 1
+    err = capsys.readouterr().err
+    assert f"transferops: Prefect API {url} does not answer (Connection refused)" in err
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/data/mlflow/x.db"),
+            "disk full while writing /data/m",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), "disk full while writing "),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/raw/a.png"),
+            "permission denied: /data/raw/a",
+        ),
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y"),
+            "/x/y: No such file or directory",
+        ),
+    ],
+)
+def test_expected_failures_are_explained(exc, expected):
+    assert errors.explain(exc).startswith(expected)
+
+
+def test_a_bug_is_not_explained_away():
+    assert errors.explain(ZeroDivisionError("division by zero")) is None
