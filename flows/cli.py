@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 apply_env_defaults()  # before TensorFlow or Prefect are imported
 
 from tasks.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
+from tasks.errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:
     from tasks.summary import RunSummary
@@ -119,6 +120,13 @@ def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
         print(f"{alias:<11} v{info['version']}  data {info['data_version']}  {metrics}")
 
 
+def cmd_reproduce(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
+    from flows.reproduce import reproduce_flow
+
+    model = args.model or params.register.model_name
+    return _run(reproduce_flow, model, args.version, paths.root, args.tolerance)
+
+
 def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None:
     from flows.schedule import deploy_retrain, serve_retrain
 
@@ -218,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schedule.set_defaults(func=cmd_schedule)
 
+    reproduce = sub.add_parser(
+        "reproduce",
+        parents=after,
+        help="rebuild a registered version from its recorded data, params and backbone; compare metrics",
+    )
+    reproduce.add_argument("version", help="version number of the registered model")
+    reproduce.add_argument("--model", help="registered model (default: register.model_name)")
+    reproduce.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="largest accepted difference of a test metric (default 0: bit-for-bit)",
+    )
+    reproduce.set_defaults(func=cmd_reproduce)
+
     status = sub.add_parser(
         "status", parents=after, help="champion and challenger with metrics and data versions"
     )
@@ -229,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USAGE_ERRORS = (ConfigError, FileNotFoundError, FileExistsError)
+USAGE_ERRORS = (UserError, FileNotFoundError, FileExistsError)  # exit 2: what was asked cannot be done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 
             _write_report(paths, args.command, summary)
             print(format_summary(summary))
+            if not summary.ok:
+                return 1
     except KeyboardInterrupt:
         print("transferops: interrupted", file=sys.stderr)
         return 130

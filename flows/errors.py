@@ -14,7 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from tasks.config import ConfigError
+from tasks.errors import UserError
 
 
 class Unavailable(RuntimeError):
@@ -61,7 +61,7 @@ def _first_line(text: object) -> str:
 
 def explain(exc: BaseException) -> str | None:
     """One line for an expected failure; None for anything else (a bug: show the traceback)."""
-    if isinstance(exc, (ConfigError, Unavailable)):
+    if isinstance(exc, (UserError, Unavailable)):
         return str(exc)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = exc.filename or f"{tempfile.gettempdir()} or the project folder"

@@ -25,7 +25,8 @@ def pretrain_flow(params: Params, root: Path) -> RunSummary | State:
             return stages.failed(data.report.message(data_dir))
         split = stages.split_data(data, data_dir, params.split, params.data.image_size, run)
         result = stages.pretrain_backbone(split, params.pretrain, params.data.image_size, run)
-        registered = stages.register_backbone(result, split, params.pretrain, run)
+        tags = stages.version_tags(run, data, params)
+        registered = stages.register_backbone(result, split, params.pretrain, tags, run)
     return RunSummary(
         flow="pretrain",
         mlflow_run_id=run.run_id,

@@ -19,7 +19,18 @@ from prefect import runtime, task
 from prefect.cache_policies import NONE
 from prefect.states import Failed, State
 
-from tasks import datasets, evaluate, finetune, lineage, pretraining, promotion, registry, selection, tracking
+from tasks import (
+    datasets,
+    determinism,
+    evaluate,
+    finetune,
+    lineage,
+    pretraining,
+    promotion,
+    registry,
+    selection,
+    tracking,
+)
 from tasks import validate as validation
 from tasks.config import (
     FinetuneParams,
@@ -40,17 +51,26 @@ stage = task(cache_policy=NONE, persist_result=False)
 class FlowRun:
     paths: Paths
     run_id: str  # the MLflow parent run
-    tags: dict[str, str]  # code lineage: git commit, Prefect flow run id
+    tags: dict[str, str]  # code and environment lineage: git commit, lock file, versions, Prefect run
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time, in order
 
 
 @contextmanager
-def tracked_flow(name: str, params: Params, root: Path) -> Iterator[FlowRun]:
+def tracked_flow(
+    name: str, params: Params, root: Path, extra_tags: dict[str, str] | None = None
+) -> Iterator[FlowRun]:
     """Configure MLflow for the project at `root` and open the flow's parent run, which
     holds every param (the stages log none of their own)."""
     paths = Paths.from_root(root)
     tracking.configure(paths.mlflow_dir)
-    tags = {"git_commit": lineage.git_commit(paths.root), "prefect_flow_run_id": str(runtime.flow_run.id)}
+    determinism.configure(params.reproducibility.deterministic)
+    tags = {
+        "git_commit": lineage.git_commit(paths.root),
+        "prefect_flow_run_id": str(runtime.flow_run.id),
+        "deterministic": str(params.reproducibility.deterministic).lower(),
+        **lineage.environment(),
+        **(extra_tags or {}),
+    }
     with tracking.flow_run(name, tags, params.as_dict()) as parent:
         yield FlowRun(paths, parent.info.run_id, tags)
 
@@ -118,6 +138,7 @@ def select_backbone(
     image_size: int,
     seed: int,
     warm_start_from: str | None,
+    warm_start_version: str | None,
     run: FlowRun,
 ) -> selection.Selection:
     """The champion to warm-start from, or the candidate backbone LogME ranks first."""
@@ -130,14 +151,17 @@ def select_backbone(
             params.max_samples,
             seed,
             warm_start_from,
+            warm_start_version,
         )
         if start.scores:
             mlflow.log_metrics({f"logme.{k}": v for k, v in start.scores.items()})
         mlflow.log_dict(
             {"chosen": start.uri, "scores": start.scores, "samples": start.samples}, "selection.json"
         )
-        mlflow.set_tag("backbone", start.uri)
-        mlflow.MlflowClient().set_tag(run.run_id, "backbone", start.uri)
+        client = mlflow.MlflowClient()
+        for key, value in {"backbone": start.uri, **start.lineage}.items():
+            mlflow.set_tag(key, value)
+            client.set_tag(run.run_id, key, value)
     return start
 
 
@@ -227,25 +251,31 @@ def pretrain_backbone(
 
 @stage(name="register")
 def register_backbone(
-    result: pretraining.PretrainResult, data: datasets.SplitData, params: PretrainParams, run: FlowRun
+    result: pretraining.PretrainResult,
+    data: datasets.SplitData,
+    params: PretrainParams,
+    tags: dict[str, str],
+    run: FlowRun,
 ) -> registry.Registered:
     """Register the frozen backbone under its alias (what `registry:` candidates load)."""
     with stage_run("register", run):
         registered = registry.register_backbone(
-            result.backbone, params.model_name, params.alias, data.class_names
+            result.backbone, params.model_name, params.alias, data.class_names, tags
         )
         mlflow.set_tags({"registered_version": registered.version})
     return registered
 
 
 def version_tags(
-    run: FlowRun, data: validation.ValidatedData, start: selection.Selection, params: Params
+    run: FlowRun, data: validation.ValidatedData, params: Params, start: selection.Selection | None = None
 ) -> dict[str, str]:
-    """What a registered version carries: code, data, backbone, params, the run it came from."""
+    """What a registered version carries to be rebuilt: code and environment, data version,
+    params, the backbone it started from (and that backbone's version and data), its run."""
+    backbone = {"backbone": start.uri, **start.lineage} if start is not None else {}
     return {
         **run.tags,
         **data.lineage,
-        "backbone": start.uri,
+        **backbone,
         "mlflow_run_id": run.run_id,
         "params": json.dumps(params.as_dict(), sort_keys=True),
     }

@@ -22,12 +22,16 @@ def train_flow(
     warm_start: bool = False,
     only_if_new_data: bool = False,
     flow_name: str = "train",
+    warm_start_version: str | None = None,
+    register: bool = True,
+    extra_tags: dict[str, str] | None = None,
 ) -> RunSummary | State:
     """Fine-tune a pretrained backbone on `data_dir` and register the result. `warm_start`
-    starts from the champion when it knows the same classes; `only_if_new_data` skips the
-    run when the champion was trained on this very data version."""
+    starts from the champion (or from `warm_start_version`) when it knows the same classes;
+    `only_if_new_data` skips the run when the champion was trained on this very data version;
+    `register=False` stops after evaluation (a reproduction registers nothing)."""
     model_name = params.register.model_name
-    with stages.tracked_flow(flow_name, params, root) as run:
+    with stages.tracked_flow(flow_name, params, root, extra_tags) as run:
         data_dir = run.paths.resolve(data_dir)
         data = stages.validate_data(data_dir, params.validate, run)
         if not data.report.success:
@@ -48,19 +52,22 @@ def train_flow(
             params.data.image_size,
             params.finetune.seed,
             model_name if warm_start else None,
+            warm_start_version,
             run,
         )
         result = stages.finetune_model(start, split, params.finetune, run)
         evaluation = stages.evaluate_model(result, split, model_name, run)
-        registered = stages.register_model(
-            result,
-            split,
-            params.data.image_size,
-            evaluation,
-            stages.version_tags(run, data, start, params),
-            params.register,
-            run,
-        )
+        registered = None
+        if register:
+            registered = stages.register_model(
+                result,
+                split,
+                params.data.image_size,
+                evaluation,
+                stages.version_tags(run, data, params, start),
+                params.register,
+                run,
+            )
     return RunSummary(
         flow=flow_name,
         mlflow_run_id=run.run_id,

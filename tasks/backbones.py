@@ -82,15 +82,30 @@ def keras_application(name: str, image_size: int, weights: str | None) -> keras.
     return model
 
 
+def registry_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """`name@alias`, `name/version` or `name` (the latest) -> (name, alias, version)."""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return name, alias, None
+    name, _, version = ref.partition("/")
+    return name, None, version or None
+
+
+def registry_uri(ref: str) -> str:
+    """The MLflow models:/ URI of a registry reference."""
+    name, alias, version = registry_ref(ref)
+    if alias:
+        return f"models:/{name}@{alias}"
+    return f"models:/{name}/{version or 'latest'}"
+
+
 def load_candidate(candidate: Candidate, image_size: int) -> keras.Model:
     """Materialise a candidate backbone (see `Candidate`)."""
     kind, _, ref = candidate.uri.partition(":")
     if kind == "registry":
         import mlflow
 
-        name, _, alias = ref.partition("@")
-        uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/latest"
-        model = mlflow.keras.load_model(uri)
+        model = mlflow.keras.load_model(registry_uri(ref))
     elif kind == "keras":
         model = keras_application(ref, image_size, candidate.weights)
     elif kind == "file":

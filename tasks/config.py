@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """Params that cannot be used; the message names the source (file or --set) and the key."""
 
 
@@ -119,6 +121,12 @@ class RegisterParams(Section):
     min_delta: float = Field(0.0, ge=0, le=1)  # the challenger must beat the champion by more than this
 
 
+class ReproducibilityParams(Section):
+    # Deterministic TensorFlow ops: the same inputs give the same weights and metrics, bit for
+    # bit, on the same machine and versions. false trades that for speed (recorded on the run).
+    deterministic: bool = True
+
+
 # Two section names are also attributes of pydantic's BaseModel (the deprecated classmethod
 # `validate`) and of its ABCMeta (`register`); on an instance the field wins, so the warning
 # pydantic gives for them is noise.
@@ -134,6 +142,7 @@ with warnings.catch_warnings():
         select: SelectParams = SelectParams()
         finetune: FinetuneParams = FinetuneParams()
         register: RegisterParams = RegisterParams()  # type: ignore[assignment]
+        reproducibility: ReproducibilityParams = ReproducibilityParams()
 
         def as_dict(self) -> dict[str, Any]:
             """Plain JSON-able values, keyed as in params.yaml."""

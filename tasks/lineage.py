@@ -62,3 +62,38 @@ def git_commit(root: Path | str) -> str:
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or "missing"."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+CODE_ROOT = Path(__file__).resolve().parents[1]  # where transferops and its lock file live
+
+
+def environment(code_root: Path = CODE_ROOT) -> dict[str, str]:
+    """What a version needs beyond code, data and params to be rebuilt: the hash of the lock
+    file transferops was installed from, and the versions of the interpreter and the libraries
+    that compute."""
+    import platform
+    from importlib import metadata
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    return {
+        "lock_sha256": file_sha256(code_root / "requirements.lock"),
+        "python_version": platform.python_version(),
+        "tensorflow_version": next(
+            (v for v in (version("tensorflow-cpu"), version("tensorflow")) if v != "absent"), "absent"
+        ),
+        "keras_version": version("keras"),
+        "platform": f"{platform.system()}-{platform.machine()}",
+    }

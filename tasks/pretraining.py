@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import keras
 
-from tasks import evaluate, finetune
+from tasks import determinism, evaluate, finetune
 from tasks.backbones import build_backbone
 from tasks.config import PretrainParams
 from tasks.datasets import SplitData
@@ -26,6 +26,7 @@ class PretrainResult:
 
 def pretrain(data: SplitData, params: PretrainParams, image_size: int) -> PretrainResult:
     """Train backbone + head on every source class for `params.epochs` epochs (no early stop)."""
+    determinism.seed(params.seed)  # before the weights are initialised
     backbone = build_backbone(image_size, params.width)
     model, history = finetune.train_from_scratch(
         backbone,

@@ -104,7 +104,7 @@ def register_candidate(
     info = registry.log_classifier(model, data.class_names, image_size, workdir, Path(data.test.paths[0]))
     version_tags = {
         **tags,
-        **{f"test_{k}": f"{v:.4f}" for k, v in evaluation.challenger.metrics.items()},
+        **{f"test_{k}": repr(v) for k, v in evaluation.challenger.metrics.items()},  # full precision
         "classes": json.dumps(data.class_names),
         "promotion": decision.reason,
     }

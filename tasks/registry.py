@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from tasks.backbones import backbone_of
+from tasks.backbones import backbone_of, registry_ref
 from tasks.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame
 
 TASKS_DIR = Path(__file__).parent
@@ -133,11 +133,14 @@ def register_version(
     return str(version.version), aliases_of(name, version.version)
 
 
-def register_backbone(backbone: keras.Model, name: str, alias: str, source_classes: list[str]) -> Registered:
-    """Log a pretrained backbone in the active run and register it under `alias`."""
+def register_backbone(
+    backbone: keras.Model, name: str, alias: str, source_classes: list[str], tags: dict[str, str]
+) -> Registered:
+    """Log a pretrained backbone in the active run and register it under `alias`, with its
+    lineage `tags` (data version, code, environment, params)."""
     info = log_backbone(backbone)
     version, aliases = register_version(
-        info.model_uri, name, {"source_classes": json.dumps(source_classes)}, [alias]
+        info.model_uri, name, {**tags, "source_classes": json.dumps(source_classes)}, [alias]
     )
     return Registered(name, version, aliases, True, f"pretrained backbone, alias {alias}")
 
@@ -168,15 +171,48 @@ def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras
     return inner.model, inner.class_names
 
 
-def warm_start(model_name: str, class_names: list[str]) -> tuple[keras.Model, list[np.ndarray], str] | None:
-    """(backbone, head weights, version) of the champion if it knows the same classes, else None."""
-    champion = load_champion(model_name)
-    if champion is None:
+def warm_start(
+    model_name: str, class_names: list[str], version: str | None = None
+) -> tuple[keras.Model, list[np.ndarray], str] | None:
+    """(backbone, head weights, version) of the champion (or of `version`) if it knows the
+    same classes, else None."""
+    if version is None:
+        champion = load_champion(model_name)
+        if champion is None:
+            return None
+        found, pyfunc_model = str(champion[0].version), champion[1]
+    else:
+        found, pyfunc_model = version, mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    classifier, known_classes = champion_keras_model(pyfunc_model)
+    if known_classes != class_names:
         return None
-    classifier, champion_classes = champion_keras_model(champion[1])
-    if champion_classes != class_names:
-        return None
-    return backbone_of(classifier), classifier.get_layer("head").get_weights(), str(champion[0].version)
+    return backbone_of(classifier), classifier.get_layer("head").get_weights(), found
+
+
+def resolve(ref: str) -> tuple[str, str | None]:
+    """A registry reference (`name@alias`, `name/3`, `name`) -> (name, version), version None
+    when there is no such version."""
+    name, alias, version = registry_ref(ref)
+    client = MlflowClient()
+    try:
+        if alias:
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        if version:
+            return name, str(client.get_model_version(name, version).version)
+        latest = client.search_model_versions(
+            f"name='{name}'", order_by=["version_number DESC"], max_results=1
+        )
+        return name, str(latest[0].version) if latest else None
+    except MlflowException:
+        return name, None
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """A model version's tags ({} when there is no such version)."""
+    try:
+        return dict(MlflowClient().get_model_version(name, version).tags)
+    except MlflowException:
+        return {}
 
 
 def predict_files(pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str]) -> pd.DataFrame:

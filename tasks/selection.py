@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tasks import backbones, registry
+from tasks import backbones, determinism, lineage, registry
 from tasks.config import Candidate
 from tasks.datasets import Split
 from tasks.logme import logme
@@ -28,6 +28,7 @@ class Selection:
 
     uri: str
     backbone: keras.Model
+    lineage: dict[str, str] = field(default_factory=dict)  # backbone_version, backbone_data_version
     scores: dict[str, float] = field(default_factory=dict)  # LogME per candidate; empty for a warm start
     samples: int = 0  # training images LogME was scored on
     train_features: np.ndarray | None = None  # features of the whole training split, if computed
@@ -58,6 +59,7 @@ def score_candidates(
     loaded: dict[str, tuple[Candidate, keras.Model, np.ndarray]] = {}
     for candidate in candidates:
         name = candidate_name(candidate)
+        determinism.seed(seed)  # an Application without weights is initialised at random
         model = backbones.load_candidate(candidate, image_size)
         features = backbones.extract_features(model, train.x[sample])
         scores[name] = logme(features, train.y[sample])
@@ -65,16 +67,38 @@ def score_candidates(
         log.info("LogME %s = %.4f (%d features)", candidate.uri, scores[name], features.shape[1])
     chosen, model, features = loaded[max(scores, key=scores.__getitem__)]
     whole = len(sample) == len(train)
-    return Selection(chosen.uri, model, scores, len(sample), features if whole else None)
+    return Selection(
+        chosen.uri, model, candidate_lineage(chosen), scores, len(sample), features if whole else None
+    )
 
 
-def champion_start(model_name: str, class_names: list[str]) -> Selection | None:
-    """Warm start from the champion (backbone and head), if it knows the same classes."""
-    warm = registry.warm_start(model_name, class_names)
+def candidate_lineage(candidate: Candidate) -> dict[str, str]:
+    """Which backbone exactly: a registry candidate's version and the data it was trained on,
+    a file's sha256, a Keras Application's weights."""
+    kind, _, ref = candidate.uri.partition(":")
+    if kind == "registry":
+        name, version = registry.resolve(ref)
+        data_version = registry.version_tags(name, version).get("data_version", "") if version else ""
+        return {"backbone_version": version or "", "backbone_data_version": data_version}
+    if kind == "file":
+        return {"backbone_version": lineage.file_sha256(Path(ref)), "backbone_data_version": ""}
+    return {"backbone_version": f"weights={candidate.weights or 'none'}", "backbone_data_version": ""}
+
+
+def champion_start(model_name: str, class_names: list[str], version: str | None = None) -> Selection | None:
+    """Warm start from the champion (or from `version`), backbone and head, if it knows the
+    same classes."""
+    warm = registry.warm_start(model_name, class_names, version)
     if warm is None:
         return None
-    backbone, head, version = warm
-    return Selection(f"registry:{model_name}@champion (v{version})", backbone, init_head=head)
+    backbone, head, found = warm
+    data_version = registry.version_tags(model_name, found).get("data_version", "")
+    return Selection(
+        f"registry:{model_name}/{found}" if version else f"registry:{model_name}@champion (v{found})",
+        backbone,
+        {"backbone_version": found, "backbone_data_version": data_version},
+        init_head=head,
+    )
 
 
 def select(
@@ -85,11 +109,12 @@ def select(
     max_samples: int,
     seed: int,
     warm_start_from: str | None = None,
+    warm_start_version: str | None = None,
 ) -> Selection:
-    """The champion of `warm_start_from` (a registered model) when it can warm-start these
-    classes, else the best candidate by LogME."""
+    """The champion of `warm_start_from` (a registered model; or its `warm_start_version`)
+    when it can warm-start these classes, else the best candidate by LogME."""
     if warm_start_from:
-        start = champion_start(warm_start_from, class_names)
+        start = champion_start(warm_start_from, class_names, warm_start_version)
         if start is not None:
             return start
         log.info("no champion of %s with classes %s: scoring candidates", warm_start_from, class_names)

@@ -9,6 +9,7 @@ from typing import Any
 
 from tasks.promotion import ChampionScores
 from tasks.registry import Registered
+from tasks.reproduce import Reproduction
 
 
 @dataclass
@@ -26,9 +27,18 @@ class RunSummary:
     test: dict[str, float] = field(default_factory=dict)  # the new model on its test split
     champion_before: ChampionScores | None = None  # train only: the champion on the same images
     registered: Registered | None = None
+    reproduction: Reproduction | None = None  # reproduce only: recorded and new metrics
+
+    @property
+    def ok(self) -> bool:
+        """False when a reproduction does not match within its tolerance."""
+        return self.reproduction is None or self.reproduction.matches
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.reproduction is not None:
+            out["reproduction"]["matches"] = self.reproduction.matches
+        return out
 
 
 def _scores(values: dict[str, float]) -> str:
@@ -60,4 +70,18 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"registered    {reg.model} v{reg.version}  aliases: {', '.join(reg.aliases)}")
         if s.flow != "pretrain":
             lines.append(f"promotion     {reg.reason}")
+    if s.reproduction is not None:
+        lines.extend(format_reproduction(s.reproduction))
     return "\n".join(lines)
+
+
+def format_reproduction(r: Reproduction) -> list[str]:
+    lines = [f"reproduce     {r.model} v{r.version}   recorded     new          difference"]
+    for metric, then in r.recorded.items():
+        now = r.new.get(metric, float("nan"))
+        lines.append(f"  {metric:<24}{then:<13.6f}{now:<13.6f}{now - then:+.6f}")
+    for warning in r.warnings:
+        lines.append(f"  warning: {warning}")
+    verdict = "match" if r.matches else "DIFFERENT"
+    lines.append(f"verdict       {verdict} (tolerance {r.tolerance:g})")
+    return lines

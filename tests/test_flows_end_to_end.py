@@ -69,6 +69,7 @@ def fresh_tmpdir(mp: pytest.MonkeyPatch, folder: Path) -> Path:
 
 def client_for(root) -> MlflowClient:
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
     return MlflowClient()
 
 

@@ -1,0 +1,27 @@
+"""Determinism: the same inputs give the same model.
+
+Every source of randomness is seeded from params where it is used (weight initialisation,
+shuffling and dropout through `keras.utils.set_random_seed`, LogME's sample through a numpy
+Generator), and TensorFlow's op determinism makes the kernels themselves repeatable (no
+nondeterministic reductions or atomics). The result repeats bit for bit on the same machine
+type with the same library versions; `reproducibility.deterministic: false` trades that for
+speed.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def configure(deterministic: bool) -> None:
+    """Turn TensorFlow's op determinism on for this process (it cannot be turned off again:
+    a process that ran deterministic stays so)."""
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def seed(value: int) -> None:
+    """Seed Python's, numpy's and the backend's generators (Keras' one call for all three)."""
+    keras.utils.set_random_seed(value)

@@ -1,0 +1,133 @@
+"""The same inputs give the same model, and a registered version can be rebuilt.
+
+Two projects with the same data and params each run the real pretrain and train flows; the
+backbones and classifiers must be identical to the bit, and so must the metrics. Then
+`transferops reproduce` rebuilds a version from what it recorded, with its data restored by DVC
+after the folder changed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import make_image_folder
+from mlflow import MlflowClient
+
+from flows.cli import main
+
+pytestmark = pytest.mark.slow
+
+MODEL = "transferops-classifier"
+FAST = [
+    "--set",
+    "pretrain.epochs=3",
+    "--set",
+    "pretrain.width=8",
+    "--set",
+    "pretrain.batch_size=16",
+    "--set",
+    "finetune.head_epochs=10",
+    "--set",
+    "finetune.finetune_epochs=2",
+    "--set",
+    "finetune.batch_size=16",
+    "--set",
+    "finetune.head_learning_rate=0.01",
+]
+
+
+def dvc(root, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
+
+
+def use_store(root) -> MlflowClient:
+    """The project's tracking store and registry (both: the registry URI does not follow)."""
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
+    return MlflowClient()
+
+
+def weights(root, uri: str) -> list[np.ndarray]:
+    use_store(root)
+    if uri.startswith("models:/transferops-backbone"):
+        return mlflow.keras.load_model(uri).get_weights()
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model.get_weights()
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory, prefect_harness):
+    """Two projects, same data and params; the first versions its data with DVC."""
+    roots = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for name in ("a", "b"):
+            root = tmp_path_factory.mktemp(name)
+            make_image_folder(root / "data" / "source", ["ant", "bee", "cat"], per_class=40, seed=1)
+            make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=30, seed=2)
+            if name == "a":
+                dvc(root, "init", "--no-scm", "-q")
+                dvc(root, "add", "-q", "data/raw")
+            args = ["--root", str(root), *FAST]
+            assert main([*args, "pretrain"]) == 0
+            assert main([*args, "train"]) == 0
+            roots.append(root)
+        yield roots
+
+
+def test_pretrain_and_train_repeat_bit_for_bit(twins):
+    a, b = twins
+    for uri in ("models:/transferops-backbone@pretrained", f"models:/{MODEL}@champion"):
+        wa, wb = weights(a, uri), weights(b, uri)
+        assert len(wa) == len(wb) > 0
+        assert all(np.array_equal(x, y) for x, y in zip(wa, wb, strict=True)), uri
+    for report in ("pretrain.json", "train.json"):
+        sa = json.loads((a / "reports" / report).read_text())
+        sb = json.loads((b / "reports" / report).read_text())
+        assert sa["test"] == sb["test"] and sa["logme"] == sb["logme"], report
+
+
+def test_a_version_records_what_rebuilds_it(twins):
+    root = twins[0]
+    tags = use_store(root).get_model_version(MODEL, "1").tags
+    assert tags["data_dvc_state"] == "tracked" and tags["deterministic"] == "true"
+    assert len(tags["lock_sha256"]) == 64
+    assert tags["keras_version"] and tags["tensorflow_version"] and tags["python_version"]
+    assert tags["backbone"] == "registry:transferops-backbone@pretrained"
+    assert tags["backbone_version"] == "1"
+    backbone = MlflowClient().get_model_version("transferops-backbone", "1").tags
+    assert tags["backbone_data_version"] == backbone["data_version"] != ""
+    assert json.loads(tags["params"])["pretrain"]["epochs"] == 3
+
+
+def test_reproduce_restores_the_data_with_dvc_and_matches(twins, capsys):
+    root = twins[0]
+    # the folder moves on: the version's data now lives only in DVC's cache
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=3, seed=9)
+    capsys.readouterr()
+    assert main(["--root", str(root), "reproduce", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict       match (tolerance 0)" in out
+    report = json.loads((root / "reports" / "reproduce.json").read_text())
+    assert report["reproduction"]["matches"] is True
+    assert report["reproduction"]["new"] == report["reproduction"]["recorded"]
+    assert report["registered"] is None  # a reproduction registers nothing
+    assert not (root / ".transferops" / "reproduce").exists() or not any(
+        (root / ".transferops" / "reproduce").iterdir()
+    )
+    assert len(use_store(root).search_model_versions(f"name='{MODEL}'")) == 1
+
+
+def test_reproduce_fails_when_the_metrics_differ(twins, capsys):
+    root = twins[1]
+    use_store(root).set_model_version_tag(MODEL, "1", "test_accuracy", "0.01")  # a record that lies
+    assert main(["--root", str(root), "reproduce", "1"]) == 1
+    assert "verdict       DIFFERENT (tolerance 0)" in capsys.readouterr().out
+
+
+def test_reproduce_names_a_version_that_does_not_exist(twins, capsys):
+    assert main(["--root", str(twins[1]), "reproduce", "7"]) == 2
+    assert "transferops-classifier v7: no such version in the registry" in capsys.readouterr().err
