@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common_options("before")],
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress lines (default when not a terminal)"
+    )
     after = [_common_options("after")]
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows import errors
 
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        os.environ["TRANSFEROPS_PROGRESS"] = "0"
     if not args.debug:
         errors.quiet_prefect_tracebacks()
     root = (args.root_after or args.root_before or project_root()).resolve()

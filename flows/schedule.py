@@ -46,6 +46,7 @@ def deploy_retrain(cron: str, root: Path, params: Params, data_dir: str | None, 
         description="Retrain warm-started from the champion when the data version changed; "
         "promote through the gate.",
         tags=["transferops", "retrain"],
+        concurrency_limit=1,  # one retrain at a time; the project lock guards other runs too
         build=False,
         push=False,
         print_next_steps=False,

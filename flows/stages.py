@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import UUID
 
 import mlflow
-from prefect import runtime, task
+from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NONE
-from prefect.states import Failed, State
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed, Failed, State
 
 from tasks import (
     datasets,
@@ -26,6 +30,7 @@ from tasks import (
     finetune,
     lineage,
     pretraining,
+    progress,
     promotion,
     registry,
     selection,
@@ -62,7 +67,8 @@ def tracked_flow(
     """Configure MLflow for the project at `root` and open the flow's parent run, which
     holds every param (the stages log none of their own)."""
     paths = Paths.from_root(root)
-    tracking.configure(paths.mlflow_dir)
+    experiment_id = tracking.configure(paths.mlflow_dir)
+    close_dead_runs(experiment_id)
     determinism.configure(params.reproducibility.deterministic)
     tags = {
         "git_commit": lineage.git_commit(paths.root),
@@ -78,10 +84,43 @@ def tracked_flow(
 @contextmanager
 def stage_run(name: str, run: FlowRun) -> Iterator[None]:
     """The stage's nested MLflow run; its wall time goes to `run.seconds`."""
+    progress.say(f"== {name}")
     start = time.perf_counter()
     with tracking.stage_run(name, run.run_id):
         yield
     run.seconds[name] = round(time.perf_counter() - start, 1)
+    progress.say(f"   {name} done in {run.seconds[name]:.1f}s")
+
+
+def close_dead_runs(experiment_id: str) -> None:
+    """Runs left RUNNING by a process that died (kill -9): KILLED in MLflow, Crashed in Prefect,
+    each said in one log line."""
+    logger = get_run_logger()
+    for run in tracking.close_dead_runs(experiment_id):
+        logger.warning(
+            "closed MLflow run %s (%s) left RUNNING by process %s, which is gone: KILLED",
+            run.run_id,
+            run.name,
+            run.pid,
+        )
+        if run.prefect_flow_run_id and run.prefect_flow_run_id != str(runtime.flow_run.id):
+            try:
+                with get_client(sync_client=True) as client:
+                    flow_run = client.read_flow_run(UUID(run.prefect_flow_run_id))
+                    if not flow_run.state or not flow_run.state.is_final():
+                        crashed = Crashed(message=f"process {run.pid} died")
+                        client.set_flow_run_state(flow_run.id, crashed, force=True)
+                        task_runs = client.read_task_runs(
+                            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+                        )
+                        for task_run in task_runs:
+                            if task_run.state and not task_run.state.is_final():
+                                client.set_task_run_state(task_run.id, crashed, force=True)
+                        logger.warning(
+                            "marked Prefect flow run %s and its open task runs crashed", flow_run.name
+                        )
+            except (ObjectNotFound, ValueError):
+                pass  # that run lived on another Prefect server
 
 
 def failed(message: str) -> State:

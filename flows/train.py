@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -9,7 +10,7 @@ from prefect import flow
 from prefect.states import State
 
 from flows import stages
-from tasks import registry
+from tasks import registry, runlock
 from tasks.config import Params
 from tasks.summary import RunSummary
 
@@ -31,7 +32,10 @@ def train_flow(
     `only_if_new_data` skips the run when the champion was trained on this very data version;
     `register=False` stops after evaluation (a reproduction registers nothing)."""
     model_name = params.register.model_name
-    with stages.tracked_flow(flow_name, params, root, extra_tags) as run:
+    with (
+        runlock.exclusive(root, model_name) if register else nullcontext(),
+        stages.tracked_flow(flow_name, params, root, extra_tags) as run,
+    ):
         data_dir = run.paths.resolve(data_dir)
         data = stages.validate_data(data_dir, params.validate, run)
         if not data.report.success:

@@ -18,13 +18,29 @@ from tasks.config import Candidate
 _IN_MODEL_PREPROCESSING = ("MobileNetV3", "EfficientNet", "ConvNeXt")
 
 
-def build_backbone(image_size: int, width: int = 32, name: str = "backbone") -> keras.Model:
+# Every random initial value and dropout mask comes from an explicit seed. Keras' default
+# (seed=None) draws one from Python's global `random` when a layer is built, which other threads
+# of the process (Prefect's, MLflow's) also draw from: runs would differ by thread timing.
+
+
+def glorot(seed: int) -> keras.initializers.Initializer:
+    return keras.initializers.GlorotUniform(seed=seed)
+
+
+def build_backbone(image_size: int, width: int = 32, name: str = "backbone", seed: int = 0) -> keras.Model:
     """A small CNN: three conv blocks (width, 2*width, 4*width filters) and global pooling."""
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     for i, filters in enumerate((width, 2 * width, 4 * width)):
         for j in range(2):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
+            x = keras.layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=False,
+                kernel_initializer=glorot(seed * 100 + 2 * i + j),
+                name=f"conv{i}_{j}",
+            )(x)
             x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}_{j}")(x)
             x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
@@ -32,20 +48,26 @@ def build_backbone(image_size: int, width: int = 32, name: str = "backbone") -> 
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_head(feature_dim: int, num_classes: int, dropout: float) -> tuple[keras.Model, keras.layers.Layer]:
+def build_head(
+    feature_dim: int, num_classes: int, dropout: float, seed: int = 0
+) -> tuple[keras.Model, keras.layers.Layer]:
     """The classification head alone, trained on cached features; returns (model, dense layer)."""
-    dense = keras.layers.Dense(num_classes, activation="softmax", name="head")
+    dense = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=glorot(seed), name="head"
+    )
     inputs = keras.Input((feature_dim,), name="features")
-    outputs = dense(keras.layers.Dropout(dropout)(inputs))
+    outputs = dense(keras.layers.Dropout(dropout, seed=seed + 1)(inputs))
     return keras.Model(inputs, outputs, name="head_model"), dense
 
 
-def build_classifier(backbone: keras.Model, dense: keras.layers.Layer, dropout: float) -> keras.Model:
+def build_classifier(
+    backbone: keras.Model, dense: keras.layers.Layer, dropout: float, seed: int = 0
+) -> keras.Model:
     """Backbone + head. The backbone is always called with training=False, so its BatchNorm
     layers stay in inference mode even when unfrozen (Keras' fine-tuning guide)."""
     inputs = keras.Input(backbone.input_shape[1:], name="pixels")
     x = backbone(inputs, training=False)
-    x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dropout(dropout, seed=seed + 2)(x)
     return keras.Model(inputs, dense(x), name="classifier")
 
 
@@ -57,7 +79,22 @@ def backbone_of(classifier: keras.Model) -> keras.Model:
     raise ValueError(f"classifier {classifier.name!r} has no nested backbone model")
 
 
-def keras_application(name: str, image_size: int, weights: str | None) -> keras.Model:
+def reseed(model: keras.Model, seed: int) -> keras.Model:
+    """Draw every kernel again from its own initializer with an explicit seed (for a model built
+    with seed=None initializers, such as a Keras Application without weights)."""
+    for k, layer in enumerate(model.layers):
+        variable = getattr(layer, "kernel", None)  # DepthwiseConv2D keeps its kernel there too
+        initializer = getattr(layer, "kernel_initializer", None) or getattr(
+            layer, "depthwise_initializer", None
+        )
+        if variable is None or initializer is None:
+            continue
+        config = {**initializer.get_config(), "seed": seed * 10_000 + k}
+        variable.assign(type(initializer).from_config(config)(variable.shape, variable.dtype))
+    return model
+
+
+def keras_application(name: str, image_size: int, weights: str | None, seed: int = 0) -> keras.Model:
     """A Keras Application without its top, average-pooled. `weights`: imagenet, none, or a file."""
     if not name.startswith(_IN_MODEL_PREPROCESSING):
         raise ValueError(
@@ -79,35 +116,22 @@ def keras_application(name: str, image_size: int, weights: str | None) -> keras.
     )
     if file_weights:
         model.load_weights(str(weights))
+    elif weights in (None, "none"):
+        reseed(model, seed)
     return model
 
 
-def registry_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """`name@alias`, `name/version` or `name` (the latest) -> (name, alias, version)."""
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        return name, alias, None
-    name, _, version = ref.partition("/")
-    return name, None, version or None
-
-
-def registry_uri(ref: str) -> str:
-    """The MLflow models:/ URI of a registry reference."""
-    name, alias, version = registry_ref(ref)
-    if alias:
-        return f"models:/{name}@{alias}"
-    return f"models:/{name}/{version or 'latest'}"
-
-
-def load_candidate(candidate: Candidate, image_size: int) -> keras.Model:
+def load_candidate(candidate: Candidate, image_size: int, seed: int = 0) -> keras.Model:
     """Materialise a candidate backbone (see `Candidate`)."""
     kind, _, ref = candidate.uri.partition(":")
     if kind == "registry":
         import mlflow
 
+        from tasks.registry import registry_uri
+
         model = mlflow.keras.load_model(registry_uri(ref))
     elif kind == "keras":
-        model = keras_application(ref, image_size, candidate.weights)
+        model = keras_application(ref, image_size, candidate.weights, seed)
     elif kind == "file":
         if not Path(ref).is_file():
             raise FileNotFoundError(f"{candidate.uri}: model file not found")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from tasks.backbones import build_classifier, build_head, extract_features
+from tasks.backbones import build_classifier, build_head, extract_features, glorot
 from tasks.config import FinetuneParams
+from tasks.progress import EpochLines
 
 
 @dataclass
@@ -63,7 +64,7 @@ def finetune(
     f_train = train_features if train_features is not None else extract_features(backbone, x_train)
     f_val = extract_features(backbone, x_val)
 
-    head_model, dense = build_head(f_train.shape[1], num_classes, params.dropout)
+    head_model, dense = build_head(f_train.shape[1], num_classes, params.dropout, params.seed)
     if init_head is not None:
         dense.set_weights(init_head)
     head_model.compile(
@@ -79,12 +80,12 @@ def finetune(
             validation_data=(f_val, y_val),
             epochs=params.head_epochs,
             batch_size=params.batch_size,
-            callbacks=[_early_stopping(params.patience)],
+            callbacks=[_early_stopping(params.patience), EpochLines("head", params.head_epochs)],
             verbose=0,
         )
         history["head"] = {k: [float(v) for v in vs] for k, vs in h1.history.items()}
 
-    classifier = build_classifier(backbone, dense, params.dropout)
+    classifier = build_classifier(backbone, dense, params.dropout, params.seed)
     unfrozen: list[str] = []
     if params.finetune_epochs > 0 and params.unfreeze_layers > 0:
         unfrozen = unfreeze_top(backbone, params.unfreeze_layers)
@@ -99,7 +100,7 @@ def finetune(
             validation_data=(x_val.astype("float32"), y_val),
             epochs=params.finetune_epochs,
             batch_size=params.batch_size,
-            callbacks=[_early_stopping(params.patience)],
+            callbacks=[_early_stopping(params.patience), EpochLines("finetune", params.finetune_epochs)],
             verbose=0,
         )
         history["finetune"] = {k: [float(v) for v in vs] for k, vs in h2.history.items()}
@@ -125,8 +126,10 @@ def train_from_scratch(
     keras.utils.set_random_seed(seed)
     backbone.trainable = True
     inputs = keras.Input(backbone.input_shape[1:], name="pixels")
-    x = keras.layers.Dropout(dropout)(backbone(inputs))
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
+    x = keras.layers.Dropout(dropout, seed=seed + 1)(backbone(inputs))
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=glorot(seed), name="head"
+    )(x)
     model = keras.Model(inputs, outputs, name="classifier")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -139,7 +142,7 @@ def train_from_scratch(
         validation_data=(val[0].astype("float32"), val[1]),
         epochs=epochs,
         batch_size=batch_size,
-        callbacks=[_early_stopping(patience)],
+        callbacks=[_early_stopping(patience), EpochLines("train", epochs)],
         verbose=0,
     )
     return model, {k: [float(v) for v in vs] for k, vs in h.history.items()}

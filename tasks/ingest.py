@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from tasks import progress
 from tasks.images import is_ignored, printable
 
 
@@ -235,7 +236,11 @@ def scan(root: Path | str, max_pixels: int = 40_000_000, workers: int = 4) -> pd
         raise FileNotFoundError(f"{root}: data folder not found")
     entries = walk(root)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(lambda e: _row(e, max_pixels), entries))
+        rows = list(
+            progress.bar(
+                pool.map(lambda e: _row(e, max_pixels), entries), f"ingest {root.name}", len(entries)
+            )
+        )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for col in ("width", "height", "n_frames", "size"):
         manifest[col] = manifest[col].astype("Int64")

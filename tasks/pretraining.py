@@ -27,7 +27,7 @@ class PretrainResult:
 def pretrain(data: SplitData, params: PretrainParams, image_size: int) -> PretrainResult:
     """Train backbone + head on every source class for `params.epochs` epochs (no early stop)."""
     determinism.seed(params.seed)  # before the weights are initialised
-    backbone = build_backbone(image_size, params.width)
+    backbone = build_backbone(image_size, params.width, seed=params.seed)
     model, history = finetune.train_from_scratch(
         backbone,
         (data.train.x, data.train.y),

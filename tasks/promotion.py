@@ -101,6 +101,16 @@ def register_candidate(
     """Log the classifier in the active run, register it as `challenger` with its lineage and
     test metrics as tags, and move `champion` to it only if the gate says so."""
     decision = decide(evaluation.challenger.metrics, evaluation.champion, metric, min_delta)
+    if decision.promote:  # compare-and-set: replace only the champion this model was compared with
+        current = registry.version_by_alias(model_name, CHAMPION)
+        now = str(current.version) if current is not None else None
+        if now != evaluation.champion.version:
+            was = f"v{evaluation.champion.version}" if evaluation.champion.version else "no champion"
+            decision = Decision(
+                False,
+                f"champion moved to v{now} during this run (compared with {was}); "
+                "not promoted: rerun to compare with the new champion",
+            )
     info = registry.log_classifier(model, data.class_names, image_size, workdir, Path(data.test.paths[0]))
     version_tags = {
         **tags,

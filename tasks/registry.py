@@ -11,9 +11,8 @@ import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -23,8 +22,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from tasks.backbones import backbone_of, registry_ref
 from tasks.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame
+
+if TYPE_CHECKING:  # `transferops status` reads the registry without importing TensorFlow
+    import keras
 
 TASKS_DIR = Path(__file__).parent
 # What the served model imports: decoding and the pyfunc wrapper, nothing else of `tasks`.
@@ -36,6 +37,23 @@ CHALLENGER = "challenger"
 
 def _pins(*packages: str) -> list[str]:
     return [f"{p}=={metadata.version(p)}" for p in packages]
+
+
+def registry_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """`name@alias`, `name/version` or `name` (the latest) -> (name, alias, version)."""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return name, alias, None
+    name, _, version = ref.partition("/")
+    return name, None, version or None
+
+
+def registry_uri(ref: str) -> str:
+    """The MLflow models:/ URI of a registry reference."""
+    name, alias, version = registry_ref(ref)
+    if alias:
+        return f"models:/{name}@{alias}"
+    return f"models:/{name}/{version or 'latest'}"
 
 
 def log_classifier(
@@ -183,6 +201,8 @@ def warm_start(
         found, pyfunc_model = str(champion[0].version), champion[1]
     else:
         found, pyfunc_model = version, mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    from tasks.backbones import backbone_of
+
     classifier, known_classes = champion_keras_model(pyfunc_model)
     if known_classes != class_names:
         return None

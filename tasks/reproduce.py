@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from tasks import lineage, registry, versioning
-from tasks.backbones import registry_ref
 from tasks.config import Params
 from tasks.errors import UserError
 from tasks.ingest import scan
@@ -56,7 +55,7 @@ def recorded(model: str, version: str) -> Recorded:
     if backbone.startswith(f"registry:{model}@champion") or backbone.startswith(f"registry:{model}/"):
         warm_start_version = pinned or None
     elif backbone.startswith("registry:") and pinned:
-        name = registry_ref(backbone.removeprefix("registry:"))[0]
+        name = registry.registry_ref(backbone.removeprefix("registry:"))[0]
         candidates = [
             c.model_copy(update={"uri": f"registry:{name}/{pinned}"}) if c.uri == backbone else c
             for c in params.select.candidates

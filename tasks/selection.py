@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tasks import backbones, determinism, lineage, registry
+from tasks import backbones, lineage, registry
 from tasks.config import Candidate
 from tasks.datasets import Split
 from tasks.logme import logme
@@ -59,8 +59,7 @@ def score_candidates(
     loaded: dict[str, tuple[Candidate, keras.Model, np.ndarray]] = {}
     for candidate in candidates:
         name = candidate_name(candidate)
-        determinism.seed(seed)  # an Application without weights is initialised at random
-        model = backbones.load_candidate(candidate, image_size)
+        model = backbones.load_candidate(candidate, image_size, seed)
         features = backbones.extract_features(model, train.x[sample])
         scores[name] = logme(features, train.y[sample])
         loaded[name] = (candidate, model, features)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,49 @@ def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
 LINEAGE_TAGS = ("git_commit", "prefect_flow_run_id", "data_version", "data_dvc_state", "data_path")
 
 
+def process_tags() -> dict[str, str]:
+    """Which process owns a run: a run left RUNNING by a process that is gone is closed later."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class ClosedRun:
+    run_id: str
+    name: str
+    pid: str
+    prefect_flow_run_id: str | None
+
+
+def close_dead_runs(experiment_id: str) -> list[ClosedRun]:
+    """Mark KILLED every run of this host left RUNNING by a process that no longer exists
+    (a `kill -9`, a power cut); returns them, so the caller can say which."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    stale = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.host = '{host}'", max_results=500
+    )
+    closed = []
+    for run in stale:
+        pid = run.data.tags.get("pid", "")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(
+            ClosedRun(run.info.run_id, run.info.run_name or "", pid, run.data.tags.get("prefect_flow_run_id"))
+        )
+    return closed
+
+
 @contextmanager
 def stage_run(stage: str, parent_run_id: str) -> Iterator[mlflow.ActiveRun]:
     """A nested run for one stage under the flow's parent run (explicit parent: thread-safe),
@@ -65,7 +110,10 @@ def stage_run(stage: str, parent_run_id: str) -> Iterator[mlflow.ActiveRun]:
     parent_tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
     tags = {k: parent_tags[k] for k in LINEAGE_TAGS if k in parent_tags}
     with mlflow.start_run(
-        run_name=stage, nested=True, parent_run_id=parent_run_id, tags={"stage": stage, **tags}
+        run_name=stage,
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={"stage": stage, **tags, **process_tags()},
     ) as run:
         yield run
 
@@ -102,7 +150,7 @@ def scratch_dir() -> Iterator[Path]:
 @contextmanager
 def flow_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one flow run: lineage tags, every param flattened, params.json."""
-    with mlflow.start_run(run_name=name, tags={"flow": name, **tags}) as run:
+    with mlflow.start_run(run_name=name, tags={"flow": name, **tags, **process_tags()}) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_dict(params, "params.json")
         yield run

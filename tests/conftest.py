@@ -72,3 +72,15 @@ def wait_until_up(url: str, process, timeout: float = 180) -> None:
                 process.kill()
                 pytest.fail(f"server did not start on {url}")
             time.sleep(1)
+
+
+def clear_mlflow_env(mp: pytest.MonkeyPatch) -> None:
+    """No MLflow URI from the environment: MLflow exports every URI a test sets (tracking and
+    registry) to os.environ, where the next test would take it for the user's."""
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_uri_from_an_earlier_test(monkeypatch):
+    clear_mlflow_env(monkeypatch)

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import clear_mlflow_env, make_image_folder
 from mlflow import MlflowClient
 
 from flows.cli import main
@@ -51,7 +51,7 @@ def project(tmp_path_factory, prefect_harness):
     make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=40, seed=2)
     args = ["--root", str(root), *FAST]
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        clear_mlflow_env(mp)
         tmp = fresh_tmpdir(mp, root.parent / "tmp")
         assert main([*args, "pretrain"]) == 0
         assert main([*args, "train"]) == 0

@@ -30,3 +30,19 @@ def test_the_served_model_imports_only_decoding():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks")
         }
         assert tasks_imports <= {"tasks.images"}, module
+
+
+def test_status_and_help_import_no_tensorflow_or_great_expectations(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from flows.cli import main\n"
+        f"main(['--root', {str(tmp_path)!r}, 'status'])\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'great_expectations') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -109,3 +109,40 @@ def test_metrics_report_and_confusion_png(tmp_path):
     assert matrix.tolist() == [[1, 1], [0, 2]]
     png = evaluate.plot_confusion(matrix, ["a", "b"], tmp_path / "cm.png", "t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_line_per_epoch_on_a_terminal_and_none_otherwise(monkeypatch, capsys):
+    params = FinetuneParams(head_epochs=2, finetune_epochs=1, batch_size=16, unfreeze_layers=1)
+    monkeypatch.setenv("TRANSFEROPS_PROGRESS", "1")
+    finetune(build_backbone(32, width=4), tiny_split(4, 0), tiny_split(2, 1), 3, params)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [
+        "head epoch 1/2",
+        "head epoch 2/2",
+        "finetune epoch 1/1",
+    ]
+    assert "val_loss" in lines[0] and lines[0].endswith("s")
+    monkeypatch.setenv("TRANSFEROPS_PROGRESS", "0")
+    finetune(build_backbone(32, width=4), tiny_split(4, 0), tiny_split(2, 1), 3, params)
+    assert capsys.readouterr().err == ""
+
+
+def test_initial_weights_do_not_depend_on_the_global_random_state():
+    """Prefect's and MLflow's threads draw from Python's `random` too: a seed=None layer would
+    get other weights whenever they happen to draw between two builds."""
+    import random
+
+    def build_all():
+        _, dense = build_head(16, 3, 0.2, seed=5)
+        return [
+            *build_backbone(16, width=4, seed=5).get_weights(),
+            *dense.get_weights(),
+            *keras_application("MobileNetV3Small", 32, "none", seed=5).get_weights(),
+        ]
+
+    random.seed(1)
+    first = build_all()
+    random.seed(2)
+    random.random()
+    second = build_all()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))

@@ -14,7 +14,7 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import clear_mlflow_env, make_image_folder
 from mlflow import MlflowClient
 
 from flows.cli import main
@@ -63,7 +63,7 @@ def twins(tmp_path_factory, prefect_harness):
     """Two projects, same data and params; the first versions its data with DVC."""
     roots = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        clear_mlflow_env(mp)
         for name in ("a", "b"):
             root = tmp_path_factory.mktemp(name)
             make_image_folder(root / "data" / "source", ["ant", "bee", "cat"], per_class=40, seed=1)

@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port, make_image_folder, wait_until_up
+from conftest import clear_mlflow_env, free_port, make_image_folder, wait_until_up
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
@@ -42,7 +42,7 @@ def logged_model(tmp_path_factory) -> tuple[str, Path]:
     tmp = tmp_path_factory.mktemp("served")
     images = make_image_folder(tmp / "images", CLASSES, per_class=40, size=24)
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        clear_mlflow_env(mp)
         tracking.configure(tmp / "mlflow")
         backbone = build_backbone(16, width=4)
         _, dense = build_head(16, len(CLASSES), 0.0)
