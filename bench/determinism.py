@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import results_io
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -123,18 +123,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "identical": len({r["weights_sha256"] for r in mine}) == 1,
         }
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python -m bench.determinism", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        **results_io.header("bench.determinism", argv),
         "repeats": args.repeats,
         "summary": summary,
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "determinism.json").write_text(json.dumps(report, indent=2))
-    (args.out / "determinism.md").write_text(markdown(report))
-    print(markdown(report))
-    return report
+    return results_io.write(args.out, "determinism", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Writes bench/results/startup.{json,md}: median wall seconds per command and arm,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import results_io
 
 RESULTS = Path(__file__).parent / "results"
 BIN = Path(sys.executable).parent
@@ -65,9 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, by_arm in times.items()
     }
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python -m bench.startup", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **results_io.header("bench.startup", argv, f"Python {platform.python_version()}"),
         "repeats": args.repeats,
         "summary": summary,
         "times": times,
@@ -84,11 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, by_arm in summary.items():
         with_pyc, without = by_arm["compiled bytecode"], by_arm["no bytecode"]
         lines.append(f"| `{name}` | {with_pyc:.2f} | {without:.2f} | {without / with_pyc:.1f}x |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "startup.json").write_text(json.dumps(report, indent=2))
-    (args.out / "startup.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return report
+    return results_io.write(args.out, "startup", report, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,12 @@ Writes bench/results/transfer.json and transfer.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import results_io
 from flows.runtime import apply_env_defaults
 
 apply_env_defaults()
@@ -196,9 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
             }
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python -m bench.transfer", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Keras {keras.__version__}",
+        **results_io.header("bench.transfer", argv, f"Keras {keras.__version__}"),
         "seeds": args.seeds,
         "epochs_per_phase": args.epochs,
         "classes": full["names"],
@@ -207,11 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summary,
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "transfer.json").write_text(json.dumps(report, indent=2))
-    (args.out / "transfer.md").write_text(markdown(report))
-    print(markdown(report))
-    return report
+    return results_io.write(args.out, "transfer", report, markdown(report))
 
 
 if __name__ == "__main__":

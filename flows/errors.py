@@ -36,21 +36,18 @@ def _answers(url: str, timeout: float) -> str | None:
 def check_services(timeout: float = 10.0) -> None:
     """Fail fast when MLFLOW_TRACKING_URI or PREFECT_API_URL point at a server that does not
     answer (the defaults, a local store and a temporary Prefect server, need no check)."""
-    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if tracking.startswith(("http://", "https://")):
-        reason = _answers(tracking.rstrip("/") + "/health", timeout)
+    services = (
+        ("MLFLOW_TRACKING_URI", "MLflow tracking server", "start it", "use the local store in mlflow/"),
+        ("PREFECT_API_URL", "Prefect API", "start `prefect server start`", "run on a temporary local server"),
+    )
+    for variable, what, start, default in services:
+        url = os.environ.get(variable, "")
+        if not url.startswith(("http://", "https://")):
+            continue
+        reason = _answers(url.rstrip("/") + "/health", timeout)
         if reason:
             raise Unavailable(
-                f"MLflow tracking server {tracking} does not answer ({reason}): start it, or unset "
-                "MLFLOW_TRACKING_URI to use the local store in mlflow/"
-            )
-    prefect_api = os.environ.get("PREFECT_API_URL", "")
-    if prefect_api.startswith(("http://", "https://")):
-        reason = _answers(prefect_api.rstrip("/") + "/health", timeout)
-        if reason:
-            raise Unavailable(
-                f"Prefect API {prefect_api} does not answer ({reason}): start `prefect server start`, "
-                "or unset PREFECT_API_URL to run on a temporary local server"
+                f"{what} {url} does not answer ({reason}): {start}, or unset {variable} to {default}"
             )
 
 

@@ -84,3 +84,8 @@ def clear_mlflow_env(mp: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _no_mlflow_uri_from_an_earlier_test(monkeypatch):
     clear_mlflow_env(monkeypatch)
+
+
+def sets(values: dict[str, object]) -> list[str]:
+    """CLI overrides: {"finetune.head_epochs": 3} -> ["--set", "finetune.head_epochs=3"]."""
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import clear_mlflow_env, make_image_folder
+from conftest import clear_mlflow_env, make_image_folder, sets
 from mlflow import MlflowClient
 
 from flows.cli import main
@@ -23,24 +23,18 @@ from tasks.serving import files_frame
 pytestmark = pytest.mark.slow
 
 MODEL = "transferops-classifier"
-FAST = [
-    "--set",
-    "data.image_size=32",
-    "--set",
-    "pretrain.epochs=5",
-    "--set",
-    "pretrain.width=8",
-    "--set",
-    "pretrain.batch_size=16",
-    "--set",
-    "finetune.head_epochs=30",
-    "--set",
-    "finetune.finetune_epochs=2",
-    "--set",
-    "finetune.batch_size=16",
-    "--set",
-    "finetune.head_learning_rate=0.01",
-]
+FAST = sets(
+    {
+        "data.image_size": 32,
+        "pretrain.epochs": 5,
+        "pretrain.width": 8,
+        "pretrain.batch_size": 16,
+        "finetune.head_epochs": 30,
+        "finetune.finetune_epochs": 2,
+        "finetune.batch_size": 16,
+        "finetune.head_learning_rate": 0.01,
+    }
+)
 
 
 @pytest.fixture(scope="module")

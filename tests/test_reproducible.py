@@ -14,7 +14,7 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from conftest import clear_mlflow_env, make_image_folder
+from conftest import clear_mlflow_env, make_image_folder, sets
 from mlflow import MlflowClient
 
 from flows.cli import main
@@ -22,22 +22,17 @@ from flows.cli import main
 pytestmark = pytest.mark.slow
 
 MODEL = "transferops-classifier"
-FAST = [
-    "--set",
-    "pretrain.epochs=3",
-    "--set",
-    "pretrain.width=8",
-    "--set",
-    "pretrain.batch_size=16",
-    "--set",
-    "finetune.head_epochs=10",
-    "--set",
-    "finetune.finetune_epochs=2",
-    "--set",
-    "finetune.batch_size=16",
-    "--set",
-    "finetune.head_learning_rate=0.01",
-]
+FAST = sets(
+    {
+        "pretrain.epochs": 3,
+        "pretrain.width": 8,
+        "pretrain.batch_size": 16,
+        "finetune.head_epochs": 10,
+        "finetune.finetune_epochs": 2,
+        "finetune.batch_size": 16,
+        "finetune.head_learning_rate": 0.01,
+    }
+)
 
 
 def dvc(root, *args: str) -> None:

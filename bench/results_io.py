@@ -1,0 +1,32 @@
+"""What every benchmark writes: bench/results/<name>.json (everything) and <name>.md (a table)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def header(module: str, argv: list[str] | None, machine_extra: str = "") -> dict[str, Any]:
+    """Date, the exact command, and the machine, for the top of a report."""
+    args = sys.argv[1:] if argv is None else argv
+    machine = f"{platform.machine()}, {os.cpu_count()} cores" + (
+        f", {machine_extra}" if machine_extra else ""
+    )
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join([f"python -m {module}", *args]),
+        "machine": machine,
+    }
+
+
+def write(out: Path, name: str, report: dict[str, Any], markdown: str) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+    return report
