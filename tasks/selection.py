@@ -36,9 +36,11 @@ class Selection:
 
 
 def candidate_name(candidate: Candidate) -> str:
-    """A metric-safe short name: registry:foo@bar -> foo_bar."""
-    ref = candidate.uri.partition(":")[2]
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(ref).name)
+    """A metric-safe short name: registry:foo@bar -> foo_bar, registry:foo/3 -> foo_3,
+    file:/models/b.keras -> b.keras, keras:MobileNetV3Small -> MobileNetV3Small."""
+    kind, _, ref = candidate.uri.partition(":")
+    short = ref if kind == "registry" else Path(ref).name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in short)
 
 
 def sample_indices(n: int, max_samples: int, seed: int) -> np.ndarray:

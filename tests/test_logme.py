@@ -44,3 +44,15 @@ def test_scores_are_deterministic_and_shape_checked():
     assert logme(f, y) == logme(f.copy(), y.copy())
     with pytest.raises(ValueError, match="features must be"):
         logme(f, y[:-1])
+
+
+def test_candidate_names_are_metric_safe_and_tell_versions_apart():
+    from tasks.config import Candidate
+    from tasks.selection import candidate_name
+
+    assert (
+        candidate_name(Candidate(uri="registry:transferops-backbone@pretrained"))
+        == "transferops-backbone_pretrained"
+    )
+    assert candidate_name(Candidate(uri="registry:transferops-backbone/3")) == "transferops-backbone_3"
+    assert candidate_name(Candidate(uri="file:/models/b.keras")) == "b.keras"
