@@ -24,7 +24,9 @@ def pretrain_flow(params: Params, root: Path) -> RunSummary | State:
         if not data.report.success:
             return stages.failed(data.report.message(data_dir))
         split = stages.split_data(data, data_dir, params.split, params.data.image_size, run)
-        result = stages.pretrain_backbone(split, params.pretrain, params.data.image_size, run)
+        result = stages.pretrain_backbone(
+            split, params.pretrain, params.data.image_size, data.lineage["data_version"], run
+        )
         tags = stages.version_tags(run, data, params)
         registered = stages.register_backbone(result, split, params.pretrain, tags, run)
     return RunSummary(

@@ -24,6 +24,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed, Failed, State
 
 from tasks import (
+    backbones,
+    checkpoints,
     datasets,
     determinism,
     evaluate,
@@ -206,10 +208,22 @@ def select_backbone(
 
 @stage(name="finetune")
 def finetune_model(
-    start: selection.Selection, data: datasets.SplitData, params: FinetuneParams, run: FlowRun
+    start: selection.Selection,
+    data: datasets.SplitData,
+    params: FinetuneParams,
+    data_version: str,
+    run: FlowRun,
 ) -> finetune.FinetuneResult:
-    """Phase 1 head on cached features, phase 2 top of the backbone at a lower rate."""
+    """Phase 1 head on cached features, phase 2 top of the backbone at a lower rate; per-epoch
+    checkpoints keyed by what is trained, so a killed run resumes."""
     with stage_run("finetune", run):
+        inputs = {
+            "data_version": data_version,
+            "classes": data.class_names,
+            "params": params.model_dump(),
+            "start": {"uri": start.uri, **start.lineage},
+            "code": checkpoints.source_hash(Path(finetune.__file__), Path(backbones.__file__)),
+        }
         result = finetune.finetune(
             start.backbone,
             (data.train.x, data.train.y),
@@ -218,11 +232,21 @@ def finetune_model(
             params,
             init_head=start.init_head,
             train_features=start.train_features,
+            checkpoints=checkpoints.folder(run.paths.root, "finetune", inputs),
         )
+        say_resumed(result.resumed)
         log_history(result.history)
         mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")
         mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
     return result
+
+
+def say_resumed(resumed: dict[str, int]) -> None:
+    """A resumed phase is said in the log and recorded on the stage's run."""
+    for phase, epoch in resumed.items():
+        get_run_logger().warning("%s: resumed from the checkpoint after epoch %d", phase, epoch)
+    if resumed:
+        mlflow.set_tag("resumed_from_epoch", json.dumps(resumed))
 
 
 def log_test_report(report: evaluate.TestReport, class_names: list[str], prefix: str, title: str) -> None:
@@ -278,11 +302,20 @@ def register_model(
 
 @stage(name="pretrain")
 def pretrain_backbone(
-    data: datasets.SplitData, params: PretrainParams, image_size: int, run: FlowRun
+    data: datasets.SplitData, params: PretrainParams, image_size: int, data_version: str, run: FlowRun
 ) -> pretraining.PretrainResult:
     """Train the small CNN from scratch on the source data and score it on its test split."""
     with stage_run("pretrain", run):
-        result = pretraining.pretrain(data, params, image_size)
+        inputs = {
+            "data_version": data_version,
+            "image_size": image_size,
+            "params": params.model_dump(),
+            "code": checkpoints.source_hash(Path(pretraining.__file__), Path(finetune.__file__)),
+        }
+        result = pretraining.pretrain(
+            data, params, image_size, checkpoints.folder(run.paths.root, "pretrain", inputs)
+        )
+        say_resumed(result.resumed)
         log_history({"pretrain": result.history})
         log_test_report(result.test, data.class_names, "source_test_", "pretraining (source test split)")
     return result

@@ -59,7 +59,7 @@ def train_flow(
             warm_start_version,
             run,
         )
-        result = stages.finetune_model(start, split, params.finetune, run)
+        result = stages.finetune_model(start, split, params.finetune, version, run)
         evaluation = stages.evaluate_model(result, split, model_name, run)
         registered = None
         if register:

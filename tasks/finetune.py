@@ -10,11 +10,13 @@ Both phases stop early on validation loss and keep their best weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from tasks.backbones import build_classifier, build_head, extract_features, glorot
+from tasks.checkpoints import callback, resumed_epoch
 from tasks.config import FinetuneParams
 from tasks.progress import EpochLines
 
@@ -24,6 +26,20 @@ class FinetuneResult:
     model: keras.Model
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
     unfrozen: list[str] = field(default_factory=list)
+    resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
+
+
+def _resumable(
+    checkpoints: Path | None, phase: str, resumed: dict[str, int]
+) -> list[keras.callbacks.Callback]:
+    """BackupAndRestore for `phase` under `checkpoints`, noting in `resumed` where it resumes."""
+    if checkpoints is None:
+        return []
+    backup_dir = checkpoints / phase
+    epoch = resumed_epoch(backup_dir)
+    if epoch:
+        resumed[phase] = epoch
+    return [callback(backup_dir)]
 
 
 def _early_stopping(patience: int) -> keras.callbacks.Callback:
@@ -52,11 +68,13 @@ def finetune(
     params: FinetuneParams,
     init_head: list[np.ndarray] | None = None,
     train_features: np.ndarray | None = None,
+    checkpoints: Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune `backbone` on (images, int labels); returns the classifier and its history.
 
     `init_head` (the head's [kernel, bias], e.g. from the champion) warm-starts the head.
     `train_features` are the frozen features of `train[0]` when the caller has them already.
+    `checkpoints`: a folder for per-epoch checkpoints (tasks.checkpoints); a killed run resumes.
     """
     keras.utils.set_random_seed(params.seed)
     (x_train, y_train), (x_val, y_val) = train, val
@@ -73,6 +91,7 @@ def finetune(
         metrics=["accuracy"],
     )
     history: dict[str, dict[str, list[float]]] = {}
+    resumed: dict[str, int] = {}
     if params.head_epochs > 0:
         h1 = head_model.fit(
             f_train,
@@ -80,7 +99,11 @@ def finetune(
             validation_data=(f_val, y_val),
             epochs=params.head_epochs,
             batch_size=params.batch_size,
-            callbacks=[_early_stopping(params.patience), EpochLines("head", params.head_epochs)],
+            callbacks=[
+                _early_stopping(params.patience),
+                EpochLines("head", params.head_epochs),
+                *_resumable(checkpoints, "head", resumed),
+            ],
             verbose=0,
         )
         history["head"] = {k: [float(v) for v in vs] for k, vs in h1.history.items()}
@@ -100,12 +123,16 @@ def finetune(
             validation_data=(x_val.astype("float32"), y_val),
             epochs=params.finetune_epochs,
             batch_size=params.batch_size,
-            callbacks=[_early_stopping(params.patience), EpochLines("finetune", params.finetune_epochs)],
+            callbacks=[
+                _early_stopping(params.patience),
+                EpochLines("finetune", params.finetune_epochs),
+                *_resumable(checkpoints, "finetune", resumed),
+            ],
             verbose=0,
         )
         history["finetune"] = {k: [float(v) for v in vs] for k, vs in h2.history.items()}
     backbone.trainable = False
-    return FinetuneResult(model=classifier, history=history, unfrozen=unfrozen)
+    return FinetuneResult(model=classifier, history=history, unfrozen=unfrozen, resumed=resumed)
 
 
 def train_from_scratch(
@@ -119,6 +146,8 @@ def train_from_scratch(
     patience: int,
     dropout: float = 0.2,
     seed: int = 0,
+    checkpoints: Path | None = None,
+    resumed: dict[str, int] | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train a classifier end to end, every layer trainable (pretraining and the baseline).
 
@@ -142,7 +171,11 @@ def train_from_scratch(
         validation_data=(val[0].astype("float32"), val[1]),
         epochs=epochs,
         batch_size=batch_size,
-        callbacks=[_early_stopping(patience), EpochLines("train", epochs)],
+        callbacks=[
+            _early_stopping(patience),
+            EpochLines("train", epochs),
+            *_resumable(checkpoints, "train", resumed if resumed is not None else {}),
+        ],
         verbose=0,
     )
     return model, {k: [float(v) for v in vs] for k, vs in h.history.items()}

@@ -7,7 +7,8 @@ what `registry:<name>@<alias>` candidates load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 
@@ -22,10 +23,15 @@ class PretrainResult:
     backbone: keras.Model  # frozen
     history: dict[str, list[float]]  # metric -> per-epoch values
     test: evaluate.TestReport  # the whole classifier on the source test split
+    resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
 
 
-def pretrain(data: SplitData, params: PretrainParams, image_size: int) -> PretrainResult:
-    """Train backbone + head on every source class for `params.epochs` epochs (no early stop)."""
+def pretrain(
+    data: SplitData, params: PretrainParams, image_size: int, checkpoints: Path | None = None
+) -> PretrainResult:
+    """Train backbone + head on every source class for `params.epochs` epochs (no early stop);
+    with `checkpoints`, a killed run resumes from its last finished epoch."""
+    resumed: dict[str, int] = {}
     determinism.seed(params.seed)  # before the weights are initialised
     backbone = build_backbone(image_size, params.width, seed=params.seed)
     model, history = finetune.train_from_scratch(
@@ -38,7 +44,11 @@ def pretrain(data: SplitData, params: PretrainParams, image_size: int) -> Pretra
         params.batch_size,
         patience=params.epochs,
         seed=params.seed,
+        checkpoints=checkpoints,
+        resumed=resumed,
     )
     probabilities = evaluate.predict(model, data.test.x)
     backbone.trainable = False
-    return PretrainResult(backbone, history, evaluate.report(data.test.y, probabilities, data.class_names))
+    return PretrainResult(
+        backbone, history, evaluate.report(data.test.y, probabilities, data.class_names), resumed
+    )

@@ -3,6 +3,7 @@ of the same model in the same project is refused while the first holds the lock.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -41,7 +42,17 @@ def running_finetune(db) -> list[str]:
     return [r[0] for r in rows]
 
 
-def test_a_killed_run_is_closed_by_the_next_one(tmp_path):
+def checkpointed_epochs(root) -> int:
+    """Head epochs the finetune checkpoint holds (0 while there is none)."""
+    for metadata in (root / ".transferops" / "checkpoints").glob("finetune-*/head/training_metadata.json"):
+        try:
+            return int(json.loads(metadata.read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            return 0
+    return 0
+
+
+def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):
     root = tmp_path / "project"
     make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
@@ -56,10 +67,10 @@ def test_a_killed_run_is_closed_by_the_next_one(tmp_path):
         start_new_session=True,  # its own process group: the kill takes its Prefect server too
     )
     deadline = time.time() + 300
-    while not running_finetune(root / "mlflow" / "mlflow.db"):
+    while checkpointed_epochs(root) < 5:
         assert victim.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline, "finetune never started"
-        time.sleep(1)
+        time.sleep(0.2)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
 
@@ -72,8 +83,9 @@ def test_a_killed_run_is_closed_by_the_next_one(tmp_path):
     experiment_id = client.get_experiment_by_name("transferops").experiment_id
     assert len(client.search_runs([experiment_id], "attributes.status = 'RUNNING'")) == 2  # flow + finetune
 
+    resumable = checkpointed_epochs(root)
     done = subprocess.run(
-        cli(root, "train", "--set", "finetune.head_epochs=3", "--set", "finetune.finetune_epochs=1"),
+        cli(root, "train", *SLOW_FINETUNE),  # the same run again: it resumes from the checkpoint
         env=env,
         capture_output=True,
         text=True,
@@ -86,6 +98,14 @@ def test_a_killed_run_is_closed_by_the_next_one(tmp_path):
     assert f"closed MLflow run {finetune_run} (finetune) left RUNNING by process" in done.stderr
     assert "marked Prefect flow run" in done.stderr and "crashed" in done.stderr
     assert len(client.search_model_versions("name='transferops-classifier'")) == 1
+    rerun = client.search_runs([experiment_id], "tags.stage = 'finetune' and attributes.status = 'FINISHED'")[
+        0
+    ]
+    assert json.loads(rerun.data.tags["resumed_from_epoch"]) == {"head": resumable}
+    head_epochs = rerun.data.metrics["epochs.head"]
+    assert head_epochs == 400 - resumable  # only the epochs the killed run had not finished
+    assert f"head: resumed from the checkpoint after epoch {resumable}" in done.stderr
+    assert not list((root / ".transferops" / "checkpoints").glob("finetune-*/head"))
 
 
 def test_a_second_run_in_the_same_project_is_refused(tmp_path):

@@ -146,3 +146,31 @@ def test_initial_weights_do_not_depend_on_the_global_random_state():
     random.random()
     second = build_all()
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    import tasks.finetune as ft
+    from tasks.progress import EpochLines
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterTwoEpochs(EpochLines):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:  # epochs 0 and 1 are checkpointed; this one never finishes
+                raise Killed
+
+    params = FinetuneParams(head_epochs=6, finetune_epochs=0, patience=10, batch_size=8)
+    train, val = tiny_split(4, 0), tiny_split(2, 1)
+    monkeypatch.setattr(ft, "EpochLines", KillAfterTwoEpochs)
+    with pytest.raises(Killed):
+        finetune(build_backbone(32, width=4, seed=1), train, val, 3, params, checkpoints=tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "head" / "training_metadata.json").exists()
+
+    monkeypatch.setattr(ft, "EpochLines", EpochLines)
+    result = finetune(
+        build_backbone(32, width=4, seed=1), train, val, 3, params, checkpoints=tmp_path / "ckpt"
+    )
+    assert result.resumed == {"head": 2}
+    assert len(result.history["head"]["loss"]) == 4  # epochs 3..6 only
+    assert not (tmp_path / "ckpt" / "head").exists()  # removed once training ended normally

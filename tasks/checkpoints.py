@@ -1,0 +1,62 @@
+"""Per-epoch checkpoints, so a training killed half-way resumes where it stopped.
+
+A checkpoint folder is keyed by everything that determines what is trained (data version,
+params, the backbone it starts from, the source of the training code): a rerun with the same
+inputs finds it and resumes from the last finished epoch; any change starts afresh in another
+folder. Keras' BackupAndRestore writes the weights, optimizer state and epoch after each epoch
+and deletes the folder when training ends normally. Folders live under `<root>/.transferops/`,
+which is safe to delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+METADATA = "training_metadata.json"  # written by BackupAndRestore: {"epoch": N, ...}
+
+
+def source_hash(*files: Path) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def folder(root: Path, stage: str, inputs: dict[str, Any]) -> Path:
+    """`<root>/.transferops/checkpoints/<stage>-<hash of inputs>`."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(root) / ".transferops" / "checkpoints" / f"{stage}-{key}"
+
+
+def resumed_epoch(backup_dir: Path) -> int | None:
+    """The epoch a phase will resume from (epochs already finished), or None for a fresh start."""
+    try:
+        return int(json.loads((backup_dir / METADATA).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, but each checkpoint is written to a new file and renamed into
+    place: a kill in the middle of a write (seen in the SIGKILL test: a truncated .h5 that
+    failed the resume) leaves the previous checkpoint whole."""
+
+    def _save_model(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        incoming = os.path.join(self.backup_dir, "incoming.weights.h5")
+        self.model.save_weights(incoming, overwrite=True)
+        os.replace(incoming, self._weights_path)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        incoming = f"{self._training_metadata_path}.incoming"
+        Path(incoming).write_text(json.dumps(metadata))
+        os.replace(incoming, self._training_metadata_path)
+
+
+def callback(backup_dir: Path) -> keras.callbacks.Callback:
+    return AtomicBackupAndRestore(str(backup_dir))
