@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 def callback(backup_dir: Path) -> keras.callbacks.Callback:
     return AtomicBackupAndRestore(str(backup_dir))
+
+
+def finished(folder: Path | None) -> None:
+    """Training ended normally: nothing is left to resume."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from tasks.backbones import build_classifier, build_head, extract_features, glorot
-from tasks.checkpoints import callback, resumed_epoch
+from tasks.checkpoints import callback, finished, resumed_epoch
 from tasks.config import FinetuneParams
 from tasks.progress import EpochLines
 
@@ -132,6 +132,7 @@ def finetune(
         )
         history["finetune"] = {k: [float(v) for v in vs] for k, vs in h2.history.items()}
     backbone.trainable = False
+    finished(checkpoints)
     return FinetuneResult(model=classifier, history=history, unfrozen=unfrozen, resumed=resumed)
 
 

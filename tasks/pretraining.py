@@ -14,6 +14,7 @@ import keras
 
 from tasks import determinism, evaluate, finetune
 from tasks.backbones import build_backbone
+from tasks.checkpoints import finished as checkpoints_finished
 from tasks.config import PretrainParams
 from tasks.datasets import SplitData
 
@@ -47,6 +48,7 @@ def pretrain(
         checkpoints=checkpoints,
         resumed=resumed,
     )
+    checkpoints_finished(checkpoints)
     probabilities = evaluate.predict(model, data.test.x)
     backbone.trainable = False
     return PretrainResult(

@@ -173,4 +173,4 @@ def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     )
     assert result.resumed == {"head": 2}
     assert len(result.history["head"]["loss"]) == 4  # epochs 3..6 only
-    assert not (tmp_path / "ckpt" / "head").exists()  # removed once training ended normally
+    assert not (tmp_path / "ckpt").exists()  # removed once training ended normally
