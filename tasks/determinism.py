@@ -12,8 +12,6 @@ speed.
 
 from __future__ import annotations
 
-import keras
-
 
 def configure(deterministic: bool) -> None:
     """Turn TensorFlow's op determinism on for this process (it cannot be turned off again:
@@ -22,8 +20,3 @@ def configure(deterministic: bool) -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-
-
-def seed(value: int) -> None:
-    """Seed Python's, numpy's and the backend's generators (Keras' one call for all three)."""
-    keras.utils.set_random_seed(value)

@@ -81,10 +81,6 @@ class Entry:
     error: str | None  # why it is not read
 
 
-def _inside(root: Path, path: Path) -> bool:
-    return path == root or path.is_relative_to(root)
-
-
 def open_regular(path: Path) -> bytes:
     """Read a regular file without following a final symbolic link or blocking on a FIFO."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -104,7 +100,7 @@ def resolve_inside(root: Path, rel: str) -> Path:
     """The regular file `rel` names under `root`, links resolved, refused when it lies outside."""
     real_root = root.resolve()
     path = (root / rel).resolve(strict=True)
-    if not _inside(real_root, path):
+    if not path.is_relative_to(real_root):
         raise UnsafePathError(f"{rel}: resolves outside the data folder {root}")
     return path
 
@@ -119,7 +115,7 @@ def _link_entry(root: Path, real_root: Path, path: Path, rel: str) -> Entry:
         target = path.resolve(strict=True)
     except (OSError, RuntimeError):
         return Entry(rel, None, "symbolic link that leads nowhere (broken or a loop): not read")
-    if not _inside(real_root, target):
+    if not target.is_relative_to(real_root):
         return Entry(rel, None, "symbolic link to outside the data folder: not read")
     if target.is_dir():
         return Entry(rel, None, "symbolic link to a folder: not followed (copy the folder in instead)")

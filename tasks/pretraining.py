@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from tasks import determinism, evaluate, finetune
+from tasks import evaluate, finetune
 from tasks.backbones import build_backbone
 from tasks.checkpoints import finished as checkpoints_finished
 from tasks.config import PretrainParams
@@ -33,7 +33,6 @@ def pretrain(
     """Train backbone + head on every source class for `params.epochs` epochs (no early stop);
     with `checkpoints`, a killed run resumes from its last finished epoch."""
     resumed: dict[str, int] = {}
-    determinism.seed(params.seed)  # before the weights are initialised
     backbone = build_backbone(image_size, params.width, seed=params.seed)
     model, history = finetune.train_from_scratch(
         backbone,

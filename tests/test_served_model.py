@@ -96,10 +96,13 @@ def test_in_process_callers_opt_in_to_files(pyfunc, logged_model):
 
 
 def test_a_missing_column_or_no_rows_is_one_clear_message(pyfunc):
-    with pytest.raises(MlflowException, match="image"):
+    with pytest.raises(MlflowException, match="image"):  # MLflow's schema check, in front
         pyfunc.predict(pd.DataFrame({"picture": ["x"]}))
+    model = pyfunc.unwrap_python_model()  # our own check, for callers without the schema
+    with pytest.raises(MlflowException, match=r"input needs an 'image' column .* got columns \['picture'\]"):
+        model.predict(None, pd.DataFrame({"picture": ["x"]}))
     with pytest.raises(MlflowException, match="input has no rows"):
-        pyfunc.unwrap_python_model().predict(None, pd.DataFrame({"image": []}))
+        model.predict(None, pd.DataFrame({"image": []}))
 
 
 def test_the_model_carries_no_more_code_than_serving(logged_model):
