@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from flows.runtime import apply_env_defaults
+from flows.runtime import apply_env_defaults, start_prefect_server, wait_for_prefect_server
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -57,6 +57,7 @@ def resolve_params(root: Path, params_arg: Path | None, sets: list[str]) -> Para
 def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> RunSummary:
     """Run a flow. A run that failed on an exception re-raises it (`main` explains it in one
     line); one that failed with a message (a failed validation) exits with that message."""
+    wait_for_prefect_server()
     state = flow_fn(*args, return_state=True, **kwargs)
     result = state.result(raise_on_failure=False)
     if state.is_completed():
@@ -87,7 +88,7 @@ def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
 def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     from flows.pretrain import pretrain_flow
 
-    return _run(pretrain_flow, params, paths.root)
+    return _run(pretrain_flow, params, paths.root, force=args.force)
 
 
 def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
@@ -96,13 +97,13 @@ def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSumm
         raise FileNotFoundError(f"{data_dir}: data folder not found (expected <folder>/<class>/<image>)")
     from flows.train import train_flow
 
-    return _run(train_flow, data_dir, params, paths.root)
+    return _run(train_flow, data_dir, params, paths.root, force=args.force)
 
 
 def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     from flows.retrain import retrain_flow
 
-    return _run(retrain_flow, params, str(paths.root), args.data)
+    return _run(retrain_flow, params, str(paths.root), args.data, force=args.force)
 
 
 def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
@@ -205,16 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.set_defaults(func=cmd_data)
 
-    sub.add_parser("pretrain", parents=after, help="train and register the pretrained backbone").set_defaults(
-        func=cmd_pretrain
+    force = argparse.ArgumentParser(add_help=False)
+    force.add_argument(
+        "--force", action="store_true", help="recompute every stage (default: reuse unchanged ones)"
     )
+    sub.add_parser(
+        "pretrain", parents=[*after, force], help="train and register the pretrained backbone"
+    ).set_defaults(func=cmd_pretrain)
 
-    train = sub.add_parser("train", parents=after, help="validate, fine-tune, evaluate and register")
+    train = sub.add_parser(
+        "train", parents=[*after, force], help="validate, fine-tune, evaluate and register"
+    )
     train.add_argument("--data", type=Path, help="image folder <data>/<class>/<image>")
     train.set_defaults(func=cmd_train)
 
     retrain = sub.add_parser(
-        "retrain", parents=after, help="train warm-started from the champion, if data changed"
+        "retrain", parents=[*after, force], help="train warm-started from the champion, if data changed"
     )
     retrain.add_argument("--data", type=str)
     retrain.set_defaults(func=cmd_retrain)
@@ -256,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FLOW_COMMANDS = {"pretrain", "train", "retrain", "reproduce", "demo"}
 USAGE_ERRORS = (UserError, FileNotFoundError, FileExistsError)  # exit 2: what was asked cannot be done
 
 
@@ -276,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.command != "data":
             errors.check_services()
+        if args.command in FLOW_COMMANDS:
+            start_prefect_server()
         summary = args.func(args, params, paths)
         if summary is not None:
             from tasks.summary import format_summary

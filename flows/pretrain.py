@@ -16,16 +16,39 @@ from tasks.summary import RunSummary
 
 
 @flow(name="pretrain", validate_parameters=False)
-def pretrain_flow(params: Params, root: Path) -> RunSummary | State:
-    """validate -> split -> pretrain -> register, on `params.data.source`."""
-    with stages.tracked_flow("pretrain", params, root) as run:
+def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary | State:
+    """validate -> split -> pretrain -> register, on `params.data.source`. Unchanged stages
+    are reused (`flows.caching`); `force` recomputes them."""
+    with stages.tracked_flow("pretrain", params, root, force=force) as run:
         data_dir = run.paths.resolve(params.data.source)
-        data = stages.validate_data(data_dir, params.validate, run)
+        data = stages.run_stage(
+            run,
+            stages.validate_data,
+            stages.log_validation,
+            data_dir=data_dir,
+            params=params.validate,
+            docs_root=run.paths.root / ".transferops" / "data_docs",
+        )
         if not data.report.success:
             return stages.failed(data.report.message(data_dir))
-        split = stages.split_data(data, data_dir, params.split, params.data.image_size, run)
-        result = stages.pretrain_backbone(
-            split, params.pretrain, params.data.image_size, data.lineage["data_version"], run
+        split = stages.run_stage(
+            run,
+            stages.split_data,
+            stages.log_split,
+            data=data,
+            data_dir=data_dir,
+            params=params.split,
+            image_size=params.data.image_size,
+        )
+        result = stages.run_stage(
+            run,
+            stages.pretrain_backbone,
+            stages.log_pretraining,
+            data=split,
+            params=params.pretrain,
+            image_size=params.data.image_size,
+            reproducibility=params.reproducibility,
+            root=run.paths.root,
         )
         tags = stages.version_tags(run, data, params)
         registered = stages.register_backbone(result, split, params.pretrain, tags, run)
@@ -37,6 +60,7 @@ def pretrain_flow(params: Params, root: Path) -> RunSummary | State:
         images=split.sizes(),
         classes=split.class_names,
         stage_seconds=run.seconds,
+        reused=run.reused,
         backbone=f"transferops CNN, width {params.pretrain.width}",
         test=result.test.metrics,
         registered=registered,

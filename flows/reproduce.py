@@ -33,6 +33,7 @@ def reproduce_flow(model: str, version: str, root: Path, tolerance: float) -> Ru
             register=False,
             flow_name="reproduce",
             extra_tags={"reproduce_of": f"{model}/{version}"},
+            force=True,  # rebuilt, never reused: reusing the recorded training would prove nothing
             return_state=True,
         )
     finally:

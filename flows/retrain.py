@@ -15,7 +15,9 @@ from tasks.summary import RunSummary
 
 
 @flow(name="retrain")
-def retrain_flow(params: Params, root: str, data_dir: str | None = None) -> RunSummary | State:
+def retrain_flow(
+    params: Params, root: str, data_dir: str | None = None, force: bool = False
+) -> RunSummary | State:
     """Entry point of the deployment. `params` arrives as JSON there and is checked against
     the Params model (Prefect validates flow parameters)."""
     state = train_flow(
@@ -25,6 +27,7 @@ def retrain_flow(params: Params, root: str, data_dir: str | None = None) -> RunS
         warm_start=True,
         only_if_new_data=True,
         flow_name="retrain",
+        force=force,
         return_state=True,
     )
     # Returned as is, a subflow's state would be folded into "All states completed."; pass on

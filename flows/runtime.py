@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
 
 ENV_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ start-up chatter
@@ -35,3 +37,29 @@ def apply_env_defaults() -> None:
     # Keras' "tf.function retracing" warnings are expected: features are extracted for
     # splits of different sizes.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    # A reused (unpickled) model restores its weights, not its optimizer's slots, and says so.
+    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+
+
+_server_start: threading.Thread | None = None
+
+
+def start_prefect_server() -> None:
+    """Without a Prefect API URL, flows run on a temporary local server that takes seconds to
+    start: start it now in a thread, while TensorFlow imports (`wait_for_prefect_server`
+    joins it before the first flow runs). Prefect's own server class, so the flow engine
+    finds it running and uses it."""
+    global _server_start
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url or _server_start is not None:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    _server_start = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
+    _server_start.start()
+
+
+def wait_for_prefect_server() -> None:
+    if _server_start is not None:
+        _server_start.join()

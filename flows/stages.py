@@ -1,30 +1,35 @@
-"""Prefect tasks, one per stage. Each wrapper opens the stage's nested MLflow run, calls one
-function from `tasks/`, logs what it returned, and times itself. No decisions here: each
+"""The stages, each in two halves, and the flow's MLflow parent run. No decisions here: each
 lives in the `tasks/` module named in the call.
 
-Results stay in memory (arrays and Keras models), so no task caches or persists them.
+- The compute half is a cached Prefect task (`flows.caching`): it calls one `tasks/` function
+  and returns its result, which Prefect persists and reuses while nothing it depends on changes.
+- The logging half (`log_*`) runs in every flow run, reused or not, in the stage's nested MLflow
+  run, so each run's page shows every stage; `run_stage` joins the halves and times them.
+- Registration is a side effect and is not cached: the registry itself finds a version made
+  from the same training (its `training_key` tag) instead of adding it again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 from uuid import UUID
 
 import mlflow
-from prefect import get_run_logger, runtime, task
+from prefect import Task, get_run_logger, runtime, task
 from prefect.cache_policies import NONE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed, Failed, State
 
+from flows.caching import cached_stage, stage_key
 from tasks import (
-    backbones,
     checkpoints,
     datasets,
     determinism,
@@ -45,13 +50,17 @@ from tasks.config import (
     Paths,
     PretrainParams,
     RegisterParams,
+    ReproducibilityParams,
     SelectParams,
     SplitParams,
     ValidateParams,
 )
 from tasks.tracking import log_history, scratch_dir
 
-stage = task(cache_policy=NONE, persist_result=False)
+stage = task(cache_policy=NONE, persist_result=False)  # a stage that is not cached
+RESULTS_DIR = ".transferops/results"  # Prefect's persisted stage results, per project
+T = TypeVar("T")
+Logger = Callable[[T, "FlowRun", bool], None]  # (result, run, reused): what a stage logs
 
 
 @dataclass
@@ -60,14 +69,16 @@ class FlowRun:
     run_id: str  # the MLflow parent run
     tags: dict[str, str]  # code and environment lineage: git commit, lock file, versions, Prefect run
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time, in order
+    reused: list[str] = field(default_factory=list)  # stages whose cached result was reused
+    force: bool = False  # recompute every stage (and overwrite its cached result)
 
 
 @contextmanager
 def tracked_flow(
-    name: str, params: Params, root: Path, extra_tags: dict[str, str] | None = None
+    name: str, params: Params, root: Path, extra_tags: dict[str, str] | None = None, force: bool = False
 ) -> Iterator[FlowRun]:
     """Configure MLflow for the project at `root` and open the flow's parent run, which
-    holds every param (the stages log none of their own)."""
+    holds every param (the stages log none of their own). `force`: reuse no stage."""
     paths = Paths.from_root(root)
     experiment_id = tracking.configure(paths.mlflow_dir)
     close_dead_runs(experiment_id)
@@ -80,7 +91,7 @@ def tracked_flow(
         **(extra_tags or {}),
     }
     with tracking.flow_run(name, tags, params.as_dict()) as parent:
-        yield FlowRun(paths, parent.info.run_id, tags)
+        yield FlowRun(paths, parent.info.run_id, tags, force=force)
 
 
 @contextmanager
@@ -132,47 +143,78 @@ def failed(message: str) -> State:
     return Failed(message=message)
 
 
-@stage(name="validate")
-def validate_data(data_dir: Path, params: ValidateParams, run: FlowRun) -> validation.ValidatedData:
-    """Ingest (hash + decode every file) and run the Great Expectations suites."""
-    with stage_run("validate", run), scratch_dir() as tmp:
-        data = validation.validate_folder(data_dir, params, tmp / "data_docs")
-        mlflow.set_tags(data.lineage)
-        client = mlflow.MlflowClient()
-        for key, value in data.lineage.items():  # the flow's run carries the data version too
-            client.set_tag(run.run_id, key, value)
-        mlflow.log_metrics(data.report.statistics)
+def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any) -> T:
+    """One stage in its nested MLflow run: the cached compute task, then `log` (in every run,
+    reused or not, so each run's page shows every stage). Timed into `run.seconds`; a reused
+    stage is said, tagged `reused` in MLflow, and listed in `run.reused`."""
+    name = compute.name
+    progress.say(f"== {name}")
+    start = time.perf_counter()
+    with tracking.stage_run(name, run.run_id):
+        state = compute.with_options(result_storage=run.paths.root / RESULTS_DIR, refresh_cache=run.force)(
+            return_state=True, **inputs
+        )
+        result = state.result()  # a failed stage raises its own exception here
+        reused = state.name == "Cached"
+        if reused:
+            mlflow.set_tag("reused", "true")
+        log(result, run, reused)
+    run.seconds[name] = round(time.perf_counter() - start, 1)
+    if reused:
+        run.reused.append(name)
+    done = "reused (nothing it depends on changed)" if reused else "done"
+    progress.say(f"   {name} {done} in {run.seconds[name]:.1f}s")
+    return result
+
+
+def tag_parent(run: FlowRun, tags: dict[str, str]) -> None:
+    """Tags of the active stage run that the flow's run carries too (data version, backbone)."""
+    mlflow.set_tags(tags)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run.run_id, key, value)
+
+
+@cached_stage("validate", code=("ingest", "validate", "lineage", "images"), folders=("data_dir",))
+def validate_data(data_dir: Path, params: ValidateParams, docs_root: Path) -> validation.ValidatedData:
+    """Ingest (hash + decode every file) and run the Great Expectations suites; the Data Docs
+    go to `docs_root/<key>`."""
+    return validation.validate_folder(data_dir, params, docs_root / stage_key()[:16])
+
+
+def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -> None:
+    tag_parent(run, data.lineage)
+    mlflow.log_metrics(data.report.statistics)
+    with scratch_dir() as tmp:
         manifest_path = tmp / "manifest.parquet"
         data.manifest.to_parquet(manifest_path)
         mlflow.log_artifact(str(manifest_path))
-        mlflow.log_artifacts(str(data.report.docs_dir), "data_docs")
-        mlflow.log_dict(
-            {
-                "success": data.report.success,
-                "problems": data.report.problems,
-                "ignored": data.report.ignored,
-            },
-            "validation.json",
-        )
-        if not data.report.success:
-            mlflow.set_tag("outcome", "validation failed")
-    return data
+    docs = data.report.docs_dir
+    if docs is not None and docs.is_dir():
+        mlflow.log_artifacts(str(docs), "data_docs")
+    mlflow.log_dict(
+        {"success": data.report.success, "problems": data.report.problems, "ignored": data.report.ignored},
+        "validation.json",
+    )
+    if not data.report.success:
+        mlflow.set_tag("outcome", "validation failed")
 
 
-@stage(name="split")
+@cached_stage("split", code=("datasets", "split", "ingest", "images"))
 def split_data(
-    data: validation.ValidatedData, data_dir: Path, params: SplitParams, image_size: int, run: FlowRun
+    data: validation.ValidatedData, data_dir: Path, params: SplitParams, image_size: int
 ) -> datasets.SplitData:
     """Assign splits by content hash and decode each split's images once."""
-    with stage_run("split", run):
-        splits = datasets.prepare_splits(data.manifest, data_dir, params, image_size)
-        mlflow.log_metrics({f"n_{name}": n for name, n in splits.sizes().items()})
-        mlflow.log_dict(splits.counts(), "split_counts.json")
-        mlflow.log_table(splits.table, "split_table.json")
-    return splits
+    return datasets.prepare_splits(data.manifest, data_dir, params, image_size)
 
 
-@stage(name="select")
+def log_split(splits: datasets.SplitData, run: FlowRun, reused: bool) -> None:
+    mlflow.log_metrics({f"n_{name}": n for name, n in splits.sizes().items()})
+    mlflow.log_dict(splits.counts(), "split_counts.json")
+    mlflow.log_table(splits.table, "split_table.json")
+
+
+@cached_stage("select", code=("selection", "logme", "backbones", "registry"))
 def select_backbone(
     params: SelectParams,
     data: datasets.SplitData,
@@ -180,100 +222,98 @@ def select_backbone(
     seed: int,
     warm_start_from: str | None,
     warm_start_version: str | None,
-    run: FlowRun,
+    registry_state: dict[str, str],
 ) -> selection.Selection:
-    """The champion to warm-start from, or the candidate backbone LogME ranks first."""
-    with stage_run("select", run):
-        start = selection.select(
-            params.candidates,
-            data.train,
-            data.class_names,
-            image_size,
-            params.max_samples,
-            seed,
-            warm_start_from,
-            warm_start_version,
-        )
-        if start.scores:
-            mlflow.log_metrics({f"logme.{k}": v for k, v in start.scores.items()})
-        mlflow.log_dict(
-            {"chosen": start.uri, "scores": start.scores, "samples": start.samples}, "selection.json"
-        )
-        client = mlflow.MlflowClient()
-        for key, value in {"backbone": start.uri, **start.lineage}.items():
-            mlflow.set_tag(key, value)
-            client.set_tag(run.run_id, key, value)
+    """The champion to warm-start from, or the candidate backbone LogME ranks first.
+    `registry_state` (what the candidates resolve to now) only keys the cache."""
+    start = selection.select(
+        params.candidates,
+        data.train,
+        data.class_names,
+        image_size,
+        params.max_samples,
+        seed,
+        warm_start_from,
+        warm_start_version,
+    )
+    start.fingerprint = stage_key()
     return start
 
 
-@stage(name="finetune")
+def log_selection(start: selection.Selection, run: FlowRun, reused: bool) -> None:
+    if start.scores:
+        mlflow.log_metrics({f"logme.{k}": v for k, v in start.scores.items()})
+    mlflow.log_dict({"chosen": start.uri, "scores": start.scores, "samples": start.samples}, "selection.json")
+    tag_parent(run, {"backbone": start.uri, **start.lineage})
+
+
+@cached_stage("finetune", code=("finetune", "backbones", "checkpoints"))
 def finetune_model(
     start: selection.Selection,
     data: datasets.SplitData,
     params: FinetuneParams,
-    data_version: str,
-    run: FlowRun,
+    reproducibility: ReproducibilityParams,
+    root: Path,
 ) -> finetune.FinetuneResult:
     """Phase 1 head on cached features, phase 2 top of the backbone at a lower rate; per-epoch
-    checkpoints keyed by what is trained, so a killed run resumes."""
-    with stage_run("finetune", run):
-        inputs = {
-            "data_version": data_version,
-            "classes": data.class_names,
-            "params": params.model_dump(),
-            "start": {"uri": start.uri, **start.lineage},
-            "code": checkpoints.source_hash(Path(finetune.__file__), Path(backbones.__file__)),
-        }
-        result = finetune.finetune(
-            start.backbone,
-            (data.train.x, data.train.y),
-            (data.val.x, data.val.y),
-            len(data.class_names),
-            params,
-            init_head=start.init_head,
-            train_features=start.train_features,
-            checkpoints=checkpoints.folder(run.paths.root, "finetune", inputs),
-        )
-        say_resumed(result.resumed)
-        log_history(result.history)
-        mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")
-        mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
+    checkpoints under `root`, keyed like the result, so a killed run resumes.
+    `reproducibility` only keys the cache (tracked_flow configured it)."""
+    key = stage_key()
+    result = finetune.finetune(
+        start.backbone,
+        (data.train.x, data.train.y),
+        (data.val.x, data.val.y),
+        len(data.class_names),
+        params,
+        init_head=start.init_head,
+        train_features=start.train_features,
+        checkpoints=checkpoints.folder(root, "finetune", key),
+    )
+    say_resumed(result.resumed)
+    result.fingerprint = key
     return result
 
 
+def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> None:
+    if result.resumed and not reused:
+        mlflow.set_tag("resumed_from_epoch", json.dumps(result.resumed))
+    log_history(result.history)
+    mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")
+    mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
+
+
 def say_resumed(resumed: dict[str, int]) -> None:
-    """A resumed phase is said in the log and recorded on the stage's run."""
     for phase, epoch in resumed.items():
         get_run_logger().warning("%s: resumed from the checkpoint after epoch %d", phase, epoch)
-    if resumed:
-        mlflow.set_tag("resumed_from_epoch", json.dumps(resumed))
 
 
-def log_test_report(report: evaluate.TestReport, class_names: list[str], prefix: str, title: str) -> None:
+def log_test_report(report: evaluate.TestReport, prefix: str, title: str) -> None:
     """Metrics, per-class report and confusion matrix of one model, in the active run."""
     mlflow.log_metrics({f"{prefix}{k}": v for k, v in report.metrics.items()})
     mlflow.log_dict(report.per_class, "per_class_report.json")
     with scratch_dir() as tmp:
-        png = evaluate.plot_confusion(report.confusion, class_names, tmp / "confusion_matrix.png", title)
+        png = tmp / "confusion_matrix.png"
+        evaluate.plot_confusion(report.confusion, report.class_names, png, title)
         mlflow.log_artifact(str(png))
 
 
-@stage(name="evaluate")
+@cached_stage("evaluate", code=("promotion", "evaluate", "registry", "serving", "images"))
 def evaluate_model(
-    result: finetune.FinetuneResult, data: datasets.SplitData, model_name: str, run: FlowRun
+    result: finetune.FinetuneResult, data: datasets.SplitData, model_name: str, champion: str | None
 ) -> promotion.Evaluation:
-    """Test metrics of the new model and, on the same test images, of the current champion."""
-    with stage_run("evaluate", run):
-        evaluation = promotion.evaluate_challenger(result.model, data, model_name)
-        log_test_report(evaluation.challenger, data.class_names, "test_", "challenger (test split)")
-        champion = evaluation.champion
-        if champion.metrics is not None:
-            mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
-        mlflow.log_dict(vars(champion), "champion.json")
-    return evaluation
+    """Test metrics of the new model and, on the same test images, of version `champion`."""
+    return promotion.evaluate_challenger(result.model, data, model_name, champion)
 
 
-@stage(name="register")  # no retries: a retry after a partial success would add a version
+def log_evaluation(evaluation: promotion.Evaluation, run: FlowRun, reused: bool) -> None:
+    log_test_report(evaluation.challenger, "test_", "challenger (test split)")
+    champion = evaluation.champion
+    if champion.metrics is not None:
+        mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
+    mlflow.log_dict(vars(champion), "champion.json")
+
+
+@stage(name="register")  # not cached, no retries: registration is found again by TRAINING_KEY
 def register_model(
     result: finetune.FinetuneResult,
     data: datasets.SplitData,
@@ -283,14 +323,15 @@ def register_model(
     params: RegisterParams,
     run: FlowRun,
 ) -> registry.Registered:
-    """Log the pyfunc, create the version with lineage tags, set the aliases through the gate."""
+    """Log the pyfunc, create the version with lineage tags, set the aliases through the gate;
+    or find the version this very training was registered as before."""
     with stage_run("register", run), scratch_dir() as tmp:
         registered = promotion.register_candidate(
             result.model,
             data,
             image_size,
             evaluation,
-            tags,
+            {**tags, registry.TRAINING_KEY: result.fingerprint},
             params.model_name,
             params.metric,
             params.min_delta,
@@ -300,25 +341,27 @@ def register_model(
     return registered
 
 
-@stage(name="pretrain")
+@cached_stage("pretrain", code=("pretraining", "finetune", "backbones", "checkpoints", "evaluate"))
 def pretrain_backbone(
-    data: datasets.SplitData, params: PretrainParams, image_size: int, data_version: str, run: FlowRun
+    data: datasets.SplitData,
+    params: PretrainParams,
+    image_size: int,
+    reproducibility: ReproducibilityParams,
+    root: Path,
 ) -> pretraining.PretrainResult:
     """Train the small CNN from scratch on the source data and score it on its test split."""
-    with stage_run("pretrain", run):
-        inputs = {
-            "data_version": data_version,
-            "image_size": image_size,
-            "params": params.model_dump(),
-            "code": checkpoints.source_hash(Path(pretraining.__file__), Path(finetune.__file__)),
-        }
-        result = pretraining.pretrain(
-            data, params, image_size, checkpoints.folder(run.paths.root, "pretrain", inputs)
-        )
-        say_resumed(result.resumed)
-        log_history({"pretrain": result.history})
-        log_test_report(result.test, data.class_names, "source_test_", "pretraining (source test split)")
+    key = stage_key()
+    result = pretraining.pretrain(data, params, image_size, checkpoints.folder(root, "pretrain", key))
+    say_resumed(result.resumed)
+    result.fingerprint = key
     return result
+
+
+def log_pretraining(result: pretraining.PretrainResult, run: FlowRun, reused: bool) -> None:
+    if result.resumed and not reused:
+        mlflow.set_tag("resumed_from_epoch", json.dumps(result.resumed))
+    log_history({"pretrain": result.history})
+    log_test_report(result.test, "source_test_", "pretraining (source test split)")
 
 
 @stage(name="register")
@@ -332,7 +375,11 @@ def register_backbone(
     """Register the frozen backbone under its alias (what `registry:` candidates load)."""
     with stage_run("register", run):
         registered = registry.register_backbone(
-            result.backbone, params.model_name, params.alias, data.class_names, tags
+            result.backbone,
+            params.model_name,
+            params.alias,
+            data.class_names,
+            {**tags, registry.TRAINING_KEY: result.fingerprint},
         )
         mlflow.set_tags({"registered_version": registered.version})
     return registered

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.states import State
 
 from flows import stages
-from tasks import registry, runlock
+from tasks import registry, runlock, selection
 from tasks.config import Params
 from tasks.summary import RunSummary
 
@@ -26,18 +26,27 @@ def train_flow(
     warm_start_version: str | None = None,
     register: bool = True,
     extra_tags: dict[str, str] | None = None,
+    force: bool = False,
 ) -> RunSummary | State:
     """Fine-tune a pretrained backbone on `data_dir` and register the result. `warm_start`
     starts from the champion (or from `warm_start_version`) when it knows the same classes;
     `only_if_new_data` skips the run when the champion was trained on this very data version;
-    `register=False` stops after evaluation (a reproduction registers nothing)."""
+    `register=False` stops after evaluation (a reproduction registers nothing). A stage whose
+    inputs are unchanged since an earlier run is reused (`flows.caching`); `force` recomputes."""
     model_name = params.register.model_name
     with (
         runlock.exclusive(root, model_name) if register else nullcontext(),
-        stages.tracked_flow(flow_name, params, root, extra_tags) as run,
+        stages.tracked_flow(flow_name, params, root, extra_tags, force) as run,
     ):
         data_dir = run.paths.resolve(data_dir)
-        data = stages.validate_data(data_dir, params.validate, run)
+        data = stages.run_stage(
+            run,
+            stages.validate_data,
+            stages.log_validation,
+            data_dir=data_dir,
+            params=params.validate,
+            docs_root=run.paths.root / ".transferops" / "data_docs",
+        )
         if not data.report.success:
             return stages.failed(data.report.message(data_dir))
         version = data.lineage["data_version"]
@@ -49,18 +58,49 @@ def train_flow(
                 run.run_id,
                 skipped=f"data {version} unchanged since champion v{unchanged}; nothing to retrain",
             )
-        split = stages.split_data(data, data_dir, params.split, params.data.image_size, run)
-        start = stages.select_backbone(
-            params.select,
-            split,
-            params.data.image_size,
-            params.finetune.seed,
-            model_name if warm_start else None,
-            warm_start_version,
+        split = stages.run_stage(
             run,
+            stages.split_data,
+            stages.log_split,
+            data=data,
+            data_dir=data_dir,
+            params=params.split,
+            image_size=params.data.image_size,
         )
-        result = stages.finetune_model(start, split, params.finetune, version, run)
-        evaluation = stages.evaluate_model(result, split, model_name, run)
+        warm_start_from = model_name if warm_start else None
+        start = stages.run_stage(
+            run,
+            stages.select_backbone,
+            stages.log_selection,
+            params=params.select,
+            data=split,
+            image_size=params.data.image_size,
+            seed=params.finetune.seed,
+            warm_start_from=warm_start_from,
+            warm_start_version=warm_start_version,
+            registry_state=selection.registry_state(
+                params.select.candidates, warm_start_from, warm_start_version
+            ),
+        )
+        result = stages.run_stage(
+            run,
+            stages.finetune_model,
+            stages.log_training,
+            start=start,
+            data=split,
+            params=params.finetune,
+            reproducibility=params.reproducibility,
+            root=run.paths.root,
+        )
+        evaluation = stages.run_stage(
+            run,
+            stages.evaluate_model,
+            stages.log_evaluation,
+            result=result,
+            data=split,
+            model_name=model_name,
+            champion=registry.champion_version(model_name),
+        )
         registered = None
         if register:
             registered = stages.register_model(
@@ -80,6 +120,7 @@ def train_flow(
         images=split.sizes(),
         classes=split.class_names,
         stage_seconds=run.seconds,
+        reused=run.reused,
         logme=start.scores,
         backbone=start.uri,
         test=evaluation.challenger.metrics,

@@ -1,7 +1,7 @@
 """Per-epoch checkpoints, so a training killed half-way resumes where it stopped.
 
-A checkpoint folder is keyed by everything that determines what is trained (data version,
-params, the backbone it starts from, the source of the training code): a rerun with the same
+A checkpoint folder is keyed by everything that determines what is trained (the stage's cache
+key: data, params, the backbone it starts from, the source of the training code): a rerun with the same
 inputs finds it and resumes from the last finished epoch; any change starts afresh in another
 folder. Keras' BackupAndRestore writes the weights, optimizer state and epoch after each epoch
 and deletes the folder when training ends normally. Folders live under `<root>/.transferops/`,
@@ -10,29 +10,20 @@ which is safe to delete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import keras
 
 METADATA = "training_metadata.json"  # written by BackupAndRestore: {"epoch": N, ...}
 
 
-def source_hash(*files: Path) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def folder(root: Path, stage: str, inputs: dict[str, Any]) -> Path:
-    """`<root>/.transferops/checkpoints/<stage>-<hash of inputs>`."""
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(root) / ".transferops" / "checkpoints" / f"{stage}-{key}"
+def folder(root: Path, stage: str, key: str) -> Path:
+    """`<root>/.transferops/checkpoints/<stage>-<key>`, `key` naming what is trained (the
+    stage's cache key: data, params, starting point, code)."""
+    return Path(root) / ".transferops" / "checkpoints" / f"{stage}-{key[:16]}"
 
 
 def resumed_epoch(backup_dir: Path) -> int | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks import ingest, split
+from tasks import ingest, lineage, split
 from tasks.config import SplitParams
 from tasks.images import load_images
 
@@ -32,6 +32,11 @@ class SplitData:
     val: Split
     test: Split
     table: pd.DataFrame  # path, label, sha256, split: which image went where
+
+    @property
+    def fingerprint(self) -> str:
+        """By content: which image went where, decoded to which shape."""
+        return lineage.digest([lineage.frame_hash(self.table), list(self.train.x.shape[1:])])
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in split.SPLITS}

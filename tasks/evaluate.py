@@ -17,6 +17,7 @@ class TestReport:
     metrics: dict[str, float]  # accuracy, macro_f1
     per_class: dict[str, Any]  # scikit-learn's classification report
     confusion: np.ndarray  # rows: true class, columns: predicted
+    class_names: list[str]
 
 
 def predict(model: Any, images: np.ndarray) -> np.ndarray:
@@ -29,6 +30,7 @@ def report(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]
         metrics=metrics(y_true, probabilities),
         per_class=per_class_report(y_true, probabilities, class_names),
         confusion=confusion(y_true, probabilities, len(class_names)),
+        class_names=class_names,
     )
 
 

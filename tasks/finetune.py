@@ -27,6 +27,7 @@ class FinetuneResult:
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
     unfrozen: list[str] = field(default_factory=list)
     resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
+    fingerprint: str = ""  # the key of the stage that made it (flows.caching)
 
 
 def _resumable(

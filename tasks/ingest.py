@@ -152,6 +152,24 @@ def walk(root: Path) -> list[Entry]:
     return sorted(entries, key=lambda e: e.rel)
 
 
+def snapshot(root: Path) -> list[tuple[str, int, int, int]]:
+    """What a folder holds, by name, size, modification time and inode of each file (and of
+    `<root>.dvc`), without reading any: the cheap key DVC's own stat cache uses. Any change
+    to a file changes it; touching a file changes it too (a recomputation, not an error)."""
+    found = []
+    for entry in walk(root):
+        if entry.target is None:
+            found.append((entry.rel, -1, -1, -1))
+            continue
+        info = os.stat(entry.target)
+        found.append((entry.rel, info.st_size, info.st_mtime_ns, info.st_ino))
+    dvc_file = Path(str(root).rstrip("/") + ".dvc")
+    if dvc_file.is_file():
+        info = dvc_file.stat()
+        found.append((dvc_file.name, info.st_size, info.st_mtime_ns, info.st_ino))
+    return found
+
+
 def _row(entry: Entry, max_pixels: int) -> dict[str, object]:
     parts = entry.rel.split("/")
     row: dict[str, object] = {

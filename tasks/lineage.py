@@ -64,6 +64,18 @@ def git_commit(root: Path | str) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def digest(value: object) -> str:
+    """A short stable hash of JSON-able `value` (dict keys sorted)."""
+    payload = json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """A short hash of a data frame's columns and values (not its index)."""
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(json.dumps(list(frame.columns)).encode() + rows.tobytes()).hexdigest()[:16]
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, or "missing"."""
     try:

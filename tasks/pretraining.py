@@ -25,6 +25,7 @@ class PretrainResult:
     history: dict[str, list[float]]  # metric -> per-epoch values
     test: evaluate.TestReport  # the whole classifier on the source test split
     resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
+    fingerprint: str = ""  # the key of the stage that made it (flows.caching)
 
 
 def pretrain(

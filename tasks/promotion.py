@@ -17,7 +17,7 @@ from typing import Any
 
 from tasks import evaluate, registry
 from tasks.datasets import SplitData
-from tasks.registry import CHALLENGER, CHAMPION, Registered
+from tasks.registry import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +38,27 @@ class Evaluation:
     champion: ChampionScores
 
 
-def champion_scores(model_name: str, data: SplitData) -> ChampionScores:
-    """Score the current champion of `model_name` on `data.test`."""
-    loaded = registry.load_champion(model_name)
-    if loaded is None:
+def champion_scores(model_name: str, version: str | None, data: SplitData) -> ChampionScores:
+    """Score `version` of `model_name` (the champion; None: there is none) on `data.test`."""
+    if version is None:
         return ChampionScores()
-    version, pyfunc_model = loaded
-    predicted = registry.predict_files(pyfunc_model, data.test.paths)
+    predicted = registry.predict_files(registry.load_version(model_name, version), data.test.paths)
     classes = [c for c in predicted.columns if c not in ("label", "confidence", "error")]
     if classes != data.class_names:
-        reason = f"champion v{version.version} knows classes {classes}, this data {data.class_names}"
+        reason = f"champion v{version} knows classes {classes}, this data {data.class_names}"
         log.warning("%s; not comparable", reason)
-        return ChampionScores(str(version.version), None, reason)
+        return ChampionScores(version, None, reason)
     probabilities = predicted[data.class_names].to_numpy(dtype="float64", na_value=0.0)
-    return ChampionScores(str(version.version), evaluate.metrics(data.test.y, probabilities))
+    return ChampionScores(version, evaluate.metrics(data.test.y, probabilities))
 
 
-def evaluate_challenger(model: Any, data: SplitData, model_name: str) -> Evaluation:
-    """Test report of the new model and the champion's scores on the same test images."""
+def evaluate_challenger(model: Any, data: SplitData, model_name: str, champion: str | None) -> Evaluation:
+    """Test report of the new model and the scores of the champion (version `champion`) on the
+    same test images."""
     probabilities = evaluate.predict(model, data.test.x)
     return Evaluation(
         evaluate.report(data.test.y, probabilities, data.class_names),
-        champion_scores(model_name, data),
+        champion_scores(model_name, champion, data),
     )
 
 
@@ -99,7 +98,12 @@ def register_candidate(
     workdir: Path,
 ) -> Registered:
     """Log the classifier in the active run, register it as `challenger` with its lineage and
-    test metrics as tags, and move `champion` to it only if the gate says so."""
+    test metrics as tags, and move `champion` to it only if the gate says so. A model already
+    registered from the same training (`tags[TRAINING_KEY]`: a rerun after a failed
+    registration, or an unchanged rerun) is not added again: `finish_registration`."""
+    existing = registry.find_version(model_name, TRAINING_KEY, tags[TRAINING_KEY])
+    if existing is not None:
+        return finish_registration(model_name, existing.version, existing.tags)
     decision = decide(evaluation.challenger.metrics, evaluation.champion, metric, min_delta)
     if decision.promote:  # compare-and-set: replace only the champion this model was compared with
         current = registry.version_by_alias(model_name, CHAMPION)
@@ -117,7 +121,34 @@ def register_candidate(
         **{f"test_{k}": repr(v) for k, v in evaluation.challenger.metrics.items()},  # full precision
         "classes": json.dumps(data.class_names),
         "promotion": decision.reason,
+        "promoted": str(decision.promote).lower(),
+        "compared_with": evaluation.champion.version or "none",
     }
     aliases = [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER]
     version, held = registry.register_version(info.model_uri, model_name, version_tags, aliases)
     return Registered(model_name, version, held, decision.promote, decision.reason)
+
+
+def finish_registration(model_name: str, version: str, tags: dict[str, str]) -> Registered:
+    """A version already registered from this training: set what its registration left unset
+    (stopped between creating the version and moving the aliases). `challenger` when it is
+    still the newest version; `champion` when its gate said promote and the champion it was
+    compared with is still the champion."""
+    version = str(version)
+    missing = []
+    if registry.latest_version(model_name) == version:
+        missing.append(CHALLENGER)
+    now = registry.champion_version(model_name)
+    if tags.get("promoted") == "true" and (now or "none") == tags.get("compared_with"):
+        missing.append(CHAMPION)
+    held = registry.aliases_of(model_name, version)
+    missing = [a for a in missing if a not in held]
+    registry.set_aliases(model_name, version, missing)
+    done = f"; set {', '.join(missing)} as its gate had decided" if missing else ""
+    return Registered(
+        model_name,
+        version,
+        registry.aliases_of(model_name, version),
+        CHAMPION in missing,
+        f"already registered as v{version} from this same training: nothing added{done}",
+    )

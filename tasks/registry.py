@@ -33,6 +33,7 @@ SERVING_MODULES = ("images.py", "serving.py")
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+TRAINING_KEY = "training_key"  # version tag: the cache key of the training result it holds
 
 
 def _pins(*packages: str) -> list[str]:
@@ -143,19 +144,35 @@ class Registered:
 def register_version(
     model_uri: str, name: str, tags: dict[str, str], aliases: list[str]
 ) -> tuple[str, list[str]]:
-    """Create a version of `name` from a logged model, set `aliases` on it; (version, its aliases)."""
+    """Create a version of `name` from a logged model, set `aliases` on it; (version, its aliases).
+    The tags are set with the version, in one call."""
     version = mlflow.register_model(model_uri, name, tags=tags)
+    set_aliases(name, str(version.version), aliases)
+    return str(version.version), aliases_of(name, version.version)
+
+
+def set_aliases(name: str, version: str, aliases: list[str]) -> None:
     client = MlflowClient()
     for alias in aliases:
-        client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version), aliases_of(name, version.version)
+        client.set_registered_model_alias(name, alias, version)
 
 
 def register_backbone(
     backbone: keras.Model, name: str, alias: str, source_classes: list[str], tags: dict[str, str]
 ) -> Registered:
     """Log a pretrained backbone in the active run and register it under `alias`, with its
-    lineage `tags` (data version, code, environment, params)."""
+    lineage `tags` (data version, code, environment, params). A backbone already registered
+    from the same training (tag TRAINING_KEY) is not added again; it gets the alias."""
+    existing = find_version(name, TRAINING_KEY, tags[TRAINING_KEY])
+    if existing is not None:
+        set_aliases(name, str(existing.version), [alias])
+        return Registered(
+            name,
+            str(existing.version),
+            aliases_of(name, existing.version),
+            True,
+            f"already registered as v{existing.version} from this training; alias {alias}",
+        )
     info = log_backbone(backbone)
     version, aliases = register_version(
         info.model_uri, name, {**tags, "source_classes": json.dumps(source_classes)}, [alias]
@@ -176,11 +193,26 @@ def aliases_of(name: str, version: str) -> list[str]:
     return sorted(a for a, v in aliases.items() if str(v) == str(version))
 
 
-def load_champion(name: str) -> tuple[ModelVersion, mlflow.pyfunc.PyFuncModel] | None:
+def champion_version(name: str) -> str | None:
+    """The version `champion` points at now, or None."""
     version = version_by_alias(name, CHAMPION)
-    if version is None:
-        return None
-    return version, mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    return str(version.version) if version is not None else None
+
+
+def load_version(name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+
+
+def find_version(name: str, tag: str, value: str) -> ModelVersion | None:
+    """The newest version of `name` whose tag `tag` is `value`, or None."""
+    found = MlflowClient().search_model_versions(
+        f"name = '{name}' and tags.`{tag}` = '{value}'", order_by=["version_number DESC"], max_results=1
+    )
+    return found[0] if found else None
+
+
+def latest_version(name: str) -> str | None:
+    return resolve(name)[1]
 
 
 def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras.Model, list[str]]:
@@ -194,16 +226,12 @@ def warm_start(
 ) -> tuple[keras.Model, list[np.ndarray], str] | None:
     """(backbone, head weights, version) of the champion (or of `version`) if it knows the
     same classes, else None."""
-    if version is None:
-        champion = load_champion(model_name)
-        if champion is None:
-            return None
-        found, pyfunc_model = str(champion[0].version), champion[1]
-    else:
-        found, pyfunc_model = version, mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+    found = version or champion_version(model_name)
+    if found is None:
+        return None
     from tasks.backbones import backbone_of
 
-    classifier, known_classes = champion_keras_model(pyfunc_model)
+    classifier, known_classes = champion_keras_model(load_version(model_name, found))
     if known_classes != class_names:
         return None
     return backbone_of(classifier), classifier.get_layer("head").get_weights(), found

@@ -33,6 +33,7 @@ class Selection:
     samples: int = 0  # training images LogME was scored on
     train_features: np.ndarray | None = None  # features of the whole training split, if computed
     init_head: list[np.ndarray] | None = None
+    fingerprint: str = ""  # the key of the stage that made it (flows.caching)
 
 
 def candidate_name(candidate: Candidate) -> str:
@@ -84,6 +85,18 @@ def candidate_lineage(candidate: Candidate) -> dict[str, str]:
     if kind == "file":
         return {"backbone_version": lineage.file_sha256(Path(ref)), "backbone_data_version": ""}
     return {"backbone_version": f"weights={candidate.weights or 'none'}", "backbone_data_version": ""}
+
+
+def registry_state(
+    candidates: tuple[Candidate, ...], warm_start_from: str | None, warm_start_version: str | None
+) -> dict[str, str]:
+    """What a selection would load, resolved now: each registry candidate's version, a file
+    candidate's sha256, the version a warm start would start from. A selection is reused only
+    while these stay the same (a moved alias selects again)."""
+    state = {c.uri: candidate_lineage(c)["backbone_version"] for c in candidates}
+    if warm_start_from:
+        state["warm_start"] = warm_start_version or registry.champion_version(warm_start_from) or ""
+    return state
 
 
 def champion_start(model_name: str, class_names: list[str], version: str | None = None) -> Selection | None:

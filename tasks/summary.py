@@ -22,6 +22,7 @@ class RunSummary:
     images: dict[str, int] = field(default_factory=dict)  # per split
     classes: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # measured by the stage wrappers
+    reused: list[str] = field(default_factory=list)  # stages whose cached result was reused
     logme: dict[str, float] = field(default_factory=dict)
     backbone: str = ""  # where fine-tuning started (train) or the architecture trained (pretrain)
     test: dict[str, float] = field(default_factory=dict)  # the new model on its test split
@@ -54,6 +55,9 @@ def format_summary(s: RunSummary) -> str:
         f"data version  {s.data_version}  images {s.images}",
         "stages        " + "  ".join(f"{k} {v:.1f}s" for k, v in s.stage_seconds.items()),
     ]
+    if s.reused:
+        reused = ", ".join(s.reused)
+        lines.append(f"reused        {reused} (unchanged since an earlier run; --force recomputes)")
     if s.logme:
         lines.append(f"LogME         {_scores(s.logme)}")
     if s.backbone:

@@ -203,6 +203,11 @@ class ValidatedData:
     report: ValidationReport
     lineage: dict[str, str]  # data_version (DVC's directory hash), data_dvc_state, data_path
 
+    @property
+    def fingerprint(self) -> str:
+        """By content: the manifest (every file's path, hashes, decoding) and the outcome."""
+        return lineage.digest([lineage.frame_hash(self.manifest), self.report.success, self.lineage])
+
 
 def validate_folder(data_dir: Path, params: ValidateParams, docs_dir: Path) -> ValidatedData:
     """Ingest `data_dir` (hash and decode every file), run the suites, and name the data version."""
