@@ -80,7 +80,7 @@ def explain(exc: BaseException) -> str | None:
         if "Max retries exceeded" in text or "Connection" in text or "timed out" in text.lower():
             return (
                 f"MLflow tracking server {uri} stopped answering: {text[:200]}; start it again and rerun "
-                "(the champion alias was not moved)"
+                "(finished stages are reused: nothing trained is lost; the champion alias was not moved)"
             )
         return f"MLflow ({uri}): {text[:300]}"
     if module.startswith(("prefect", "httpx")) or "Prefect" in text or "ephemeral" in text:

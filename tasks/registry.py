@@ -7,7 +7,10 @@ the gate in `tasks.promotion`, which compares both models on the same test set.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -146,9 +149,30 @@ def register_version(
 ) -> tuple[str, list[str]]:
     """Create a version of `name` from a logged model, set `aliases` on it; (version, its aliases).
     The tags are set with the version, in one call."""
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    with sent_once():
+        version = mlflow.register_model(model_uri, name, tags=tags)
     set_aliases(name, str(version.version), aliases)
     return str(version.version), aliases_of(name, version.version)
+
+
+@contextmanager
+def sent_once(timeout_s: int = 120) -> Iterator[None]:
+    """One attempt with a long timeout for a call that must not be sent twice. MLflow retries
+    every HTTP method after a timeout, POST included (`allowed_methods=None` in
+    mlflow.utils.request_utils), so a slow create_model_version retried would add a second
+    version. A failure here is retried by rerunning the flow, which finds the version by its
+    TRAINING_KEY."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def set_aliases(name: str, version: str, aliases: list[str]) -> None:
