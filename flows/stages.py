@@ -22,6 +22,7 @@ from uuid import UUID
 
 import mlflow
 from prefect import Task, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -33,6 +34,7 @@ from tasks import (
     checkpoints,
     datasets,
     determinism,
+    drift,
     evaluate,
     finetune,
     lineage,
@@ -51,6 +53,7 @@ from tasks.config import (
     PretrainParams,
     RegisterParams,
     ReproducibilityParams,
+    RetrainParams,
     SelectParams,
     SplitParams,
     ValidateParams,
@@ -212,6 +215,36 @@ def log_split(splits: datasets.SplitData, run: FlowRun, reused: bool) -> None:
     mlflow.log_metrics({f"n_{name}": n for name, n in splits.sizes().items()})
     mlflow.log_dict(splits.counts(), "split_counts.json")
     mlflow.log_table(splits.table, "split_table.json")
+
+
+@cached_stage("drift", code=("drift", "backbones", "registry"))
+def measure_drift(
+    data: datasets.SplitData, model_name: str, champion: str, params: RetrainParams
+) -> drift.Measurement | None:
+    """MMD² between version `champion`'s training images and this training split, on its backbone."""
+    return drift.measure(model_name, champion, data.train.x, params.drift_samples, params.drift_permutations)
+
+
+def log_drift(measured: drift.Measurement | None, run: FlowRun, reused: bool) -> None:
+    if measured is None:
+        mlflow.set_tag("drift", "champion keeps no reference sample")
+        return
+    report = measured.report
+    mlflow.log_metrics({"drift_mmd2": report.mmd2, "drift_p_value": report.p_value})
+    mlflow.log_dict({**report.summary(), "null": report.null}, "drift.json")
+    with scratch_dir() as tmp:
+        mlflow.log_artifact(str(drift.plot(report, measured.reference, measured.current, tmp / "drift.png")))
+
+
+def publish_decision(run: FlowRun, decision: drift.RetrainDecision) -> None:
+    """The retrain decision where people look: the log, the MLflow run, a Prefect artifact."""
+    get_run_logger().info("retrain: %s: %s", "train" if decision.train else "skip", decision.reason)
+    mlflow.MlflowClient().set_tag(run.run_id, "retrain_decision", decision.reason)
+    create_markdown_artifact(
+        key="retrain-decision",
+        markdown=f"**{'train' if decision.train else 'skip'}**: {decision.reason}",
+        description="Why this retrain trained or skipped",
+    )
 
 
 @cached_stage("select", code=("selection", "logme", "backbones", "registry"))

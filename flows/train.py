@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.states import State
 
 from flows import stages
-from tasks import registry, runlock, selection
+from tasks import drift, registry, runlock, selection
 from tasks.config import Params
 from tasks.summary import RunSummary
 
@@ -30,7 +30,8 @@ def train_flow(
 ) -> RunSummary | State:
     """Fine-tune a pretrained backbone on `data_dir` and register the result. `warm_start`
     starts from the champion (or from `warm_start_version`) when it knows the same classes;
-    `only_if_new_data` skips the run when the champion was trained on this very data version;
+    `only_if_new_data` (retrain) skips the run when the champion was trained on this very data
+    version, else measures drift against the champion and trains as `drift.decide` says;
     `register=False` stops after evaluation (a reproduction registers nothing). A stage whose
     inputs are unchanged since an earlier run is reused (`flows.caching`); `force` recomputes."""
     model_name = params.register.model_name
@@ -50,14 +51,9 @@ def train_flow(
         if not data.report.success:
             return stages.failed(data.report.message(data_dir))
         version = data.lineage["data_version"]
-        unchanged = registry.champion_with_data(model_name, version) if only_if_new_data else None
-        if unchanged is not None:
-            mlflow.set_tag("outcome", "skipped: data unchanged")
-            return RunSummary(
-                flow_name,
-                run.run_id,
-                skipped=f"data {version} unchanged since champion v{unchanged}; nothing to retrain",
-            )
+        champion = registry.champion_version(model_name)
+        if only_if_new_data and champion is not None and registry.champion_with_data(model_name, version):
+            return skip(run, flow_name, version, drift.decide(champion, False, None, 0, False))
         split = stages.run_stage(
             run,
             stages.split_data,
@@ -67,6 +63,27 @@ def train_flow(
             params=params.split,
             image_size=params.data.image_size,
         )
+        measured = None
+        if only_if_new_data and champion is not None:
+            measured = stages.run_stage(
+                run,
+                stages.measure_drift,
+                stages.log_drift,
+                data=split,
+                model_name=model_name,
+                champion=champion,
+                params=params.retrain,
+            )
+            decision = drift.decide(
+                champion,
+                True,
+                measured.report if measured else None,
+                params.retrain.drift_alpha,
+                params.retrain.require_drift,
+            )
+            if not decision.train:
+                return skip(run, flow_name, version, decision, measured)
+            stages.publish_decision(run, decision)
         warm_start_from = model_name if warm_start else None
         start = stages.run_stage(
             run,
@@ -99,7 +116,7 @@ def train_flow(
             result=result,
             data=split,
             model_name=model_name,
-            champion=registry.champion_version(model_name),
+            champion=champion,
         )
         registered = None
         if register:
@@ -126,4 +143,26 @@ def train_flow(
         test=evaluation.challenger.metrics,
         champion_before=evaluation.champion,
         registered=registered,
+        drift=measured.report.summary() if measured else None,
+    )
+
+
+def skip(
+    run: stages.FlowRun,
+    flow_name: str,
+    data_version: str,
+    decision: drift.RetrainDecision,
+    measured: drift.Measurement | None = None,
+) -> RunSummary:
+    """A retrain that trains nothing: the decision published, the run tagged."""
+    stages.publish_decision(run, decision)
+    mlflow.set_tag("outcome", "skipped")
+    return RunSummary(
+        flow_name,
+        run.run_id,
+        skipped=decision.reason,
+        data_version=data_version,
+        stage_seconds=run.seconds,
+        reused=run.reused,
+        drift=measured.report.summary() if measured else None,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tasks import progress
 from tasks.config import Candidate
 
 # Keras Applications whose preprocessing is inside the model (they take 0..255 pixels).
@@ -147,6 +148,15 @@ def load_candidate(candidate: Candidate, image_size: int, seed: int = 0) -> kera
     return model
 
 
-def extract_features(backbone: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Frozen-backbone features, in inference mode."""
-    return np.asarray(backbone.predict(images.astype("float32"), batch_size=batch_size, verbose=0))
+def extract_features(
+    backbone: keras.Model, images: np.ndarray, batch_size: int = 256, description: str = "features"
+) -> np.ndarray:
+    """Frozen-backbone features, in inference mode, batch by batch (a progress bar on a terminal)."""
+    starts = range(0, len(images), batch_size)
+    batches = [
+        np.asarray(backbone.predict_on_batch(images[i : i + batch_size].astype("float32")))
+        for i in progress.bar(starts, description, total=len(starts), unit="batch")
+    ]
+    if not batches:
+        return np.zeros((0, backbone.output_shape[-1]), dtype="float32")
+    return np.concatenate(batches)

@@ -121,6 +121,14 @@ class RegisterParams(Section):
     min_delta: float = Field(0.0, ge=0, le=1)  # the challenger must beat the champion by more than this
 
 
+class RetrainParams(Section):
+    # The drift test of `retrain` (tasks/drift.py): MMD² on the champion's backbone features.
+    drift_alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the permutation test
+    drift_samples: int = Field(300, ge=10)  # images per side
+    drift_permutations: int = Field(200, ge=10)
+    require_drift: bool = False  # true: changed data without significant drift is not retrained
+
+
 class ReproducibilityParams(Section):
     # Deterministic TensorFlow ops: the same inputs give the same weights and metrics, bit for
     # bit, on the same machine and versions. false trades that for speed (recorded on the run).
@@ -142,6 +150,7 @@ with warnings.catch_warnings():
         select: SelectParams = SelectParams()
         finetune: FinetuneParams = FinetuneParams()
         register: RegisterParams = RegisterParams()  # type: ignore[assignment]
+        retrain: RetrainParams = RetrainParams()
         reproducibility: ReproducibilityParams = ReproducibilityParams()
 
         def as_dict(self) -> dict[str, Any]:

@@ -80,8 +80,12 @@ def finetune(
     keras.utils.set_random_seed(params.seed)
     (x_train, y_train), (x_val, y_val) = train, val
     backbone.trainable = False
-    f_train = train_features if train_features is not None else extract_features(backbone, x_train)
-    f_val = extract_features(backbone, x_val)
+    f_train = (
+        train_features
+        if train_features is not None
+        else extract_features(backbone, x_train, description="train features")
+    )
+    f_val = extract_features(backbone, x_val, description="val features")
 
     head_model, dense = build_head(f_train.shape[1], num_classes, params.dropout, params.seed)
     if init_head is not None:

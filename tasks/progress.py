@@ -28,14 +28,14 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def bar(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+def bar(items: Iterable[T], description: str, total: int | None = None, unit: str = "file") -> Iterator[T]:
     """`items` with a tqdm bar on stderr when progress is on."""
     if not enabled():
         yield from items
         return
     from tqdm import tqdm
 
-    yield from tqdm(items, desc=description, total=total, file=sys.stderr, leave=False, unit="file")
+    yield from tqdm(items, desc=description, total=total, file=sys.stderr, leave=False, unit=unit)
 
 
 class EpochLines(keras.callbacks.Callback):

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import evaluate, registry
+import mlflow
+import numpy as np
+
+from tasks import backbones, drift, evaluate, registry
 from tasks.datasets import SplitData
 from tasks.registry import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
 
@@ -116,6 +119,9 @@ def register_candidate(
                 "not promoted: rerun to compare with the new champion",
             )
     info = registry.log_classifier(model, data.class_names, image_size, workdir, Path(data.test.paths[0]))
+    reference = workdir / "reference_features.npy"  # what `retrain` measures drift against
+    np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train.x))
+    mlflow.log_artifact(str(reference), "drift_reference")
     version_tags = {
         **tags,
         **{f"test_{k}": repr(v) for k, v in evaluation.challenger.metrics.items()},  # full precision
@@ -123,6 +129,7 @@ def register_candidate(
         "promotion": decision.reason,
         "promoted": str(decision.promote).lower(),
         "compared_with": evaluation.champion.version or "none",
+        drift.REFERENCE_TAG: mlflow.get_artifact_uri(f"drift_reference/{reference.name}"),
     }
     aliases = [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER]
     version, held = registry.register_version(info.model_uri, model_name, version_tags, aliases)

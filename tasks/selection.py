@@ -63,7 +63,7 @@ def score_candidates(
     for candidate in candidates:
         name = candidate_name(candidate)
         model = backbones.load_candidate(candidate, image_size, seed)
-        features = backbones.extract_features(model, train.x[sample])
+        features = backbones.extract_features(model, train.x[sample], description=f"features {name}")
         scores[name] = logme(features, train.y[sample])
         loaded[name] = (candidate, model, features)
         log.info("LogME %s = %.4f (%d features)", candidate.uri, scores[name], features.shape[1])

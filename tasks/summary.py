@@ -29,6 +29,7 @@ class RunSummary:
     champion_before: ChampionScores | None = None  # train only: the champion on the same images
     registered: Registered | None = None
     reproduction: Reproduction | None = None  # reproduce only: recorded and new metrics
+    drift: dict[str, float] | None = None  # retrain: the drift test against the champion
 
     @property
     def ok(self) -> bool:
@@ -49,7 +50,7 @@ def _scores(values: dict[str, float]) -> str:
 def format_summary(s: RunSummary) -> str:
     """The terminal view of a run."""
     if s.skipped:
-        return f"{s.flow}: {s.skipped}"
+        return f"{s.flow}: skipped: {s.skipped}"
     lines = [
         f"\n== {s.flow} (MLflow run {s.mlflow_run_id}) ==",
         f"data version  {s.data_version}  images {s.images}",

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import clear_mlflow_env, make_image_folder, sets
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.cli import main
 from tasks.ingest import scan
@@ -202,6 +204,8 @@ def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
     assert main([*args, "retrain"]) == 0
     client = client_for(root)
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 1  # data unchanged: no run
+    skipped = json.loads((root / "reports" / "retrain.json").read_text())
+    assert skipped["skipped"] == "data unchanged since champion v1" and skipped["drift"] is None
 
     make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=6, seed=3)
     assert main([*args, "retrain", "--set", "finetune.finetune_epochs=1"]) == 0  # --set after the command
@@ -228,6 +232,20 @@ def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
     champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
     assert champion == ("2" if promoted else "1")
     assert new.tags["promotion"] == summary["registered"]["reason"]
+    # the drift test against the champion ran, and its decision is on both runs
+    assert 0 < summary["drift"]["p_value"] <= 1 and summary["drift"]["n_reference"] > 0
+    assert retrain_run.data.tags["retrain_decision"].startswith("data changed since champion v1; drift MMD²")
+    drift_stage = client.search_runs(
+        [retrain_run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{retrain_run.info.run_id}' and tags.stage = 'drift'",
+    )[0]
+    assert drift_stage.data.metrics["drift_p_value"] == summary["drift"]["p_value"]
+    assert {a.path for a in client.list_artifacts(drift_stage.info.run_id)} >= {"drift.png", "drift.json"}
+    with get_client(sync_client=True) as prefect:
+        decisions = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-decision"]))
+        )
+    assert any(a.data == f"**train**: {retrain_run.data.tags['retrain_decision']}" for a in decisions)
 
 
 def test_a_champion_with_other_classes_is_kept_not_compared(project):
