@@ -6,9 +6,9 @@ demo:  ## run the main job on the embedded defaults
 test:  ## lint + every test (unit and end-to-end)
 	scripts/test.sh
 
-bench:  ## every benchmark -> bench/results/ (transfer: about 15 minutes on 2 cores)
+bench:  ## every benchmark -> bench/results/ (about 30 minutes on 2 cores)
 	scripts/setup.sh && .venv/bin/python -m bench.transfer && .venv/bin/python -m bench.determinism \
-	  && .venv/bin/python -m bench.startup
+	  && .venv/bin/python -m bench.startup && .venv/bin/python -m bench.operations
 
 lint:
 	scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -63,7 +63,7 @@ def train_flow(
             params=params.split,
             image_size=params.data.image_size,
         )
-        measured = None
+        measured, decision = None, None
         if only_if_new_data and champion is not None:
             measured = stages.run_stage(
                 run,
@@ -144,6 +144,7 @@ def train_flow(
         champion_before=evaluation.champion,
         registered=registered,
         drift=measured.report.summary() if measured else None,
+        decision=decision.reason if decision else None,
     )
 
 

@@ -30,6 +30,7 @@ class RunSummary:
     registered: Registered | None = None
     reproduction: Reproduction | None = None  # reproduce only: recorded and new metrics
     drift: dict[str, float] | None = None  # retrain: the drift test against the champion
+    decision: str | None = None  # retrain: why it trained (a skipped one says why in `skipped`)
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,8 @@ def format_summary(s: RunSummary) -> str:
     if s.reused:
         reused = ", ".join(s.reused)
         lines.append(f"reused        {reused} (unchanged since an earlier run; --force recomputes)")
+    if s.decision:
+        lines.append(f"retrain       {s.decision}")
     if s.logme:
         lines.append(f"LogME         {_scores(s.logme)}")
     if s.backbone:

@@ -235,6 +235,7 @@ def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
     # the drift test against the champion ran, and its decision is on both runs
     assert 0 < summary["drift"]["p_value"] <= 1 and summary["drift"]["n_reference"] > 0
     assert retrain_run.data.tags["retrain_decision"].startswith("data changed since champion v1; drift MMD²")
+    assert summary["decision"] == retrain_run.data.tags["retrain_decision"]
     drift_stage = client.search_runs(
         [retrain_run.info.experiment_id],
         f"tags.mlflow.parentRunId = '{retrain_run.info.run_id}' and tags.stage = 'drift'",
