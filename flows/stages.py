@@ -343,7 +343,7 @@ def log_evaluation(evaluation: promotion.Evaluation, run: FlowRun, reused: bool)
     champion = evaluation.champion
     if champion.metrics is not None:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
-    mlflow.log_dict(vars(champion), "champion.json")
+    mlflow.log_dict({k: v for k, v in vars(champion).items() if k != "predicted"}, "champion.json")
 
 
 @stage(name="register")  # not cached, no retries: registration is found again by TRAINING_KEY
@@ -365,9 +365,7 @@ def register_model(
             image_size,
             evaluation,
             {**tags, registry.TRAINING_KEY: result.fingerprint},
-            params.model_name,
-            params.metric,
-            params.min_delta,
+            params,
             tmp,
         )
         mlflow.set_tags({"registered_version": registered.version, "promotion": registered.reason})

@@ -119,6 +119,11 @@ class RegisterParams(Section):
     model_name: str = Field("transferops-classifier", min_length=1)
     metric: str = Field("macro_f1", pattern=r"^(accuracy|macro_f1)$")  # what the promotion gate compares
     min_delta: float = Field(0.0, ge=0, le=1)  # the challenger must beat the champion by more than this
+    # The paired gate (tasks/gate.py): significance of the improvement on the same test images.
+    alpha: float = Field(0.05, gt=0, lt=1)  # McNemar p below it; the (1 - alpha) interval above 0
+    bootstrap_resamples: int = Field(1000, ge=100)
+    max_recall_drop: float = Field(0.10, ge=0, le=1)  # no class may lose more recall than this
+    min_metric: float = Field(0.0, ge=0, le=1)  # a floor on the challenger's metric
 
 
 class RetrainParams(Section):

@@ -18,6 +18,7 @@ class TestReport:
     per_class: dict[str, Any]  # scikit-learn's classification report
     confusion: np.ndarray  # rows: true class, columns: predicted
     class_names: list[str]
+    predicted: np.ndarray  # the predicted class of each test image, in order
 
 
 def predict(model: Any, images: np.ndarray) -> np.ndarray:
@@ -31,6 +32,7 @@ def report(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]
         per_class=per_class_report(y_true, probabilities, class_names),
         confusion=confusion(y_true, probabilities, len(class_names)),
         class_names=class_names,
+        predicted=probabilities.argmax(axis=1),
     )
 
 

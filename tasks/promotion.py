@@ -18,7 +18,8 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from tasks import backbones, drift, evaluate, registry
+from tasks import backbones, drift, evaluate, gate, registry
+from tasks.config import RegisterParams
 from tasks.datasets import SplitData
 from tasks.registry import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
 
@@ -33,6 +34,7 @@ class ChampionScores:
     version: str | None = None
     metrics: dict[str, float] | None = None
     not_comparable: str | None = None
+    predicted: list[int] | None = None  # its predicted class of each test image (the gate pairs them)
 
 
 @dataclass
@@ -52,7 +54,9 @@ def champion_scores(model_name: str, version: str | None, data: SplitData) -> Ch
         log.warning("%s; not comparable", reason)
         return ChampionScores(version, None, reason)
     probabilities = predicted[data.class_names].to_numpy(dtype="float64", na_value=0.0)
-    return ChampionScores(version, evaluate.metrics(data.test.y, probabilities))
+    return ChampionScores(
+        version, evaluate.metrics(data.test.y, probabilities), predicted=probabilities.argmax(1).tolist()
+    )
 
 
 def evaluate_challenger(model: Any, data: SplitData, model_name: str, champion: str | None) -> Evaluation:
@@ -69,24 +73,29 @@ def evaluate_challenger(model: Any, data: SplitData, model_name: str, champion: 
 class Decision:
     promote: bool
     reason: str
+    comparison: gate.Comparison | None = None  # the paired numbers, when there was a champion to pair with
 
 
-def decide(challenger: dict[str, float], champion: ChampionScores, metric: str, min_delta: float) -> Decision:
-    """The gate. Promote when there is no champion, or the challenger's `metric` on the same
-    test set beats the champion's by more than `min_delta`. A champion that cannot be
-    compared (other classes) is kept: replacing it is a decision for a person."""
+def decide(evaluation: Evaluation, y_true: np.ndarray, params: RegisterParams) -> Decision:
+    """The gate. Promote when there is no champion, or when `tasks.gate` finds the challenger
+    significantly better on the same test images (and no guard stops it). A champion that
+    cannot be compared (other classes) is kept: replacing it is a decision for a person."""
+    champion = evaluation.champion
     if champion.version is None:
         return Decision(True, "no champion yet")
-    if champion.metrics is None:
+    if champion.predicted is None:
         return Decision(False, f"champion not comparable ({champion.not_comparable}); kept")
-    if metric not in challenger or metric not in champion.metrics:
-        return Decision(False, f"metric {metric!r} missing; champion kept")
-    new, old = challenger[metric], champion.metrics[metric]
-    if new > old + min_delta:
-        return Decision(True, f"{metric} {new:.4f} > champion v{champion.version} {old:.4f} + {min_delta}")
-    return Decision(
-        False, f"{metric} {new:.4f} <= champion v{champion.version} {old:.4f} + {min_delta}; champion kept"
+    comparison = gate.compare(
+        y_true,
+        evaluation.challenger.predicted,
+        np.asarray(champion.predicted),
+        evaluation.challenger.class_names,
+        params.metric,
+        params.bootstrap_resamples,
+        level=1 - params.alpha,
     )
+    verdict = gate.judge(comparison, params)
+    return Decision(verdict.promote, f"vs champion v{champion.version}: {verdict.reason}", comparison)
 
 
 def register_candidate(
@@ -95,19 +104,18 @@ def register_candidate(
     image_size: int,
     evaluation: Evaluation,
     tags: dict[str, str],
-    model_name: str,
-    metric: str,
-    min_delta: float,
+    params: RegisterParams,
     workdir: Path,
 ) -> Registered:
     """Log the classifier in the active run, register it as `challenger` with its lineage and
     test metrics as tags, and move `champion` to it only if the gate says so. A model already
     registered from the same training (`tags[TRAINING_KEY]`: a rerun after a failed
     registration, or an unchanged rerun) is not added again: `finish_registration`."""
+    model_name = params.model_name
     existing = registry.find_version(model_name, TRAINING_KEY, tags[TRAINING_KEY])
     if existing is not None:
         return finish_registration(model_name, existing.version, existing.tags)
-    decision = decide(evaluation.challenger.metrics, evaluation.champion, metric, min_delta)
+    decision = decide(evaluation, data.test.y, params)
     if decision.promote:  # compare-and-set: replace only the champion this model was compared with
         current = registry.version_by_alias(model_name, CHAMPION)
         now = str(current.version) if current is not None else None
@@ -117,6 +125,7 @@ def register_candidate(
                 False,
                 f"champion moved to v{now} during this run (compared with {was}); "
                 "not promoted: rerun to compare with the new champion",
+                decision.comparison,
             )
     info = registry.log_classifier(model, data.class_names, image_size, workdir, Path(data.test.paths[0]))
     reference = workdir / "reference_features.npy"  # what `retrain` measures drift against
@@ -128,6 +137,7 @@ def register_candidate(
         "classes": json.dumps(data.class_names),
         "promotion": decision.reason,
         "promoted": str(decision.promote).lower(),
+        "gate": json.dumps(decision.comparison.as_dict() if decision.comparison else None),
         "compared_with": evaluation.champion.version or "none",
         drift.REFERENCE_TAG: mlflow.get_artifact_uri(f"drift_reference/{reference.name}"),
     }

@@ -228,7 +228,12 @@ def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
     champion_before = summary["champion_before"]
     assert champion_before["version"] == "1" and champion_before["metrics"] is not None
     promoted = summary["registered"]["promoted"]
-    assert promoted == (summary["test"]["macro_f1"] > champion_before["metrics"]["macro_f1"])
+    paired = json.loads(new.tags["gate"])  # the paired gate's numbers, on the same test images
+    difference = summary["test"]["macro_f1"] - champion_before["metrics"]["macro_f1"]
+    assert paired["delta"] == pytest.approx(difference)
+    assert paired["ci_low"] <= paired["delta"] <= paired["ci_high"] and 0 < paired["p_value"] <= 1
+    assert summary["registered"]["reason"].startswith("vs champion v1: macro_f1 ")
+    assert summary["registered"]["reason"].endswith(": promoted" if promoted else ": kept")
     champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
     assert champion == ("2" if promoted else "1")
     assert new.tags["promotion"] == summary["registered"]["reason"]

@@ -3,35 +3,39 @@ import base64
 import numpy as np
 import pytest
 
+from tasks.config import RegisterParams
+from tasks.evaluate import report
 from tasks.images import ImageError
-from tasks.promotion import ChampionScores, decide
+from tasks.promotion import ChampionScores, Evaluation, decide
 from tasks.serving import image_bytes, predictions_frame
 
 
+def evaluation(predicted: list[int], champion: ChampionScores) -> Evaluation:
+    probabilities = np.eye(2)[predicted]
+    return Evaluation(report(np.array(Y), probabilities, ["a", "b"]), champion)
+
+
+Y = [0] * 50 + [1] * 50
+
+
 def test_first_model_becomes_champion():
-    decision = decide({"macro_f1": 0.1}, ChampionScores(), "macro_f1", 0.0)
-    assert decision.promote and decision.reason == "no champion yet"
+    decision = decide(evaluation(Y, ChampionScores()), np.array(Y), RegisterParams())
+    assert decision.promote and decision.reason == "no champion yet" and decision.comparison is None
 
 
 def test_a_champion_that_cannot_be_compared_is_kept():
     champion = ChampionScores("3", None, "champion v3 knows classes ['a'], this data ['b']")
-    decision = decide({"macro_f1": 1.0}, champion, "macro_f1", 0.0)
+    decision = decide(evaluation(Y, champion), np.array(Y), RegisterParams())
     assert not decision.promote
     assert decision.reason.startswith("champion not comparable (champion v3 knows")
 
 
-@pytest.mark.parametrize(
-    ("new", "old", "delta", "promote"),
-    [(0.81, 0.80, 0.0, True), (0.80, 0.80, 0.0, False), (0.81, 0.80, 0.02, False), (0.7, 0.8, 0.0, False)],
-)
-def test_gate_needs_a_real_improvement(new, old, delta, promote):
-    decision = decide({"macro_f1": new}, ChampionScores("1", {"macro_f1": old}), "macro_f1", delta)
-    assert decision.promote is promote
-    assert "macro_f1" in decision.reason
-
-
-def test_missing_metric_keeps_the_champion():
-    assert not decide({"accuracy": 1.0}, ChampionScores("1", {"accuracy": 0.0}), "macro_f1", 0.0).promote
+def test_the_gate_pairs_the_same_images_and_records_its_numbers():
+    worse = [1 - y if i % 4 == 0 else y for i, y in enumerate(Y)]  # wrong on every 4th image
+    champion = ChampionScores("1", {"macro_f1": 0.75}, predicted=worse)
+    decision = decide(evaluation(Y, champion), np.array(Y), RegisterParams())
+    assert decision.promote and decision.reason.startswith("vs champion v1: macro_f1 +25.0 pts, 95% CI [+")
+    assert decision.comparison.only_challenger_right == 25 and decision.comparison.only_champion_right == 0
 
 
 def test_the_served_model_takes_bytes_never_paths(tmp_path):
