@@ -86,6 +86,7 @@ def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
+    start_prefect_server()  # while the flow's imports load
     from flows.pretrain import pretrain_flow
 
     return _run(pretrain_flow, params, paths.root, force=args.force)
@@ -95,22 +96,25 @@ def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSumm
     data_dir = paths.resolve(args.data or params.data.raw)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data folder not found (expected <folder>/<class>/<image>)")
+    start_prefect_server()
     from flows.train import train_flow
 
     return _run(train_flow, data_dir, params, paths.root, force=args.force)
 
 
 def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
+    start_prefect_server()
     from flows.retrain import retrain_flow
 
     return _run(retrain_flow, params, str(paths.root), args.data, force=args.force)
 
 
 def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks import registry, tracking
+    from tasks import history, registry, tracking
 
     tracking.configure(paths.mlflow_dir)
     status = registry.model_status(params.register.model_name)
+    status["last_moves"] = [vars(m) for m in history.moves(params.register.model_name)[-3:]]
     if args.json:
         print(json.dumps(status, indent=2))
         return
@@ -118,11 +122,83 @@ def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
         print(f"{status['model']}: not registered yet")
         return
     for alias, info in status["aliases"].items():
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in info["metrics"].items())
+        metrics = "  ".join(
+            f"{k} {v:.4f}"
+            + (" [{:.3f}, {:.3f}]".format(*info["intervals"][k]) if k in info["intervals"] else "")
+            for k, v in info["metrics"].items()
+        )
         print(f"{alias:<11} v{info['version']}  data {info['data_version']}  {metrics}")
+    if status["last_moves"]:
+        print("last champion moves (transferops history for all):")
+    for move in history.moves(params.register.model_name)[-3:]:
+        print(f"  {move.words()}")
+
+
+def cmd_history(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    from tasks import history, tracking
+
+    tracking.configure(paths.mlflow_dir)
+    model = args.model or params.register.model_name
+    found = history.moves(model)
+    if args.json:
+        print(json.dumps([vars(m) for m in found], indent=2))
+    elif not found:
+        print(f"{model}: no champion moves recorded")
+    for move in [] if args.json else found:
+        print(move.words())
+
+
+def cmd_promote(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    from tasks import history, runlock, tracking
+
+    tracking.configure(paths.mlflow_dir)
+    model = args.model or params.register.model_name
+    with runlock.exclusive(paths.root, model):  # not while a run of this model may move it
+        move = history.promote(model, args.version, args.reason)
+    print(f"{model}: champion {move.words()}")
+
+
+def cmd_rollback(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    from tasks import history, runlock, tracking
+
+    tracking.configure(paths.mlflow_dir)
+    model = args.model or params.register.model_name
+    with runlock.exclusive(paths.root, model):
+        move = history.rollback(model, args.reason)
+    print(f"{model}: champion {move.words()}")
+
+
+def cmd_predict(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    from tasks import registry, tracking
+    from tasks.images import printable
+
+    tracking.configure(paths.mlflow_dir)
+    ref = args.model if "@" in args.model and not args.model.startswith("@") else None
+    name = params.register.model_name
+    if ref is None:
+        ref = f"{name}{args.model}" if args.model.startswith("@") else f"{name}/{args.model}"
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{missing[0]}: no such image file"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    model_name, version = registry.resolve(ref)
+    if version is None:
+        raise UserError(f"predict: {ref} is not a registered version; `transferops status` shows what is")
+    predictions = registry.predict_files(
+        registry.load_version(model_name, version), [str(p) for p in args.images]
+    )
+    print(f"{model_name} v{version} ({ref})")
+    for path, row in zip(args.images, predictions.to_dict("records"), strict=True):
+        if isinstance(row.get("error"), str):  # None or NaN when the row was predicted
+            print(f"{printable(str(path))}  error: {row['error']}")
+        else:
+            print(f"{printable(str(path))}  {row['label']}  {row['confidence']:.3f}")
 
 
 def cmd_reproduce(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
+    start_prefect_server()
     from flows.reproduce import reproduce_flow
 
     model = args.model or params.register.model_name
@@ -258,12 +334,42 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
+    history = sub.add_parser(
+        "history", parents=after, help="every move of the champion alias: when, from, to, why"
+    )
+    history.add_argument("--model", help="registered model (default: register.model_name)")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_history)
+
+    promote = sub.add_parser("promote", parents=after, help="make a version the champion by hand (recorded)")
+    promote.add_argument("version", help="version number of the registered model")
+    promote.add_argument("--reason", required=True, help="why (recorded in the registry)")
+    promote.add_argument("--model", help="registered model (default: register.model_name)")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser(
+        "rollback", parents=after, help="champion back to the one it replaced (recorded)"
+    )
+    rollback.add_argument("--reason", default="", help="why (recorded in the registry)")
+    rollback.add_argument("--model", help="registered model (default: register.model_name)")
+    rollback.set_defaults(func=cmd_rollback)
+
+    predict = sub.add_parser(
+        "predict", parents=after, help="label images with a registered version (its pyfunc)"
+    )
+    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument(
+        "--model",
+        default="@champion",
+        help="@ALIAS, VERSION or NAME@ALIAS (default: @champion of register.model_name)",
+    )
+    predict.set_defaults(func=cmd_predict)
+
     demo = sub.add_parser("demo", parents=after, help="data fashion-mnist + pretrain + train, then a summary")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
-FLOW_COMMANDS = {"pretrain", "train", "retrain", "reproduce", "demo"}
 USAGE_ERRORS = (UserError, FileNotFoundError, FileExistsError)  # exit 2: what was asked cannot be done
 
 
@@ -284,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.command != "data":
             errors.check_services()
-        if args.command in FLOW_COMMANDS:
-            start_prefect_server()
         summary = args.func(args, params, paths)
         if summary is not None:
             from tasks.summary import format_summary

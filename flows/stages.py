@@ -421,7 +421,9 @@ def version_tags(
 ) -> dict[str, str]:
     """What a registered version carries to be rebuilt: code and environment, data version,
     params, the backbone it started from (and that backbone's version and data), its run."""
-    backbone = {"backbone": start.uri, **start.lineage} if start is not None else {}
+    backbone = {}
+    if start is not None:
+        backbone = {"backbone": start.uri, **start.lineage, "logme": json.dumps(start.scores)}
     return {
         **run.tags,
         **data.lineage,

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
+from tasks import gate
+
 
 @dataclass
 class TestReport:
@@ -19,6 +21,7 @@ class TestReport:
     confusion: np.ndarray  # rows: true class, columns: predicted
     class_names: list[str]
     predicted: np.ndarray  # the predicted class of each test image, in order
+    intervals: dict[str, tuple[float, float]]  # 95% bootstrap interval of each metric
 
 
 def predict(model: Any, images: np.ndarray) -> np.ndarray:
@@ -33,6 +36,9 @@ def report(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]
         confusion=confusion(y_true, probabilities, len(class_names)),
         class_names=class_names,
         predicted=probabilities.argmax(axis=1),
+        intervals={
+            m: gate.interval(y_true, probabilities.argmax(axis=1), len(class_names), m) for m in gate.METRICS
+        },
     )
 
 

@@ -78,6 +78,24 @@ def _score(confusions: np.ndarray, metric: str) -> np.ndarray:
     return f1.mean(1)
 
 
+def interval(
+    y_true: np.ndarray,
+    predicted: np.ndarray,
+    classes: int,
+    metric: str,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap (percentile) interval of one model's `metric` on these test images."""
+    y_true, predicted = np.asarray(y_true, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    rows = np.random.default_rng(seed).integers(0, len(y_true), (resamples, len(y_true)))
+    low, high = np.quantile(
+        _score(_confusions(y_true, predicted, rows, classes), metric), [(1 - level) / 2, (1 + level) / 2]
+    )
+    return float(low), float(high)
+
+
 def mcnemar(only_a: int, only_b: int) -> float:
     """Exact two-sided McNemar p-value: under no difference, each discordant image is a fair coin."""
     if only_a + only_b == 0:

@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from tasks import backbones, drift, evaluate, gate, registry
+from tasks import backbones, card, drift, evaluate, gate, history, registry
 from tasks.config import RegisterParams
 from tasks.datasets import SplitData
 from tasks.registry import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
@@ -134,6 +134,7 @@ def register_candidate(
     version_tags = {
         **tags,
         **{f"test_{k}": repr(v) for k, v in evaluation.challenger.metrics.items()},  # full precision
+        **{f"ci_test_{k}": json.dumps(v) for k, v in evaluation.challenger.intervals.items()},
         "classes": json.dumps(data.class_names),
         "promotion": decision.reason,
         "promoted": str(decision.promote).lower(),
@@ -143,6 +144,23 @@ def register_candidate(
     }
     aliases = [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER]
     version, held = registry.register_version(info.model_uri, model_name, version_tags, aliases)
+    report, champion = evaluation.challenger, evaluation.champion
+    text = card.model_card(
+        model_name,
+        version,
+        version_tags,
+        data.counts(),
+        report.metrics,
+        report.intervals,
+        report.per_class,
+        (champion.version, champion.metrics),
+        decision.reason,
+    )
+    (workdir / "model_card.md").write_text(text)
+    mlflow.log_artifact(str(workdir / "model_card.md"))
+    registry.describe(model_name, version, text)
+    if decision.promote:
+        history.record(model_name, evaluation.champion.version, version, "gate", decision.reason)
     return Registered(model_name, version, held, decision.promote, decision.reason)
 
 
@@ -161,6 +179,8 @@ def finish_registration(model_name: str, version: str, tags: dict[str, str]) -> 
     held = registry.aliases_of(model_name, version)
     missing = [a for a in missing if a not in held]
     registry.set_aliases(model_name, version, missing)
+    if CHAMPION in missing:
+        history.record(model_name, now, version, "gate", tags.get("promotion", ""))
     done = f"; set {', '.join(missing)} as its gate had decided" if missing else ""
     return Registered(
         model_name,

@@ -175,6 +175,11 @@ def sent_once(timeout_s: int = 120) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def describe(name: str, version: str, text: str) -> None:
+    """The version's description: what the MLflow UI shows on its page (the model card)."""
+    MlflowClient().update_model_version(name, version, description=text)
+
+
 def set_aliases(name: str, version: str, aliases: list[str]) -> None:
     client = MlflowClient()
     for alias in aliases:
@@ -313,5 +318,7 @@ def model_status(name: str) -> dict[str, Any]:
             "git_commit": mv.tags.get("git_commit"),
             "backbone": mv.tags.get("backbone"),
             "metrics": metrics,
+            "intervals": {k[3:]: json.loads(v) for k, v in mv.tags.items() if k.startswith("ci_test_")},
+            "champion_reason": mv.tags.get("champion_reason"),
         }
     return out

@@ -93,6 +93,19 @@ def test_train_registers_a_champion_with_lineage(project):
     assert evaluate.data.metrics["test_accuracy"] > 0.6  # 3 classes: chance is 1/3
     assert float(version.tags["test_macro_f1"]) == pytest.approx(summary["test"]["macro_f1"], abs=1e-4)
     assert json.loads(version.tags["classes"]) == ["dog", "eel", "fox"]
+    # the model card: the version's description in the registry, and an artifact of its run
+    card = version.description
+    assert card.startswith("# `transferops-classifier` v1\n")
+    assert "**Promotion gate**: no champion yet" in card
+    assert "| `dog` | " in card and "LogME on frozen features: `transferops-backbone_pretrained`" in card
+    low, high = json.loads(version.tags["ci_test_macro_f1"])
+    assert low <= summary["test"]["macro_f1"] <= high
+    assert f"| macro_f1 | {summary['test']['macro_f1']:.4f} | [{low:.4f}, {high:.4f}] |" in card
+    register_run = client.search_runs(
+        [evaluate.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and tags.stage = 'register'",
+    )[0]
+    assert "model_card.md" in {a.path for a in client.list_artifacts(register_run.info.run_id)}
 
 
 def test_every_stage_has_a_nested_run_with_its_records(project):
@@ -304,3 +317,22 @@ def test_schedule_creates_a_cron_deployment_of_retrain(project):
     from flows.retrain import retrain_flow
 
     assert retrain_flow.validate_parameters(deployment.parameters)["params"] == params
+
+
+def test_predict_labels_files_through_the_served_pyfunc(project, capsys, tmp_path):
+    root, args = project
+    image = sorted((root / "data" / "raw" / "eel").glob("*.png"))[0]
+    junk = tmp_path / "notes.png"
+    junk.write_bytes(b"not an image at all")
+    capsys.readouterr()
+    assert main([*args, "predict", str(image), str(junk)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    champion = client_for(root).get_model_version_by_alias(MODEL, "champion").version
+    assert lines[0] == f"{MODEL} v{champion} ({MODEL}@champion)"
+    path, label, confidence = lines[1].split("  ")
+    assert path == str(image) and label in {"dog", "eel", "fox"} and 0 < float(confidence) <= 1
+    assert lines[2].startswith(f"{junk}  error: ")
+    assert main([*args, "predict", str(image), "--model", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{MODEL} v1 ({MODEL}/1)")
+    assert main([*args, "predict", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png: no such image file" in capsys.readouterr().err
