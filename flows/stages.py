@@ -323,8 +323,17 @@ def say_resumed(resumed: dict[str, int]) -> None:
 def log_test_report(report: evaluate.TestReport, prefix: str, title: str) -> None:
     """Metrics, per-class report and confusion matrix of one model, in the active run."""
     mlflow.log_metrics({f"{prefix}{k}": v for k, v in report.metrics.items()})
+    mlflow.log_metric(f"{prefix}ece", report.calibration["ece"])
     mlflow.log_dict(report.per_class, "per_class_report.json")
+    mlflow.log_dict({"intervals": report.intervals, "calibration": report.calibration}, "test_details.json")
+    mlflow.log_dict(report.mistakes, "confident_mistakes.json")
     with scratch_dir() as tmp:
+        mlflow.log_artifact(
+            str(evaluate.plot_reliability(report.calibration, tmp / "reliability.png", title))
+        )
+        gallery = evaluate.plot_mistakes(report, tmp / "confident_mistakes.png", f"{title}: surest mistakes")
+        if gallery is not None:
+            mlflow.log_artifact(str(gallery))
         png = tmp / "confusion_matrix.png"
         evaluate.plot_confusion(report.confusion, report.class_names, png, title)
         mlflow.log_artifact(str(png))

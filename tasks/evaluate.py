@@ -22,6 +22,9 @@ class TestReport:
     class_names: list[str]
     predicted: np.ndarray  # the predicted class of each test image, in order
     intervals: dict[str, tuple[float, float]]  # 95% bootstrap interval of each metric
+    calibration: dict[str, Any]  # expected calibration error and its bins (`calibration`)
+    mistakes: list[dict[str, Any]]  # the most confident mistakes: index, true, predicted, confidence
+    thumbnails: np.ndarray | None = None  # their images, when the report was given the images
 
 
 def predict(model: Any, images: np.ndarray) -> np.ndarray:
@@ -29,7 +32,10 @@ def predict(model: Any, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images.astype("float32"), verbose=0))
 
 
-def report(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> TestReport:
+def report(
+    y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str], images: np.ndarray | None = None
+) -> TestReport:
+    wrong = confident_mistakes(y_true, probabilities)
     return TestReport(
         metrics=metrics(y_true, probabilities),
         per_class=per_class_report(y_true, probabilities, class_names),
@@ -39,6 +45,9 @@ def report(y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str]
         intervals={
             m: gate.interval(y_true, probabilities.argmax(axis=1), len(class_names), m) for m in gate.METRICS
         },
+        calibration=calibration(y_true, probabilities),
+        mistakes=wrong,
+        thumbnails=images[[m["index"] for m in wrong]] if images is not None and wrong else None,
     )
 
 
@@ -66,6 +75,104 @@ def per_class_report(y_true: np.ndarray, probabilities: np.ndarray, class_names:
 
 def confusion(y_true: np.ndarray, probabilities: np.ndarray, num_classes: int) -> np.ndarray:
     return confusion_matrix(y_true, probabilities.argmax(axis=1), labels=np.arange(num_classes))
+
+
+def calibration(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error: over bins of confidence, the gap between how sure the model
+    was and how often it was right, weighted by the images in each bin."""
+    confidence = probabilities.max(axis=1)
+    right = probabilities.argmax(axis=1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        if not members.any():
+            continue
+        gap = abs(float(confidence[members].mean()) - float(right[members].mean()))
+        ece += members.mean() * gap
+        table.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "images": int(members.sum()),
+                "confidence": float(confidence[members].mean()),
+                "accuracy": float(right[members].mean()),
+            }
+        )
+    return {"ece": float(ece), "bins": table}
+
+
+def confident_mistakes(y_true: np.ndarray, probabilities: np.ndarray, top: int = 12) -> list[dict[str, Any]]:
+    """The wrong predictions the model was surest of, surest first."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != y_true)
+    order = wrong[np.argsort(-confidence[wrong], kind="stable")][:top]
+    return [
+        {
+            "index": int(i),
+            "true": int(y_true[i]),
+            "predicted": int(predicted[i]),
+            "confidence": float(confidence[i]),
+        }
+        for i in order
+    ]
+
+
+def plot_reliability(calibrated: dict[str, Any], path: Path, title: str) -> Path:
+    """The reliability diagram: accuracy against confidence per bin (the diagonal is perfect)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", label="perfectly calibrated")
+    bins = calibrated["bins"]
+    ax.bar(
+        [(b["low"] + b["high"]) / 2 for b in bins],
+        [b["accuracy"] for b in bins],
+        width=[b["high"] - b["low"] for b in bins],
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy in bin",
+    )
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}: ECE {calibrated['ece']:.3f}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_mistakes(report: TestReport, path: Path, title: str) -> Path | None:
+    """A gallery of the most confident mistakes: image, true -> predicted, confidence. Class
+    names are drawn as plain text (no math parsing)."""
+    if report.thumbnails is None or not report.mistakes:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(6, len(report.mistakes))
+    rows = -(-len(report.mistakes) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    names = report.class_names
+    for ax, mistake, image in zip(axes.ravel(), report.mistakes, report.thumbnails, strict=False):
+        ax.imshow(image)
+        label = f"{names[mistake['true']]} -> {names[mistake['predicted']]}\n{mistake['confidence']:.2f}"
+        ax.set_title(label, fontsize=8, parse_math=False)
+    fig.suptitle(title, parse_math=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:

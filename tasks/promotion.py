@@ -64,7 +64,7 @@ def evaluate_challenger(model: Any, data: SplitData, model_name: str, champion: 
     same test images."""
     probabilities = evaluate.predict(model, data.test.x)
     return Evaluation(
-        evaluate.report(data.test.y, probabilities, data.class_names),
+        evaluate.report(data.test.y, probabilities, data.class_names, data.test.x),
         champion_scores(model_name, champion, data),
     )
 

@@ -106,6 +106,9 @@ def test_train_registers_a_champion_with_lineage(project):
         f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and tags.stage = 'register'",
     )[0]
     assert "model_card.md" in {a.path for a in client.list_artifacts(register_run.info.run_id)}
+    evaluated = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+    assert {"reliability.png", "test_details.json", "confident_mistakes.json"} <= evaluated
+    assert 0 <= evaluate.data.metrics["test_ece"] <= 1
 
 
 def test_every_stage_has_a_nested_run_with_its_records(project):
