@@ -298,6 +298,13 @@ def test_status_json_reports_champion_metrics_and_data_version(project, capsys):
     champion = status["aliases"]["champion"]
     assert champion["data_version"].endswith(".dir")
     assert set(champion["metrics"]) >= {"test_accuracy", "test_macro_f1"}
+    low, high = champion["intervals"]["test_macro_f1"]
+    assert low <= champion["metrics"]["test_macro_f1"] <= high
+    assert status["last_moves"][0]["to_version"] == "1" and status["last_moves"][0]["by"] == "gate"
+    assert main([*project[1], "status"]) == 0
+    text = capsys.readouterr().out
+    assert f"test_macro_f1 {champion['metrics']['test_macro_f1']:.4f} [{low:.3f}, {high:.3f}]" in text
+    assert "last champion moves" in text and "none -> v1  by gate: no champion yet" in text
 
 
 def test_schedule_creates_a_cron_deployment_of_retrain(project):
