@@ -21,25 +21,10 @@ def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary
     are reused (`flows.caching`); `force` recomputes them."""
     with stages.tracked_flow("pretrain", params, root, force=force) as run:
         data_dir = run.paths.resolve(params.data.source)
-        data = stages.run_stage(
-            run,
-            stages.validate_data,
-            stages.log_validation,
-            data_dir=data_dir,
-            params=params.validate,
-            docs_root=run.paths.root / ".transferops" / "data_docs",
-        )
+        data = stages.validated(run, data_dir, params)
         if not data.report.success:
             return stages.failed(data.report.message(data_dir))
-        split = stages.run_stage(
-            run,
-            stages.split_data,
-            stages.log_split,
-            data=data,
-            data_dir=data_dir,
-            params=params.split,
-            image_size=params.data.image_size,
-        )
+        split = stages.splits(run, data, data_dir, params)
         result = stages.run_stage(
             run,
             stages.pretrain_backbone,

@@ -170,6 +170,29 @@ def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any
     return result
 
 
+def validated(run: FlowRun, data_dir: Path, params: Params) -> validation.ValidatedData:
+    """The validate stage, as every flow runs it (Data Docs under .transferops/data_docs)."""
+    docs_root = run.paths.root / ".transferops" / "data_docs"
+    return run_stage(
+        run, validate_data, log_validation, data_dir=data_dir, params=params.validate, docs_root=docs_root
+    )
+
+
+def splits(
+    run: FlowRun, data: validation.ValidatedData, data_dir: Path, params: Params
+) -> datasets.SplitData:
+    """The split stage, as every flow runs it."""
+    return run_stage(
+        run,
+        split_data,
+        log_split,
+        data=data,
+        data_dir=data_dir,
+        params=params.split,
+        image_size=params.data.image_size,
+    )
+
+
 def tag_parent(run: FlowRun, tags: dict[str, str]) -> None:
     """Tags of the active stage run that the flow's run carries too (data version, backbone)."""
     mlflow.set_tags(tags)

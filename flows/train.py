@@ -40,29 +40,14 @@ def train_flow(
         stages.tracked_flow(flow_name, params, root, extra_tags, force) as run,
     ):
         data_dir = run.paths.resolve(data_dir)
-        data = stages.run_stage(
-            run,
-            stages.validate_data,
-            stages.log_validation,
-            data_dir=data_dir,
-            params=params.validate,
-            docs_root=run.paths.root / ".transferops" / "data_docs",
-        )
+        data = stages.validated(run, data_dir, params)
         if not data.report.success:
             return stages.failed(data.report.message(data_dir))
         version = data.lineage["data_version"]
         champion = registry.champion_version(model_name)
         if only_if_new_data and champion is not None and registry.champion_with_data(model_name, version):
             return skip(run, flow_name, version, drift.decide(champion, False, None, 0, False))
-        split = stages.run_stage(
-            run,
-            stages.split_data,
-            stages.log_split,
-            data=data,
-            data_dir=data_dir,
-            params=params.split,
-            image_size=params.data.image_size,
-        )
+        split = stages.splits(run, data, data_dir, params)
         measured, decision = None, None
         if only_if_new_data and champion is not None:
             measured = stages.run_stage(

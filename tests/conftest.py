@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,41 @@ def _no_mlflow_uri_from_an_earlier_test(monkeypatch):
 def sets(values: dict[str, object]) -> list[str]:
     """CLI overrides: {"finetune.head_epochs": 3} -> ["--set", "finetune.head_epochs=3"]."""
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` (SQLite store and proxied artifacts under
+    `store`), in its own process group (a test can kill it with everything it started)."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{store / 'server.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_until_up(f"http://127.0.0.1:{port}/health", process)
+    return process
+
+
+def checkpointed_epochs(root: Path) -> int:
+    """Head epochs the finetune checkpoint of the project at `root` holds (0 while there is none)."""
+    for metadata in (root / ".transferops" / "checkpoints").glob("finetune-*/head/training_metadata.json"):
+        try:
+            return int(json.loads(metadata.read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            return 0
+    return 0

@@ -13,7 +13,7 @@ import time
 
 import mlflow
 import pytest
-from conftest import make_image_folder
+from conftest import checkpointed_epochs, make_image_folder
 from mlflow import MlflowClient
 
 from tasks import runlock
@@ -40,16 +40,6 @@ def running_finetune(db) -> list[str]:
     except sqlite3.Error:
         return []
     return [r[0] for r in rows]
-
-
-def checkpointed_epochs(root) -> int:
-    """Head epochs the finetune checkpoint holds (0 while there is none)."""
-    for metadata in (root / ".transferops" / "checkpoints").glob("finetune-*/head/training_metadata.json"):
-        try:
-            return int(json.loads(metadata.read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
-            return 0
-    return 0
 
 
 def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):

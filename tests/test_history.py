@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import pytest
-from conftest import free_port, wait_until_up
+from conftest import free_port, start_mlflow_server
 from mlflow import MlflowClient
 
 from flows.cli import main
@@ -83,29 +81,9 @@ def test_promote_rollback_history_on_the_local_store(tmp_path, capsys):
 @pytest.mark.slow
 def test_promote_rollback_history_through_a_tracking_server(tmp_path, capsys, monkeypatch):
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_mlflow_server(tmp_path, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(f"{url}/health", server)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         tracking.configure(tmp_path / "mlflow")
         round_trip(tmp_path, MlflowClient(tracking_uri=url, registry_uri=url), capsys)

@@ -3,12 +3,9 @@ proxied artifacts), as a team would run it: the same code, only MLFLOW_TRACKING_
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import mlflow
 import pytest
-from conftest import free_port, make_image_folder, wait_until_up
+from conftest import free_port, make_image_folder, start_mlflow_server
 
 from flows.cli import main
 from tasks.serving import files_frame
@@ -19,29 +16,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(f"{url}/health", process)
-    yield url, tmp_path / "server-artifacts"
+    process = start_mlflow_server(tmp_path, port)
+    yield f"http://127.0.0.1:{port}", tmp_path / "artifacts"
     process.terminate()
     process.wait(timeout=30)
 

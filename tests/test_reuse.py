@@ -14,7 +14,7 @@ import time
 
 import mlflow
 import pytest
-from conftest import free_port, make_image_folder, sets, wait_until_up
+from conftest import checkpointed_epochs, free_port, make_image_folder, sets, start_mlflow_server
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -100,41 +100,6 @@ def test_unchanged_rerun_reuses_every_stage_and_a_change_reruns_from_where_it_ma
     assert versions(root) == ["1", "2", "3"]
 
 
-def start_server(port: int, store) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{store / 'server.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_until_up(f"http://127.0.0.1:{port}/health", process)
-    return process
-
-
-def head_epochs_checkpointed(root) -> int:
-    for metadata in (root / ".transferops" / "checkpoints").glob("finetune-*/head/training_metadata.json"):
-        try:
-            return int(json.loads(metadata.read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
-            return 0
-    return 0
-
-
 def test_a_tracking_server_outage_mid_run_loses_no_training(tmp_path):
     """The server is killed during fine-tuning: the run fails in one line after its bounded
     retries; the trained model is on disk (Prefect's result store), so once the server is back
@@ -159,10 +124,10 @@ def test_a_tracking_server_outage_mid_run_loses_no_training(tmp_path):
         "finetune.patience=60",
         "train",
     ]
-    server = start_server(port, store)
+    server = start_mlflow_server(store, port)
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while head_epochs_checkpointed(root) < 2:
+    while checkpointed_epochs(root) < 2:
         assert run.poll() is None, "the run ended before the server could be killed"
         assert time.time() < deadline, "finetune never started"
         time.sleep(0.2)
@@ -174,7 +139,7 @@ def test_a_tracking_server_outage_mid_run_loses_no_training(tmp_path):
     last = [line for line in stderr.splitlines() if line.startswith("transferops:")][-1]
     assert last.startswith(f"transferops: MLflow tracking server {url} stopped answering"), last
 
-    server = start_server(port, store)
+    server = start_mlflow_server(store, port)
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
