@@ -25,6 +25,8 @@ def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary
         if not data.report.success:
             return stages.failed(data.report.message(data_dir))
         split = stages.splits(run, data, data_dir, params)
+        stages.log_datasets(run, data, split)
+        stages.name_run(run, "pretrain", data.lineage["data_version"][:8], f"cnn-w{params.pretrain.width}")
         result = stages.run_stage(
             run,
             stages.pretrain_backbone,

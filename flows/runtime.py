@@ -39,6 +39,9 @@ def apply_env_defaults() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     # A reused (unpickled) model restores its weights, not its optimizer's slots, and says so.
     warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    # MLflow registers its local-file dataset source twice and warns that a path "can be
+    # interpreted in multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource".
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
 
 
 _server_start: threading.Thread | None = None

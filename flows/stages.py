@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import mlflow
+import mlflow.data
 from prefect import Task, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
@@ -191,6 +192,29 @@ def splits(
         params=params.split,
         image_size=params.data.image_size,
     )
+
+
+def log_datasets(run: FlowRun, data: validation.ValidatedData, splits: datasets.SplitData) -> None:
+    """The splits as MLflow dataset inputs of the flow's run (the UI's Datasets column): named
+    `<folder>-<split>`, digest = the DVC data version, source = the folder, one row per image
+    (path, label, sha256), the images per class as an input tag."""
+    version, folder = data.lineage["data_version"], data.lineage["data_path"]
+    counts = splits.counts()
+    names = ("train", "val", "test")
+    found = []
+    for name in names:
+        rows = splits.table[splits.table["split"] == name][["path", "label", "sha256"]].reset_index(drop=True)
+        found.append(
+            mlflow.data.from_pandas(
+                rows, source=folder, targets="label", name=f"{Path(folder).name}-{name}", digest=version[:36]
+            )
+        )
+    mlflow.log_inputs(found, list(names), [{"class_counts": json.dumps(counts[n])} for n in names])
+
+
+def name_run(run: FlowRun, *parts: str) -> None:
+    """A readable name for the flow's run: flow, data version (8), backbone or architecture."""
+    mlflow.MlflowClient().update_run(run.run_id, name="-".join(p for p in parts if p))
 
 
 def tag_parent(run: FlowRun, tags: dict[str, str]) -> None:

@@ -48,6 +48,7 @@ def train_flow(
         if only_if_new_data and champion is not None and registry.champion_with_data(model_name, version):
             return skip(run, flow_name, version, drift.decide(champion, False, None, 0, False))
         split = stages.splits(run, data, data_dir, params)
+        stages.log_datasets(run, data, split)
         measured, decision = None, None
         if only_if_new_data and champion is not None:
             measured = stages.run_stage(
@@ -84,6 +85,7 @@ def train_flow(
                 params.select.candidates, warm_start_from, warm_start_version
             ),
         )
+        stages.name_run(run, flow_name, version[:8], selection.short_name(start.uri))
         result = stages.run_stage(
             run,
             stages.finetune_model,

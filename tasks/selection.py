@@ -36,6 +36,13 @@ class Selection:
     fingerprint: str = ""  # the key of the stage that made it (flows.caching)
 
 
+def short_name(uri: str) -> str:
+    """registry:foo@bar -> foo@bar, keras:MobileNetV3Small -> MobileNetV3Small, file:/m/b.keras -> b.keras;
+    what a run name shows of where fine-tuning started."""
+    kind, _, ref = uri.partition(":")
+    return ref.split(" ")[0] if kind == "registry" else Path(ref).name
+
+
 def candidate_name(candidate: Candidate) -> str:
     """A metric-safe short name: registry:foo@bar -> foo_bar, registry:foo/3 -> foo_3,
     file:/models/b.keras -> b.keras, keras:MobileNetV3Small -> MobileNetV3Small."""

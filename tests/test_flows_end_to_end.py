@@ -106,6 +106,16 @@ def test_train_registers_a_champion_with_lineage(project):
         f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and tags.stage = 'register'",
     )[0]
     assert "model_card.md" in {a.path for a in client.list_artifacts(register_run.info.run_id)}
+    # the flow's run: a readable name, and the three splits as MLflow dataset inputs
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.run_name == f"train-{summary['data_version'][:8]}-transferops-backbone@pretrained"
+    tags_of = [({t.key: t.value for t in i.tags}, i) for i in parent.inputs.dataset_inputs]
+    by_context = {tags["mlflow.data.context"]: i for tags, i in tags_of}
+    assert set(by_context) == {"train", "val", "test"}
+    train_input = by_context["train"]
+    assert train_input.dataset.name == "raw-train" and train_input.dataset.digest == summary["data_version"]
+    counts = json.loads(next(t.value for t in train_input.tags if t.key == "class_counts"))
+    assert sum(counts.values()) == summary["images"]["train"]
     evaluated = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
     assert {"reliability.png", "test_details.json", "confident_mistakes.json"} <= evaluated
     assert 0 <= evaluate.data.metrics["test_ece"] <= 1
