@@ -173,10 +173,9 @@ def cmd_predict(args: argparse.Namespace, params: Params, paths: Paths) -> None:
     from tasks.images import printable
 
     tracking.configure(paths.mlflow_dir)
-    ref = args.model if "@" in args.model and not args.model.startswith("@") else None
-    name = params.register.model_name
-    if ref is None:
-        ref = f"{name}{args.model}" if args.model.startswith("@") else f"{name}/{args.model}"
+    name, model = params.register.model_name, args.model
+    # @ALIAS of the configured model, NAME@ALIAS as given, or a version number of the model
+    ref = f"{name}{model}" if model.startswith("@") else model if "@" in model else f"{name}/{model}"
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise FileNotFoundError(

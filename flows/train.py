@@ -45,7 +45,8 @@ def train_flow(
             return stages.failed(data.report.message(data_dir))
         version = data.lineage["data_version"]
         champion = registry.champion_version(model_name)
-        if only_if_new_data and champion is not None and registry.champion_with_data(model_name, version):
+        trained_on = registry.version_tags(model_name, champion).get("data_version") if champion else None
+        if only_if_new_data and trained_on == version:
             return skip(run, flow_name, version, drift.decide(champion, False, None, 0, False))
         split = stages.splits(run, data, data_dir, params)
         stages.log_datasets(run, data, split)

@@ -209,14 +209,6 @@ def register_backbone(
     return Registered(name, version, aliases, True, f"pretrained backbone, alias {alias}")
 
 
-def champion_with_data(name: str, data_version: str) -> str | None:
-    """The champion's version if it was trained on `data_version`, else None."""
-    champion = version_by_alias(name, CHAMPION)
-    if champion is not None and champion.tags.get("data_version") == data_version:
-        return str(champion.version)
-    return None
-
-
 def aliases_of(name: str, version: str) -> list[str]:
     aliases = MlflowClient().get_registered_model(name).aliases
     return sorted(a for a, v in aliases.items() if str(v) == str(version))

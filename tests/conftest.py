@@ -130,3 +130,14 @@ def checkpointed_epochs(root: Path) -> int:
         except (OSError, ValueError, KeyError):
             return 0
     return 0
+
+
+def wait_for_checkpoint(process: subprocess.Popen, root: Path, epochs: int, timeout: float = 300) -> None:
+    """Until the run in `process` has checkpointed `epochs` head epochs (it must still be running)."""
+    import time
+
+    deadline = time.time() + timeout
+    while checkpointed_epochs(root) < epochs:
+        assert process.poll() is None, "the run ended before it reached the checkpoint"
+        assert time.time() < deadline, "finetune never started"
+        time.sleep(0.2)

@@ -9,11 +9,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import mlflow
 import pytest
-from conftest import checkpointed_epochs, make_image_folder
+from conftest import checkpointed_epochs, make_image_folder, wait_for_checkpoint
 from mlflow import MlflowClient
 
 from tasks import runlock
@@ -56,11 +55,7 @@ def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the kill takes its Prefect server too
     )
-    deadline = time.time() + 300
-    while checkpointed_epochs(root) < 5:
-        assert victim.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "finetune never started"
-        time.sleep(0.2)
+    wait_for_checkpoint(victim, root, 5)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
 

@@ -10,11 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import mlflow
 import pytest
-from conftest import checkpointed_epochs, free_port, make_image_folder, sets, start_mlflow_server
+from conftest import free_port, make_image_folder, sets, start_mlflow_server, wait_for_checkpoint
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -126,11 +125,7 @@ def test_a_tracking_server_outage_mid_run_loses_no_training(tmp_path):
     ]
     server = start_mlflow_server(store, port)
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while checkpointed_epochs(root) < 2:
-        assert run.poll() is None, "the run ended before the server could be killed"
-        assert time.time() < deadline, "finetune never started"
-        time.sleep(0.2)
+    wait_for_checkpoint(run, root, 2)
     os.killpg(server.pid, signal.SIGKILL)
     server.wait(timeout=30)
     _, stderr = run.communicate(timeout=600)
