@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks import ingest, lineage
+from tasks import data_docs, ingest, lineage
 from tasks.config import ValidateParams
 from tasks.images import printable
 
@@ -188,6 +188,7 @@ def validate_manifest(
                     reason = _reason(config, params, errors.loc[index])
                     problems.append(f"{printable(files.loc[index, 'path'])}: {reason}")
     context.build_data_docs()
+    data_docs.make_offline(docs_dir)  # no CDN: readable offline and in MLflow's preview
     return ValidationReport(
         success=not problems,
         problems=sorted(set(problems)),
