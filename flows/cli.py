@@ -68,8 +68,14 @@ def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> RunSummary:
 
 
 def _write_report(paths: Paths, name: str, summary: RunSummary) -> None:
+    """reports/<command>.json (the whole summary); for the DVC stages (pretrain, train) also
+    their numbers under metrics/ (tasks.dvc_reports), which `dvc exp show` compares."""
+    from tasks import dvc_reports
+
     paths.reports_dir.mkdir(parents=True, exist_ok=True)
     (paths.reports_dir / f"{name}.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    if summary.flow in dvc_reports.DVC_STAGES and not summary.skipped:
+        dvc_reports.write(paths.root, summary)
 
 
 def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:

@@ -39,16 +39,19 @@ def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary
         )
         tags = stages.version_tags(run, data, params)
         registered = stages.register_backbone(result, split, params.pretrain, tags, run)
-    return RunSummary(
-        flow="pretrain",
-        mlflow_run_id=run.run_id,
-        data_version=data.lineage["data_version"],
-        data_dvc_state=data.lineage["data_dvc_state"],
-        images=split.sizes(),
-        classes=split.class_names,
-        stage_seconds=run.seconds,
-        reused=run.reused,
-        backbone=f"transferops CNN, width {params.pretrain.width}",
-        test=result.test.metrics,
-        registered=registered,
-    )
+        summary = RunSummary(
+            flow="pretrain",
+            mlflow_run_id=run.run_id,
+            data_version=data.lineage["data_version"],
+            data_dvc_state=data.lineage["data_dvc_state"],
+            images=split.sizes(),
+            classes=split.class_names,
+            stage_seconds=run.seconds,
+            reused=run.reused,
+            backbone=f"transferops CNN, width {params.pretrain.width}",
+            test=result.test.metrics,
+            registered=registered,
+            curves={"pretrain": result.history},
+            **stages.test_details(result.test),
+        )
+        return stages.publish(run, summary, data.report.docs_dir)

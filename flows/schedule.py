@@ -21,6 +21,12 @@ from tasks.config import Params
 CODE_ROOT = Path(__file__).resolve().parents[1]  # where flows/ lives; the worker runs it from here
 DEPLOYMENT = "scheduled-retrain"
 ENTRYPOINT = "flows/retrain.py:retrain_flow"
+DESCRIPTION = (
+    "transferops retrain: when the data version changed, measure drift against the champion, "
+    "fine-tune warm-started from it, and promote through the gate. Each run publishes a "
+    "summary and a per-class table as artifacts; MLflow has the rest."
+)
+TAGS = ["transferops", "retrain"]
 
 
 def ensure_process_pool(name: str) -> None:
@@ -43,9 +49,8 @@ def deploy_retrain(cron: str, root: Path, params: Params, data_dir: str | None, 
         work_pool_name=pool,
         cron=cron,
         parameters=retrain_parameters(params, root, data_dir),
-        description="Retrain warm-started from the champion when the data version changed; "
-        "promote through the gate.",
-        tags=["transferops", "retrain"],
+        description=DESCRIPTION,
+        tags=TAGS,
         concurrency_limit=1,  # one retrain at a time; the project lock guards other runs too
         build=False,
         push=False,
@@ -56,4 +61,10 @@ def deploy_retrain(cron: str, root: Path, params: Params, data_dir: str | None, 
 
 def serve_retrain(cron: str, root: Path, params: Params, data_dir: str | None) -> None:
     """Run the schedule from this process (blocks): no work pool or worker needed."""
-    retrain_flow.serve(name=DEPLOYMENT, cron=cron, parameters=retrain_parameters(params, root, data_dir))
+    retrain_flow.serve(
+        name=DEPLOYMENT,
+        cron=cron,
+        parameters=retrain_parameters(params, root, data_dir),
+        description=DESCRIPTION,
+        tags=TAGS,
+    )

@@ -4,7 +4,11 @@ lives in the `tasks/` module named in the call.
 - The compute half is a cached Prefect task (`flows.caching`): it calls one `tasks/` function
   and returns its result, which Prefect persists and reuses while nothing it depends on changes.
 - The logging half (`log_*`) runs in every flow run, reused or not, in the stage's nested MLflow
-  run, so each run's page shows every stage; `run_stage` joins the halves and times them.
+  run, so each run's page shows every stage, and returns one line saying what the stage did
+  (counts, the chosen backbone, epochs, metrics); `run_stage` joins the halves, times them,
+  and puts that line in the Prefect log and on the terminal.
+- `publish` ends a flow run: its Markdown summary becomes the MLflow run's description and a
+  Prefect artifact, its per-class test results a Prefect table artifact.
 - Registration is a side effect and is not cached: the registry itself finds a version made
   from the same training (its `training_key` tag) instead of adding it again.
 """
@@ -23,7 +27,7 @@ from uuid import UUID
 import mlflow
 import mlflow.data
 from prefect import Task, get_run_logger, runtime, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -59,12 +63,14 @@ from tasks.config import (
     SplitParams,
     ValidateParams,
 )
+from tasks.summary import RunSummary
+from tasks.summary import markdown as markdown_summary
 from tasks.tracking import log_history, scratch_dir
 
 stage = task(cache_policy=NONE, persist_result=False)  # a stage that is not cached
 RESULTS_DIR = ".transferops/results"  # Prefect's persisted stage results, per project
 T = TypeVar("T")
-Logger = Callable[[T, "FlowRun", bool], None]  # (result, run, reused): what a stage logs
+Logger = Callable[[T, "FlowRun", bool], str]  # (result, run, reused) -> what the stage did, in a line
 
 
 @dataclass
@@ -149,8 +155,9 @@ def failed(message: str) -> State:
 
 def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any) -> T:
     """One stage in its nested MLflow run: the cached compute task, then `log` (in every run,
-    reused or not, so each run's page shows every stage). Timed into `run.seconds`; a reused
-    stage is said, tagged `reused` in MLflow, and listed in `run.reused`."""
+    reused or not, so each run's page shows every stage), whose line goes to the Prefect log.
+    Timed into `run.seconds`; a reused stage is said, tagged `reused` in MLflow, and listed in
+    `run.reused`."""
     name = compute.name
     progress.say(f"== {name}")
     start = time.perf_counter()
@@ -162,12 +169,13 @@ def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any
         reused = state.name == "Cached"
         if reused:
             mlflow.set_tag("reused", "true")
-        log(result, run, reused)
+        line = log(result, run, reused)
     run.seconds[name] = round(time.perf_counter() - start, 1)
     if reused:
         run.reused.append(name)
     done = "reused (nothing it depends on changed)" if reused else "done"
-    progress.say(f"   {name} {done} in {run.seconds[name]:.1f}s")
+    get_run_logger().info("%s: %s (%s in %.1f s)", name, line, done.split(" ")[0], run.seconds[name])
+    progress.say(f"   {name} {done} in {run.seconds[name]:.1f}s: {line}")
     return result
 
 
@@ -225,14 +233,16 @@ def tag_parent(run: FlowRun, tags: dict[str, str]) -> None:
         client.set_tag(run.run_id, key, value)
 
 
-@cached_stage("validate", code=("ingest", "validate", "lineage", "images"), folders=("data_dir",))
+@cached_stage(
+    "validate", code=("ingest", "validate", "lineage", "images", "data_docs"), folders=("data_dir",)
+)
 def validate_data(data_dir: Path, params: ValidateParams, docs_root: Path) -> validation.ValidatedData:
     """Ingest (hash + decode every file) and run the Great Expectations suites; the Data Docs
     go to `docs_root/<key>`."""
     return validation.validate_folder(data_dir, params, docs_root / stage_key()[:16])
 
 
-def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -> None:
+def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -> str:
     tag_parent(run, data.lineage)
     mlflow.log_metrics(data.report.statistics)
     with scratch_dir() as tmp:
@@ -248,6 +258,13 @@ def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -
     )
     if not data.report.success:
         mlflow.set_tag("outcome", "validation failed")
+        return f"FAILED: {len(data.report.problems)} problem(s) in {data.lineage['data_path']}"
+    classes = data.manifest["label"].nunique()
+    ignored = f", {len(data.report.ignored)} hidden files skipped" if data.report.ignored else ""
+    return (
+        f"{len(data.manifest)} images in {classes} classes passed every expectation{ignored}; "
+        f"data version {data.lineage['data_version'][:8]}"
+    )
 
 
 @cached_stage("split", code=("datasets", "split", "ingest", "images"))
@@ -258,10 +275,11 @@ def split_data(
     return datasets.prepare_splits(data.manifest, data_dir, params, image_size)
 
 
-def log_split(splits: datasets.SplitData, run: FlowRun, reused: bool) -> None:
+def log_split(splits: datasets.SplitData, run: FlowRun, reused: bool) -> str:
     mlflow.log_metrics({f"n_{name}": n for name, n in splits.sizes().items()})
     mlflow.log_dict(splits.counts(), "split_counts.json")
     mlflow.log_table(splits.table, "split_table.json")
+    return " / ".join(f"{name} {n}" for name, n in splits.sizes().items()) + " images"
 
 
 @cached_stage("drift", code=("drift", "backbones", "registry"))
@@ -272,15 +290,16 @@ def measure_drift(
     return drift.measure(model_name, champion, data.train.x, params.drift_samples, params.drift_permutations)
 
 
-def log_drift(measured: drift.Measurement | None, run: FlowRun, reused: bool) -> None:
+def log_drift(measured: drift.Measurement | None, run: FlowRun, reused: bool) -> str:
     if measured is None:
         mlflow.set_tag("drift", "champion keeps no reference sample")
-        return
+        return "not measured: the champion keeps no reference sample"
     report = measured.report
     mlflow.log_metrics({"drift_mmd2": report.mmd2, "drift_p_value": report.p_value})
     mlflow.log_dict({**report.summary(), "null": report.null}, "drift.json")
     with scratch_dir() as tmp:
         mlflow.log_artifact(str(drift.plot(report, measured.reference, measured.current, tmp / "drift.png")))
+    return f"MMD² {report.mmd2:.6f}, p={report.p_value:.3g} against the champion's training sample"
 
 
 def publish_decision(run: FlowRun, decision: drift.RetrainDecision) -> None:
@@ -320,11 +339,15 @@ def select_backbone(
     return start
 
 
-def log_selection(start: selection.Selection, run: FlowRun, reused: bool) -> None:
+def log_selection(start: selection.Selection, run: FlowRun, reused: bool) -> str:
     if start.scores:
         mlflow.log_metrics({f"logme.{k}": v for k, v in start.scores.items()})
     mlflow.log_dict({"chosen": start.uri, "scores": start.scores, "samples": start.samples}, "selection.json")
     tag_parent(run, {"backbone": start.uri, **start.lineage})
+    if not start.scores:
+        return f"warm start from {start.uri}"
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in start.scores.items())
+    return f"chose {start.uri} (LogME on {start.samples} images: {scores})"
 
 
 @cached_stage("finetune", code=("finetune", "backbones", "checkpoints"))
@@ -348,18 +371,37 @@ def finetune_model(
         init_head=start.init_head,
         train_features=start.train_features,
         checkpoints=checkpoints.folder(root, "finetune", key),
+        events=checkpoints.events_folder(root, "finetune", key),
     )
     say_resumed(result.resumed)
     result.fingerprint = key
     return result
 
 
-def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> None:
+def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> str:
     if result.resumed and not reused:
         mlflow.set_tag("resumed_from_epoch", json.dumps(result.resumed))
     log_history(result.history)
+    log_events(result.events)
     mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")
     mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
+    return training_line(result.history)
+
+
+def training_line(history: dict[str, dict[str, list[float]]]) -> str:
+    """ "head 12 epochs (val_accuracy 0.9125), finetune 6 epochs (val_accuracy 0.9250)"."""
+    parts = []
+    for phase, series in history.items():
+        best = f" (best val_accuracy {max(series['val_accuracy']):.4f})" if series.get("val_accuracy") else ""
+        parts.append(f"{phase} {len(series.get('loss', []))} epochs{best}")
+    return ", ".join(parts) or "no epochs"
+
+
+def log_events(events: Path | None) -> None:
+    """The TensorBoard event files of a training, as the stage run's `tensorboard/` artifacts."""
+    if events is not None and events.is_dir():
+        mlflow.log_artifacts(str(events), "tensorboard")
+        mlflow.set_tag("tensorboard_logdir", str(events))
 
 
 def say_resumed(resumed: dict[str, int]) -> None:
@@ -394,12 +436,20 @@ def evaluate_model(
     return promotion.evaluate_challenger(result.model, data, model_name, champion)
 
 
-def log_evaluation(evaluation: promotion.Evaluation, run: FlowRun, reused: bool) -> None:
+def log_evaluation(evaluation: promotion.Evaluation, run: FlowRun, reused: bool) -> str:
     log_test_report(evaluation.challenger, "test_", "challenger (test split)")
     champion = evaluation.champion
     if champion.metrics is not None:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
     mlflow.log_dict({k: v for k, v in vars(champion).items() if k != "predicted"}, "champion.json")
+    line = f"{scores(evaluation.challenger.metrics)} on {len(evaluation.challenger.predicted)} test images"
+    if champion.version is not None:
+        line += f"; champion v{champion.version}: {scores(champion.metrics or {}) or 'not comparable'}"
+    return line
+
+
+def scores(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
 @stage(name="register")  # not cached, no retries: registration is found again by TRAINING_KEY
@@ -425,6 +475,13 @@ def register_model(
             tmp,
         )
         mlflow.set_tags({"registered_version": registered.version, "promotion": registered.reason})
+    get_run_logger().info(
+        "register: %s v%s (aliases %s): %s",
+        registered.model,
+        registered.version,
+        ", ".join(registered.aliases) or "none",
+        registered.reason,
+    )
     return registered
 
 
@@ -438,17 +495,25 @@ def pretrain_backbone(
 ) -> pretraining.PretrainResult:
     """Train the small CNN from scratch on the source data and score it on its test split."""
     key = stage_key()
-    result = pretraining.pretrain(data, params, image_size, checkpoints.folder(root, "pretrain", key))
+    result = pretraining.pretrain(
+        data,
+        params,
+        image_size,
+        checkpoints.folder(root, "pretrain", key),
+        checkpoints.events_folder(root, "pretrain", key),
+    )
     say_resumed(result.resumed)
     result.fingerprint = key
     return result
 
 
-def log_pretraining(result: pretraining.PretrainResult, run: FlowRun, reused: bool) -> None:
+def log_pretraining(result: pretraining.PretrainResult, run: FlowRun, reused: bool) -> str:
     if result.resumed and not reused:
         mlflow.set_tag("resumed_from_epoch", json.dumps(result.resumed))
     log_history({"pretrain": result.history})
+    log_events(result.events)
     log_test_report(result.test, "source_test_", "pretraining (source test split)")
+    return f"{training_line({'pretrain': result.history})}; source test {scores(result.test.metrics)}"
 
 
 @stage(name="register")
@@ -469,7 +534,48 @@ def register_backbone(
             {**tags, registry.TRAINING_KEY: result.fingerprint},
         )
         mlflow.set_tags({"registered_version": registered.version})
+    get_run_logger().info("register: %s v%s: %s", registered.model, registered.version, registered.reason)
     return registered
+
+
+def test_details(report: evaluate.TestReport) -> dict[str, Any]:
+    """What a RunSummary carries of a test report: the confusion matrix and per-class scores."""
+    per_class = {
+        c: {
+            k: round(float(report.per_class[c][k]), 6) for k in ("precision", "recall", "f1-score", "support")
+        }
+        for c in report.class_names
+        if c in report.per_class
+    }
+    matrix = {"classes": list(report.class_names), "matrix": report.confusion.tolist()}
+    return {"confusion": matrix, "per_class": per_class}
+
+
+def publish(run: FlowRun, summary: RunSummary, docs: Path | None = None) -> RunSummary:
+    """Where people look at a finished run: its Markdown summary (with links to the MLflow run,
+    the registered version and the Data Docs in `docs`) as the MLflow run's description and
+    `summary.md`, and as the Prefect artifact `<flow>-summary`; the per-class test results as
+    the Prefect table artifact `<flow>-per-class`."""
+    links = {"MLflow run": tracking.run_url(run.run_id)}
+    if summary.registered is not None:
+        reg = summary.registered
+        links[f"registered version v{reg.version}"] = tracking.version_url(reg.model, reg.version)
+    if docs is not None and (docs / "index.html").is_file():
+        links["Data Docs (Great Expectations; this folder, offline)"] = (
+            (docs / "index.html").resolve().as_uri()
+        )
+    text = markdown_summary(summary, links)
+    tracking.describe_run(run.run_id, text)
+    mlflow.log_text(text, "summary.md")
+    create_markdown_artifact(
+        key=f"{summary.flow}-summary", markdown=text, description=f"What this {summary.flow} run did"
+    )
+    if summary.per_class:
+        rows = [{"class": name, **values} for name, values in summary.per_class.items()]
+        create_table_artifact(
+            key=f"{summary.flow}-per-class", table=rows, description="Per-class results on the test split"
+        )
+    return summary
 
 
 def version_tags(

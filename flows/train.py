@@ -117,23 +117,26 @@ def train_flow(
                 params.register,
                 run,
             )
-    return RunSummary(
-        flow=flow_name,
-        mlflow_run_id=run.run_id,
-        data_version=version,
-        data_dvc_state=data.lineage["data_dvc_state"],
-        images=split.sizes(),
-        classes=split.class_names,
-        stage_seconds=run.seconds,
-        reused=run.reused,
-        logme=start.scores,
-        backbone=start.uri,
-        test=evaluation.challenger.metrics,
-        champion_before=evaluation.champion,
-        registered=registered,
-        drift=measured.report.summary() if measured else None,
-        decision=decision.reason if decision else None,
-    )
+        summary = RunSummary(
+            flow=flow_name,
+            mlflow_run_id=run.run_id,
+            data_version=version,
+            data_dvc_state=data.lineage["data_dvc_state"],
+            images=split.sizes(),
+            classes=split.class_names,
+            stage_seconds=run.seconds,
+            reused=run.reused,
+            logme=start.scores,
+            backbone=start.uri,
+            test=evaluation.challenger.metrics,
+            champion_before=evaluation.champion,
+            registered=registered,
+            drift=measured.report.summary() if measured else None,
+            decision=decision.reason if decision else None,
+            curves=result.history,
+            **stages.test_details(evaluation.challenger),
+        )
+        return stages.publish(run, summary, data.report.docs_dir)
 
 
 def skip(
@@ -146,7 +149,7 @@ def skip(
     """A retrain that trains nothing: the decision published, the run tagged."""
     stages.publish_decision(run, decision)
     mlflow.set_tag("outcome", "skipped")
-    return RunSummary(
+    summary = RunSummary(
         flow_name,
         run.run_id,
         skipped=decision.reason,
@@ -155,3 +158,4 @@ def skip(
         reused=run.reused,
         drift=measured.report.summary() if measured else None,
     )
+    return stages.publish(run, summary)

@@ -8,13 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
-    ]
+from tasks.markdown import code, table
 
 
 def model_card(
@@ -30,10 +24,6 @@ def model_card(
 ) -> str:
     """Markdown for `model` version `version`. Names come from folders: they are shown in code
     spans, with backticks and pipes taken out, so a hostile name cannot inject markup."""
-
-    def code(text: object) -> str:
-        return "`" + str(text).replace("`", "'").replace("|", "/").replace("\n", " ") + "`"
-
     params = json.loads(tags.get("params", "{}"))
     classes = list(next(iter(counts.values()), {}))
     champion_version, champion_metrics = champion
@@ -44,7 +34,7 @@ def model_card(
         f"{params.get('data', {}).get('image_size', '?')} px RGB. Images per split and class:"
     )
     split_rows = [[code(c), *(counts[s].get(c, 0) for s in counts)] for c in classes]
-    lines += ["", *_table(["class", *counts], split_rows)]
+    lines += ["", *table(["class", *counts], split_rows)]
     scores = json.loads(tags.get("logme", "{}") or "{}")
     how = (
         "LogME on frozen features: " + ", ".join(f"{code(k)} {v:.4f}" for k, v in scores.items())
@@ -73,7 +63,7 @@ def model_card(
         if champion_metrics:
             row.append(f"{champion_metrics.get(name, float('nan')):.4f}")
         rows.append(row)
-    lines += _table(header, rows)
+    lines += table(header, rows)
     class_rows = [
         [
             code(c),
@@ -83,7 +73,7 @@ def model_card(
         for c in classes
         if c in per_class
     ]
-    lines += ["", "Per class:", "", *_table(["class", "precision", "recall", "f1", "support"], class_rows)]
+    lines += ["", "Per class:", "", *table(["class", "precision", "recall", "f1", "support"], class_rows)]
     n_test = sum(counts.get("test", {}).values()) or 1
     lines += [
         "",

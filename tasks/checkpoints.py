@@ -26,6 +26,16 @@ def folder(root: Path, stage: str, key: str) -> Path:
     return Path(root) / ".transferops" / "checkpoints" / f"{stage}-{key[:16]}"
 
 
+def events_folder(root: Path, stage: str, key: str) -> Path:
+    """`<root>/.transferops/tensorboard/<stage>-<key>`: the TensorBoard event files of the
+    training keyed `key`. Emptied when its training starts afresh (no checkpoint to resume
+    from), so a forced rerun does not draw its curves over the last run's."""
+    events = Path(root) / ".transferops" / "tensorboard" / f"{stage}-{key[:16]}"
+    if not folder(root, stage, key).exists():
+        shutil.rmtree(events, ignore_errors=True)
+    return events
+
+
 def resumed_epoch(backup_dir: Path) -> int | None:
     """The epoch a phase will resume from (epochs already finished), or None for a fresh start."""
     try:

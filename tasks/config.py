@@ -69,6 +69,7 @@ class PretrainParams(Section):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
+    histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
 
 
 class Candidate(Section):
@@ -107,6 +108,7 @@ class FinetuneParams(Section):
     dropout: float = Field(0.2, ge=0, lt=1)
     patience: int = Field(4, ge=1)  # early stopping on validation loss
     seed: int = 0
+    histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
 
     @model_validator(mode="after")
     def _trains_something(self) -> FinetuneParams:

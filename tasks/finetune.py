@@ -28,6 +28,7 @@ class FinetuneResult:
     unfrozen: list[str] = field(default_factory=list)
     resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
     fingerprint: str = ""  # the key of the stage that made it (flows.caching)
+    events: Path | None = None  # its TensorBoard event files (tasks.checkpoints.events_folder)
 
 
 def _resumable(
@@ -41,6 +42,18 @@ def _resumable(
     if epoch:
         resumed[phase] = epoch
     return [callback(backup_dir)]
+
+
+def _tensorboard(events: Path | None, phase: str, histogram_freq: int) -> list[keras.callbacks.Callback]:
+    """TensorBoard event files of `phase` under `events/<phase>/{train,validation}`: scalars per
+    epoch, weight histograms every `histogram_freq` epochs (0: none), no graph."""
+    if events is None:
+        return []
+    return [
+        keras.callbacks.TensorBoard(
+            str(events / phase), histogram_freq=histogram_freq, write_graph=False, update_freq="epoch"
+        )
+    ]
 
 
 def _early_stopping(patience: int) -> keras.callbacks.Callback:
@@ -70,12 +83,14 @@ def finetune(
     init_head: list[np.ndarray] | None = None,
     train_features: np.ndarray | None = None,
     checkpoints: Path | None = None,
+    events: Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune `backbone` on (images, int labels); returns the classifier and its history.
 
     `init_head` (the head's [kernel, bias], e.g. from the champion) warm-starts the head.
     `train_features` are the frozen features of `train[0]` when the caller has them already.
     `checkpoints`: a folder for per-epoch checkpoints (tasks.checkpoints); a killed run resumes.
+    `events`: a folder for TensorBoard event files, one subfolder per phase.
     """
     keras.utils.set_random_seed(params.seed)
     (x_train, y_train), (x_val, y_val) = train, val
@@ -108,6 +123,7 @@ def finetune(
                 _early_stopping(params.patience),
                 EpochLines("head", params.head_epochs),
                 *_resumable(checkpoints, "head", resumed),
+                *_tensorboard(events, "head", params.histogram_freq),
             ],
             verbose=0,
         )
@@ -132,13 +148,16 @@ def finetune(
                 _early_stopping(params.patience),
                 EpochLines("finetune", params.finetune_epochs),
                 *_resumable(checkpoints, "finetune", resumed),
+                *_tensorboard(events, "finetune", params.histogram_freq),
             ],
             verbose=0,
         )
         history["finetune"] = {k: [float(v) for v in vs] for k, vs in h2.history.items()}
     backbone.trainable = False
     finished(checkpoints)
-    return FinetuneResult(model=classifier, history=history, unfrozen=unfrozen, resumed=resumed)
+    return FinetuneResult(
+        model=classifier, history=history, unfrozen=unfrozen, resumed=resumed, events=events
+    )
 
 
 def train_from_scratch(
@@ -154,6 +173,8 @@ def train_from_scratch(
     seed: int = 0,
     checkpoints: Path | None = None,
     resumed: dict[str, int] | None = None,
+    events: Path | None = None,
+    histogram_freq: int = 0,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train a classifier end to end, every layer trainable (pretraining and the baseline).
 
@@ -181,6 +202,7 @@ def train_from_scratch(
             _early_stopping(patience),
             EpochLines("train", epochs),
             *_resumable(checkpoints, "train", resumed if resumed is not None else {}),
+            *_tensorboard(events, "train", histogram_freq),
         ],
         verbose=0,
     )

@@ -26,13 +26,19 @@ class PretrainResult:
     test: evaluate.TestReport  # the whole classifier on the source test split
     resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
     fingerprint: str = ""  # the key of the stage that made it (flows.caching)
+    events: Path | None = None  # its TensorBoard event files (tasks.checkpoints.events_folder)
 
 
 def pretrain(
-    data: SplitData, params: PretrainParams, image_size: int, checkpoints: Path | None = None
+    data: SplitData,
+    params: PretrainParams,
+    image_size: int,
+    checkpoints: Path | None = None,
+    events: Path | None = None,
 ) -> PretrainResult:
     """Train backbone + head on every source class for `params.epochs` epochs (no early stop);
-    with `checkpoints`, a killed run resumes from its last finished epoch."""
+    with `checkpoints`, a killed run resumes from its last finished epoch; TensorBoard event
+    files go to `events`."""
     resumed: dict[str, int] = {}
     backbone = build_backbone(image_size, params.width, seed=params.seed)
     model, history = finetune.train_from_scratch(
@@ -47,10 +53,16 @@ def pretrain(
         seed=params.seed,
         checkpoints=checkpoints,
         resumed=resumed,
+        events=events,
+        histogram_freq=params.histogram_freq,
     )
     checkpoints_finished(checkpoints)
     probabilities = evaluate.predict(model, data.test.x)
     backbone.trainable = False
     return PretrainResult(
-        backbone, history, evaluate.report(data.test.y, probabilities, data.class_names), resumed
+        backbone,
+        history,
+        evaluate.report(data.test.y, probabilities, data.class_names),
+        resumed,
+        events=events,
     )

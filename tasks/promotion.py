@@ -143,7 +143,7 @@ def register_candidate(
         drift.REFERENCE_TAG: mlflow.get_artifact_uri(f"drift_reference/{reference.name}"),
     }
     aliases = [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER]
-    version, held = registry.register_version(info.model_uri, model_name, version_tags, aliases)
+    version, held = registry.register_version(info, model_name, version_tags, aliases)
     report, champion = evaluation.challenger, evaluation.champion
     text = card.model_card(
         model_name,

@@ -145,12 +145,26 @@ class Registered:
 
 
 def register_version(
-    model_uri: str, name: str, tags: dict[str, str], aliases: list[str]
+    info: mlflow.models.model.ModelInfo, name: str, tags: dict[str, str], aliases: list[str]
 ) -> tuple[str, list[str]]:
     """Create a version of `name` from a logged model, set `aliases` on it; (version, its aliases).
-    The tags are set with the version, in one call."""
+    The tags are set with the version, in one call. The version's run is the flow's run
+    (`tags["mlflow_run_id"]`), so that run's page lists it under "Registered models"
+    (`mlflow.register_model` links a version made from a logged model to no run at all)."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
     with sent_once():
-        version = mlflow.register_model(model_uri, name, tags=tags)
+        version = client.create_model_version(
+            name, info.model_uri, run_id=tags.get("mlflow_run_id"), tags=tags, model_id=info.model_id
+        )
+    # what mlflow.register_model records too: the logged model's page links to its version
+    client.set_logged_model_tags(
+        info.model_id, {"mlflow.modelVersions": json.dumps([{"name": name, "version": version.version}])}
+    )
     set_aliases(name, str(version.version), aliases)
     return str(version.version), aliases_of(name, version.version)
 
@@ -204,7 +218,7 @@ def register_backbone(
         )
     info = log_backbone(backbone)
     version, aliases = register_version(
-        info.model_uri, name, {**tags, "source_classes": json.dumps(source_classes)}, [alias]
+        info, name, {**tags, "source_classes": json.dumps(source_classes)}, [alias]
     )
     return Registered(name, version, aliases, True, f"pretrained backbone, alias {alias}")
 

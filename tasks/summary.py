@@ -1,5 +1,7 @@
 """What a flow run did, in one shape for pretrain, train and retrain: written to
-`reports/<command>.json` (DVC metrics) and printed by one formatter."""
+`reports/<command>.json`, printed by `format_summary`, and published as Markdown (`markdown`)
+on the MLflow run (its description) and as a Prefect artifact. `tasks.dvc_reports` writes its
+numbers for DVC."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.markdown import code, table
 from tasks.promotion import ChampionScores
 from tasks.registry import Registered
 from tasks.reproduce import Reproduction
@@ -31,6 +34,9 @@ class RunSummary:
     reproduction: Reproduction | None = None  # reproduce only: recorded and new metrics
     drift: dict[str, float] | None = None  # retrain: the drift test against the champion
     decision: str | None = None  # retrain: why it trained (a skipped one says why in `skipped`)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
+    confusion: dict[str, list] | None = None  # {"classes": [...], "matrix": rows true, columns predicted}
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # class -> precision, recall...
 
     @property
     def ok(self) -> bool:
@@ -93,3 +99,52 @@ def format_reproduction(r: Reproduction) -> list[str]:
     verdict = "match" if r.matches else "DIFFERENT"
     lines.append(f"verdict       {verdict} (tolerance {r.tolerance:g})")
     return lines
+
+
+def markdown(s: RunSummary, links: dict[str, str]) -> str:
+    """The run as a short Markdown page: data version, LogME table, test metrics beside the
+    champion's, the gate's decision, and `links` (label -> URL, percent-encoded: the MLflow
+    run and version, the Data Docs). Names from folders go into code spans (`tasks.markdown.code`)."""
+    lines = [f"# {s.flow}: {code(s.mlflow_run_id)}", ""]
+    if s.skipped:
+        lines += [f"**Skipped**: {s.skipped}", ""]
+    lines.append(f"- **Data version** {code(s.data_version)} ({s.data_dvc_state or 'state unknown'})")
+    if s.images:
+        lines.append("- **Images** " + ", ".join(f"{k} {v}" for k, v in s.images.items()))
+    if s.classes:
+        lines.append(f"- **Classes** ({len(s.classes)}) " + ", ".join(code(c) for c in s.classes))
+    if s.backbone:
+        lines.append(f"- **Backbone** {code(s.backbone)}")
+    if s.decision:
+        lines.append(f"- **Retrain** {s.decision}")
+    if s.reused:
+        lines.append(f"- **Reused** (unchanged since an earlier run) {', '.join(s.reused)}")
+    if s.stage_seconds:
+        lines.append("- **Stages** " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
+    if s.logme:
+        best = max(s.logme, key=s.logme.__getitem__)
+        rows = [[code(k), f"{v:.4f}", "best" if k == best else ""] for k, v in s.logme.items()]
+        lines += ["", "## LogME (transferability: higher is better)", ""]
+        lines += table(["candidate", "LogME", ""], rows)
+    if s.test:
+        before = s.champion_before
+        compared = before is not None and before.version is not None and before.metrics
+        header = ["metric", "this run"] + ([f"champion v{before.version}, same images"] if compared else [])
+        rows = [
+            [k, f"{v:.4f}"] + ([f"{before.metrics.get(k, float('nan')):.4f}"] if compared else [])
+            for k, v in s.test.items()
+        ]
+        lines += ["", "## Test metrics", "", *table(header, rows)]
+    if s.registered is not None:
+        reg = s.registered
+        lines += [
+            "",
+            "## Registry",
+            "",
+            f"{code(reg.model)} v{reg.version}, aliases: {', '.join(reg.aliases) or 'none'}",
+        ]
+        if s.flow != "pretrain":
+            lines += ["", f"**Promotion gate**: {reg.reason}"]
+    if links:
+        lines += ["", "## Links", "", *(f"- [{label}]({url})" for label, url in links.items())]
+    return "\n".join(lines) + "\n"

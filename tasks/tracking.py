@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import mlflow
 
@@ -149,8 +151,36 @@ def scratch_dir() -> Iterator[Path]:
 
 @contextmanager
 def flow_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
-    """The parent run of one flow run: lineage tags, every param flattened, params.json."""
-    with mlflow.start_run(run_name=name, tags={"flow": name, **tags, **process_tags()}) as run:
+    """The parent run of one flow run: lineage tags, every param flattened, params.json, and
+    MLflow's system metrics (CPU, memory, disk, network every 10 s) where psutil is installed."""
+    with mlflow.start_run(
+        run_name=name,
+        tags={"flow": name, **tags, **process_tags()},
+        log_system_metrics=importlib.util.find_spec("psutil") is not None,
+    ) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_dict(params, "params.json")
         yield run
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where the README's `mlflow ui` serves a local store
+
+
+def ui_url() -> str:
+    """The MLflow UI of the tracking store in use: the server itself, or `mlflow ui`'s default."""
+    uri = mlflow.get_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def run_url(run_id: str) -> str:
+    run = mlflow.MlflowClient().get_run(run_id)
+    return f"{ui_url()}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def version_url(model: str, version: str) -> str:
+    return f"{ui_url()}/#/models/{quote(model, safe='')}/versions/{quote(str(version), safe='')}"
+
+
+def describe_run(run_id: str, text: str) -> None:
+    """The run's description in the MLflow UI (the `mlflow.note.content` tag, Markdown)."""
+    mlflow.MlflowClient().set_tag(run_id, "mlflow.note.content", text)

@@ -156,6 +156,71 @@ def test_every_stage_has_a_nested_run_with_its_records(project):
     assert {"confusion_matrix.png", "per_class_report.json"} <= artifacts(stages["evaluate"])
 
 
+def child_run(client: MlflowClient, parent_id: str, stage: str):
+    experiment = client.get_run(parent_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.stage = '{stage}'"
+    return client.search_runs([experiment], query)[0]
+
+
+def test_the_run_is_published_where_each_dashboard_shows_it(project):
+    """MLflow (linked version, description, system metrics), TensorBoard event files, Prefect
+    artifacts and the DVC files of one train run, read back through each tool's own API."""
+    from prefect.client.schemas.filters import ArtifactFilterFlowRunId
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _ = project
+    client = client_for(root)
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    run_id = summary["mlflow_run_id"]
+    parent = client.get_run(run_id)
+    # MLflow: the version links to the flow's run (its page lists it), the run has a description
+    assert [(v.name, str(v.version)) for v in client.search_model_versions(f"run_id = '{run_id}'")] == [
+        (MODEL, "1")
+    ]
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"# train: `{run_id}`") and "## LogME" in note
+    assert "**Promotion gate**: no champion yet" in note and f"/#/models/{MODEL}/versions/1)" in note
+    assert "| accuracy | " in note and "`dog`" in note
+    docs = next(line for line in note.splitlines() if line.startswith("- [Data Docs"))
+    assert Path(docs[docs.index("(file://") + 8 : -1]).is_file()
+    assert parent.data.metrics["system/system_memory_usage_megabytes"] > 0
+    # TensorBoard: event files of both phases, kept locally and logged with the finetune run
+    finetune_run = child_run(client, run_id, "finetune")
+    events = Path(finetune_run.data.tags["tensorboard_logdir"])
+    epochs = {phase: len(h["loss"]) for phase, h in summary["curves"].items()}
+    for phase, n in epochs.items():
+        accumulator = EventAccumulator(str(events / phase / "validation"), {"tensors": 0}).Reload()
+        assert [e.step for e in accumulator.Tensors("epoch_accuracy")] == list(range(n))
+    logged = client.list_artifacts(finetune_run.info.run_id, "tensorboard/head/validation")
+    assert any(Path(a.path).name.startswith("events.out.tfevents.") for a in logged)
+    # Prefect: the flow run's summary and per-class table, from the API
+    with get_client(sync_client=True) as prefect:
+        flow_run = ArtifactFilterFlowRunId(any_=[parent.data.tags["prefect_flow_run_id"]])
+        artifacts = {
+            a.key: a for a in prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run))
+        }
+    assert {"train-summary", "train-per-class"} <= set(artifacts)
+    assert artifacts["train-summary"].data == note
+    table = artifacts["train-per-class"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [r["class"] for r in rows] == ["dog", "eel", "fox"]
+    assert sum(r["support"] for r in rows) == summary["images"]["test"]
+    # DVC: numbers only, one curve row per epoch, one confusion row per test image
+    numbers = json.loads((root / "metrics" / "train.json").read_text())
+    assert numbers["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-6)
+    assert numbers["epochs"] == epochs
+
+    def leaves(value):
+        return [x for v in value.values() for x in leaves(v)] if isinstance(value, dict) else [value]
+
+    assert all(isinstance(x, int | float) for x in leaves(numbers))
+    history = (root / "metrics" / "train_history.csv").read_text().splitlines()
+    assert history[0] == "step,phase,epoch,loss,accuracy,val_loss,val_accuracy"
+    assert len(history) - 1 == sum(epochs.values())
+    confusion = (root / "metrics" / "train_confusion.csv").read_text().splitlines()
+    assert len(confusion) - 1 == summary["images"]["test"]
+
+
 def test_the_logged_model_carries_only_what_serving_needs(project):
     root, _ = project
     client_for(root)
@@ -332,6 +397,8 @@ def test_schedule_creates_a_cron_deployment_of_retrain(project):
     assert deployment.entrypoint == "flows/retrain.py:retrain_flow"
     assert deployment.work_pool_name == "transferops-test"
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+    assert deployment.description.startswith("transferops retrain: when the data version changed")
+    assert set(deployment.tags) == {"transferops", "retrain"}
     assert deployment.parameters == {"params": params.as_dict(), "root": str(root), "data_dir": None}
     # what the deployment passes comes back as the same Params when a run starts
     from flows.retrain import retrain_flow
