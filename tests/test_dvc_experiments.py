@@ -18,6 +18,18 @@ import yaml
 from conftest import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
+OFFLINE_TEMPLATE = "offline_plots.html"  # vega inlined: `dvc plots show` draws without a CDN
+
+
+def plots_template() -> str:
+    """The HTML template the committed .dvc/config gives `dvc plots`."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    return config["plots"]["html_template"]
+
+
 TINY = {
     "pretrain": {"epochs": 2, "width": 8, "batch_size": 16},
     "select": {"candidates": [{"uri": "registry:transferops-backbone@pretrained"}]},
@@ -62,6 +74,8 @@ def dvc_project(tmp_path_factory):
     env.update(GIT_COMMITTER_EMAIL="t@example.com")
     git(root, env, "init", "-q", "-b", "main")
     dvc(root, env, "init", "-q")
+    shutil.copy(REPO / ".dvc" / OFFLINE_TEMPLATE, root / ".dvc" / OFFLINE_TEMPLATE)
+    dvc(root, env, "config", "plots.html_template", plots_template())
     dvc(root, env, "add", "-q", "data/source", "data/raw")
     git(root, env, "add", "-A")
     git(root, env, "commit", "-q", "-m", "data and pipeline")
@@ -124,6 +138,7 @@ def test_plots_show_draws_the_curves_and_the_confusion_matrix(dvc_project):
     ):
         assert title in html
     assert '"val_accuracy"' in html and '"predicted"' in html
+    assert "cdn.jsdelivr" not in html and "vegaEmbed" in html  # the libraries are in the page
 
 
 def md5(path: Path) -> str:
@@ -139,5 +154,6 @@ def test_the_committed_dvc_lock_matches_the_committed_data_and_metrics():
         assert dep["md5"] == yaml.safe_load((REPO / f"{data}.dvc").read_text())["outs"][0]["md5"]
         for out in lock[stage]["outs"]:
             assert out["md5"] == md5(REPO / out["path"]), f"{out['path']} differs from dvc.lock"
+    assert plots_template() == OFFLINE_TEMPLATE and (REPO / ".dvc" / OFFLINE_TEMPLATE).is_file()
     numbers = json.loads((REPO / "metrics" / "train.json").read_text())
     assert 0 < numbers["test"]["macro_f1"] <= 1
