@@ -48,6 +48,8 @@ def project(tmp_path_factory, prefect_harness):
     args = ["--root", str(root), *FAST]
     with pytest.MonkeyPatch.context() as mp:
         clear_mlflow_env(mp)
+        # a system-metrics sample every second, not every 10 s: this tiny train run is short
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
         tmp = fresh_tmpdir(mp, root.parent / "tmp")
         assert main([*args, "pretrain"]) == 0
         assert main([*args, "train"]) == 0
