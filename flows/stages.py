@@ -48,10 +48,12 @@ from tasks import (
     promotion,
     registry,
     selection,
+    strategy,
     tracking,
 )
 from tasks import validate as validation
 from tasks.config import (
+    AugmentParams,
     FinetuneParams,
     Params,
     Paths,
@@ -59,6 +61,7 @@ from tasks.config import (
     RegisterParams,
     ReproducibilityParams,
     RetrainParams,
+    SearchParams,
     SelectParams,
     SplitParams,
     ValidateParams,
@@ -350,29 +353,40 @@ def log_selection(start: selection.Selection, run: FlowRun, reused: bool) -> str
     return f"chose {start.uri} (LogME on {start.samples} images: {scores})"
 
 
-@cached_stage("finetune", code=("finetune", "backbones", "checkpoints"))
+@cached_stage("finetune", code=("finetune", "strategy", "backbones", "checkpoints"))
 def finetune_model(
     start: selection.Selection,
     data: datasets.SplitData,
     params: FinetuneParams,
+    search: SearchParams,
+    augment: AugmentParams,
     reproducibility: ReproducibilityParams,
     root: Path,
 ) -> finetune.FinetuneResult:
-    """Phase 1 head on cached features, phase 2 top of the backbone at a lower rate; per-epoch
-    checkpoints under `root`, keyed like the result, so a killed run resumes.
-    `reproducibility` only keys the cache (tracked_flow configured it)."""
+    """A fresh start with `search.enabled`: Hyperband chooses the strategy (tasks/strategy.py).
+    Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on cached
+    features, phase 2 top of the backbone at a lower rate. Checkpoints under `root`, keyed like
+    the result, so a killed run resumes. `reproducibility` only keys the cache."""
     key = stage_key()
-    result = finetune.finetune(
-        start.backbone,
-        (data.train.x, data.train.y),
-        (data.val.x, data.val.y),
-        len(data.class_names),
-        params,
-        init_head=start.init_head,
-        train_features=start.train_features,
-        checkpoints=checkpoints.folder(root, "finetune", key),
-        events=checkpoints.events_folder(root, "finetune", key),
-    )
+    train, val = (data.train.x, data.train.y), (data.val.x, data.val.y)
+    folder = checkpoints.folder(root, "finetune", key)
+    events = checkpoints.events_folder(root, "finetune", key)
+    if search.enabled and start.init_head is None:
+        result = strategy.finetune_by_search(
+            start.backbone, train, val, len(data.class_names), search, params, augment, folder, events
+        )
+    else:
+        result = finetune.finetune(
+            start.backbone,
+            train,
+            val,
+            len(data.class_names),
+            params,
+            init_head=start.init_head,
+            train_features=start.train_features,
+            checkpoints=folder,
+            events=events,
+        )
     say_resumed(result.resumed)
     result.fingerprint = key
     return result
@@ -385,7 +399,45 @@ def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) ->
     log_events(result.events)
     mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")
     mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
-    return training_line(result.history)
+    if result.search is None:
+        return training_line(result.history)
+    log_search(result.search, run)
+    return result.search["explanation"]
+
+
+def strategy_tag(result: finetune.FinetuneResult) -> dict[str, str]:
+    """The chosen fine-tuning strategy, as a version tag (`fixed recipe` without a search)."""
+    chosen = result.search["chosen"] if result.search else "fixed recipe"
+    return {"strategy": json.dumps(chosen, sort_keys=True)}
+
+
+def log_search(found: dict[str, Any], run: FlowRun) -> None:
+    """The strategy search in the finetune run (`search.json`, the chosen strategy as tags, on
+    the flow's run too) and one nested run per trial: its hyperparameters and curve."""
+    mlflow.log_dict(found, "search.json")
+    mlflow.log_metric("search.val_accuracy", found["val_accuracy"])
+    tag_parent(run, {"strategy": json.dumps(found["chosen"], sort_keys=True)})
+    stage_id = mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(stage_id).info.experiment_id
+    for trial in found["trials"]:
+        child = client.create_run(
+            experiment,
+            run_name=f"trial-{trial['trial_id']}",
+            tags={"mlflow.parentRunId": stage_id, "stage": "search-trial", **run_lineage(run)},
+        )
+        trial_id = child.info.run_id
+        for key, value in trial["hyperparameters"].items():
+            client.log_param(trial_id, key, value)
+        client.log_metric(trial_id, "score", trial["score"])
+        for metric, values in trial["history"].items():
+            for step, value in enumerate(values):
+                client.log_metric(trial_id, metric, value, step=step)
+        client.set_terminated(trial_id)
+
+
+def run_lineage(run: FlowRun) -> dict[str, str]:
+    return {k: v for k, v in run.tags.items() if k in tracking.LINEAGE_TAGS}
 
 
 def training_line(history: dict[str, dict[str, list[float]]]) -> str:
@@ -470,7 +522,7 @@ def register_model(
             data,
             image_size,
             evaluation,
-            {**tags, registry.TRAINING_KEY: result.fingerprint},
+            {**tags, registry.TRAINING_KEY: result.fingerprint, **strategy_tag(result)},
             params,
             tmp,
         )

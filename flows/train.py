@@ -94,6 +94,8 @@ def train_flow(
             start=start,
             data=split,
             params=params.finetune,
+            search=params.search,
+            augment=params.augment,
             reproducibility=params.reproducibility,
             root=run.paths.root,
         )
@@ -134,6 +136,7 @@ def train_flow(
             drift=measured.report.summary() if measured else None,
             decision=decision.reason if decision else None,
             curves=result.history,
+            strategy=result.search["explanation"] if result.search else None,
             **stages.test_details(evaluation.challenger),
         )
         return stages.publish(run, summary, data.report.docs_dir)

@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -117,6 +117,41 @@ class FinetuneParams(Section):
         return self
 
 
+class SearchParams(Section):
+    """How `finetune` chooses its strategy (tasks/strategy.py): Hyperband on the validation
+    split. Off by default until bench/transfer.py shows it wins over seeds; off, `finetune`
+    runs its fixed recipe (head, then the top layers)."""
+
+    enabled: bool = False
+    strategies: tuple[Literal["head", "top", "full", "scratch"], ...] = Field(
+        ("head", "top", "full", "scratch"), min_length=1
+    )
+    learning_rates: tuple[float, ...] = Field((1e-3, 1e-4), min_length=1)
+    unfreeze_layers: tuple[int, ...] = Field((2, 4), min_length=1)  # for `top`
+    backbone_rate_factors: tuple[float, ...] = Field((0.1, 1.0), min_length=1)  # top, full
+    max_epochs: int = Field(15, ge=1)  # the most epochs one trial trains (Hyperband's budget)
+    factor: int = Field(3, ge=2)  # Hyperband keeps 1/factor of the trials at each rung
+    iterations: int = Field(1, ge=1)  # Hyperband iterations (each a full set of brackets)
+
+    @model_validator(mode="after")
+    def _positive(self) -> SearchParams:
+        if any(r <= 0 for r in self.learning_rates + self.backbone_rate_factors):
+            raise ValueError("learning_rates and backbone_rate_factors must be above 0")
+        if any(n < 1 for n in self.unfreeze_layers):
+            raise ValueError("unfreeze_layers must be at least 1")
+        return self
+
+
+class AugmentParams(Section):
+    """Training-time augmentation (Keras preprocessing layers; never at inference). Horizontal
+    flips are off by default: they change what text, digits or left/right classes mean."""
+
+    flip: bool = False
+    shift: float = Field(0.1, ge=0, lt=1)  # fraction of the height/width
+    rotate: float = Field(0.05, ge=0, lt=1)  # fraction of a full turn
+    contrast: float = Field(0.1, ge=0, lt=1)
+
+
 class RegisterParams(Section):
     model_name: str = Field("transferops-classifier", min_length=1)
     metric: str = Field("macro_f1", pattern=r"^(accuracy|macro_f1)$")  # what the promotion gate compares
@@ -156,6 +191,8 @@ with warnings.catch_warnings():
         pretrain: PretrainParams = PretrainParams()
         select: SelectParams = SelectParams()
         finetune: FinetuneParams = FinetuneParams()
+        search: SearchParams = SearchParams()
+        augment: AugmentParams = AugmentParams()
         register: RegisterParams = RegisterParams()  # type: ignore[assignment]
         retrain: RetrainParams = RetrainParams()
         reproducibility: ReproducibilityParams = ReproducibilityParams()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -29,6 +30,7 @@ class FinetuneResult:
     resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
     fingerprint: str = ""  # the key of the stage that made it (flows.caching)
     events: Path | None = None  # its TensorBoard event files (tasks.checkpoints.events_folder)
+    search: dict[str, Any] | None = None  # the strategy search (tasks/strategy.py): chosen, trials
 
 
 def _resumable(

@@ -34,6 +34,7 @@ class RunSummary:
     reproduction: Reproduction | None = None  # reproduce only: recorded and new metrics
     drift: dict[str, float] | None = None  # retrain: the drift test against the champion
     decision: str | None = None  # retrain: why it trained (a skipped one says why in `skipped`)
+    strategy: str | None = None  # train: how the strategy search chose (tasks/strategy.py)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
     confusion: dict[str, list] | None = None  # {"classes": [...], "matrix": rows true, columns predicted}
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # class -> precision, recall...
@@ -72,6 +73,8 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"LogME         {_scores(s.logme)}")
     if s.backbone:
         lines.append(f"backbone      {s.backbone}")
+    if s.strategy:
+        lines.append(f"strategy      {s.strategy}")
     if s.test:
         lines.append(f"test          {_scores(s.test)}")
     before = s.champion_before
@@ -115,6 +118,8 @@ def markdown(s: RunSummary, links: dict[str, str]) -> str:
         lines.append(f"- **Classes** ({len(s.classes)}) " + ", ".join(code(c) for c in s.classes))
     if s.backbone:
         lines.append(f"- **Backbone** {code(s.backbone)}")
+    if s.strategy:
+        lines.append(f"- **Strategy** {s.strategy}")
     if s.decision:
         lines.append(f"- **Retrain** {s.decision}")
     if s.reused:

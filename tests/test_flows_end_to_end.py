@@ -425,3 +425,36 @@ def test_predict_labels_files_through_the_served_pyfunc(project, capsys, tmp_pat
     assert capsys.readouterr().out.startswith(f"{MODEL} v1 ({MODEL}/1)")
     assert main([*args, "predict", str(tmp_path / "missing.png")]) == 2
     assert "missing.png: no such image file" in capsys.readouterr().err
+
+
+def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
+    root, args = project
+    search = sets(
+        {
+            "search.enabled": "true",
+            "search.max_epochs": 2,
+            "search.strategies": "[head, top]",
+            "search.unfreeze_layers": "[2]",
+        }
+    )
+    assert main([*args, *search, "train"]) == 0
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    client = client_for(root)
+    finetune_run = child_run(client, summary["mlflow_run_id"], "finetune")
+    found = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=finetune_run.info.run_id, artifact_path="search.json")
+        ).read_text()
+    )
+    assert summary["strategy"] == found["explanation"] and "Hyperband trials" in found["explanation"]
+    trials = client.search_runs(
+        [finetune_run.info.experiment_id], f"tags.mlflow.parentRunId = '{finetune_run.info.run_id}'"
+    )
+    assert len(trials) == len(found["trials"]) >= 2
+    for trial in trials:
+        assert trial.data.params["strategy"] in {"head", "top"}
+        history = client.get_metric_history(trial.info.run_id, "val_accuracy")
+        assert len(history) >= 1 and all(0 <= m.value <= 1 for m in history)
+    version = client.get_model_version(MODEL, summary["registered"]["version"])
+    assert json.loads(version.tags["strategy"]) == found["chosen"]
+    assert json.loads(client.get_model_version(MODEL, "1").tags["strategy"]) == "fixed recipe"

@@ -1,0 +1,98 @@
+"""The strategy search (tasks/strategy.py) on tiny data: real Keras Tuner Hyperband, real
+TensorFlow training; and the two learning rates and the augmentation it trains with."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import pattern_image
+
+from tasks import strategy
+from tasks.backbones import build_backbone
+from tasks.config import AugmentParams, FinetuneParams, SearchParams
+
+pytestmark = pytest.mark.slow
+
+
+def images(n: int, seed: int, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    return np.stack([pattern_image(int(k), rng, 32) for k in labels]), labels
+
+
+def pretrained_backbone() -> keras.Model:
+    """A backbone that has learnt the pattern task a little (what `select` would hand over)."""
+    backbone = build_backbone(32, 8)
+    x, y = images(120, seed=5)
+    model = keras.Sequential([backbone, keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x.astype("float32"), y, epochs=3, batch_size=16, verbose=0)
+    return backbone
+
+
+def test_augmentation_is_off_when_asked_and_never_flips_by_default():
+    assert strategy.augmentation(AugmentParams(shift=0, rotate=0, contrast=0), 0) is None
+    layers = strategy.augmentation(AugmentParams(), 0).layers
+    assert [type(layer).__name__ for layer in layers] == [
+        "RandomTranslation",
+        "RandomRotation",
+        "RandomContrast",
+    ]
+    flipped = strategy.augmentation(AugmentParams(flip=True, shift=0, rotate=0, contrast=0), 0).layers
+    assert [type(layer).__name__ for layer in flipped] == ["RandomFlip"]
+
+
+def test_the_backbone_learns_at_its_own_rate():
+    """`top` with a backbone rate of ~0: the head moves, the unfrozen backbone layers do not."""
+    backbone = pretrained_backbone()
+    hp = strategy.kt.HyperParameters()
+    hp.Fixed("strategy", "top")
+    hp.Fixed("learning_rate", 1e-2)
+    with hp.conditional_scope("strategy", ["top"]):
+        hp.Fixed("unfreeze_layers", 2)
+    with hp.conditional_scope("strategy", ["top", "full"]):
+        hp.Fixed("backbone_rate_factor", 1e-12)
+    search = SearchParams(strategies=["top"], learning_rates=[1e-2], backbone_rate_factors=[1e-12])
+    trainer = strategy.build_trainer(hp, backbone, 3, search, FinetuneParams(), AugmentParams())
+    unfrozen = [v for v in trainer.backbone.trainable_variables]
+    assert unfrozen, "top-2 unfreezes backbone layers"
+    before = [v.numpy().copy() for v in unfrozen]
+    head_before = trainer.classifier.get_layer("head").get_weights()[0].copy()
+    x, y = images(48, seed=6)
+    trainer.fit(x.astype("float32"), y, epochs=2, batch_size=16, verbose=0)
+    assert all(np.allclose(b, v.numpy(), atol=1e-6) for b, v in zip(before, unfrozen, strict=True))
+    assert not np.allclose(head_before, trainer.classifier.get_layer("head").get_weights()[0])
+
+
+def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
+    backbone = pretrained_backbone()
+    train, val = images(90, seed=1), images(30, seed=2)
+    params = SearchParams(strategies=["head", "top", "scratch"], max_epochs=3, unfreeze_layers=[2])
+    result = strategy.finetune_by_search(
+        backbone,
+        train,
+        val,
+        3,
+        params,
+        FinetuneParams(batch_size=16, head_epochs=5),
+        AugmentParams(),
+        checkpoints=tmp_path / "checkpoints",
+        events=tmp_path / "events",
+    )
+    found = result.search
+    tried = {t["hyperparameters"]["strategy"] for t in found["trials"]}
+    assert tried <= {"head", "top", "scratch"} and len(found["trials"]) >= 3
+    assert found["chosen"]["strategy"] in tried
+    best = max(t["score"] for t in found["trials"])
+    assert found["explanation"].startswith(f"{result.search['chosen']['strategy']}")
+    assert f"val_accuracy {best:.4f}" in found["explanation"]
+    assert 0 <= found["val_accuracy"] <= 1
+    for trial in found["trials"]:  # each trial's curve, for its MLflow run
+        assert len(trial["history"]["val_accuracy"]) == trial["epochs"] >= 1
+    # what is kept and served: the classifier alone, no augmentation, no trainer
+    names = [type(layer).__name__ for layer in result.model.layers]
+    assert not any(name.startswith("Random") for name in names) and "Sequential" not in names
+    assert result.model.output_shape == (None, 3)
+    assert not (tmp_path / "checkpoints").exists()  # the tuner's state is removed when done
+    assert list((tmp_path / "events" / "search").iterdir())  # TensorBoard files per trial
