@@ -1,17 +1,23 @@
-"""Benchmark: transferops' finetune stage against the Keras guide's recipe and training from
-scratch, side by side on the demo data, with the same backbone, data and epoch budget.
+"""Benchmark: how transferops fine-tunes against the Keras guide's recipe and training from
+scratch, side by side on the demo data, at 10, 20 and all labels per class, over seeds.
 
-    make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--epochs 10]
+    make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--epochs 15]
 
-(a) transferops: head on cached frozen features, then the top `unfreeze_layers` of the
-    backbone at finetune_learning_rate (params.yaml), BatchNorm in inference mode.
-(b) Keras guide "Transfer learning & fine-tuning": frozen base + new head trained through the
+(a) search: the strategy search (tasks/strategy.py, params.yaml `search`): Hyperband over
+    head / top-n / full / scratch from a head trained on frozen features.
+(b) fixed: transferops' fixed recipe: head on cached frozen features, then the top
+    `unfreeze_layers` of the backbone at finetune_learning_rate, BatchNorm in inference mode.
+(c) Keras guide "Transfer learning & fine-tuning": frozen base + new head trained through the
     base, then the whole base unfrozen at 1e-5, BatchNorm in inference mode.
-(c) from scratch: the same architecture, randomly initialised, every layer trained.
-Each arm gets `epochs` epochs per phase (scratch: twice that, in one phase), early stopping
-on validation loss with the same patience. Data: `transferops data fashion-mnist` output
-(written here if missing); the backbone is pretrained here on data/source, once per run.
-Writes bench/results/transfer.json and transfer.md.
+(d) scratch: the same architecture, randomly initialised, every layer trained, with the
+    search's augmentation, for 4x `epochs` with early stopping (patience 10): scratch
+    trained properly, not cut short.
+Early stopping on validation loss elsewhere uses params' patience. Then LogME against
+fine-tuning over 4 candidate backbones of different quality (pretrained 6 epochs, 1 epoch,
+on 2 of the 5 source classes, untrained): weighted Kendall tau of the LogME scores with the
+fine-tuned test accuracy (fixed recipe), per seed, and the cost of scoring against
+fine-tuning every candidate. Data: `transferops data fashion-mnist` output (written here if
+missing); the backbones are pretrained here on data/source. Writes bench/results/transfer.{json,md}.
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ apply_env_defaults()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.stats import weightedtau  # noqa: E402
 
-from tasks import evaluate, fashion_mnist  # noqa: E402
-from tasks.backbones import build_backbone  # noqa: E402
+from tasks import evaluate, fashion_mnist, strategy  # noqa: E402
+from tasks.backbones import build_backbone, extract_features  # noqa: E402
 from tasks.config import Params, Paths, load_params  # noqa: E402
-from tasks.datasets import Split, load_folder  # noqa: E402
-from tasks.finetune import finetune, train_from_scratch  # noqa: E402
+from tasks.datasets import Split, SplitData, load_folder  # noqa: E402
+from tasks.finetune import finetune  # noqa: E402
+from tasks.logme import logme  # noqa: E402
 from tasks.pretraining import pretrain  # noqa: E402
+
+ARMS = ("search", "fixed", "keras_guide", "scratch")
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,34 +100,103 @@ def keras_guide(backbone: keras.Model, data: dict, epochs: int, patience: int, b
     return model, len(h1.history["loss"]) + len(h2.history["loss"])
 
 
+def scratch(backbone: keras.Model, data: dict, params: Params, epochs: int, seed: int):
+    """The same architecture from fresh weights, every layer (BatchNorm too) trained on
+    augmented batches (the search's own `scratch` strategy), run to convergence."""
+    hp = strategy.kt.HyperParameters()
+    hp.Fixed("strategy", "scratch")
+    hp.Fixed("learning_rate", params.pretrain.learning_rate)
+    ft = params.finetune.model_copy(update={"seed": seed})
+    trainer = strategy.build_trainer(hp, backbone, len(data["names"]), params.search, ft, params.augment)
+    stop = keras.callbacks.EarlyStopping(patience=10, restore_best_weights=True)
+    history = trainer.fit(
+        data["train"].x.astype("float32"),
+        data["train"].y,
+        validation_data=(data["val"].x.astype("float32"), data["val"].y),
+        epochs=epochs,
+        batch_size=ft.batch_size,
+        callbacks=[stop],
+        verbose=0,
+    )
+    return trainer.classifier, len(history.history["loss"])
+
+
 def run_arm(name: str, backbone: keras.Model, data: dict, params: Params, epochs: int, seed: int):
     ft = params.finetune.model_copy(update={"head_epochs": epochs, "finetune_epochs": epochs, "seed": seed})
     train, val = (data["train"].x, data["train"].y), (data["val"].x, data["val"].y)
     start = time.perf_counter()
-    if name == "transferops":
+    chosen = ""
+    if name == "search":
+        found = strategy.search(
+            copy_of(backbone), train, val, len(data["names"]), params.search, ft, params.augment
+        )
+        model, ran, chosen = found.model, sum(t.epochs for t in found.trials), found.best.words()
+    elif name == "fixed":
         result = finetune(copy_of(backbone), train, val, len(data["names"]), ft)
         model, ran = result.model, sum(len(h["loss"]) for h in result.history.values())
     elif name == "keras_guide":
         model, ran = keras_guide(backbone, data, epochs, ft.patience, ft.batch_size, seed)
     else:
-        keras.utils.set_random_seed(seed)
-        fresh = build_backbone(params.data.image_size, params.pretrain.width)
-        model, history = train_from_scratch(
-            fresh,
-            train,
-            val,
-            len(data["names"]),
-            2 * epochs,
-            params.pretrain.learning_rate,
-            ft.batch_size,
-            ft.patience,
-            ft.dropout,
-            seed,
-        )
-        ran = len(history["loss"])
+        model, ran = scratch(backbone, data, params, 4 * epochs, seed)
     seconds = time.perf_counter() - start
     probabilities = np.asarray(model.predict(data["test"].x.astype("float32"), verbose=0))
-    return {"seconds": seconds, "epochs_run": ran, **evaluate.metrics(data["test"].y, probabilities)}
+    return {
+        "seconds": seconds,
+        "epochs_run": ran,
+        "chosen": chosen,
+        **evaluate.metrics(data["test"].y, probabilities),
+    }
+
+
+def candidate_backbones(source: SplitData, params: Params) -> dict[str, keras.Model]:
+    """Four backbones of different quality for LogME to rank."""
+    size, pre = params.data.image_size, params.pretrain
+    two = np.isin(source.train.y, [0, 1]), np.isin(source.val.y, [0, 1]), np.isin(source.test.y, [0, 1])
+    train, val, test = (
+        Split(s.x[m], s.y[m], [p for p, k in zip(s.paths, m, strict=True) if k])
+        for s, m in zip((source.train, source.val, source.test), two, strict=True)
+    )
+    narrow = SplitData(source.class_names[:2], train, val, test, source.table)
+    return {
+        f"pretrained-{pre.epochs}ep": pretrain(source, pre, size).backbone,
+        "pretrained-1ep": pretrain(source, pre.model_copy(update={"epochs": 1}), size).backbone,
+        "pretrained-2-classes": pretrain(narrow, pre, size).backbone,
+        "untrained": build_backbone(size, pre.width, seed=pre.seed),
+    }
+
+
+def logme_tau(candidates: dict[str, keras.Model], data: dict, params: Params, epochs: int, seeds: int):
+    """LogME score of each candidate (frozen features of the training split) against its
+    fine-tuned test accuracy (fixed recipe), per seed; weighted Kendall tau (scipy)."""
+    scores, score_seconds = {}, 0.0
+    for name, backbone in candidates.items():
+        start = time.perf_counter()
+        features = extract_features(backbone, data["train"].x, description=name)
+        scores[name] = float(logme(features, data["train"].y))
+        score_seconds += time.perf_counter() - start
+    per_seed, finetune_seconds = [], 0.0
+    for seed in range(seeds):
+        accuracy = {}
+        for name, backbone in candidates.items():
+            result = run_arm("fixed", backbone, data, params, epochs, seed)
+            accuracy[name] = result["accuracy"]
+            finetune_seconds += result["seconds"]
+        names = list(candidates)
+        tau = weightedtau([scores[n] for n in names], [accuracy[n] for n in names]).statistic
+        picked = max(names, key=scores.__getitem__)
+        best = max(names, key=accuracy.__getitem__)
+        per_seed.append(
+            {"seed": seed, "accuracy": accuracy, "tau": float(tau), "picked_best": picked == best}
+        )
+        print(f"LogME seed {seed}: tau {tau:.3f}, picked {picked}, best {best}", flush=True)
+    return {
+        "scores": scores,
+        "per_seed": per_seed,
+        "tau_mean": statistics.mean(r["tau"] for r in per_seed),
+        "picked_best": sum(r["picked_best"] for r in per_seed),
+        "score_seconds": score_seconds,
+        "finetune_all_seconds": finetune_seconds / seeds,
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -127,19 +206,43 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"`{report['command']}` on {report['machine']}. Test split: {report['n_test']} images, "
         f"{len(report['classes'])} classes; seeds {report['seeds']}; {report['epochs_per_phase']} "
-        f"epochs per phase (scratch: {2 * report['epochs_per_phase']}); mean ± std over seeds.",
+        f"epochs per phase (scratch: up to {4 * report['epochs_per_phase']}); mean ± std over seeds.",
         "",
-        "| train images | arm | test accuracy | macro-F1 | wall time (s) | time vs transferops "
-        "| epochs run |",
-        "|---|---|---|---|---|---|---|",
+        "| train images | arm | test accuracy | macro-F1 | wall time (s) | time vs fixed "
+        "| epochs run | chosen (search) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
-        base = rows[f"{r['n_train']}/transferops"]
+        base = rows[f"{r['n_train']}/fixed"]
         lines.append(
             f"| {r['n_train']} | {r['arm']} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
             f"| {r['macro_f1_mean']:.4f} | {r['seconds_mean']:.1f} "
-            f"| {r['seconds_mean'] / base['seconds_mean']:.2f}x | {r['epochs_run_mean']:.1f} |"
+            f"| {r['seconds_mean'] / base['seconds_mean']:.2f}x | {r['epochs_run_mean']:.1f} "
+            f"| {'; '.join(r['chosen']) if r['chosen'] else ''} |"
         )
+    tau = report.get("logme")
+    if tau:
+        lines += [
+            "",
+            f"LogME against fine-tuning ({report['n_train_all']} training images, fixed recipe):",
+            "",
+            "| backbone | LogME | "
+            + " | ".join(f"test accuracy, seed {r['seed']}" for r in tau["per_seed"])
+            + " |",
+            "|---|---|" + "---|" * len(tau["per_seed"]),
+        ]
+        for name, score in tau["scores"].items():
+            accs = " | ".join(f"{r['accuracy'][name]:.4f}" for r in tau["per_seed"])
+            lines.append(f"| {name} | {score:.4f} | {accs} |")
+        lines += [
+            "",
+            f"Weighted Kendall tau {tau['tau_mean']:.3f} (per seed: "
+            + ", ".join(f"{r['tau']:.3f}" for r in tau["per_seed"])
+            + f"); LogME's top pick was the best fine-tuned backbone in {tau['picked_best']} of "
+            f"{len(tau['per_seed'])} seeds. Scoring all {len(tau['scores'])}: {tau['score_seconds']:.1f} s; "
+            f"fine-tuning all: {tau['finetune_all_seconds']:.1f} s "
+            f"({tau['finetune_all_seconds'] / tau['score_seconds']:.0f}x).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -151,10 +254,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--per-class",
         type=int,
         nargs="+",
-        default=[20, 0],
+        default=[10, 20, 0],
         help="training images per class to keep; 0 = the whole training split",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-logme", action="store_true", help="skip the LogME rank correlation")
     args = parser.parse_args(argv)
 
     paths = Paths.from_root(Path.cwd())
@@ -169,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pretrain_seconds = time.perf_counter() - start
     full = load(raw, params)
 
-    arms = ("transferops", "keras_guide", "scratch")
+    arms = ARMS
     runs: list[dict[str, Any]] = []
     for per_class in args.per_class:
         data = full | {"train": subsample(full["train"], per_class) if per_class else full["train"]}
@@ -187,11 +291,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n_train in dict.fromkeys(r["n_train"] for r in runs):
         for arm in arms:
             mine = [r for r in runs if r["arm"] == arm and r["n_train"] == n_train]
-            summary[f"{n_train}/{arm}"] = {"n_train": n_train, "arm": arm} | {
-                f"{k}_{agg}": fn([r[k] for r in mine])
-                for k in ("accuracy", "macro_f1", "seconds", "epochs_run")
-                for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
-            }
+            summary[f"{n_train}/{arm}"] = (
+                {"n_train": n_train, "arm": arm}
+                | {
+                    f"{k}_{agg}": fn([r[k] for r in mine])
+                    for k in ("accuracy", "macro_f1", "seconds", "epochs_run")
+                    for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
+                }
+                | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
+            )
     report = {
         **results_io.header("bench.transfer", argv, f"Keras {keras.__version__}"),
         "seeds": args.seeds,
@@ -201,7 +309,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretrain_seconds": pretrain_seconds,
         "summary": summary,
         "runs": runs,
+        "n_train_all": len(full["train"]),
     }
+    if not args.no_logme:
+        candidates = candidate_backbones(source_data, params)
+        report["logme"] = logme_tau(candidates, full, params, args.epochs, args.seeds)
     return results_io.write(args.out, "transfer", report, markdown(report))
 
 
