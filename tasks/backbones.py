@@ -72,9 +72,15 @@ def build_classifier(
     return keras.Model(inputs, dense(x), name="classifier")
 
 
+def single(classifier: keras.Model) -> keras.Model:
+    """The classifier itself, or for an ensemble (tasks/strategy.py) its best member, `member_0`."""
+    names = [layer.name for layer in classifier.layers]
+    return classifier.get_layer("member_0") if "member_0" in names else classifier
+
+
 def backbone_of(classifier: keras.Model) -> keras.Model:
-    """The nested backbone model inside a classifier."""
-    for layer in classifier.layers:
+    """The nested backbone model inside a classifier (of an ensemble: its best member's)."""
+    for layer in single(classifier).layers:
         if isinstance(layer, keras.Model):
             return layer
     raise ValueError(f"classifier {classifier.name!r} has no nested backbone model")

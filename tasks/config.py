@@ -132,6 +132,8 @@ class SearchParams(Section):
     max_epochs: int = Field(15, ge=1)  # the most epochs one trial trains (Hyperband's budget)
     factor: int = Field(3, ge=2)  # Hyperband keeps 1/factor of the trials at each rung
     iterations: int = Field(1, ge=1)  # Hyperband iterations (each a full set of brackets)
+    ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
+    ensemble_weighted: bool = True  # weight members by their val accuracy
 
     @model_validator(mode="after")
     def _positive(self) -> SearchParams:

@@ -264,12 +264,12 @@ def warm_start(
     found = version or champion_version(model_name)
     if found is None:
         return None
-    from tasks.backbones import backbone_of
+    from tasks.backbones import backbone_of, single
 
     classifier, known_classes = champion_keras_model(load_version(model_name, found))
     if known_classes != class_names:
         return None
-    return backbone_of(classifier), classifier.get_layer("head").get_weights(), found
+    return backbone_of(classifier), single(classifier).get_layer("head").get_weights(), found
 
 
 def resolve(ref: str) -> tuple[str, str | None]:

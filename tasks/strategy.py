@@ -13,6 +13,11 @@ The head learns at `learning_rate`; unfrozen backbone layers of `top`/`full` at
 that is kept and served never contains them. Hyperband gives every trial a few epochs and
 trains only the best further, so weak strategies stop early; every trial's hyperparameters and
 per-epoch curve are returned for the flow to log (one nested MLflow run each).
+
+Ensembles (模型融合): the best `ensemble_size` trials' probabilities, averaged (weighted by
+validation accuracy), are kept instead of the best trial when they score higher on the
+validation split. The ensemble is one Keras model (`ensemble`: built-in layers only), so it is
+registered and served like any other version.
 """
 
 from __future__ import annotations
@@ -179,10 +184,11 @@ class TrialRecord:
 
 @dataclass
 class SearchResult:
-    model: keras.Model  # the chosen classifier, trained
+    model: keras.Model  # the chosen classifier (or ensemble), trained
     best: TrialRecord
     trials: list[TrialRecord]
     val_accuracy: float  # of `model`, measured again on the validation split
+    ensemble: dict[str, Any] | None = None  # members, weights, val accuracy: when it was kept
 
     def explanation(self) -> str:
         by_strategy: dict[str, float] = {}
@@ -190,10 +196,51 @@ class SearchResult:
             name = trial.hyperparameters.get("strategy", "?")
             by_strategy[name] = max(by_strategy.get(name, 0.0), trial.score)
         ranked = ", ".join(f"{k} {v:.4f}" for k, v in sorted(by_strategy.items(), key=lambda kv: -kv[1]))
-        return (
+        words = (
             f"{self.best.words()} won {len(self.trials)} Hyperband trials on val_accuracy "
             f"{self.best.score:.4f} (best per strategy: {ranked})"
         )
+        if self.ensemble:
+            words += (
+                f"; an ensemble of the best {len(self.ensemble['members'])} scored "
+                f"{self.ensemble['val_accuracy']:.4f} on val and is kept"
+            )
+        return words
+
+
+def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
+    """One model whose output is the weighted mean of `members`' probabilities (weights sum to
+    1), from built-in layers only, so it saves, loads and serves as a plain Keras model."""
+    inputs = keras.Input(members[0].input_shape[1:], name="pixels")
+    outputs = [
+        keras.layers.Rescaling(weight, name=f"weight_{i}")(
+            keras.Model(member.input, member.output, name=f"member_{i}")(inputs)
+        )
+        for i, (member, weight) in enumerate(zip(members, weights, strict=True))
+    ]
+    return keras.Model(inputs, keras.layers.Add(name="average")(outputs), name="ensemble")
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def fuse(
+    members: list[keras.Model], x_val: np.ndarray, y_val: np.ndarray, weighted: bool
+) -> tuple[keras.Model, float, dict[str, Any] | None]:
+    """The best member, or the ensemble of all when it is more accurate on validation:
+    (model, its val accuracy, what the ensemble was if kept)."""
+    probabilities = [np.asarray(m.predict(x_val, verbose=0)) for m in members]
+    single = [_accuracy(p, y_val) for p in probabilities]
+    if len(members) < 2:
+        return members[0], single[0], None
+    raw = single if weighted and sum(single) > 0 else [1.0] * len(members)
+    weights = [w / sum(raw) for w in raw]
+    fused = _accuracy(sum(w * p for w, p in zip(weights, probabilities, strict=True)), y_val)
+    if fused <= single[0]:
+        return members[0], single[0], None
+    info = {"weights": weights, "member_val_accuracy": single, "val_accuracy": fused}
+    return ensemble(members, weights), fused, info
 
 
 class _Tuner(kt.Hyperband):
@@ -270,19 +317,19 @@ def search(
             verbose=0,
         )
         trials = [_record(t) for t in tuner.oracle.trials.values() if t.score is not None]
-        best_trial = tuner.oracle.get_best_trials(1)[0]
-        trainer = tuner.get_best_models(1)[0]
+        best_trials = tuner.oracle.get_best_trials(params.ensemble_size)
+        members = [trainer.classifier for trainer in tuner.get_best_models(params.ensemble_size)]
     except BaseException:
         if checkpoints is None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
     shutil.rmtree(folder, ignore_errors=True)
     finished(checkpoints)
-    classifier = trainer.classifier
-    probabilities = np.asarray(classifier.predict(x_val, verbose=0))
-    val_accuracy = float((probabilities.argmax(axis=1) == y_val).mean())
+    model, val_accuracy, fused = fuse(members, x_val, y_val, params.ensemble_weighted)
+    if fused is not None:
+        fused["members"] = [_record(t).words() for t in best_trials]
     trials.sort(key=lambda t: int(t.trial_id))
-    return SearchResult(classifier, _record(best_trial), trials, val_accuracy)
+    return SearchResult(model, _record(best_trials[0]), trials, val_accuracy, fused)
 
 
 def finetune_by_search(
@@ -307,6 +354,7 @@ def finetune_by_search(
             "explanation": found.explanation(),
             "chosen": found.best.hyperparameters,
             "val_accuracy": found.val_accuracy,
+            "ensemble": found.ensemble,
             "trials": [vars(t) for t in found.trials],
         },
     )
