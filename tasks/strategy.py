@@ -137,8 +137,9 @@ def build_trainer(
     else:
         backbone.set_weights(pretrained.get_weights())
     weighted = [layer for layer in backbone.layers if layer.weights]
-    if strategy == "scratch":
-        backbone.trainable = True
+    if strategy == "scratch":  # every layer: a clone keeps each layer's own trainable=False
+        for layer in backbone.layers:
+            layer.trainable = True
     else:
         chosen = {
             "head": [],

@@ -96,3 +96,21 @@ def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
     assert result.model.output_shape == (None, 3)
     assert not (tmp_path / "checkpoints").exists()  # the tuner's state is removed when done
     assert list((tmp_path / "events" / "search").iterdir())  # TensorBoard files per trial
+
+
+def test_scratch_trains_every_layer_of_a_fresh_copy():
+    """`scratch` re-draws the weights and trains every backbone layer (a clone of a frozen
+    backbone keeps each layer frozen unless told otherwise); the pretrained one is untouched."""
+    backbone = pretrained_backbone()
+    backbone.trainable = False
+    hp = strategy.kt.HyperParameters()
+    hp.Fixed("strategy", "scratch")
+    hp.Fixed("learning_rate", 1e-3)
+    trainer = strategy.build_trainer(hp, backbone, 3, SearchParams(), FinetuneParams(), AugmentParams())
+    weighted = [v for v in trainer.backbone.weights if "moving" not in v.path]
+    assert len(trainer.backbone.trainable_variables) == len(weighted) > 0
+    kernel = trainer.backbone.get_layer("conv0_0").get_weights()[0]
+    assert not np.allclose(kernel, backbone.get_layer("conv0_0").get_weights()[0])
+    x, y = images(60, seed=7)
+    history = trainer.fit(x.astype("float32"), y, epochs=4, batch_size=16, verbose=0)
+    assert history.history["accuracy"][-1] > 0.6  # it learns the pattern task (chance: 1/3)
