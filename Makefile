@@ -6,7 +6,7 @@ demo:  ## run the main job on the embedded defaults
 test:  ## lint + every test (unit and end-to-end)
 	scripts/test.sh
 
-bench:  ## every benchmark -> bench/results/ (about 30 minutes on 2 cores)
+bench:  ## every benchmark -> bench/results/ (about an hour on 2 cores; bench.transfer alone 40 minutes)
 	scripts/setup.sh && .venv/bin/python -m bench.transfer && .venv/bin/python -m bench.determinism \
 	  && .venv/bin/python -m bench.startup && .venv/bin/python -m bench.operations
 
