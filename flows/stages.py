@@ -372,9 +372,10 @@ def finetune_model(
     folder = checkpoints.folder(root, "finetune", key)
     events = checkpoints.events_folder(root, "finetune", key)
     if search.enabled and start.init_head is None:
-        result = strategy.finetune_by_search(
+        found = strategy.search(
             start.backbone, train, val, len(data.class_names), search, params, augment, folder, events
         )
+        result = strategy.as_finetune_result(found, events)
     else:
         result = finetune.finetune(
             start.backbone,

@@ -333,20 +333,9 @@ def search(
     return SearchResult(model, _record(best_trials[0]), trials, val_accuracy, fused)
 
 
-def finetune_by_search(
-    pretrained: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    num_classes: int,
-    params: SearchParams,
-    finetune: FinetuneParams,
-    augment: AugmentParams,
-    checkpoints: Path | None = None,
-    events: Path | None = None,
-) -> FinetuneResult:
-    """`search`, as the finetune stage's result: the chosen classifier, the winning trial's
+def as_finetune_result(found: SearchResult, events: Path | None = None) -> FinetuneResult:
+    """A search as the finetune stage's result: the chosen classifier, the winning trial's
     curve (phase `search`), and every trial in `search` (for the flow to log)."""
-    found = search(pretrained, train, val, num_classes, params, finetune, augment, checkpoints, events)
     return FinetuneResult(
         model=found.model,
         history={"search": found.best.history},

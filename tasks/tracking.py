@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -152,11 +151,11 @@ def scratch_dir() -> Iterator[Path]:
 @contextmanager
 def flow_run(name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one flow run: lineage tags, every param flattened, params.json, and
-    MLflow's system metrics (CPU, memory, disk, network every 10 s) where psutil is installed."""
+    MLflow's system metrics (CPU, memory, disk, network every 10 s; psutil is a dependency)."""
     with mlflow.start_run(
         run_name=name,
         tags={"flow": name, **tags, **process_tags()},
-        log_system_metrics=importlib.util.find_spec("psutil") is not None,
+        log_system_metrics=True,
     ) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_dict(params, "params.json")

@@ -55,7 +55,7 @@ def test_the_backbone_learns_at_its_own_rate():
         hp.Fixed("backbone_rate_factor", 1e-12)
     search = SearchParams(strategies=["top"], learning_rates=[1e-2], backbone_rate_factors=[1e-12])
     trainer = strategy.build_trainer(hp, backbone, 3, search, FinetuneParams(), AugmentParams())
-    unfrozen = [v for v in trainer.backbone.trainable_variables]
+    unfrozen = list(trainer.backbone.trainable_variables)
     assert unfrozen, "top-2 unfreezes backbone layers"
     before = [v.numpy().copy() for v in unfrozen]
     head_before = trainer.classifier.get_layer("head").get_weights()[0].copy()
@@ -69,7 +69,7 @@ def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
     backbone = pretrained_backbone()
     train, val = images(90, seed=1), images(30, seed=2)
     params = SearchParams(strategies=["head", "top", "scratch"], max_epochs=3, unfreeze_layers=[2])
-    result = strategy.finetune_by_search(
+    found = strategy.search(
         backbone,
         train,
         val,
@@ -80,6 +80,7 @@ def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
         checkpoints=tmp_path / "checkpoints",
         events=tmp_path / "events",
     )
+    result = strategy.as_finetune_result(found, tmp_path / "events")
     found = result.search
     tried = {t["hyperparameters"]["strategy"] for t in found["trials"]}
     assert tried <= {"head", "top", "scratch"} and len(found["trials"]) >= 3
