@@ -1,23 +1,30 @@
 """Benchmark: how transferops fine-tunes against the Keras guide's recipe and training from
-scratch, side by side on the demo data, at 10, 20 and all labels per class, over seeds.
+scratch, side by side on the demo data, at 10, 20 and all labels per class, over seeds, each
+arm under the same time budget (`--budget` seconds: no trial starts and no training goes on
+after it).
 
-    make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--epochs 15]
+    make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--budget 600]
 
 (a) search: the strategy search (tasks/strategy.py, params.yaml `search`): Hyperband over
-    head / top-n / full / scratch from a head trained on frozen features.
+    head / top-n / full from a head trained on frozen features, then the scratch baseline on
+    its own budget, the best on val (or the ensemble of the best 3).
 (b) fixed: transferops' fixed recipe: head on cached frozen features, then the top
     `unfreeze_layers` of the backbone at finetune_learning_rate, BatchNorm in inference mode.
 (c) Keras guide "Transfer learning & fine-tuning": frozen base + new head trained through the
     base, then the whole base unfrozen at 1e-5, BatchNorm in inference mode.
-(d) scratch: the same architecture, randomly initialised, every layer trained, with the
-    search's augmentation, for 4x `epochs` with early stopping (patience 10): scratch
-    trained properly, not cut short.
-Early stopping on validation loss elsewhere uses params' patience. Then LogME against
-fine-tuning over 4 candidate backbones of different quality (pretrained 6 epochs, 1 epoch,
-on 2 of the 5 source classes, untrained): weighted Kendall tau of the LogME scores with the
-fine-tuned test accuracy (fixed recipe), per seed, and the cost of scoring against
-fine-tuning every candidate. Data: `transferops data fashion-mnist` output (written here if
-missing); the backbones are pretrained here on data/source. Writes bench/results/transfer.{json,md}.
+(d) scratch: the same architecture, randomly initialised, every layer trained on augmented
+    batches (strategy.train_scratch) for up to `--scratch-epochs`, stopped 20 epochs after
+    val_accuracy last improved, the best epoch kept: scratch trained properly, not cut short.
+Early stopping on validation loss elsewhere uses params' patience (`--epochs` per phase).
+
+Then LogME against fine-tuning at every label count, over 4 candidate backbones of different
+quality (pretrained 6 epochs, 1 epoch, on 2 of the 5 source classes, untrained): weighted
+Kendall tau of the LogME scores (on that training split) with the fine-tuned test accuracy
+(fixed recipe), per seed; which candidate the selection picks, with `select.top_k` 1 (LogME's
+first) and 2 (of LogME's first two, the one with the better fine-tuned val accuracy), against
+the best on test; and the cost of scoring against fine-tuning every candidate. Data:
+`transferops data fashion-mnist` output (written here if missing); the backbones are
+pretrained here on data/source. Writes bench/results/transfer.{json,md}.
 """
 
 from __future__ import annotations
@@ -72,7 +79,9 @@ def copy_of(model: keras.Model) -> keras.Model:
     return clone
 
 
-def keras_guide(backbone: keras.Model, data: dict, epochs: int, patience: int, batch: int, seed: int):
+def keras_guide(
+    backbone: keras.Model, data: dict, epochs: int, patience: int, batch: int, seed: int, deadline: float
+):
     """The recipe of keras.io/guides/transfer_learning, on our backbone."""
     keras.utils.set_random_seed(seed)
     base = copy_of(backbone)
@@ -92,58 +101,60 @@ def keras_guide(backbone: keras.Model, data: dict, epochs: int, patience: int, b
     }
     stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
     model.compile(keras.optimizers.Adam(), "sparse_categorical_crossentropy")
-    h1 = model.fit(**fit_args, callbacks=[stop])
+    h1 = model.fit(**fit_args, callbacks=[stop, strategy.Deadline(deadline)])
     base.trainable = True
     model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy")
     stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-    h2 = model.fit(**fit_args, callbacks=[stop])
+    h2 = model.fit(**fit_args, callbacks=[stop, strategy.Deadline(deadline)])
     return model, len(h1.history["loss"]) + len(h2.history["loss"])
 
 
-def scratch(backbone: keras.Model, data: dict, params: Params, epochs: int, seed: int):
-    """The same architecture from fresh weights, every layer (BatchNorm too) trained on
-    augmented batches (the search's own `scratch` strategy), run to convergence."""
-    hp = strategy.kt.HyperParameters()
-    hp.Fixed("strategy", "scratch")
-    hp.Fixed("learning_rate", params.pretrain.learning_rate)
-    ft = params.finetune.model_copy(update={"seed": seed})
-    trainer = strategy.build_trainer(hp, backbone, len(data["names"]), params.search, ft, params.augment)
-    stop = keras.callbacks.EarlyStopping(patience=10, restore_best_weights=True)
-    history = trainer.fit(
-        data["train"].x.astype("float32"),
-        data["train"].y,
-        validation_data=(data["val"].x.astype("float32"), data["val"].y),
-        epochs=epochs,
-        batch_size=ft.batch_size,
-        callbacks=[stop],
-        verbose=0,
-    )
-    return trainer.classifier, len(history.history["loss"])
-
-
-def run_arm(name: str, backbone: keras.Model, data: dict, params: Params, epochs: int, seed: int):
+def run_arm(
+    name: str, backbone: keras.Model, data: dict, params: Params, options: argparse.Namespace, seed: int
+):
+    epochs = options.epochs
     ft = params.finetune.model_copy(update={"head_epochs": epochs, "finetune_epochs": epochs, "seed": seed})
     train, val = (data["train"].x, data["train"].y), (data["val"].x, data["val"].y)
     start = time.perf_counter()
+    deadline = time.monotonic() + options.budget
     chosen = ""
     if name == "search":
         found = strategy.search(
-            copy_of(backbone), train, val, len(data["names"]), params.search, ft, params.augment
+            {"backbone": copy_of(backbone)},
+            train,
+            val,
+            len(data["names"]),
+            params.search,
+            ft,
+            params.augment,
+            deadline=deadline,
         )
-        model, ran, chosen = found.model, sum(t.epochs for t in found.trials), found.best.words()
-    elif name == "fixed":
+        model, ran = found.model, sum(t.epochs for t in found.trials)
+        chosen = found.best.words() + (
+            f" + ensemble of {len(found.ensemble['members'])}" if found.ensemble else ""
+        )
+    elif name == "fixed":  # 30 epochs at most: seconds, far inside any budget
         result = finetune(copy_of(backbone), train, val, len(data["names"]), ft)
         model, ran = result.model, sum(len(h["loss"]) for h in result.history.values())
     elif name == "keras_guide":
-        model, ran = keras_guide(backbone, data, epochs, ft.patience, ft.batch_size, seed)
+        model, ran = keras_guide(backbone, data, epochs, ft.patience, ft.batch_size, seed, deadline)
     else:
-        model, ran = scratch(backbone, data, params, 4 * epochs, seed)
+        budget = params.search.model_copy(
+            update={"scratch_epochs": options.scratch_epochs, "scratch_patience": 20}
+        )
+        record, model = strategy.train_scratch(
+            backbone, train, val, len(data["names"]), budget, ft, params.augment, deadline=deadline
+        )
+        ran = record.epochs
     seconds = time.perf_counter() - start
     probabilities = np.asarray(model.predict(data["test"].x.astype("float32"), verbose=0))
+    val_probabilities = np.asarray(model.predict(data["val"].x.astype("float32"), verbose=0))
     return {
         "seconds": seconds,
+        "hit_budget": time.monotonic() > deadline,
         "epochs_run": ran,
         "chosen": chosen,
+        "val_accuracy": float((val_probabilities.argmax(axis=1) == data["val"].y).mean()),
         **evaluate.metrics(data["test"].y, probabilities),
     }
 
@@ -165,38 +176,66 @@ def candidate_backbones(source: SplitData, params: Params) -> dict[str, keras.Mo
     }
 
 
-def logme_tau(candidates: dict[str, keras.Model], data: dict, params: Params, epochs: int, seeds: int):
-    """LogME score of each candidate (frozen features of the training split) against its
-    fine-tuned test accuracy (fixed recipe), per seed; weighted Kendall tau (scipy)."""
+def logme_tau(
+    candidates: dict[str, keras.Model], data: dict, params: Params, options: argparse.Namespace
+) -> dict[str, Any]:
+    """LogME score of each candidate (frozen features of this training split) against its
+    fine-tuned test accuracy (fixed recipe), per seed: weighted Kendall tau (scipy), and which
+    candidate the selection picks with top_k 1 and 2 against the best on test."""
     scores, score_seconds = {}, 0.0
     for name, backbone in candidates.items():
         start = time.perf_counter()
         features = extract_features(backbone, data["train"].x, description=name)
         scores[name] = float(logme(features, data["train"].y))
         score_seconds += time.perf_counter() - start
+    ranked = sorted(scores, key=scores.__getitem__, reverse=True)
     per_seed, finetune_seconds = [], 0.0
-    for seed in range(seeds):
-        accuracy = {}
+    for seed in range(options.seeds):
+        accuracy, val_accuracy = {}, {}
         for name, backbone in candidates.items():
-            result = run_arm("fixed", backbone, data, params, epochs, seed)
-            accuracy[name] = result["accuracy"]
+            result = run_arm("fixed", backbone, data, params, options, seed)
+            accuracy[name], val_accuracy[name] = result["accuracy"], result["val_accuracy"]
             finetune_seconds += result["seconds"]
-        names = list(candidates)
-        tau = weightedtau([scores[n] for n in names], [accuracy[n] for n in names]).statistic
-        picked = max(names, key=scores.__getitem__)
-        best = max(names, key=accuracy.__getitem__)
+        tau = weightedtau([scores[n] for n in ranked], [accuracy[n] for n in ranked]).statistic
+        best = max(accuracy.values())
+        picks = {1: ranked[0], 2: max(ranked[:2], key=val_accuracy.__getitem__)}
         per_seed.append(
-            {"seed": seed, "accuracy": accuracy, "tau": float(tau), "picked_best": picked == best}
+            {
+                "seed": seed,
+                "accuracy": accuracy,
+                "val_accuracy": val_accuracy,
+                "tau": float(tau),
+                "picked": {str(k): v for k, v in picks.items()},
+                "picked_best": {str(k): accuracy[v] == best for k, v in picks.items()},
+                "regret": {str(k): best - accuracy[v] for k, v in picks.items()},
+            }
         )
-        print(f"LogME seed {seed}: tau {tau:.3f}, picked {picked}, best {best}", flush=True)
+        print(f"LogME n_train {len(data['train'])} seed {seed}: tau {tau:.3f}, picks {picks}", flush=True)
     return {
+        "n_train": len(data["train"]),
         "scores": scores,
         "per_seed": per_seed,
         "tau_mean": statistics.mean(r["tau"] for r in per_seed),
-        "picked_best": sum(r["picked_best"] for r in per_seed),
+        "picked_best": {k: sum(r["picked_best"][k] for r in per_seed) for k in ("1", "2")},
+        "regret_mean": {k: statistics.mean(r["regret"][k] for r in per_seed) for k in ("1", "2")},
         "score_seconds": score_seconds,
-        "finetune_all_seconds": finetune_seconds / seeds,
+        "finetune_all_seconds": finetune_seconds / options.seeds,
     }
+
+
+def verdict(rows: dict[str, dict[str, Any]], n_train: int) -> str:
+    """Where the search stands against the best other arm at one label count."""
+    search = rows[f"{n_train}/search"]
+    others = [r for r in rows.values() if r["n_train"] == n_train and r["arm"] != "search"]
+    rival = max(others, key=lambda r: r["accuracy_mean"])
+    gap = search["accuracy_mean"] - rival["accuracy_mean"]
+    if gap >= 0:
+        words = "leads"
+    elif -gap <= max(search["accuracy_std"], rival["accuracy_std"]):
+        words = "within one std of"
+    else:
+        words = "behind"
+    return f"{n_train} images: search {words} the best other arm ({rival['arm']}), {gap:+.4f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -205,12 +244,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Transfer benchmark ({report['date']})",
         "",
         f"`{report['command']}` on {report['machine']}. Test split: {report['n_test']} images, "
-        f"{len(report['classes'])} classes; seeds {report['seeds']}; {report['epochs_per_phase']} "
-        f"epochs per phase (scratch: up to {4 * report['epochs_per_phase']}); mean ± std over seeds.",
+        f"{len(report['classes'])} classes; seeds {report['seeds']}; every arm under the same "
+        f"{report['budget']:.0f} s budget; {report['epochs_per_phase']} epochs per phase (scratch: up to "
+        f"{report['scratch_epochs']}, patience 20); mean ± std over seeds.",
         "",
         "| train images | arm | test accuracy | macro-F1 | wall time (s) | time vs fixed "
-        "| epochs run | chosen (search) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| epochs run | hit budget | chosen (search) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
         base = rows[f"{r['n_train']}/fixed"]
@@ -218,29 +258,30 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['n_train']} | {r['arm']} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
             f"| {r['macro_f1_mean']:.4f} | {r['seconds_mean']:.1f} "
             f"| {r['seconds_mean'] / base['seconds_mean']:.2f}x | {r['epochs_run_mean']:.1f} "
-            f"| {'; '.join(r['chosen']) if r['chosen'] else ''} |"
+            f"| {r['hit_budget']}/{report['seeds']} | {'; '.join(r['chosen']) if r['chosen'] else ''} |"
         )
-    tau = report.get("logme")
-    if tau:
+    lines += ["", *(f"- {verdict(rows, n)}" for n in dict.fromkeys(r["n_train"] for r in rows.values()))]
+    for tau in report.get("logme", []):
+        seeds = tau["per_seed"]
         lines += [
             "",
-            f"LogME against fine-tuning ({report['n_train_all']} training images, fixed recipe):",
+            f"LogME against fine-tuning ({tau['n_train']} training images, fixed recipe):",
             "",
-            "| backbone | LogME | "
-            + " | ".join(f"test accuracy, seed {r['seed']}" for r in tau["per_seed"])
-            + " |",
-            "|---|---|" + "---|" * len(tau["per_seed"]),
+            "| backbone | LogME | " + " | ".join(f"test accuracy, seed {r['seed']}" for r in seeds) + " |",
+            "|---|---|" + "---|" * len(seeds),
         ]
         for name, score in tau["scores"].items():
-            accs = " | ".join(f"{r['accuracy'][name]:.4f}" for r in tau["per_seed"])
+            accs = " | ".join(f"{r['accuracy'][name]:.4f}" for r in seeds)
             lines.append(f"| {name} | {score:.4f} | {accs} |")
         lines += [
             "",
             f"Weighted Kendall tau {tau['tau_mean']:.3f} (per seed: "
-            + ", ".join(f"{r['tau']:.3f}" for r in tau["per_seed"])
-            + f"); LogME's top pick was the best fine-tuned backbone in {tau['picked_best']} of "
-            f"{len(tau['per_seed'])} seeds. Scoring all {len(tau['scores'])}: {tau['score_seconds']:.1f} s; "
-            f"fine-tuning all: {tau['finetune_all_seconds']:.1f} s "
+            + ", ".join(f"{r['tau']:.3f}" for r in seeds)
+            + f"). The selection picked the best fine-tuned backbone in {tau['picked_best']['1']} of "
+            f"{len(seeds)} seeds with top_k 1 (mean regret {tau['regret_mean']['1']:.4f}), in "
+            f"{tau['picked_best']['2']} of {len(seeds)} with top_k 2 (regret {tau['regret_mean']['2']:.4f}). "
+            f"Scoring all {len(tau['scores'])}: {tau['score_seconds']:.1f} s; fine-tuning all: "
+            f"{tau['finetune_all_seconds']:.1f} s "
             f"({tau['finetune_all_seconds'] / tau['score_seconds']:.0f}x).",
         ]
     return "\n".join(lines) + "\n"
@@ -250,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15, help="epochs per phase")
+    parser.add_argument("--budget", type=float, default=600, help="seconds every arm may train at most")
+    parser.add_argument("--scratch-epochs", type=int, default=200, help="the scratch arm's most epochs")
     parser.add_argument(
         "--per-class",
         type=int,
@@ -272,24 +315,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backbone = pretrain(source_data, params.pretrain, params.data.image_size).backbone
     pretrain_seconds = time.perf_counter() - start
     full = load(raw, params)
+    candidates = {} if args.no_logme else candidate_backbones(source_data, params)
 
-    arms = ARMS
     runs: list[dict[str, Any]] = []
+    taus: list[dict[str, Any]] = []
     for per_class in args.per_class:
         data = full | {"train": subsample(full["train"], per_class) if per_class else full["train"]}
         for seed in range(args.seeds):
-            for arm in arms:  # interleaved, so machine noise hits every arm alike
-                result = run_arm(arm, backbone, data, params, args.epochs, seed)
+            for arm in ARMS:  # interleaved, so machine noise hits every arm alike
+                result = run_arm(arm, backbone, data, params, args, seed)
                 runs.append({"arm": arm, "seed": seed, "n_train": len(data["train"]), **result})
                 print(
                     f"n_train {len(data['train'])} seed {seed} {arm:<12} "
-                    f"acc {result['accuracy']:.4f} {result['seconds']:.1f}s",
+                    f"acc {result['accuracy']:.4f} {result['seconds']:.1f}s {result['chosen']}",
                     flush=True,
                 )
+        if candidates:
+            taus.append(logme_tau(candidates, data, params, args))
 
     summary: dict[str, dict[str, Any]] = {}
     for n_train in dict.fromkeys(r["n_train"] for r in runs):
-        for arm in arms:
+        for arm in ARMS:
             mine = [r for r in runs if r["arm"] == arm and r["n_train"] == n_train]
             summary[f"{n_train}/{arm}"] = (
                 {"n_train": n_train, "arm": arm}
@@ -299,21 +345,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
                 }
                 | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
+                | {"hit_budget": sum(r["hit_budget"] for r in mine)}
             )
     report = {
         **results_io.header("bench.transfer", argv, f"Keras {keras.__version__}"),
         "seeds": args.seeds,
         "epochs_per_phase": args.epochs,
+        "budget": args.budget,
+        "scratch_epochs": args.scratch_epochs,
         "classes": full["names"],
         "n_test": len(full["test"]),
         "pretrain_seconds": pretrain_seconds,
         "summary": summary,
         "runs": runs,
         "n_train_all": len(full["train"]),
+        "logme": taus,
     }
-    if not args.no_logme:
-        candidates = candidate_backbones(source_data, params)
-        report["logme"] = logme_tau(candidates, full, params, args.epochs, args.seeds)
     return results_io.write(args.out, "transfer", report, markdown(report))
 
 

@@ -337,6 +337,7 @@ def select_backbone(
         seed,
         warm_start_from,
         warm_start_version,
+        params.top_k,
     )
     start.fingerprint = stage_key()
     return start
@@ -345,12 +346,17 @@ def select_backbone(
 def log_selection(start: selection.Selection, run: FlowRun, reused: bool) -> str:
     if start.scores:
         mlflow.log_metrics({f"logme.{k}": v for k, v in start.scores.items()})
-    mlflow.log_dict({"chosen": start.uri, "scores": start.scores, "samples": start.samples}, "selection.json")
+    kept = [r.uri for r in start.runners_up]
+    mlflow.log_dict(
+        {"chosen": start.uri, "runners_up": kept, "scores": start.scores, "samples": start.samples},
+        "selection.json",
+    )
     tag_parent(run, {"backbone": start.uri, **start.lineage})
     if not start.scores:
         return f"warm start from {start.uri}"
     scores = ", ".join(f"{k} {v:.4f}" for k, v in start.scores.items())
-    return f"chose {start.uri} (LogME on {start.samples} images: {scores})"
+    also = f"; kept {', '.join(kept)} for the strategy search" if kept else ""
+    return f"chose {start.uri} (LogME on {start.samples} images: {scores}){also}"
 
 
 @cached_stage("finetune", code=("finetune", "strategy", "backbones", "checkpoints"))
@@ -363,7 +369,8 @@ def finetune_model(
     reproducibility: ReproducibilityParams,
     root: Path,
 ) -> finetune.FinetuneResult:
-    """A fresh start with `search.enabled`: Hyperband chooses the strategy (tasks/strategy.py).
+    """A fresh start with `search.enabled`: Hyperband chooses the strategy (tasks/strategy.py),
+    and the backbone among LogME's best `select.top_k`.
     Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on cached
     features, phase 2 top of the backbone at a lower rate. Checkpoints under `root`, keyed like
     the result, so a killed run resumes. `reproducibility` only keys the cache."""
@@ -373,7 +380,7 @@ def finetune_model(
     events = checkpoints.events_folder(root, "finetune", key)
     if search.enabled and start.init_head is None:
         found = strategy.search(
-            start.backbone, train, val, len(data.class_names), search, params, augment, folder, events
+            start.backbones(), train, val, len(data.class_names), search, params, augment, folder, events
         )
         result = strategy.as_finetune_result(found, events)
     else:
@@ -391,6 +398,20 @@ def finetune_model(
     say_resumed(result.resumed)
     result.fingerprint = key
     return result
+
+
+def searched_backbone(
+    run: FlowRun, start: selection.Selection, result: finetune.FinetuneResult
+) -> selection.Selection:
+    """The selection with the backbone the strategy search fine-tuned (a runner-up it may have
+    preferred to LogME's first), retagged on the flow's run."""
+    if not result.search or result.search["backbone"] == start.uri:
+        return start
+    start = start.pick(result.search["backbone"])
+    client = mlflow.MlflowClient()
+    for key, value in {"backbone": start.uri, **start.lineage}.items():
+        client.set_tag(run.run_id, key, value)
+    return start
 
 
 def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> str:

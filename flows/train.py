@@ -99,6 +99,7 @@ def train_flow(
             reproducibility=params.reproducibility,
             root=run.paths.root,
         )
+        start = stages.searched_backbone(run, start, result)
         evaluation = stages.run_stage(
             run,
             stages.evaluate_model,

@@ -88,6 +88,7 @@ class SelectParams(Section):
         min_length=1,
     )
     max_samples: int = Field(2000, ge=2)  # LogME is scored on at most this many training images
+    top_k: int = Field(1, ge=1)  # with search.enabled: the strategy search also chooses among LogME's best k
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -132,6 +133,10 @@ class SearchParams(Section):
     max_epochs: int = Field(15, ge=1)  # the most epochs one trial trains (Hyperband's budget)
     factor: int = Field(3, ge=2)  # Hyperband keeps 1/factor of the trials at each rung
     iterations: int = Field(1, ge=1)  # Hyperband iterations (each a full set of brackets)
+    # the scratch baseline (strategy `scratch`) trains outside Hyperband, on its own budget
+    scratch_epochs: int = Field(60, ge=1)
+    scratch_patience: int = Field(10, ge=1)  # epochs without a better val_accuracy before it stops
+    scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy
 

@@ -8,7 +8,7 @@ labels by LogME (You et al., 2021), scored on a seeded sample of the training sp
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -34,6 +34,19 @@ class Selection:
     train_features: np.ndarray | None = None  # features of the whole training split, if computed
     init_head: list[np.ndarray] | None = None
     fingerprint: str = ""  # the key of the stage that made it (flows.caching)
+    runners_up: list[Selection] = field(default_factory=list)  # LogME's next best (select.top_k - 1)
+
+    def backbones(self) -> dict[str, keras.Model]:
+        """The chosen backbone and the runners-up, best first, by URI (what the strategy search
+        chooses among)."""
+        return {self.uri: self.backbone} | {r.uri: r.backbone for r in self.runners_up}
+
+    def pick(self, uri: str) -> Selection:
+        """This selection with the backbone `uri` (a runner-up the search preferred) as chosen."""
+        if uri == self.uri:
+            return self
+        runner = next(r for r in self.runners_up if r.uri == uri)
+        return replace(self, uri=uri, backbone=runner.backbone, lineage=runner.lineage, train_features=None)
 
 
 def short_name(uri: str) -> str:
@@ -60,10 +73,16 @@ def sample_indices(n: int, max_samples: int, seed: int) -> np.ndarray:
 
 
 def score_candidates(
-    candidates: tuple[Candidate, ...], train: Split, image_size: int, max_samples: int, seed: int
+    candidates: tuple[Candidate, ...],
+    train: Split,
+    image_size: int,
+    max_samples: int,
+    seed: int,
+    top_k: int = 1,
 ) -> Selection:
     """LogME of every candidate on frozen features of (a sample of) the training split; the
-    best one is chosen. Its features are kept when they cover the whole split (phase 1 reuses them)."""
+    best one is chosen, the next `top_k - 1` kept as runners-up. Its features are kept when
+    they cover the whole split (phase 1 reuses them)."""
     sample = sample_indices(len(train), max_samples, seed)
     scores: dict[str, float] = {}
     loaded: dict[str, tuple[Candidate, keras.Model, np.ndarray]] = {}
@@ -74,10 +93,21 @@ def score_candidates(
         scores[name] = logme(features, train.y[sample])
         loaded[name] = (candidate, model, features)
         log.info("LogME %s = %.4f (%d features)", candidate.uri, scores[name], features.shape[1])
-    chosen, model, features = loaded[max(scores, key=scores.__getitem__)]
+    ranked = sorted(scores, key=scores.__getitem__, reverse=True)  # stable: ties keep params' order
+    chosen, model, features = loaded[ranked[0]]
     whole = len(sample) == len(train)
+    runners_up = [
+        Selection(loaded[name][0].uri, loaded[name][1], candidate_lineage(loaded[name][0]))
+        for name in ranked[1:top_k]
+    ]
     return Selection(
-        chosen.uri, model, candidate_lineage(chosen), scores, len(sample), features if whole else None
+        chosen.uri,
+        model,
+        candidate_lineage(chosen),
+        scores,
+        len(sample),
+        features if whole else None,
+        runners_up=runners_up,
     )
 
 
@@ -131,12 +161,14 @@ def select(
     seed: int,
     warm_start_from: str | None = None,
     warm_start_version: str | None = None,
+    top_k: int = 1,
 ) -> Selection:
     """The champion of `warm_start_from` (a registered model; or its `warm_start_version`)
-    when it can warm-start these classes, else the best candidate by LogME."""
+    when it can warm-start these classes, else the best candidate by LogME (and the next
+    `top_k - 1` as runners-up)."""
     if warm_start_from:
         start = champion_start(warm_start_from, class_names, warm_start_version)
         if start is not None:
             return start
         log.info("no champion of %s with classes %s: scoring candidates", warm_start_from, class_names)
-    return score_candidates(candidates, train, image_size, max_samples, seed)
+    return score_candidates(candidates, train, image_size, max_samples, seed, top_k)

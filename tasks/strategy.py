@@ -1,11 +1,14 @@
 """Choose how to fine-tune, not only what: a budgeted Hyperband search (Keras Tuner) on the
-validation split over fine-tuning strategies of the backbone `select` chose.
+validation split over fine-tuning strategies of the backbones `select` kept (LogME's top k).
 
 - `head`: the backbone frozen, only a new softmax head trains.
 - `top`: the top `unfreeze_layers` layers with weights unfrozen (BatchNorm stays frozen).
 - `full`: every layer unfrozen.
 - `scratch`: the same architecture with fresh weights, every layer trained (BatchNorm too): the
-  baseline that always competes, so plentiful labels can prefer it.
+  baseline that always competes, so plentiful labels can prefer it. It is not a Hyperband
+  trial: a fresh network cannot compete after the first rung's few epochs, so Hyperband would
+  always stop it early. It trains once, on its own budget (`scratch_epochs`, early stopping on
+  val_accuracy after `scratch_patience`), and then competes on the same validation score.
 
 The head learns at `learning_rate`; unfrozen backbone layers of `top`/`full` at
 `learning_rate * backbone_rate_factor` (two optimizers, `Trainer`). Augmentation layers
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from tasks import progress
 from tasks.backbones import glorot, reseed
 from tasks.checkpoints import finished
 from tasks.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.errors import UserError
 from tasks.finetune import FinetuneResult
 from tasks.finetune import finetune as finetune_fixed
 
@@ -110,16 +115,19 @@ class Trainer(keras.Model):
 
 def build_trainer(
     hp: kt.HyperParameters,
-    pretrained: keras.Model,
+    pretrained: dict[str, keras.Model],
     num_classes: int,
     search: SearchParams,
     finetune: FinetuneParams,
     augment: AugmentParams,
-    head: list[np.ndarray] | None = None,
+    heads: dict[str, list[np.ndarray]] | None = None,
 ) -> Trainer:
-    """One trial's model: the strategy and rates drawn from `hp` (the search space). Every
-    strategy but `scratch` starts from `head` (trained on the frozen features), as Keras'
-    fine-tuning guide does: a random head would send large gradients into the backbone."""
+    """One trial's model: the backbone (of `pretrained`, by name), strategy and rates drawn
+    from `hp` (the search space). Every strategy but `scratch` starts from the backbone's head
+    in `heads` (trained on its frozen features), as Keras' fine-tuning guide does: a random
+    head would send large gradients into the backbone."""
+    names = list(pretrained)
+    name = hp.Choice("backbone", names) if len(names) > 1 else names[0]
     strategy = hp.Choice("strategy", list(search.strategies))
     learning_rate = hp.Choice("learning_rate", list(search.learning_rates))
     factor, unfreeze = 1.0, 0
@@ -129,13 +137,13 @@ def build_trainer(
     with hp.conditional_scope("strategy", ["top", "full"]):
         if strategy in ("top", "full"):
             factor = hp.Choice("backbone_rate_factor", list(search.backbone_rate_factors))
-    seed = finetune.seed
+    seed, source = finetune.seed, pretrained[name]
     keras.utils.set_random_seed(seed)
-    backbone = keras.models.clone_model(pretrained)
+    backbone = keras.models.clone_model(source)
     if strategy == "scratch":
         reseed(backbone, seed)
     else:
-        backbone.set_weights(pretrained.get_weights())
+        backbone.set_weights(source.get_weights())
     weighted = [layer for layer in backbone.layers if layer.weights]
     if strategy == "scratch":  # every layer: a clone keeps each layer's own trainable=False
         for layer in backbone.layers:
@@ -149,7 +157,7 @@ def build_trainer(
         backbone.trainable = True
         for layer in backbone.layers:
             layer.trainable = layer in chosen
-    inputs = keras.Input(pretrained.input_shape[1:], name="pixels")
+    inputs = keras.Input(source.input_shape[1:], name="pixels")
     # BatchNorm learns its statistics only when trained from scratch (Keras' fine-tuning guide)
     x = backbone(inputs, training=None if strategy == "scratch" else False)
     x = keras.layers.Dropout(finetune.dropout, seed=seed + 2)(x)
@@ -157,14 +165,14 @@ def build_trainer(
         num_classes, activation="softmax", kernel_initializer=glorot(seed), name="head"
     )(x)
     classifier = keras.Model(inputs, outputs, name="classifier")
-    if head is not None and strategy != "scratch":
-        classifier.get_layer("head").set_weights(head)
+    if heads is not None and strategy != "scratch":
+        classifier.get_layer("head").set_weights(heads[name])
     return Trainer(classifier, backbone, learning_rate, learning_rate * factor, augmentation(augment, seed))
 
 
 @dataclass
 class TrialRecord:
-    """One Hyperband trial: what it tried, how it went, epoch by epoch."""
+    """One trial (a Hyperband trial, or the scratch baseline): what it tried, how it went."""
 
     trial_id: str
     hyperparameters: dict[str, Any]
@@ -177,6 +185,8 @@ class TrialRecord:
         what = hp.get("strategy", "?")
         if what == "top":
             what += f"-{hp.get('unfreeze_layers')}"
+        if "backbone" in hp:
+            what += f" of {hp['backbone']}"
         rates = f"lr {hp.get('learning_rate'):g}"
         if "backbone_rate_factor" in hp:
             rates += f", backbone x{hp['backbone_rate_factor']:g}"
@@ -187,9 +197,10 @@ class TrialRecord:
 class SearchResult:
     model: keras.Model  # the chosen classifier (or ensemble), trained
     best: TrialRecord
-    trials: list[TrialRecord]
+    trials: list[TrialRecord]  # Hyperband's in order, then the scratch baseline's
     val_accuracy: float  # of `model`, measured again on the validation split
     ensemble: dict[str, Any] | None = None  # members, weights, val accuracy: when it was kept
+    backbone: str = ""  # the name (in `search`'s `pretrained`) of the backbone `best` fine-tuned
 
     def explanation(self) -> str:
         by_strategy: dict[str, float] = {}
@@ -197,9 +208,13 @@ class SearchResult:
             name = trial.hyperparameters.get("strategy", "?")
             by_strategy[name] = max(by_strategy.get(name, 0.0), trial.score)
         ranked = ", ".join(f"{k} {v:.4f}" for k, v in sorted(by_strategy.items(), key=lambda kv: -kv[1]))
+        hyperband = sum(t.trial_id != SCRATCH for t in self.trials)
+        scratch = next((t for t in self.trials if t.trial_id == SCRATCH), None)
         words = (
-            f"{self.best.words()} won {len(self.trials)} Hyperband trials on val_accuracy "
-            f"{self.best.score:.4f} (best per strategy: {ranked})"
+            f"{self.best.words()} won on val_accuracy {self.best.score:.4f} "
+            f"over {hyperband} Hyperband trials"
+            + (f" and the scratch baseline ({scratch.epochs} epochs)" if scratch else "")
+            + f" (best per strategy: {ranked})"
         )
         if self.ensemble:
             words += (
@@ -244,13 +259,70 @@ def fuse(
     return ensemble(members, weights), fused, info
 
 
+SCRATCH = "scratch"  # the scratch baseline's trial id
+
+
+class _Oracle(kt.oracles.HyperbandOracle):
+    """Hyperband that starts no trial after `deadline` (time.monotonic(); None: no deadline)."""
+
+    deadline: float | None = None
+
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
+        return super().populate_space(trial_id)
+
+
 class _Tuner(kt.Hyperband):
-    """Hyperband that says each finished trial in one line."""
+    """Hyperband (with a deadline) that says each finished trial in one line."""
+
+    def __init__(self, params: SearchParams, seed: int, deadline: float | None, **kwargs: Any) -> None:
+        oracle = _Oracle(  # all kt.Hyperband's own __init__ does is build its oracle
+            objective="val_accuracy",
+            max_epochs=params.max_epochs,
+            factor=params.factor,
+            hyperband_iterations=params.iterations,
+            seed=seed,
+        )
+        oracle.deadline = deadline
+        kt.Tuner.__init__(self, oracle=oracle, **kwargs)
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
-        record = _record(trial)
-        progress.say(f"search trial {record.trial_id}: {record.words()}  val_accuracy {record.score:.4f}")
+        say(_record(trial))
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops training after `deadline` (time.monotonic()), at the end of an epoch."""
+
+    def __init__(self, deadline: float | None) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.model.stop_training = True
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Ends training with the weights of the epoch with the best val_accuracy (the first such)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best, self.weights = -1.0, None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        score = (logs or {}).get("val_accuracy", -1.0)
+        if score > self.best:
+            self.best, self.weights = score, self.model.get_weights()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+def say(record: TrialRecord) -> None:
+    progress.say(f"search trial {record.trial_id}: {record.words()}  val_accuracy {record.score:.4f}")
 
 
 def _record(trial: kt.engine.trial.Trial) -> TrialRecord:
@@ -264,8 +336,71 @@ def _record(trial: kt.engine.trial.Trial) -> TrialRecord:
     return TrialRecord(trial.trial_id, values, float(score), history, len(history.get("val_accuracy", [])))
 
 
+def train_scratch(
+    architecture: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    params: SearchParams,
+    finetune: FinetuneParams,
+    augment: AugmentParams,
+    backup: Path | None = None,
+    events: Path | None = None,
+    deadline: float | None = None,
+) -> tuple[TrialRecord, keras.Model]:
+    """The scratch baseline: `architecture` with fresh weights, every layer trained on augmented
+    batches for up to `scratch_epochs`, stopped `scratch_patience` epochs after val_accuracy last
+    improved; the classifier of its best epoch. `backup` makes a killed run resume at its last
+    epoch (Keras BackupAndRestore; the best-epoch memory restarts from there)."""
+    hp = kt.HyperParameters()
+    hp.Fixed("strategy", SCRATCH)
+    hp.Fixed("learning_rate", params.scratch_learning_rate)
+    trainer = build_trainer(hp, {SCRATCH: architecture}, num_classes, params, finetune, augment)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=params.scratch_patience),
+        _KeepBest(),
+        Deadline(deadline),
+    ]
+    if backup is not None:
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+    if events is not None:
+        callbacks.append(keras.callbacks.TensorBoard(str(events), write_graph=False))
+    fitted = trainer.fit(
+        train[0].astype("float32"),
+        train[1],
+        validation_data=(val[0].astype("float32"), val[1]),
+        epochs=params.scratch_epochs,
+        batch_size=finetune.batch_size,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    epochs = len(history.get("val_accuracy", []))
+    score = max(history["val_accuracy"]) if epochs else float("nan")
+    record = TrialRecord(SCRATCH, dict(hp.values), score, history, epochs)
+    say(record)
+    return record, trainer.classifier
+
+
+def warm_heads(
+    pretrained: dict[str, keras.Model],
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    finetune: FinetuneParams,
+) -> dict[str, list[np.ndarray]]:
+    """Each backbone's head, trained on its cached frozen features (phase 1 of the fixed
+    recipe: seconds)."""
+    no_phase_2 = finetune.model_copy(update={"finetune_epochs": 0})
+    heads = {}
+    for name, backbone in pretrained.items():
+        warm = finetune_fixed(backbone, train, val, num_classes, no_phase_2)
+        heads[name] = warm.model.get_layer("head").get_weights()
+    return heads
+
+
 def search(
-    pretrained: keras.Model,
+    pretrained: dict[str, keras.Model],
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
@@ -274,63 +409,91 @@ def search(
     augment: AugmentParams,
     checkpoints: Path | None = None,
     events: Path | None = None,
+    deadline: float | None = None,
 ) -> SearchResult:
-    """Hyperband over the strategies on (train, val); returns the best trial's classifier.
-    The tuner keeps its state and trial checkpoints in `checkpoints/search` (a killed search
-    resumes after its last finished trial; removed when done) or in a temporary folder;
-    TensorBoard event files of every trial go to `events/search/<trial>`."""
+    """Hyperband over the transfer strategies of every backbone in `pretrained` (name ->
+    backbone, best first: the scratch baseline uses the first one's architecture), then the
+    scratch baseline if `params.strategies` has it; the best on val (or the ensemble of the
+    best `ensemble_size`) is returned. The tuner keeps its state and trial checkpoints in
+    `checkpoints/search` (a killed search resumes after its last finished trial; removed when
+    done) or in a temporary folder; TensorBoard event files of every trial go to
+    `events/search/<trial>`. `deadline` (time.monotonic()) starts no trial and ends every
+    training after it: for benchmarks that give each arm the same time."""
     keras.utils.set_random_seed(finetune.seed)
-    # the head on cached frozen features first (phase 1 of the fixed recipe: seconds)
-    warm = finetune_fixed(
-        pretrained, train, val, num_classes, finetune.model_copy(update={"finetune_epochs": 0})
-    )
-    head = warm.model.get_layer("head").get_weights()
+    transfer = tuple(s for s in params.strategies if s != SCRATCH)
     if checkpoints is not None:
         folder = checkpoints / "search"
         folder.mkdir(parents=True, exist_ok=True)
     else:
         folder = Path(tempfile.mkdtemp(prefix="transferops-search-"))
+    x_train, y_train = train[0].astype("float32"), train[1]
+    x_val, y_val = val[0].astype("float32"), val[1]
+    records: list[TrialRecord] = []
+    ranked: list[tuple[TrialRecord, keras.Model]] = []
     try:
-        tuner = _Tuner(
-            hypermodel=lambda hp: build_trainer(hp, pretrained, num_classes, params, finetune, augment, head),
-            objective="val_accuracy",
-            max_epochs=params.max_epochs,
-            factor=params.factor,
-            hyperband_iterations=params.iterations,
-            seed=finetune.seed,
-            directory=str(folder),
-            project_name="search",
-            overwrite=checkpoints is None,
-        )
-        x_train, y_train = train[0].astype("float32"), train[1]
-        x_val, y_val = val[0].astype("float32"), val[1]
-        callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=finetune.patience)
-        ]
-        if events is not None:  # Keras Tuner gives each trial its own subfolder
-            callbacks.append(keras.callbacks.TensorBoard(str(events / "search"), write_graph=False))
-        tuner.search(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
-            batch_size=finetune.batch_size,
-            callbacks=callbacks,
-            verbose=0,
-        )
-        trials = [_record(t) for t in tuner.oracle.trials.values() if t.score is not None]
-        best_trials = tuner.oracle.get_best_trials(params.ensemble_size)
-        members = [trainer.classifier for trainer in tuner.get_best_models(params.ensemble_size)]
+        if transfer:
+            heads = warm_heads(pretrained, train, val, num_classes, finetune)
+            space = params.model_copy(update={"strategies": transfer})
+            tuner = _Tuner(
+                params,
+                finetune.seed,
+                deadline,
+                hypermodel=lambda hp: build_trainer(
+                    hp, pretrained, num_classes, space, finetune, augment, heads
+                ),
+                directory=str(folder),
+                project_name="search",
+                overwrite=checkpoints is None,
+            )
+            callbacks: list[keras.callbacks.Callback] = [
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=finetune.patience),
+                Deadline(deadline),
+            ]
+            if events is not None:  # Keras Tuner gives each trial its own subfolder
+                callbacks.append(keras.callbacks.TensorBoard(str(events / "search"), write_graph=False))
+            tuner.search(
+                x_train,
+                y_train,
+                validation_data=(x_val, y_val),
+                batch_size=finetune.batch_size,
+                callbacks=callbacks,
+                verbose=0,
+            )
+            records = [_record(t) for t in tuner.oracle.trials.values() if t.score is not None]
+            records.sort(key=lambda t: int(t.trial_id))
+            best = tuner.oracle.get_best_trials(params.ensemble_size)
+            ranked = [(_record(t), tuner.load_model(t).classifier) for t in best]
+        if SCRATCH in params.strategies:
+            baseline = train_scratch(
+                next(iter(pretrained.values())),
+                train,
+                val,
+                num_classes,
+                params,
+                finetune,
+                augment,
+                backup=folder / SCRATCH,
+                events=events / "search" / SCRATCH if events is not None else None,
+                deadline=deadline,
+            )
+            records.append(baseline[0])
+            ranked.append(baseline)
     except BaseException:
         if checkpoints is None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
     shutil.rmtree(folder, ignore_errors=True)
     finished(checkpoints)
-    model, val_accuracy, fused = fuse(members, x_val, y_val, params.ensemble_weighted)
+    if not ranked:
+        raise UserError("the strategy search finished no trial before its deadline: give it more time")
+    ranked.sort(key=lambda pair: -pair[0].score)  # stable: a tie keeps Hyperband's order first
+    top = ranked[: params.ensemble_size]
+    model, val_accuracy, fused = fuse([m for _, m in top], x_val, y_val, params.ensemble_weighted)
     if fused is not None:
-        fused["members"] = [_record(t).words() for t in best_trials]
-    trials.sort(key=lambda t: int(t.trial_id))
-    return SearchResult(model, _record(best_trials[0]), trials, val_accuracy, fused)
+        fused["members"] = [record.words() for record, _ in top]
+    best_record = top[0][0]
+    backbone = best_record.hyperparameters.get("backbone", next(iter(pretrained)))
+    return SearchResult(model, best_record, records, val_accuracy, fused, backbone)
 
 
 def as_finetune_result(found: SearchResult, events: Path | None = None) -> FinetuneResult:
@@ -343,6 +506,7 @@ def as_finetune_result(found: SearchResult, events: Path | None = None) -> Finet
         search={
             "explanation": found.explanation(),
             "chosen": found.best.hyperparameters,
+            "backbone": found.backbone,
             "val_accuracy": found.val_accuracy,
             "ensemble": found.ensemble,
             "trials": [vars(t) for t in found.trials],

@@ -428,13 +428,16 @@ def test_predict_labels_files_through_the_served_pyfunc(project, capsys, tmp_pat
 
 
 def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
+    """With LogME's best two backbones kept, Hyperband over both and the scratch baseline."""
     root, args = project
     search = sets(
         {
             "search.enabled": "true",
             "search.max_epochs": 2,
-            "search.strategies": "[head, top]",
+            "search.strategies": "[head, top, scratch]",
             "search.unfreeze_layers": "[2]",
+            "search.scratch_epochs": 2,
+            "select.top_k": 2,
         }
     )
     assert main([*args, *search, "train"]) == 0
@@ -450,11 +453,23 @@ def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
     trials = client.search_runs(
         [finetune_run.info.experiment_id], f"tags.mlflow.parentRunId = '{finetune_run.info.run_id}'"
     )
-    assert len(trials) == len(found["trials"]) >= 2
+    assert len(trials) == len(found["trials"]) >= 3
+    backbones = {"registry:transferops-backbone@pretrained", "keras:MobileNetV3Small"}
     for trial in trials:
-        assert trial.data.params["strategy"] in {"head", "top"}
+        params = trial.data.params
+        assert params["strategy"] in {"head", "top", "scratch"}
+        assert params["strategy"] == "scratch" or params["backbone"] in backbones
         history = client.get_metric_history(trial.info.run_id, "val_accuracy")
         assert len(history) >= 1 and all(0 <= m.value <= 1 for m in history)
+    assert [t.info.run_name for t in trials].count("trial-scratch") == 1
+    select_run = child_run(client, summary["mlflow_run_id"], "select")
+    chosen = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=select_run.info.run_id, artifact_path="selection.json")
+        ).read_text()
+    )
+    assert {chosen["chosen"], *chosen["runners_up"]} == backbones
     version = client.get_model_version(MODEL, summary["registered"]["version"])
     assert json.loads(version.tags["strategy"]) == found["chosen"]
+    assert version.tags["backbone"] == found["backbone"] == summary["backbone"]
     assert json.loads(client.get_model_version(MODEL, "1").tags["strategy"]) == "fixed recipe"

@@ -3,6 +3,8 @@ TensorFlow training; and the two learning rates and the augmentation it trains w
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from conftest import pattern_image
 from tasks import strategy
 from tasks.backbones import build_backbone
 from tasks.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +57,7 @@ def test_the_backbone_learns_at_its_own_rate():
     with hp.conditional_scope("strategy", ["top", "full"]):
         hp.Fixed("backbone_rate_factor", 1e-12)
     search = SearchParams(strategies=["top"], learning_rates=[1e-2], backbone_rate_factors=[1e-12])
-    trainer = strategy.build_trainer(hp, backbone, 3, search, FinetuneParams(), AugmentParams())
+    trainer = strategy.build_trainer(hp, {"b": backbone}, 3, search, FinetuneParams(), AugmentParams())
     unfrozen = list(trainer.backbone.trainable_variables)
     assert unfrozen, "top-2 unfreezes backbone layers"
     before = [v.numpy().copy() for v in unfrozen]
@@ -68,9 +71,15 @@ def test_the_backbone_learns_at_its_own_rate():
 def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
     backbone = pretrained_backbone()
     train, val = images(90, seed=1), images(30, seed=2)
-    params = SearchParams(strategies=["head", "top", "scratch"], max_epochs=3, unfreeze_layers=[2])
+    params = SearchParams(
+        strategies=["head", "top", "scratch"],
+        max_epochs=3,
+        unfreeze_layers=[2],
+        scratch_epochs=4,
+        scratch_patience=2,
+    )
     found = strategy.search(
-        backbone,
+        {"pretrained": backbone},
         train,
         val,
         3,
@@ -83,7 +92,12 @@ def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
     result = strategy.as_finetune_result(found, tmp_path / "events")
     found = result.search
     tried = {t["hyperparameters"]["strategy"] for t in found["trials"]}
-    assert tried <= {"head", "top", "scratch"} and len(found["trials"]) >= 3
+    assert tried == {"head", "top", "scratch"} and len(found["trials"]) >= 3
+    hyperband = [t for t in found["trials"] if t["trial_id"] != "scratch"]
+    assert {t["hyperparameters"]["strategy"] for t in hyperband} == {"head", "top"}
+    (scratch,) = [t for t in found["trials"] if t["trial_id"] == "scratch"]  # outside Hyperband
+    assert 1 <= scratch["epochs"] <= 4 and scratch["score"] == max(scratch["history"]["val_accuracy"])
+    assert found["backbone"] == "pretrained"
     assert found["chosen"]["strategy"] in tried
     best = max(t["score"] for t in found["trials"])
     assert found["explanation"].startswith(f"{result.search['chosen']['strategy']}")
@@ -107,7 +121,9 @@ def test_scratch_trains_every_layer_of_a_fresh_copy():
     hp = strategy.kt.HyperParameters()
     hp.Fixed("strategy", "scratch")
     hp.Fixed("learning_rate", 1e-3)
-    trainer = strategy.build_trainer(hp, backbone, 3, SearchParams(), FinetuneParams(), AugmentParams())
+    trainer = strategy.build_trainer(
+        hp, {"b": backbone}, 3, SearchParams(), FinetuneParams(), AugmentParams()
+    )
     weighted = [v for v in trainer.backbone.weights if "moving" not in v.path]
     assert len(trainer.backbone.trainable_variables) == len(weighted) > 0
     kernel = trainer.backbone.get_layer("conv0_0").get_weights()[0]
@@ -115,3 +131,38 @@ def test_scratch_trains_every_layer_of_a_fresh_copy():
     x, y = images(60, seed=7)
     history = trainer.fit(x.astype("float32"), y, epochs=4, batch_size=16, verbose=0)
     assert history.history["accuracy"][-1] > 0.6  # it learns the pattern task (chance: 1/3)
+
+
+def test_the_search_chooses_among_logmes_best_backbones():
+    """`select.top_k` > 1 hands the search several backbones: the backbone is one more
+    hyperparameter of every Hyperband trial, and the result names the one that won."""
+    backbones = {"pretrained": pretrained_backbone(), "fresh": build_backbone(32, 8, seed=3)}
+    train, val = images(60, seed=1), images(30, seed=2)
+    params = SearchParams(strategies=["head", "top"], max_epochs=3, unfreeze_layers=[2], ensemble_size=1)
+    found = strategy.search(backbones, train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
+    assert found.trials and all(t.hyperparameters["backbone"] in backbones for t in found.trials)
+    assert found.backbone == found.best.hyperparameters["backbone"]
+    assert f" of {found.backbone} " in found.explanation()
+    assert found.best.score == max(t.score for t in found.trials)
+
+
+def test_a_spent_deadline_starts_no_trial_and_stops_scratch_after_one_epoch():
+    backbone = pretrained_backbone()
+    train, val = images(30, seed=1), images(15, seed=2)
+    spent = time.monotonic() - 1
+    params = SearchParams(strategies=["head", "scratch"], max_epochs=3, scratch_epochs=5)
+    found = strategy.search(
+        {"b": backbone}, train, val, 3, params, FinetuneParams(), AugmentParams(), deadline=spent
+    )
+    assert [(t.trial_id, t.epochs) for t in found.trials] == [("scratch", 1)]
+    with pytest.raises(UserError, match="no trial before its deadline"):
+        strategy.search(
+            {"b": backbone},
+            train,
+            val,
+            3,
+            params.model_copy(update={"strategies": ("head",)}),
+            FinetuneParams(),
+            AugmentParams(),
+            deadline=spent,
+        )
