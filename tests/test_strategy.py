@@ -166,3 +166,35 @@ def test_a_spent_deadline_starts_no_trial_and_stops_scratch_after_one_epoch():
             AugmentParams(),
             deadline=spent,
         )
+
+
+def test_a_killed_search_resumes_after_its_last_finished_trial(tmp_path, monkeypatch):
+    """The tuner's state lives in `checkpoints/search`: after an interrupt, the next search
+    with the same checkpoints trains only the trials that had not finished."""
+    backbone = pretrained_backbone()
+    train, val = images(45, seed=1), images(15, seed=2)
+    params = SearchParams(strategies=["head", "top"], max_epochs=3, unfreeze_layers=[2], ensemble_size=1)
+    finetune = FinetuneParams(batch_size=16, head_epochs=2)
+    finished, end = [], strategy._Tuner.on_trial_end
+
+    def killed_after_two(self, trial):
+        end(self, trial)
+        finished.append(trial.trial_id)
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(strategy._Tuner, "on_trial_end", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        strategy.search(
+            {"b": backbone}, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path
+        )
+    assert (tmp_path / "search").is_dir()  # kept for the next run
+    monkeypatch.setattr(
+        strategy._Tuner, "on_trial_end", lambda self, t: (end(self, t), finished.append(t.trial_id))
+    )
+    found = strategy.search(
+        {"b": backbone}, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path
+    )
+    assert len(finished) == len(set(finished)) > 2  # no finished trial was trained again
+    assert sorted(t.trial_id for t in found.trials) == sorted(finished)
+    assert not (tmp_path / "search").exists()
