@@ -6,15 +6,16 @@ after it).
     make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--budget 600]
 
 (a) search: the strategy search (tasks/strategy.py, params.yaml `search`): Hyperband over
-    head / top-n / full from a head trained on frozen features, then the scratch baseline on
-    its own budget, the best on val (or the ensemble of the best 3).
+    head / top-n / full from a head trained on frozen features, then the scratch baseline (d)
+    on its own budget, the best on val (or the ensemble of the best 3).
 (b) fixed: transferops' fixed recipe: head on cached frozen features, then the top
     `unfreeze_layers` of the backbone at finetune_learning_rate, BatchNorm in inference mode.
 (c) Keras guide "Transfer learning & fine-tuning": frozen base + new head trained through the
     base, then the whole base unfrozen at 1e-5, BatchNorm in inference mode.
 (d) scratch: the same architecture, randomly initialised, every layer trained on augmented
-    batches (strategy.train_scratch) for up to `--scratch-epochs`, stopped 20 epochs after
-    val_accuracy last improved, the best epoch kept: scratch trained properly, not cut short.
+    batches (strategy.train_scratch, params.yaml `search.scratch_*`: up to 200 epochs, stopped
+    20 epochs after val_accuracy last improved, the best epoch kept): scratch trained
+    properly, not cut short. The search's scratch baseline is this same training.
 Early stopping on validation loss elsewhere uses params' patience (`--epochs` per phase).
 
 Then LogME against fine-tuning at every label count, over 4 candidate backbones of different
@@ -139,11 +140,8 @@ def run_arm(
     elif name == "keras_guide":
         model, ran = keras_guide(backbone, data, epochs, ft.patience, ft.batch_size, seed, deadline)
     else:
-        budget = params.search.model_copy(
-            update={"scratch_epochs": options.scratch_epochs, "scratch_patience": 20}
-        )
         record, model = strategy.train_scratch(
-            backbone, train, val, len(data["names"]), budget, ft, params.augment, deadline=deadline
+            backbone, train, val, len(data["names"]), params.search, ft, params.augment, deadline=deadline
         )
         ran = record.epochs
     seconds = time.perf_counter() - start
@@ -246,7 +244,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}` on {report['machine']}. Test split: {report['n_test']} images, "
         f"{len(report['classes'])} classes; seeds {report['seeds']}; every arm under the same "
         f"{report['budget']:.0f} s budget; {report['epochs_per_phase']} epochs per phase (scratch: up to "
-        f"{report['scratch_epochs']}, patience 20); mean ± std over seeds.",
+        f"{report['scratch_epochs']}, patience {report['scratch_patience']}); mean ± std over seeds.",
         "",
         "| train images | arm | test accuracy | macro-F1 | wall time (s) | time vs fixed "
         "| epochs run | hit budget | chosen (search) |",
@@ -292,7 +290,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15, help="epochs per phase")
     parser.add_argument("--budget", type=float, default=600, help="seconds every arm may train at most")
-    parser.add_argument("--scratch-epochs", type=int, default=200, help="the scratch arm's most epochs")
     parser.add_argument(
         "--per-class",
         type=int,
@@ -352,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seeds": args.seeds,
         "epochs_per_phase": args.epochs,
         "budget": args.budget,
-        "scratch_epochs": args.scratch_epochs,
+        "scratch_epochs": params.search.scratch_epochs,
+        "scratch_patience": params.search.scratch_patience,
         "classes": full["names"],
         "n_test": len(full["test"]),
         "pretrain_seconds": pretrain_seconds,

@@ -127,23 +127,27 @@ class SearchParams(Section):
     strategies: tuple[Literal["head", "top", "full", "scratch"], ...] = Field(
         ("head", "top", "full", "scratch"), min_length=1
     )
-    learning_rates: tuple[float, ...] = Field((1e-3, 1e-4), min_length=1)
+    # (low, high), sampled log-uniformly: a continuous space, so Hyperband never runs out of
+    # new configurations (Keras Tuner stops the whole search when it does)
+    learning_rate_range: tuple[float, float] = (1e-4, 1e-3)  # the head's
     unfreeze_layers: tuple[int, ...] = Field((2, 4), min_length=1)  # for `top`
-    backbone_rate_factors: tuple[float, ...] = Field((0.1, 1.0), min_length=1)  # top, full
+    backbone_rate_range: tuple[float, float] = (0.1, 1.0)  # backbone rate = head rate x this (top, full)
     max_epochs: int = Field(15, ge=1)  # the most epochs one trial trains (Hyperband's budget)
     factor: int = Field(3, ge=2)  # Hyperband keeps 1/factor of the trials at each rung
     iterations: int = Field(1, ge=1)  # Hyperband iterations (each a full set of brackets)
     # the scratch baseline (strategy `scratch`) trains outside Hyperband, on its own budget
-    scratch_epochs: int = Field(60, ge=1)
-    scratch_patience: int = Field(10, ge=1)  # epochs without a better val_accuracy before it stops
+    scratch_epochs: int = Field(200, ge=1)
+    scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops
     scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy
 
     @model_validator(mode="after")
     def _positive(self) -> SearchParams:
-        if any(r <= 0 for r in self.learning_rates + self.backbone_rate_factors):
-            raise ValueError("learning_rates and backbone_rate_factors must be above 0")
+        for name in ("learning_rate_range", "backbone_rate_range"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
         if any(n < 1 for n in self.unfreeze_layers):
             raise ValueError("unfreeze_layers must be at least 1")
         return self

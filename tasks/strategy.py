@@ -25,6 +25,7 @@ registered and served like any other version.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -113,6 +114,12 @@ class Trainer(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
+def _rate(hp: kt.HyperParameters, name: str, bounds: tuple[float, float]) -> float:
+    """A rate drawn log-uniformly from [low, high] (fixed when they are equal)."""
+    low, high = bounds
+    return hp.Fixed(name, low) if low == high else hp.Float(name, low, high, sampling="log")
+
+
 def build_trainer(
     hp: kt.HyperParameters,
     pretrained: dict[str, keras.Model],
@@ -129,14 +136,14 @@ def build_trainer(
     names = list(pretrained)
     name = hp.Choice("backbone", names) if len(names) > 1 else names[0]
     strategy = hp.Choice("strategy", list(search.strategies))
-    learning_rate = hp.Choice("learning_rate", list(search.learning_rates))
+    learning_rate = _rate(hp, "learning_rate", search.learning_rate_range)
     factor, unfreeze = 1.0, 0
     with hp.conditional_scope("strategy", ["top"]):
         if strategy == "top":
             unfreeze = hp.Choice("unfreeze_layers", list(search.unfreeze_layers))
     with hp.conditional_scope("strategy", ["top", "full"]):
         if strategy in ("top", "full"):
-            factor = hp.Choice("backbone_rate_factor", list(search.backbone_rate_factors))
+            factor = _rate(hp, "backbone_rate_factor", search.backbone_rate_range)
     seed, source = finetune.seed, pretrained[name]
     keras.utils.set_random_seed(seed)
     backbone = keras.models.clone_model(source)
@@ -187,9 +194,9 @@ class TrialRecord:
             what += f"-{hp.get('unfreeze_layers')}"
         if "backbone" in hp:
             what += f" of {hp['backbone']}"
-        rates = f"lr {hp.get('learning_rate'):g}"
+        rates = f"lr {hp.get('learning_rate'):.2g}"
         if "backbone_rate_factor" in hp:
-            rates += f", backbone x{hp['backbone_rate_factor']:g}"
+            rates += f", backbone x{hp['backbone_rate_factor']:.2g}"
         return f"{what} ({rates})"
 
 
@@ -287,9 +294,38 @@ class _Tuner(kt.Hyperband):
         oracle.deadline = deadline
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)
 
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> list[Any]:
+        """Keras Tuner keeps only each trial's best epoch; its per-epoch curve (a promoted
+        trial's continues its parent's) goes to `curve.json` in the trial's folder."""
+        histories = super().run_trial(trial, *args, **kwargs)
+        curve = {k: [float(v) for v in values] for k, values in histories[-1].history.items()}
+        values = trial.hyperparameters.values
+        if "tuner/trial_id" in values:
+            parent = self._curve(values["tuner/trial_id"])
+            curve = {k: parent.get(k, [])[: values["tuner/initial_epoch"]] + v for k, v in curve.items()}
+        (Path(self.get_trial_dir(trial.trial_id)) / "curve.json").write_text(json.dumps(curve))
+        return histories
+
+    def _curve(self, trial_id: str) -> dict[str, list[float]]:
+        path = Path(self.get_trial_dir(trial_id)) / "curve.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def record(self, trial: kt.engine.trial.Trial) -> TrialRecord:
+        """The trial as a TrialRecord: its hyperparameters, best val_accuracy and curve."""
+        history = {
+            k: v
+            for k, v in self._curve(trial.trial_id).items()
+            if k in ("loss", "accuracy", "val_loss", "val_accuracy")
+        }
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        score = trial.score if trial.score is not None else float("nan")
+        return TrialRecord(
+            trial.trial_id, values, float(score), history, len(history.get("val_accuracy", []))
+        )
+
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
-        say(_record(trial))
+        say(self.record(trial))
 
 
 class Deadline(keras.callbacks.Callback):
@@ -323,17 +359,6 @@ class _KeepBest(keras.callbacks.Callback):
 
 def say(record: TrialRecord) -> None:
     progress.say(f"search trial {record.trial_id}: {record.words()}  val_accuracy {record.score:.4f}")
-
-
-def _record(trial: kt.engine.trial.Trial) -> TrialRecord:
-    history: dict[str, list[float]] = {}
-    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if trial.metrics.exists(name):
-            observations = sorted(trial.metrics.get_history(name), key=lambda o: o.step)
-            history[name] = [float(np.mean(o.value)) for o in observations]
-    values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
-    score = trial.score if trial.score is not None else float("nan")
-    return TrialRecord(trial.trial_id, values, float(score), history, len(history.get("val_accuracy", [])))
 
 
 def train_scratch(
@@ -459,10 +484,10 @@ def search(
                 callbacks=callbacks,
                 verbose=0,
             )
-            records = [_record(t) for t in tuner.oracle.trials.values() if t.score is not None]
+            records = [tuner.record(t) for t in tuner.oracle.trials.values() if t.score is not None]
             records.sort(key=lambda t: int(t.trial_id))
             best = tuner.oracle.get_best_trials(params.ensemble_size)
-            ranked = [(_record(t), tuner.load_model(t).classifier) for t in best]
+            ranked = [(tuner.record(t), tuner.load_model(t).classifier) for t in best]
         if SCRATCH in params.strategies:
             baseline = train_scratch(
                 next(iter(pretrained.values())),

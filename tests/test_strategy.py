@@ -56,7 +56,9 @@ def test_the_backbone_learns_at_its_own_rate():
         hp.Fixed("unfreeze_layers", 2)
     with hp.conditional_scope("strategy", ["top", "full"]):
         hp.Fixed("backbone_rate_factor", 1e-12)
-    search = SearchParams(strategies=["top"], learning_rates=[1e-2], backbone_rate_factors=[1e-12])
+    search = SearchParams(
+        strategies=["top"], learning_rate_range=[1e-2, 1e-2], backbone_rate_range=[1e-12, 1e-12]
+    )
     trainer = strategy.build_trainer(hp, {"b": backbone}, 3, search, FinetuneParams(), AugmentParams())
     unfrozen = list(trainer.backbone.trainable_variables)
     assert unfrozen, "top-2 unfreezes backbone layers"
@@ -105,6 +107,8 @@ def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
     assert 0 <= found["val_accuracy"] <= 1
     for trial in found["trials"]:  # each trial's curve, for its MLflow run
         assert len(trial["history"]["val_accuracy"]) == trial["epochs"] >= 1
+    # a promoted trial's curve continues its parent's: Hyperband's last rung has every epoch
+    assert max(t["epochs"] for t in hyperband) == 3
     # what is kept and served: the classifier alone, no augmentation, no trainer
     names = [type(layer).__name__ for layer in result.model.layers]
     assert not any(name.startswith("Random") for name in names) and "Sequential" not in names
