@@ -227,7 +227,9 @@ def verdict(rows: dict[str, dict[str, Any]], n_train: int) -> str:
     others = [r for r in rows.values() if r["n_train"] == n_train and r["arm"] != "search"]
     rival = max(others, key=lambda r: r["accuracy_mean"])
     gap = search["accuracy_mean"] - rival["accuracy_mean"]
-    if gap >= 0:
+    if abs(gap) < 1e-9:
+        words = "ties"
+    elif gap > 0:
         words = "leads"
     elif -gap <= max(search["accuracy_std"], rival["accuracy_std"]):
         words = "within one std of"

@@ -88,7 +88,7 @@ class SelectParams(Section):
         min_length=1,
     )
     max_samples: int = Field(2000, ge=2)  # LogME is scored on at most this many training images
-    top_k: int = Field(1, ge=1)  # with search.enabled: the strategy search also chooses among LogME's best k
+    top_k: int = Field(2, ge=1)  # with search.enabled: the strategy search also chooses among LogME's best k
 
     @field_validator("candidates", mode="before")
     @classmethod

@@ -11,7 +11,11 @@ validation split over fine-tuning strategies of the backbones `select` kept (Log
   val_accuracy after `scratch_patience`), and then competes on the same validation score.
 
 The head learns at `learning_rate`; unfrozen backbone layers of `top`/`full` at
-`learning_rate * backbone_rate_factor` (two optimizers, `Trainer`). Augmentation layers
+`learning_rate * backbone_rate_factor` (two optimizers, `Trainer`); both are drawn
+log-uniformly from their ranges. The space must be continuous: Keras Tuner ends the whole
+search once it cannot draw a configuration it has not tried, which in a small grid happened
+before Hyperband's first rung was promoted. When `select` kept several backbones, the backbone
+is one more hyperparameter. Augmentation layers
 (`augmentation`) act on the training batches only, inside `Trainer.train_step`: the classifier
 that is kept and served never contains them. Hyperband gives every trial a few epochs and
 trains only the best further, so weak strategies stop early; every trial's hyperparameters and
