@@ -178,7 +178,8 @@ def train_from_scratch(
     events: Path | None = None,
     histogram_freq: int = 0,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train a classifier end to end, every layer trainable (pretraining and the baseline).
+    """Train a classifier end to end, every layer trainable (pretraining; the scratch baseline
+    of the strategy search, with augmentation, is strategy.train_scratch).
 
     Unlike fine-tuning, BatchNorm here learns its statistics (training=True in fit)."""
     keras.utils.set_random_seed(seed)
