@@ -319,6 +319,7 @@ def publish_decision(run: FlowRun, decision: drift.RetrainDecision) -> None:
 @cached_stage("select", code=("selection", "logme", "backbones", "registry"))
 def select_backbone(
     params: SelectParams,
+    top_k: int,
     data: datasets.SplitData,
     image_size: int,
     seed: int,
@@ -326,7 +327,8 @@ def select_backbone(
     warm_start_version: str | None,
     registry_state: dict[str, str],
 ) -> selection.Selection:
-    """The champion to warm-start from, or the candidate backbone LogME ranks first.
+    """The champion to warm-start from, or the candidate backbone LogME ranks first (and the
+    next `top_k - 1`: only the strategy search uses them).
     `registry_state` (what the candidates resolve to now) only keys the cache."""
     start = selection.select(
         params.candidates,
@@ -337,7 +339,7 @@ def select_backbone(
         seed,
         warm_start_from,
         warm_start_version,
-        params.top_k,
+        top_k,
     )
     start.fingerprint = stage_key()
     return start

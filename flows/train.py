@@ -77,6 +77,9 @@ def train_flow(
             stages.select_backbone,
             stages.log_selection,
             params=params.select,
+            # runners-up only for the search: the fixed recipe never uses them, and each one
+            # would be loaded, pickled into the stage's cached result and unpickled on reuse
+            top_k=params.select.top_k if params.search.enabled else 1,
             data=split,
             image_size=params.data.image_size,
             seed=params.finetune.seed,

@@ -344,23 +344,6 @@ class Deadline(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class _KeepBest(keras.callbacks.Callback):
-    """Ends training with the weights of the epoch with the best val_accuracy (the first such)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.best, self.weights = -1.0, None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        score = (logs or {}).get("val_accuracy", -1.0)
-        if score > self.best:
-            self.best, self.weights = score, self.model.get_weights()
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.weights is not None:
-            self.model.set_weights(self.weights)
-
-
 def say(record: TrialRecord) -> None:
     progress.say(f"search trial {record.trial_id}: {record.words()}  val_accuracy {record.score:.4f}")
 
@@ -385,9 +368,10 @@ def train_scratch(
     hp.Fixed("strategy", SCRATCH)
     hp.Fixed("learning_rate", params.scratch_learning_rate)
     trainer = build_trainer(hp, {SCRATCH: architecture}, num_classes, params, finetune, augment)
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=params.scratch_patience),
-        _KeepBest(),
+    callbacks: list[keras.callbacks.Callback] = [  # Keras restores the best epoch at the end, stopped or not
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", patience=params.scratch_patience, restore_best_weights=True
+        ),
         Deadline(deadline),
     ]
     if backup is not None:

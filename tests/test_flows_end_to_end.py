@@ -464,13 +464,18 @@ def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
         assert len(history) == epochs[trial.info.run_name] >= 1  # the whole curve, epoch by epoch
         assert all(0 <= m.value <= 1 for m in history)
     assert [t.info.run_name for t in trials].count("trial-scratch") == 1
-    select_run = child_run(client, summary["mlflow_run_id"], "select")
-    chosen = json.loads(
-        Path(
-            mlflow.artifacts.download_artifacts(run_id=select_run.info.run_id, artifact_path="selection.json")
-        ).read_text()
-    )
+
+    def selection_of(run_id: str) -> dict:
+        select_run = child_run(client, run_id, "select")
+        path = mlflow.artifacts.download_artifacts(
+            run_id=select_run.info.run_id, artifact_path="selection.json"
+        )
+        return json.loads(Path(path).read_text())
+
+    chosen = selection_of(summary["mlflow_run_id"])
     assert {chosen["chosen"], *chosen["runners_up"]} == backbones
+    # the fixture's run had the search off: no runner-up was kept (or cached) for nothing
+    assert selection_of(client.get_model_version(MODEL, "1").tags["mlflow_run_id"])["runners_up"] == []
     version = client.get_model_version(MODEL, summary["registered"]["version"])
     assert json.loads(version.tags["strategy"]) == found["chosen"]
     assert version.tags["backbone"] == found["backbone"] == summary["backbone"]
