@@ -32,11 +32,12 @@ def child(deterministic: bool) -> dict[str, Any]:
     apply_env_defaults()
     import numpy as np
 
-    from tasks import determinism, evaluate
-    from tasks.config import Paths, load_params
-    from tasks.datasets import load_folder
-    from tasks.finetune import finetune
-    from tasks.pretraining import pretrain
+    from tasks.core.config import Paths, load_params
+    from tasks.data.datasets import load_folder
+    from tasks.evaluation import evaluate
+    from tasks.models import determinism
+    from tasks.models.finetune import finetune
+    from tasks.models.pretraining import pretrain
 
     paths = Paths.from_root(Path.cwd())
     params = load_params(paths.root / "params.yaml")

@@ -5,7 +5,7 @@ after it).
 
     make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--budget 600]
 
-(a) search: the strategy search (tasks/strategy.py, params.yaml `search`): Hyperband over
+(a) search: the strategy search (tasks/models/strategy.py, params.yaml `search`): Hyperband over
     head / top-n / full from a head trained on frozen features, then the scratch baseline (d)
     on its own budget, the best on val (or the ensemble of the best 3).
 (b) fixed: transferops' fixed recipe: head on cached frozen features, then the top
@@ -45,13 +45,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import weightedtau  # noqa: E402
 
-from tasks import evaluate, fashion_mnist, strategy  # noqa: E402
-from tasks.backbones import build_backbone, extract_features  # noqa: E402
-from tasks.config import Params, Paths, load_params  # noqa: E402
-from tasks.datasets import Split, SplitData, load_folder  # noqa: E402
-from tasks.finetune import finetune  # noqa: E402
-from tasks.logme import logme  # noqa: E402
-from tasks.pretraining import pretrain  # noqa: E402
+from tasks.core.config import Params, Paths, load_params  # noqa: E402
+from tasks.data import fashion_mnist  # noqa: E402
+from tasks.data.datasets import Split, SplitData, load_folder  # noqa: E402
+from tasks.evaluation import evaluate  # noqa: E402
+from tasks.models import strategy  # noqa: E402
+from tasks.models.backbones import build_backbone, extract_features  # noqa: E402
+from tasks.models.finetune import finetune  # noqa: E402
+from tasks.models.pretraining import pretrain  # noqa: E402
+from tasks.selection.logme import logme  # noqa: E402
 
 ARMS = ("search", "fixed", "keras_guide", "scratch")
 

@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
 apply_env_defaults()  # before TensorFlow or Prefect are imported
 
-from tasks.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
-from tasks.errors import UserError  # noqa: E402
+from flows.registry_cli import cmd_history, cmd_predict, cmd_promote, cmd_rollback, cmd_status  # noqa: E402
+from tasks.core.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
+from tasks.core.errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:
-    from tasks.summary import RunSummary
+    from tasks.reporting.summary import RunSummary
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -69,8 +70,8 @@ def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> RunSummary:
 
 def _write_report(paths: Paths, name: str, summary: RunSummary) -> None:
     """reports/<command>.json (the whole summary); for the DVC stages (pretrain, train) also
-    their numbers under metrics/ (tasks.dvc_reports), which `dvc exp show` compares."""
-    from tasks import dvc_reports
+    their numbers under metrics/ (tasks.reporting.dvc_reports), which `dvc exp show` compares."""
+    from tasks.reporting import dvc_reports
 
     paths.reports_dir.mkdir(parents=True, exist_ok=True)
     (paths.reports_dir / f"{name}.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
@@ -79,7 +80,7 @@ def _write_report(paths: Paths, name: str, summary: RunSummary) -> None:
 
 
 def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks import fashion_mnist, versioning
+    from tasks.data import fashion_mnist, versioning
 
     source, raw = paths.resolve(params.data.source), paths.resolve(params.data.raw)
     counts = fashion_mnist.write_demo_data(source, raw, params.fashion_mnist, force=args.force)
@@ -115,93 +116,6 @@ def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSu
     return _run(retrain_flow, params, str(paths.root), args.data, force=args.force)
 
 
-def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks import history, registry, tracking
-
-    tracking.configure(paths.mlflow_dir)
-    status = registry.model_status(params.register.model_name)
-    status["last_moves"] = [vars(m) for m in history.moves(params.register.model_name)[-3:]]
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return
-    if not status["registered"]:
-        print(f"{status['model']}: not registered yet")
-        return
-    for alias, info in status["aliases"].items():
-        metrics = "  ".join(
-            f"{k} {v:.4f}"
-            + (" [{:.3f}, {:.3f}]".format(*info["intervals"][k]) if k in info["intervals"] else "")
-            for k, v in info["metrics"].items()
-        )
-        print(f"{alias:<11} v{info['version']}  data {info['data_version']}  {metrics}")
-    if status["last_moves"]:
-        print("last champion moves (transferops history for all):")
-    for move in history.moves(params.register.model_name)[-3:]:
-        print(f"  {move.words()}")
-
-
-def cmd_history(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks import history, tracking
-
-    tracking.configure(paths.mlflow_dir)
-    model = args.model or params.register.model_name
-    found = history.moves(model)
-    if args.json:
-        print(json.dumps([vars(m) for m in found], indent=2))
-    elif not found:
-        print(f"{model}: no champion moves recorded")
-    for move in [] if args.json else found:
-        print(move.words())
-
-
-def cmd_promote(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks import history, runlock, tracking
-
-    tracking.configure(paths.mlflow_dir)
-    model = args.model or params.register.model_name
-    with runlock.exclusive(paths.root, model):  # not while a run of this model may move it
-        move = history.promote(model, args.version, args.reason)
-    print(f"{model}: champion {move.words()}")
-
-
-def cmd_rollback(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks import history, runlock, tracking
-
-    tracking.configure(paths.mlflow_dir)
-    model = args.model or params.register.model_name
-    with runlock.exclusive(paths.root, model):
-        move = history.rollback(model, args.reason)
-    print(f"{model}: champion {move.words()}")
-
-
-def cmd_predict(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks import registry, tracking
-    from tasks.images import printable
-
-    tracking.configure(paths.mlflow_dir)
-    name, model = params.register.model_name, args.model
-    # @ALIAS of the configured model, NAME@ALIAS as given, or a version number of the model
-    ref = f"{name}{model}" if model.startswith("@") else model if "@" in model else f"{name}/{model}"
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{missing[0]}: no such image file"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-    model_name, version = registry.resolve(ref)
-    if version is None:
-        raise UserError(f"predict: {ref} is not a registered version; `transferops status` shows what is")
-    predictions = registry.predict_files(
-        registry.load_version(model_name, version), [str(p) for p in args.images]
-    )
-    print(f"{model_name} v{version} ({ref})")
-    for path, row in zip(args.images, predictions.to_dict("records"), strict=True):
-        if isinstance(row.get("error"), str):  # None or NaN when the row was predicted
-            print(f"{printable(str(path))}  error: {row['error']}")
-        else:
-            print(f"{printable(str(path))}  {row['label']}  {row['confidence']:.3f}")
-
-
 def cmd_reproduce(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     start_prefect_server()
     from flows.reproduce import reproduce_flow
@@ -224,7 +138,7 @@ def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None
 
 
 def cmd_demo(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
-    from tasks.summary import format_summary
+    from tasks.reporting.summary import format_summary
 
     args.no_dvc, args.force = False, False
     cmd_data(args, params, paths)
@@ -397,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             errors.check_services()
         summary = args.func(args, params, paths)
         if summary is not None:
-            from tasks.summary import format_summary
+            from tasks.reporting.summary import format_summary
 
             _write_report(paths, args.command, summary)
             print(format_summary(summary))

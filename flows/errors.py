@@ -14,7 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from tasks.errors import UserError
+from tasks.core.errors import UserError
 
 
 class Unavailable(RuntimeError):

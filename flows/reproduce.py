@@ -8,9 +8,10 @@ from prefect import flow
 from prefect.states import Failed, State
 
 from flows.train import train_flow
-from tasks import reproduce, tracking
-from tasks.config import Paths
-from tasks.summary import RunSummary
+from tasks.core.config import Paths
+from tasks.registry import reproduce
+from tasks.reporting import tracking
+from tasks.reporting.summary import RunSummary
 
 
 @flow(name="reproduce", validate_parameters=False)

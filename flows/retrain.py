@@ -1,17 +1,26 @@
-"""The retrain flow: the scheduled job. Runs `train` warm-started from the champion, and only
-when the data version differs from the champion's. `transferops schedule` deploys it with the
-params resolved when it was scheduled; `transferops retrain` passes the CLI's."""
+"""The retrain flow: the scheduled job. It trains only when there is something new: a data
+version the champion was not trained on, and (with `retrain.require_drift`) drift measured
+against the champion's training sample (`tasks.promotion.drift.decide`). Then it runs the train
+stages (`flows.train.train_run`) warm-started from the champion, in its own MLflow run.
+`transferops schedule` deploys it with the params resolved when it was scheduled;
+`transferops retrain` passes the CLI's."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 from prefect import flow
-from prefect.states import Failed, State
+from prefect.states import State
 
-from flows.train import train_flow
-from tasks.config import Params
-from tasks.summary import RunSummary
+from flows.stages import drift as drift_stage
+from flows.stages import flowrun, split, validate
+from flows.train import train_run
+from tasks.core import runlock
+from tasks.core.config import Params
+from tasks.promotion import drift
+from tasks.registry import versions
+from tasks.reporting.summary import RunSummary
 
 
 @flow(name="retrain")
@@ -20,18 +29,70 @@ def retrain_flow(
 ) -> RunSummary | State:
     """Entry point of the deployment. `params` arrives as JSON there and is checked against
     the Params model (Prefect validates flow parameters)."""
-    state = train_flow(
-        Path(data_dir or params.data.raw),
-        params,
-        Path(root),
-        warm_start=True,
-        only_if_new_data=True,
-        flow_name="retrain",
-        force=force,
-        return_state=True,
+    model_name = params.register.model_name
+    with (
+        runlock.exclusive(Path(root), model_name),
+        flowrun.tracked_flow("retrain", params, Path(root), force=force) as run,
+    ):
+        folder = run.paths.resolve(Path(data_dir or params.data.raw))
+        data = validate.validated(run, folder, params)
+        if not data.report.success:
+            return flowrun.failed(data.report.message(folder))
+        version = data.lineage["data_version"]
+        champion = versions.champion_version(model_name)
+        trained_on = versions.version_tags(model_name, champion).get("data_version") if champion else None
+        if trained_on == version:
+            return skip(run, version, drift.decide(champion, False, None, 0, False))
+        splits = split.splits(run, data, folder, params)
+        split.log_datasets(run, data, splits)
+        measured, decision = None, None
+        if champion is not None:
+            measured = flowrun.run_stage(
+                run,
+                drift_stage.measure_drift,
+                drift_stage.log_drift,
+                data=splits,
+                model_name=model_name,
+                champion=champion,
+                params=params.retrain,
+            )
+            decision = drift.decide(
+                champion,
+                True,
+                measured.report if measured else None,
+                params.retrain.drift_alpha,
+                params.retrain.require_drift,
+            )
+            if not decision.train:
+                return skip(run, version, decision, measured)
+            drift_stage.publish_decision(run, decision)
+        return train_run(
+            run,
+            data,
+            splits,
+            params,
+            champion,
+            warm_start_from=model_name,
+            retrain=(measured, decision) if decision else None,
+        )
+
+
+def skip(
+    run: flowrun.FlowRun,
+    data_version: str,
+    decision: drift.RetrainDecision,
+    measured: drift.Measurement | None = None,
+) -> RunSummary:
+    """A retrain that trains nothing: the decision published, the run tagged."""
+    drift_stage.publish_decision(run, decision)
+    mlflow.set_tag("outcome", "skipped")
+    summary = RunSummary(
+        run.flow,
+        run.run_id,
+        skipped=decision.reason,
+        data_version=data_version,
+        stage_seconds=run.seconds,
+        reused=run.reused,
+        drift=measured.report.summary() if measured else None,
     )
-    # Returned as is, a subflow's state would be folded into "All states completed."; pass on
-    # its summary, or its message ("data validation failed ...").
-    if state.is_completed():
-        return state.result(raise_on_failure=False)
-    return Failed(message=state.message)
+    return flowrun.publish(run, summary)

@@ -16,7 +16,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
 
 from flows.retrain import retrain_flow
-from tasks.config import Params
+from tasks.core.config import Params
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # where flows/ lives; the worker runs it from here
 DEPLOYMENT = "scheduled-retrain"

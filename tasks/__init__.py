@@ -1,1 +1,15 @@
-"""Plain functions, one stage per module; no Prefect here, so each can be tested alone."""
+"""What transferops computes, in packages by concern. Flows (`flows/`) wire these together.
+
+The packages, lowest first; a package imports only from itself and the ones above it in this
+list (tests/test_layout.py checks it):
+
+- `core`: errors, the typed params, progress lines, Markdown, the run lock;
+- `data`: ingest, decoding, validation and Data Docs, splitting, datasets, demo data, DVC;
+- `evaluation`: test metrics and plots, the statistical gate, the model card;
+- `models`: backbones, pretraining, fine-tuning, the strategy search, checkpoints, determinism;
+- `registry`: the MLflow model registry: versions and aliases, champion history, the served
+  model, reproducing a version;
+- `selection`: choosing the backbone (LogME on frozen features);
+- `promotion`: drift (whether to retrain) and promotion (whether the new model is champion);
+- `reporting`: the run summary, DVC metrics files, MLflow tracking set-up.
+"""

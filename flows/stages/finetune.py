@@ -1,0 +1,125 @@
+"""The finetune stage: the fixed recipe or the strategy search (tasks/models/), its curves,
+TensorBoard events and search trials in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from flows.stages.caching import cached_stage, stage_key
+from flows.stages.flowrun import (
+    FlowRun,
+    log_events,
+    run_lineage,
+    say_resumed,
+    tag_parent,
+)
+from tasks.core.config import (
+    AugmentParams,
+    FinetuneParams,
+    ReproducibilityParams,
+    SearchParams,
+)
+from tasks.data import datasets
+from tasks.models import checkpoints, finetune, strategy
+from tasks.reporting.tracking import log_history
+from tasks.selection import candidates
+
+
+@cached_stage(
+    "finetune", code=("models.finetune", "models.strategy", "models.backbones", "models.checkpoints")
+)
+def finetune_model(
+    start: candidates.Selection,
+    data: datasets.SplitData,
+    params: FinetuneParams,
+    search: SearchParams,
+    augment: AugmentParams,
+    reproducibility: ReproducibilityParams,
+    root: Path,
+) -> finetune.FinetuneResult:
+    """A fresh start with `search.enabled`: Hyperband chooses the strategy (tasks/models/strategy.py),
+    and the backbone among LogME's best `select.top_k`.
+    Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on cached
+    features, phase 2 top of the backbone at a lower rate. Checkpoints under `root`, keyed like
+    the result, so a killed run resumes. `reproducibility` only keys the cache."""
+    key = stage_key()
+    train, val = (data.train.x, data.train.y), (data.val.x, data.val.y)
+    folder = checkpoints.folder(root, "finetune", key)
+    events = checkpoints.events_folder(root, "finetune", key)
+    if search.enabled and start.init_head is None:
+        found = strategy.search(
+            start.backbones(), train, val, len(data.class_names), search, params, augment, folder, events
+        )
+        result = strategy.as_finetune_result(found, events)
+    else:
+        result = finetune.finetune(
+            start.backbone,
+            train,
+            val,
+            len(data.class_names),
+            params,
+            init_head=start.init_head,
+            train_features=start.train_features,
+            checkpoints=folder,
+            events=events,
+        )
+    say_resumed(result.resumed)
+    result.fingerprint = key
+    return result
+
+
+def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> str:
+    if result.resumed and not reused:
+        mlflow.set_tag("resumed_from_epoch", json.dumps(result.resumed))
+    log_history(result.history)
+    log_events(result.events)
+    mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")
+    mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
+    if result.search is None:
+        return training_line(result.history)
+    log_search(result.search, run)
+    return result.search["explanation"]
+
+
+def strategy_tag(result: finetune.FinetuneResult) -> dict[str, str]:
+    """The chosen fine-tuning strategy, as a version tag (`fixed recipe` without a search)."""
+    chosen = result.search["chosen"] if result.search else "fixed recipe"
+    return {"strategy": json.dumps(chosen, sort_keys=True)}
+
+
+def log_search(found: dict[str, Any], run: FlowRun) -> None:
+    """The strategy search in the finetune run (`search.json`, the chosen strategy as tags, on
+    the flow's run too) and one nested run per trial: its hyperparameters and curve."""
+    mlflow.log_dict(found, "search.json")
+    mlflow.log_metric("search.val_accuracy", found["val_accuracy"])
+    tag_parent(run, {"strategy": json.dumps(found["chosen"], sort_keys=True)})
+    stage_id = mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(stage_id).info.experiment_id
+    for trial in found["trials"]:
+        child = client.create_run(
+            experiment,
+            run_name=f"trial-{trial['trial_id']}",
+            tags={"mlflow.parentRunId": stage_id, "stage": "search-trial", **run_lineage(run)},
+        )
+        trial_id = child.info.run_id
+        for key, value in trial["hyperparameters"].items():
+            client.log_param(trial_id, key, value)
+        client.log_metric(trial_id, "score", trial["score"])
+        for metric, values in trial["history"].items():
+            for step, value in enumerate(values):
+                client.log_metric(trial_id, metric, value, step=step)
+        client.set_terminated(trial_id)
+
+
+def training_line(history: dict[str, dict[str, list[float]]]) -> str:
+    """ "head 12 epochs (val_accuracy 0.9125), finetune 6 epochs (val_accuracy 0.9250)"."""
+    parts = []
+    for phase, series in history.items():
+        best = f" (best val_accuracy {max(series['val_accuracy']):.4f})" if series.get("val_accuracy") else ""
+        parts.append(f"{phase} {len(series.get('loss', []))} epochs{best}")
+    return ", ".join(parts) or "no epochs"

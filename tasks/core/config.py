@@ -1,0 +1,315 @@
+"""Typed configuration: every tunable number, one section per stage, with its range.
+
+The defaults live here and only here; `params.yaml` (the file users edit, and DVC reads) is
+kept equal to them by a test. Only the entry point (`flows/cli.py`) calls `load_params`;
+each stage receives just its own section. Every section is a frozen pydantic model that
+forbids unknown keys, so a typo is an error that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.core.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """Params that cannot be used; the message names the source (file or --set) and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataParams(Section):
+    raw: str = "data/raw"  # the target task's image folder: <raw>/<class>/<image>
+    source: str = "data/source"  # the pretraining image folder, same layout
+    image_size: int = Field(32, ge=8, le=1024)  # images are decoded to RGB, image_size x image_size
+
+
+class FashionMnistParams(Section):
+    source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    raw_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
+    source_per_class: int = Field(1000, ge=1)
+    raw_per_class: int = Field(200, ge=1)
+    seed: int = 0
+
+
+class ValidateParams(Section):
+    min_images_per_class: int = Field(5, ge=1)
+    min_side: int = Field(8, ge=1)  # smallest accepted width/height in pixels
+    max_pixels: int = Field(40_000_000, ge=1)  # larger images are refused as decompression bombs
+    formats: tuple[str, ...] = Field(("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"), min_length=1)
+
+
+class SplitParams(Section):
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    salt: str = "transferops-v1"  # changing it reshuffles every split: do it deliberately
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1 (training needs images)")
+        return self
+
+
+class PretrainParams(Section):
+    model_name: str = Field("transferops-backbone", min_length=1)
+    alias: str = Field("pretrained", min_length=1)
+    width: int = Field(32, ge=1)  # filters of the first conv block; later blocks double it
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = 0
+    histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
+
+
+class Candidate(Section):
+    """A pretrained backbone: `registry:<model>@<alias>`, `keras:<Application>`, `file:<x.keras>`."""
+
+    uri: str = Field(pattern=r"^(registry|keras|file):.+")
+    weights: str | None = None  # keras: only; "imagenet" needs internet, "none" or a file path
+
+
+class SelectParams(Section):
+    candidates: tuple[Candidate, ...] = Field(
+        (
+            Candidate(uri="registry:transferops-backbone@pretrained"),
+            Candidate(uri="keras:MobileNetV3Small", weights="none"),
+        ),
+        min_length=1,
+    )
+    max_samples: int = Field(2000, ge=2)  # LogME is scored on at most this many training images
+    top_k: int = Field(2, ge=1)  # with search.enabled: the strategy search also chooses among LogME's best k
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _uri_strings(cls, value: Any) -> Any:
+        """A candidate may be written as its URI alone."""
+        if isinstance(value, (list, tuple)):
+            return [{"uri": c} if isinstance(c, str) else c for c in value]
+        return value
+
+
+class FinetuneParams(Section):
+    batch_size: int = Field(32, ge=1)
+    head_epochs: int = Field(40, ge=0)
+    head_learning_rate: float = Field(1e-3, gt=0)
+    finetune_epochs: int = Field(15, ge=0)
+    finetune_learning_rate: float = Field(1e-4, gt=0)
+    unfreeze_layers: int = Field(4, ge=0)  # trainable layers (with weights) at the top of the backbone
+    dropout: float = Field(0.2, ge=0, lt=1)
+    patience: int = Field(4, ge=1)  # early stopping on validation loss
+    seed: int = 0
+    histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
+
+    @model_validator(mode="after")
+    def _trains_something(self) -> FinetuneParams:
+        if self.head_epochs == 0 and (self.finetune_epochs == 0 or self.unfreeze_layers == 0):
+            raise ValueError("head_epochs is 0 and phase 2 is off: nothing would be trained")
+        return self
+
+
+class SearchParams(Section):
+    """How `finetune` chooses its strategy (tasks/models/strategy.py): Hyperband on the validation
+    split. Off by default until bench/transfer.py shows it wins over seeds; off, `finetune`
+    runs its fixed recipe (head, then the top layers)."""
+
+    enabled: bool = False
+    strategies: tuple[Literal["head", "top", "full", "scratch"], ...] = Field(
+        ("head", "top", "full", "scratch"), min_length=1
+    )
+    # (low, high), sampled log-uniformly: a continuous space, so Hyperband never runs out of
+    # new configurations (Keras Tuner stops the whole search when it does)
+    learning_rate_range: tuple[float, float] = (1e-4, 1e-3)  # the head's
+    unfreeze_layers: tuple[int, ...] = Field((2, 4), min_length=1)  # for `top`
+    backbone_rate_range: tuple[float, float] = (0.1, 1.0)  # backbone rate = head rate x this (top, full)
+    max_epochs: int = Field(15, ge=1)  # the most epochs one trial trains (Hyperband's budget)
+    factor: int = Field(3, ge=2)  # Hyperband keeps 1/factor of the trials at each rung
+    iterations: int = Field(1, ge=1)  # Hyperband iterations (each a full set of brackets)
+    # the scratch baseline (strategy `scratch`) trains outside Hyperband, on its own budget
+    scratch_epochs: int = Field(200, ge=1)
+    scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops
+    scratch_learning_rate: float = Field(1e-3, gt=0)
+    ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
+    ensemble_weighted: bool = True  # weight members by their val accuracy
+
+    @model_validator(mode="after")
+    def _positive(self) -> SearchParams:
+        for name in ("learning_rate_range", "backbone_rate_range"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
+        if any(n < 1 for n in self.unfreeze_layers):
+            raise ValueError("unfreeze_layers must be at least 1")
+        return self
+
+
+class AugmentParams(Section):
+    """Training-time augmentation (Keras preprocessing layers; never at inference). Horizontal
+    flips are off by default: they change what text, digits or left/right classes mean."""
+
+    flip: bool = False
+    shift: float = Field(0.1, ge=0, lt=1)  # fraction of the height/width
+    rotate: float = Field(0.05, ge=0, lt=1)  # fraction of a full turn
+    contrast: float = Field(0.1, ge=0, lt=1)
+
+
+class RegisterParams(Section):
+    model_name: str = Field("transferops-classifier", min_length=1)
+    metric: str = Field("macro_f1", pattern=r"^(accuracy|macro_f1)$")  # what the promotion gate compares
+    min_delta: float = Field(0.0, ge=0, le=1)  # the challenger must beat the champion by more than this
+    # The paired gate (tasks/evaluation/gate.py): significance of the improvement on the same test images.
+    alpha: float = Field(0.05, gt=0, lt=1)  # McNemar p below it; the (1 - alpha) interval above 0
+    bootstrap_resamples: int = Field(1000, ge=100)
+    max_recall_drop: float = Field(0.10, ge=0, le=1)  # no class may lose more recall than this
+    min_metric: float = Field(0.0, ge=0, le=1)  # a floor on the challenger's metric
+
+
+class RetrainParams(Section):
+    # The drift test of `retrain` (tasks/promotion/drift.py): MMD² on the champion's backbone features.
+    drift_alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the permutation test
+    drift_samples: int = Field(300, ge=10)  # images per side
+    drift_permutations: int = Field(200, ge=10)
+    require_drift: bool = False  # true: changed data without significant drift is not retrained
+
+
+class ReproducibilityParams(Section):
+    # Deterministic TensorFlow ops: the same inputs give the same weights and metrics, bit for
+    # bit, on the same machine and versions. false trades that for speed (recorded on the run).
+    deterministic: bool = True
+
+
+# Two section names are also attributes of pydantic's BaseModel (the deprecated classmethod
+# `validate`) and of its ABCMeta (`register`); on an instance the field wins, so the warning
+# pydantic gives for them is noise.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r'Field name "(validate|register)"', category=UserWarning)
+
+    class Params(Section):
+        data: DataParams = DataParams()
+        fashion_mnist: FashionMnistParams = FashionMnistParams()
+        validate: ValidateParams = ValidateParams()  # type: ignore[assignment]
+        split: SplitParams = SplitParams()
+        pretrain: PretrainParams = PretrainParams()
+        select: SelectParams = SelectParams()
+        finetune: FinetuneParams = FinetuneParams()
+        search: SearchParams = SearchParams()
+        augment: AugmentParams = AugmentParams()
+        register: RegisterParams = RegisterParams()  # type: ignore[assignment]
+        retrain: RetrainParams = RetrainParams()
+        reproducibility: ReproducibilityParams = ReproducibilityParams()
+
+        def as_dict(self) -> dict[str, Any]:
+            """Plain JSON-able values, keyed as in params.yaml."""
+            return self.model_dump(mode="json")
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged = dict(base)
+    for section, values in overrides.items():
+        current = merged.get(section)
+        merged[section] = {**current, **values} if isinstance(current, dict) else values
+    return merged
+
+
+def _describe(error: Any) -> str:
+    """`<key>: <what is wrong> (got <value>)` for one pydantic error."""
+    where = ".".join(str(part) for part in error["loc"]) or "top level"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] not in ("missing",) and not isinstance(error.get("input"), dict):
+        message = f"{message} (got {error['input']!r})"
+    return f"{where}: {message}"
+
+
+def parse_params(
+    values: dict[str, Any],
+    source: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Params:
+    """Params from the mapping read out of `source`, with `overrides` ({section: {key: value}},
+    from --set) on top. An error names each bad key and whether --set or `source` gave it."""
+    overrides = overrides or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(_merge(values, overrides))
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = [str(p) for p in error["loc"]]
+            from_set = len(loc) >= 2 and loc[1] in overrides.get(loc[0], {})
+            whole_section_from_set = len(loc) == 1 and loc[0] in overrides
+            origin = "--set" if from_set or whole_section_from_set else f"{source}:"
+            lines.append(f"{origin} {_describe(error)}")
+        raise ConfigError("; ".join(lines)) from None
+
+
+def load_params(path: Path | str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Params:
+    """The embedded defaults, then the params file `path` (it must exist when given), then
+    `overrides`. With no path, no file is read: never a params.yaml of the current folder."""
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: params file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the params file: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        values = loaded if loaded is not None else {}
+    return parse_params(values, source, overrides)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every location the pipeline writes, declared once and passed in."""
+
+    root: Path
+    mlflow_dir: Path
+    reports_dir: Path
+
+    @classmethod
+    def from_root(cls, root: Path | str) -> Paths:
+        root = Path(root).resolve()
+        return cls(root=root, mlflow_dir=root / "mlflow", reports_dir=root / "reports")
+
+    def resolve(self, path: str | Path) -> Path:
+        """A params path is relative to the project root unless absolute."""
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+
+def project_root() -> Path:
+    """The project root: $TRANSFEROPS_ROOT, else the current directory."""
+    return Path(os.environ.get("TRANSFEROPS_ROOT", ".")).resolve()
+
+
+def registry_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """`name@alias`, `name/version` or `name` (the latest) -> (name, alias, version)."""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return name, alias, None
+    name, _, version = ref.partition("/")
+    return name, None, version or None
+
+
+def registry_uri(ref: str) -> str:
+    """The MLflow models:/ URI of a registry reference."""
+    name, alias, version = registry_ref(ref)
+    if alias:
+        return f"models:/{name}@{alias}"
+    return f"models:/{name}/{version or 'latest'}"

@@ -1,0 +1,3 @@
+"""Models: everything Keras. Backbones and candidates (`keras:`, `file:`, `registry:` URIs),
+pretraining a backbone, the fixed fine-tuning recipe, the strategy search (Keras Tuner),
+epoch checkpoints, determinism. Imports `core`, `data`, `evaluation`."""

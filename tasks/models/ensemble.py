@@ -1,0 +1,44 @@
+"""Ensembles (模型融合): the best search trials averaged, weighted by val accuracy, as one Keras
+model of built-in layers, kept only when it beats the best single trial on val."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+
+def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
+    """One model whose output is the weighted mean of `members`' probabilities (weights sum to
+    1), from built-in layers only, so it saves, loads and serves as a plain Keras model."""
+    inputs = keras.Input(members[0].input_shape[1:], name="pixels")
+    outputs = [
+        keras.layers.Rescaling(weight, name=f"weight_{i}")(
+            keras.Model(member.input, member.output, name=f"member_{i}")(inputs)
+        )
+        for i, (member, weight) in enumerate(zip(members, weights, strict=True))
+    ]
+    return keras.Model(inputs, keras.layers.Add(name="average")(outputs), name="ensemble")
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def fuse(
+    members: list[keras.Model], x_val: np.ndarray, y_val: np.ndarray, weighted: bool
+) -> tuple[keras.Model, float, dict[str, Any] | None]:
+    """The best member, or the ensemble of all when it is more accurate on validation:
+    (model, its val accuracy, what the ensemble was if kept)."""
+    probabilities = [np.asarray(m.predict(x_val, verbose=0)) for m in members]
+    single = [_accuracy(p, y_val) for p in probabilities]
+    if len(members) < 2:
+        return members[0], single[0], None
+    raw = single if weighted and sum(single) > 0 else [1.0] * len(members)
+    weights = [w / sum(raw) for w in raw]
+    fused = _accuracy(sum(w * p for w, p in zip(weights, probabilities, strict=True)), y_val)
+    if fused <= single[0]:
+        return members[0], single[0], None
+    info = {"weights": weights, "member_val_accuracy": single, "val_accuracy": fused}
+    return ensemble(members, weights), fused, info

@@ -1,0 +1,212 @@
+"""Fine-tuning in two phases.
+
+Phase 1 trains only the head, on features the frozen backbone computed once (the backbone's
+forward pass is the costly part, and frozen it gives the same features every epoch).
+Phase 2 unfreezes the top `unfreeze_layers` weighted layers of the backbone and trains the
+whole classifier at a lower learning rate; BatchNorm layers stay frozen and in inference mode.
+Both phases stop early on validation loss and keep their best weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from tasks.core.config import FinetuneParams
+from tasks.core.progress import EpochLines
+from tasks.models.backbones import build_classifier, build_head, extract_features, glorot
+from tasks.models.checkpoints import callback, finished, resumed_epoch
+
+
+@dataclass
+class FinetuneResult:
+    model: keras.Model
+    history: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
+    unfrozen: list[str] = field(default_factory=list)
+    resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
+    fingerprint: str = ""  # the key of the stage that made it (flows.stages.caching)
+    events: Path | None = None  # its TensorBoard event files (tasks.models.checkpoints.events_folder)
+    search: dict[str, Any] | None = None  # the strategy search (tasks/models/strategy.py): chosen, trials
+
+
+def _resumable(
+    checkpoints: Path | None, phase: str, resumed: dict[str, int]
+) -> list[keras.callbacks.Callback]:
+    """BackupAndRestore for `phase` under `checkpoints`, noting in `resumed` where it resumes."""
+    if checkpoints is None:
+        return []
+    backup_dir = checkpoints / phase
+    epoch = resumed_epoch(backup_dir)
+    if epoch:
+        resumed[phase] = epoch
+    return [callback(backup_dir)]
+
+
+def _tensorboard(events: Path | None, phase: str, histogram_freq: int) -> list[keras.callbacks.Callback]:
+    """TensorBoard event files of `phase` under `events/<phase>/{train,validation}`: scalars per
+    epoch, weight histograms every `histogram_freq` epochs (0: none), no graph."""
+    if events is None:
+        return []
+    return [
+        keras.callbacks.TensorBoard(
+            str(events / phase), histogram_freq=histogram_freq, write_graph=False, update_freq="epoch"
+        )
+    ]
+
+
+def _early_stopping(patience: int) -> keras.callbacks.Callback:
+    return keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+
+
+def unfreeze_top(backbone: keras.Model, n_layers: int) -> list[str]:
+    """Make the top `n_layers` layers that have weights trainable, BatchNorm excluded."""
+    backbone.trainable = True
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    chosen = (
+        [layer for layer in weighted if not isinstance(layer, keras.layers.BatchNormalization)][-n_layers:]
+        if n_layers > 0
+        else []
+    )
+    for layer in backbone.layers:
+        layer.trainable = layer in chosen
+    return [layer.name for layer in chosen]
+
+
+def finetune(
+    backbone: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    params: FinetuneParams,
+    init_head: list[np.ndarray] | None = None,
+    train_features: np.ndarray | None = None,
+    checkpoints: Path | None = None,
+    events: Path | None = None,
+) -> FinetuneResult:
+    """Fine-tune `backbone` on (images, int labels); returns the classifier and its history.
+
+    `init_head` (the head's [kernel, bias], e.g. from the champion) warm-starts the head.
+    `train_features` are the frozen features of `train[0]` when the caller has them already.
+    `checkpoints`: a folder for per-epoch checkpoints (tasks.models.checkpoints); a killed run resumes.
+    `events`: a folder for TensorBoard event files, one subfolder per phase.
+    """
+    keras.utils.set_random_seed(params.seed)
+    (x_train, y_train), (x_val, y_val) = train, val
+    backbone.trainable = False
+    f_train = (
+        train_features
+        if train_features is not None
+        else extract_features(backbone, x_train, description="train features")
+    )
+    f_val = extract_features(backbone, x_val, description="val features")
+
+    head_model, dense = build_head(f_train.shape[1], num_classes, params.dropout, params.seed)
+    if init_head is not None:
+        dense.set_weights(init_head)
+    head_model.compile(
+        optimizer=keras.optimizers.Adam(params.head_learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    history: dict[str, dict[str, list[float]]] = {}
+    resumed: dict[str, int] = {}
+    if params.head_epochs > 0:
+        h1 = head_model.fit(
+            f_train,
+            y_train,
+            validation_data=(f_val, y_val),
+            epochs=params.head_epochs,
+            batch_size=params.batch_size,
+            callbacks=[
+                _early_stopping(params.patience),
+                EpochLines("head", params.head_epochs),
+                *_resumable(checkpoints, "head", resumed),
+                *_tensorboard(events, "head", params.histogram_freq),
+            ],
+            verbose=0,
+        )
+        history["head"] = {k: [float(v) for v in vs] for k, vs in h1.history.items()}
+
+    classifier = build_classifier(backbone, dense, params.dropout, params.seed)
+    unfrozen: list[str] = []
+    if params.finetune_epochs > 0 and params.unfreeze_layers > 0:
+        unfrozen = unfreeze_top(backbone, params.unfreeze_layers)
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(params.finetune_learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        h2 = classifier.fit(
+            x_train.astype("float32"),
+            y_train,
+            validation_data=(x_val.astype("float32"), y_val),
+            epochs=params.finetune_epochs,
+            batch_size=params.batch_size,
+            callbacks=[
+                _early_stopping(params.patience),
+                EpochLines("finetune", params.finetune_epochs),
+                *_resumable(checkpoints, "finetune", resumed),
+                *_tensorboard(events, "finetune", params.histogram_freq),
+            ],
+            verbose=0,
+        )
+        history["finetune"] = {k: [float(v) for v in vs] for k, vs in h2.history.items()}
+    backbone.trainable = False
+    finished(checkpoints)
+    return FinetuneResult(
+        model=classifier, history=history, unfrozen=unfrozen, resumed=resumed, events=events
+    )
+
+
+def train_from_scratch(
+    backbone: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    patience: int,
+    dropout: float = 0.2,
+    seed: int = 0,
+    checkpoints: Path | None = None,
+    resumed: dict[str, int] | None = None,
+    events: Path | None = None,
+    histogram_freq: int = 0,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train a classifier end to end, every layer trainable (pretraining; the scratch baseline
+    of the strategy search, with augmentation, is strategy.train_scratch).
+
+    Unlike fine-tuning, BatchNorm here learns its statistics (training=True in fit)."""
+    keras.utils.set_random_seed(seed)
+    backbone.trainable = True
+    inputs = keras.Input(backbone.input_shape[1:], name="pixels")
+    x = keras.layers.Dropout(dropout, seed=seed + 1)(backbone(inputs))
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=glorot(seed), name="head"
+    )(x)
+    model = keras.Model(inputs, outputs, name="classifier")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    h = model.fit(
+        train[0].astype("float32"),
+        train[1],
+        validation_data=(val[0].astype("float32"), val[1]),
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=[
+            _early_stopping(patience),
+            EpochLines("train", epochs),
+            *_resumable(checkpoints, "train", resumed if resumed is not None else {}),
+            *_tensorboard(events, "train", histogram_freq),
+        ],
+        verbose=0,
+    )
+    return model, {k: [float(v) for v in vs] for k, vs in h.history.items()}

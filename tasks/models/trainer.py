@@ -1,0 +1,143 @@
+"""The model every strategy trial trains: a backbone and a head in one Keras model, with
+augmentation on training batches only and the backbone at its own learning rate
+(`build_trainer` reads the strategy and rates from Keras Tuner's hyperparameters)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+
+from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.models.backbones import glorot, reseed
+
+
+def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
+    """The training-time image augmentation `params` asks for, or None (all off)."""
+    layers: list[keras.layers.Layer] = []
+    if params.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if params.shift > 0:
+        layers.append(keras.layers.RandomTranslation(params.shift, params.shift, "nearest", seed=seed + 1))
+    if params.rotate > 0:
+        layers.append(keras.layers.RandomRotation(params.rotate, "nearest", seed=seed + 2))
+    if params.contrast > 0:
+        layers.append(keras.layers.RandomContrast(params.contrast, value_range=(0, 255), seed=seed + 3))
+    return keras.Sequential(layers, name="augmentation") if layers else None
+
+
+class Trainer(keras.Model):
+    """Trains `classifier`: the head at the compiled optimizer's rate, the trainable variables
+    of `backbone` with a second Adam at `backbone_rate`, on augmented batches. Only
+    `classifier` is kept; the trainer and its augmentation are thrown away after training."""
+
+    def __init__(
+        self,
+        classifier: keras.Model,
+        backbone: keras.Model,
+        learning_rate: float,
+        backbone_rate: float,
+        augment: keras.Sequential | None = None,
+    ) -> None:
+        super().__init__(name="trainer")
+        self.classifier, self.backbone, self.augment = classifier, backbone, augment
+        self.built = True  # its weights are the classifier's, which exist (checkpoints load into them)
+        self.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        self.backbone_optimizer = keras.optimizers.Adam(backbone_rate)
+        self.backbone_optimizer.build(backbone.trainable_variables)
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        return self.classifier(inputs, training=training)
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        x, y = data[0], data[1]
+        if self.augment is not None:
+            x = self.augment(x, training=True)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+        variables = self.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        in_backbone = {id(v) for v in self.backbone.trainable_variables}
+        pairs = list(zip(gradients, variables, strict=True))
+        head = [(g, v) for g, v in pairs if id(v) not in in_backbone]
+        body = [(g, v) for g, v in pairs if id(v) in in_backbone]
+        self.optimizer.apply([g for g, _ in head], [v for _, v in head])
+        if body:
+            self.backbone_optimizer.apply([g for g, _ in body], [v for _, v in body])
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def _rate(hp: kt.HyperParameters, name: str, bounds: tuple[float, float]) -> float:
+    """A rate drawn log-uniformly from [low, high] (fixed when they are equal)."""
+    low, high = bounds
+    return hp.Fixed(name, low) if low == high else hp.Float(name, low, high, sampling="log")
+
+
+def build_trainer(
+    hp: kt.HyperParameters,
+    pretrained: dict[str, keras.Model],
+    num_classes: int,
+    search: SearchParams,
+    finetune: FinetuneParams,
+    augment: AugmentParams,
+    heads: dict[str, list[np.ndarray]] | None = None,
+) -> Trainer:
+    """One trial's model: the backbone (of `pretrained`, by name), strategy and rates drawn
+    from `hp` (the search space). Every strategy but `scratch` starts from the backbone's head
+    in `heads` (trained on its frozen features), as Keras' fine-tuning guide does: a random
+    head would send large gradients into the backbone."""
+    names = list(pretrained)
+    name = hp.Choice("backbone", names) if len(names) > 1 else names[0]
+    strategy = hp.Choice("strategy", list(search.strategies))
+    learning_rate = _rate(hp, "learning_rate", search.learning_rate_range)
+    factor, unfreeze = 1.0, 0
+    with hp.conditional_scope("strategy", ["top"]):
+        if strategy == "top":
+            unfreeze = hp.Choice("unfreeze_layers", list(search.unfreeze_layers))
+    with hp.conditional_scope("strategy", ["top", "full"]):
+        if strategy in ("top", "full"):
+            factor = _rate(hp, "backbone_rate_factor", search.backbone_rate_range)
+    seed, source = finetune.seed, pretrained[name]
+    keras.utils.set_random_seed(seed)
+    backbone = keras.models.clone_model(source)
+    if strategy == "scratch":
+        reseed(backbone, seed)
+    else:
+        backbone.set_weights(source.get_weights())
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    if strategy == "scratch":  # every layer: a clone keeps each layer's own trainable=False
+        for layer in backbone.layers:
+            layer.trainable = True
+    else:
+        chosen = {
+            "head": [],
+            "top": [w for w in weighted if not isinstance(w, keras.layers.BatchNormalization)][-unfreeze:],
+            "full": [w for w in weighted if not isinstance(w, keras.layers.BatchNormalization)],
+        }[strategy]
+        backbone.trainable = True
+        for layer in backbone.layers:
+            layer.trainable = layer in chosen
+    inputs = keras.Input(source.input_shape[1:], name="pixels")
+    # BatchNorm learns its statistics only when trained from scratch (Keras' fine-tuning guide)
+    x = backbone(inputs, training=None if strategy == "scratch" else False)
+    x = keras.layers.Dropout(finetune.dropout, seed=seed + 2)(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=glorot(seed), name="head"
+    )(x)
+    classifier = keras.Model(inputs, outputs, name="classifier")
+    if heads is not None and strategy != "scratch":
+        classifier.get_layer("head").set_weights(heads[name])
+    return Trainer(classifier, backbone, learning_rate, learning_rate * factor, augmentation(augment, seed))

@@ -1,0 +1,194 @@
+"""Evaluate and promote: the new model against the champion on the same test images, and the
+gate that decides whether `champion` moves.
+
+The champion is loaded from the registry afresh (also after a warm start, which changed the
+in-memory copy) and predicts through its own served pyfunc, so it sees the images exactly as
+it would in production. A champion trained on other classes cannot be compared: that is an
+explicit outcome (`ChampionScores.not_comparable`), and the gate keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from tasks.core.config import RegisterParams
+from tasks.data.datasets import SplitData
+from tasks.evaluation import card, evaluate, gate
+from tasks.models import backbones
+from tasks.promotion import drift
+from tasks.registry import history, versions
+from tasks.registry.versions import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChampionScores:
+    """The champion on the challenger's test images: no champion (version None), comparable
+    (metrics), or not comparable (metrics None, `not_comparable` says why)."""
+
+    version: str | None = None
+    metrics: dict[str, float] | None = None
+    not_comparable: str | None = None
+    predicted: list[int] | None = None  # its predicted class of each test image (the gate pairs them)
+
+
+@dataclass
+class Evaluation:
+    challenger: evaluate.TestReport
+    champion: ChampionScores
+
+
+def champion_scores(model_name: str, version: str | None, data: SplitData) -> ChampionScores:
+    """Score `version` of `model_name` (the champion; None: there is none) on `data.test`."""
+    if version is None:
+        return ChampionScores()
+    predicted = versions.predict_files(versions.load_version(model_name, version), data.test.paths)
+    classes = [c for c in predicted.columns if c not in ("label", "confidence", "error")]
+    if classes != data.class_names:
+        reason = f"champion v{version} knows classes {classes}, this data {data.class_names}"
+        log.warning("%s; not comparable", reason)
+        return ChampionScores(version, None, reason)
+    probabilities = predicted[data.class_names].to_numpy(dtype="float64", na_value=0.0)
+    return ChampionScores(
+        version, evaluate.metrics(data.test.y, probabilities), predicted=probabilities.argmax(1).tolist()
+    )
+
+
+def evaluate_challenger(model: Any, data: SplitData, model_name: str, champion: str | None) -> Evaluation:
+    """Test report of the new model and the scores of the champion (version `champion`) on the
+    same test images."""
+    probabilities = evaluate.predict(model, data.test.x)
+    return Evaluation(
+        evaluate.report(data.test.y, probabilities, data.class_names, data.test.x),
+        champion_scores(model_name, champion, data),
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    comparison: gate.Comparison | None = None  # the paired numbers, when there was a champion to pair with
+
+
+def decide(evaluation: Evaluation, y_true: np.ndarray, params: RegisterParams) -> Decision:
+    """The gate. Promote when there is no champion, or when `tasks.evaluation.gate` finds the challenger
+    significantly better on the same test images (and no guard stops it). A champion that
+    cannot be compared (other classes) is kept: replacing it is a decision for a person."""
+    champion = evaluation.champion
+    if champion.version is None:
+        return Decision(True, "no champion yet")
+    if champion.predicted is None:
+        return Decision(False, f"champion not comparable ({champion.not_comparable}); kept")
+    comparison = gate.compare(
+        y_true,
+        evaluation.challenger.predicted,
+        np.asarray(champion.predicted),
+        evaluation.challenger.class_names,
+        params.metric,
+        params.bootstrap_resamples,
+        level=1 - params.alpha,
+    )
+    verdict = gate.judge(comparison, params)
+    return Decision(verdict.promote, f"vs champion v{champion.version}: {verdict.reason}", comparison)
+
+
+def register_candidate(
+    model: Any,
+    data: SplitData,
+    image_size: int,
+    evaluation: Evaluation,
+    tags: dict[str, str],
+    params: RegisterParams,
+    workdir: Path,
+) -> Registered:
+    """Log the classifier in the active run, register it as `challenger` with its lineage and
+    test metrics as tags, and move `champion` to it only if the gate says so. A model already
+    registered from the same training (`tags[TRAINING_KEY]`: a rerun after a failed
+    registration, or an unchanged rerun) is not added again: `finish_registration`."""
+    model_name = params.model_name
+    existing = versions.find_version(model_name, TRAINING_KEY, tags[TRAINING_KEY])
+    if existing is not None:
+        return finish_registration(model_name, existing.version, existing.tags)
+    decision = decide(evaluation, data.test.y, params)
+    if decision.promote:  # compare-and-set: replace only the champion this model was compared with
+        current = versions.version_by_alias(model_name, CHAMPION)
+        now = str(current.version) if current is not None else None
+        if now != evaluation.champion.version:
+            was = f"v{evaluation.champion.version}" if evaluation.champion.version else "no champion"
+            decision = Decision(
+                False,
+                f"champion moved to v{now} during this run (compared with {was}); "
+                "not promoted: rerun to compare with the new champion",
+                decision.comparison,
+            )
+    info = versions.log_classifier(model, data.class_names, image_size, workdir, Path(data.test.paths[0]))
+    reference = workdir / "reference_features.npy"  # what `retrain` measures drift against
+    np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train.x))
+    mlflow.log_artifact(str(reference), "drift_reference")
+    version_tags = {
+        **tags,
+        **{f"test_{k}": repr(v) for k, v in evaluation.challenger.metrics.items()},  # full precision
+        **{f"ci_test_{k}": json.dumps(v) for k, v in evaluation.challenger.intervals.items()},
+        "classes": json.dumps(data.class_names),
+        "promotion": decision.reason,
+        "promoted": str(decision.promote).lower(),
+        "gate": json.dumps(decision.comparison.as_dict() if decision.comparison else None),
+        "compared_with": evaluation.champion.version or "none",
+        drift.REFERENCE_TAG: mlflow.get_artifact_uri(f"drift_reference/{reference.name}"),
+    }
+    aliases = [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER]
+    version, held = versions.register_version(info, model_name, version_tags, aliases)
+    report, champion = evaluation.challenger, evaluation.champion
+    text = card.model_card(
+        model_name,
+        version,
+        version_tags,
+        data.counts(),
+        report.metrics,
+        report.intervals,
+        report.per_class,
+        (champion.version, champion.metrics),
+        decision.reason,
+    )
+    (workdir / "model_card.md").write_text(text)
+    mlflow.log_artifact(str(workdir / "model_card.md"))
+    versions.describe(model_name, version, text)
+    if decision.promote:
+        history.record(model_name, evaluation.champion.version, version, "gate", decision.reason)
+    return Registered(model_name, version, held, decision.promote, decision.reason)
+
+
+def finish_registration(model_name: str, version: str, tags: dict[str, str]) -> Registered:
+    """A version already registered from this training: set what its registration left unset
+    (stopped between creating the version and moving the aliases). `challenger` when it is
+    still the newest version; `champion` when its gate said promote and the champion it was
+    compared with is still the champion."""
+    version = str(version)
+    missing = []
+    if versions.latest_version(model_name) == version:
+        missing.append(CHALLENGER)
+    now = versions.champion_version(model_name)
+    if tags.get("promoted") == "true" and (now or "none") == tags.get("compared_with"):
+        missing.append(CHAMPION)
+    held = versions.aliases_of(model_name, version)
+    missing = [a for a in missing if a not in held]
+    versions.set_aliases(model_name, version, missing)
+    if CHAMPION in missing:
+        history.record(model_name, now, version, "gate", tags.get("promotion", ""))
+    done = f"; set {', '.join(missing)} as its gate had decided" if missing else ""
+    return Registered(
+        model_name,
+        version,
+        versions.aliases_of(model_name, version),
+        CHAMPION in missing,
+        f"already registered as v{version} from this same training: nothing added{done}",
+    )

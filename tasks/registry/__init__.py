@@ -1,0 +1,4 @@
+"""Registry: the MLflow model registry. Logging the served model and backbones, versions,
+tags and aliases (`versions`), the champion's history of moves, the served pyfunc (`serving`,
+`serving_model`: what travels with every model), reproducing a registered version. Imports
+`core`, `data`, `evaluation`, `models`."""

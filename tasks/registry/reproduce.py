@@ -1,0 +1,130 @@
+"""Reproduce a registered version: what it recorded, its data back from DVC, and the verdict.
+
+A version carries what is needed to rebuild it (tags written by the register stage): params
+(JSON), the data version (DVC's directory hash) and where the data was, the git commit, the lock
+file's hash, the Python/TensorFlow/Keras versions, and the backbone it started from with that
+backbone's own version. `transferops reproduce` restores the data, reruns the train flow with the
+recorded params and the pinned backbone, registers nothing, and compares the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tasks.core.config import Params, registry_ref
+from tasks.core.errors import UserError
+from tasks.data import lineage, versioning
+from tasks.data.ingest import scan
+from tasks.registry import versions
+
+METRICS = ("accuracy", "macro_f1")
+
+
+class ReproduceError(UserError, RuntimeError):
+    """A version that cannot be reproduced here; the message says why and what to do."""
+
+
+@dataclass
+class Recorded:
+    model: str
+    version: str
+    params: Params
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    warm_start_version: str | None = None  # set when the version was warm-started from another
+
+
+def recorded(model: str, version: str) -> Recorded:
+    """What version `version` of `model` recorded, with its params pinned to the exact backbone
+    it started from (an alias like @pretrained may have moved since)."""
+    tags = versions.version_tags(model, version)
+    if not tags:
+        raise ReproduceError(f"{model} v{version}: no such version in the registry")
+    if "params" not in tags or "data_version" not in tags:
+        raise ReproduceError(
+            f"{model} v{version}: records no params or data version (made before lineage tags)"
+        )
+    params = Params.model_validate(json.loads(tags["params"]))
+    metrics = {m: float(tags[f"test_{m}"]) for m in METRICS if f"test_{m}" in tags}
+    backbone, pinned = tags.get("backbone", ""), tags.get("backbone_version", "")
+    warm_start_version = None
+    if backbone.startswith(f"registry:{model}@champion") or backbone.startswith(f"registry:{model}/"):
+        warm_start_version = pinned or None
+    elif backbone.startswith("registry:") and pinned:
+        name = registry_ref(backbone.removeprefix("registry:"))[0]
+        candidates = [
+            c.model_copy(update={"uri": f"registry:{name}/{pinned}"}) if c.uri == backbone else c
+            for c in params.select.candidates
+        ]
+        params = params.model_copy(
+            update={"select": params.select.model_copy(update={"candidates": tuple(candidates)})}
+        )
+    return Recorded(model, version, params, tags, metrics, warm_start_version)
+
+
+def differences(record: Recorded, root: Path) -> list[str]:
+    """What differs between then and now (code, lock file, library versions): warnings."""
+    now = {"git_commit": lineage.git_commit(root), **lineage.environment()}
+    out = []
+    for key, current in now.items():
+        then = record.tags.get(key)
+        if then is not None and then != current:
+            out.append(f"{key} was {then}, is {current}: results may differ")
+    return out
+
+
+def restore_data(record: Recorded, root: Path, scratch: Path) -> Path:
+    """The version's data: its original folder when that still hashes to the recorded
+    version, else a copy checked out by DVC (from the cache, or pulled from the remote)."""
+    data_version = record.tags["data_version"]
+    original = Path(record.tags.get("data_path", ""))
+    if original.is_dir() and lineage.dvc_dir_hash(scan(original)) == data_version:
+        return original
+    scratch.mkdir(parents=True, exist_ok=True)
+    dvc_file = scratch / "data.dvc"
+    dvc_file.write_text(yaml.safe_dump({"outs": [{"md5": data_version, "hash": "md5", "path": "data"}]}))
+    target = str(dvc_file.relative_to(root))
+    try:
+        try:
+            versioning.dvc(root, "checkout", "--quiet", target)  # from the local cache
+        except RuntimeError:
+            versioning.dvc(root, "pull", "--quiet", target)  # fetched from the remote first
+    except RuntimeError as exc:
+        raise ReproduceError(
+            f"data version {data_version} of {record.model} v{record.version} is not at {original} "
+            "and DVC could not restore it from its cache or remote (was the folder `dvc add`-ed and "
+            f"pushed?): {str(exc).splitlines()[-1] if str(exc) else exc}"
+        ) from None
+    finally:  # the data stays; the pointer must not join the project's DVC files
+        dvc_file.unlink(missing_ok=True)
+        (scratch / ".gitignore").unlink(missing_ok=True)
+    return scratch / "data"
+
+
+def remove_scratch(scratch: Path) -> None:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class Reproduction:
+    """Recorded and new test metrics of one version, side by side."""
+
+    model: str
+    version: str
+    recorded: dict[str, float]
+    new: dict[str, float]
+    tolerance: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def matches(self) -> bool:
+        return all(abs(self.new.get(m, float("nan")) - v) <= self.tolerance for m, v in self.recorded.items())
+
+
+def compare(record: Recorded, new: dict[str, float], tolerance: float, warnings: list[str]) -> Reproduction:
+    return Reproduction(record.model, record.version, record.metrics, dict(new), tolerance, warnings)

@@ -1,0 +1,124 @@
+"""The served model: an MLflow pyfunc that takes image bytes and returns class names and
+probabilities.
+
+Input: a DataFrame with a column `image`, each value the bytes of an image file, base64-
+encoded (what `mlflow models serve` receives as JSON) or raw `bytes` in process. Never a
+file path: a served model that opened paths would let any HTTP client read the server's
+files and probe which exist. A trusted caller in the same process that has files on disk
+reads them itself (`files_frame`).
+
+Output: one row per input row, in order, with `label`, `confidence`, one probability column
+per class, and `error`. Each row is decoded on its own: a row that is not an image gets its
+reason in `error` (and nulls elsewhere), and the other rows still get their labels. Only a
+request that has no `image` column or no rows fails as a whole, with one line and no stack
+trace. Preprocessing (tasks.data.images) and the class names travel inside the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+from tasks.data.images import ImageError, decode
+
+KERAS_ARTIFACT = "keras_model"
+META_ARTIFACT = "meta"
+MAX_IMAGE_BYTES = 32 * 1024 * 1024  # per row, decoded
+
+
+def image_bytes(value: Any) -> bytes:
+    """Raw bytes, or base64 text of them, -> the image file's bytes. Raises ImageError."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        if len(value) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+            raise ImageError(f"image is over {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError(
+                "not base64-encoded image bytes (the model takes image bytes, never file paths)"
+            ) from None
+    else:
+        raise ImageError(f"expected base64 text or bytes, got {type(value).__name__}")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(f"image is over {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
+    return data
+
+
+def files_frame(paths: list[str] | list[Path]) -> pd.DataFrame:
+    """The model's input for files a trusted, in-process caller chose (the explicit opt-in to
+    local files): each file's bytes, base64-encoded."""
+    return pd.DataFrame({"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]})
+
+
+def predictions_frame(
+    probabilities: np.ndarray, class_names: list[str], errors: list[str | None] | None = None
+) -> pd.DataFrame:
+    """`label`, `confidence`, one column per class, `error`. Rows with an error hold nulls
+    (None, which JSON can carry) in every other column."""
+    frame = pd.DataFrame(probabilities.astype("float64"), columns=class_names)
+    frame.insert(0, "confidence", probabilities.max(axis=1).astype("float64") if len(frame) else [])
+    frame.insert(0, "label", [class_names[i] for i in probabilities.argmax(axis=1)] if len(frame) else [])
+    frame["error"] = errors if errors is not None else [None] * len(frame)
+    failed = frame["error"].notna()
+    if failed.any():
+        frame = frame.astype(object)
+        frame.loc[failed, ["label", "confidence", *class_names]] = None
+    return frame
+
+
+def _request_error(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """Keras classifier + preprocessing + class names, as one pyfunc."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import keras
+
+        # safe_mode (the default) refuses models that would run arbitrary code on load
+        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True)
+        meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
+        self.class_names: list[str] = meta["class_names"]
+        self.image_size: int = meta["image_size"]
+        self.max_pixels: int = meta.get("max_pixels", 40_000_000)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+            columns = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else []
+            raise _request_error(f"input needs an 'image' column (base64 image bytes); got columns {columns}")
+        if len(model_input) == 0:
+            raise _request_error("input has no rows: send at least one image")
+        try:
+            return self._predict_rows(list(model_input["image"]))
+        except MlflowException:
+            raise
+        except Exception as exc:  # a bug or resource problem: one line to the client, no stack trace
+            raise MlflowException(f"prediction failed: {type(exc).__name__}: {exc}", INTERNAL_ERROR) from None
+
+    def _predict_rows(self, values: list[Any]) -> pd.DataFrame:
+        arrays: list[np.ndarray] = []
+        errors: list[str | None] = []
+        for value in values:
+            try:
+                arrays.append(decode(image_bytes(value), self.image_size, self.max_pixels))
+                errors.append(None)
+            except ImageError as exc:
+                errors.append(str(exc))
+        good = [i for i, e in enumerate(errors) if e is None]
+        probabilities = np.zeros((len(values), len(self.class_names)))
+        if arrays:
+            batch = np.stack(arrays).astype("float32")
+            probabilities[good] = np.asarray(self.model.predict(batch, verbose=0))
+        return predictions_frame(probabilities, self.class_names, errors)

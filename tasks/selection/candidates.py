@@ -1,0 +1,176 @@
+"""Select: where fine-tuning starts.
+
+Either the champion (backbone and head, when it knows the same classes: a warm start for
+retraining), or the candidate backbone whose frozen features best explain the training
+labels by LogME (You et al., 2021), scored on a seeded sample of the training split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tasks.core.config import Candidate
+from tasks.data import lineage
+from tasks.data.datasets import Split
+from tasks.models import backbones
+from tasks.registry import versions
+from tasks.selection.logme import logme
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """Where fine-tuning starts: a backbone, and possibly a head to warm-start from."""
+
+    uri: str
+    backbone: keras.Model
+    lineage: dict[str, str] = field(default_factory=dict)  # backbone_version, backbone_data_version
+    scores: dict[str, float] = field(default_factory=dict)  # LogME per candidate; empty for a warm start
+    samples: int = 0  # training images LogME was scored on
+    train_features: np.ndarray | None = None  # features of the whole training split, if computed
+    init_head: list[np.ndarray] | None = None
+    fingerprint: str = ""  # the key of the stage that made it (flows.stages.caching)
+    runners_up: list[Selection] = field(default_factory=list)  # LogME's next best (select.top_k - 1)
+
+    def backbones(self) -> dict[str, keras.Model]:
+        """The chosen backbone and the runners-up, best first, by URI (what the strategy search
+        chooses among)."""
+        return {self.uri: self.backbone} | {r.uri: r.backbone for r in self.runners_up}
+
+    def pick(self, uri: str) -> Selection:
+        """This selection with the backbone `uri` (a runner-up the search preferred) as chosen."""
+        if uri == self.uri:
+            return self
+        runner = next(r for r in self.runners_up if r.uri == uri)
+        return replace(self, uri=uri, backbone=runner.backbone, lineage=runner.lineage, train_features=None)
+
+
+def short_name(uri: str) -> str:
+    """registry:foo@bar -> foo@bar, keras:MobileNetV3Small -> MobileNetV3Small, file:/m/b.keras -> b.keras;
+    what a run name shows of where fine-tuning started."""
+    kind, _, ref = uri.partition(":")
+    return ref.split(" ")[0] if kind == "registry" else Path(ref).name
+
+
+def candidate_name(candidate: Candidate) -> str:
+    """A metric-safe short name: registry:foo@bar -> foo_bar, registry:foo/3 -> foo_3,
+    file:/models/b.keras -> b.keras, keras:MobileNetV3Small -> MobileNetV3Small."""
+    kind, _, ref = candidate.uri.partition(":")
+    short = ref if kind == "registry" else Path(ref).name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in short)
+
+
+def sample_indices(n: int, max_samples: int, seed: int) -> np.ndarray:
+    """At most `max_samples` of range(n), sorted; the same for the same seed."""
+    indices = np.arange(n)
+    if n <= max_samples:
+        return indices
+    return np.sort(np.random.default_rng(seed).choice(indices, size=max_samples, replace=False))
+
+
+def score_candidates(
+    candidates: tuple[Candidate, ...],
+    train: Split,
+    image_size: int,
+    max_samples: int,
+    seed: int,
+    top_k: int = 1,
+) -> Selection:
+    """LogME of every candidate on frozen features of (a sample of) the training split; the
+    best one is chosen, the next `top_k - 1` kept as runners-up. Its features are kept when
+    they cover the whole split (phase 1 reuses them)."""
+    sample = sample_indices(len(train), max_samples, seed)
+    scores: dict[str, float] = {}
+    loaded: dict[str, tuple[Candidate, keras.Model, np.ndarray]] = {}
+    for candidate in candidates:
+        name = candidate_name(candidate)
+        model = backbones.load_candidate(candidate, image_size, seed)
+        features = backbones.extract_features(model, train.x[sample], description=f"features {name}")
+        scores[name] = logme(features, train.y[sample])
+        loaded[name] = (candidate, model, features)
+        log.info("LogME %s = %.4f (%d features)", candidate.uri, scores[name], features.shape[1])
+    ranked = sorted(scores, key=scores.__getitem__, reverse=True)  # stable: ties keep params' order
+    chosen, model, features = loaded[ranked[0]]
+    whole = len(sample) == len(train)
+    runners_up = [
+        Selection(loaded[name][0].uri, loaded[name][1], candidate_lineage(loaded[name][0]))
+        for name in ranked[1:top_k]
+    ]
+    return Selection(
+        chosen.uri,
+        model,
+        candidate_lineage(chosen),
+        scores,
+        len(sample),
+        features if whole else None,
+        runners_up=runners_up,
+    )
+
+
+def candidate_lineage(candidate: Candidate) -> dict[str, str]:
+    """Which backbone exactly: a registry candidate's version and the data it was trained on,
+    a file's sha256, a Keras Application's weights."""
+    kind, _, ref = candidate.uri.partition(":")
+    if kind == "registry":
+        name, version = versions.resolve(ref)
+        data_version = versions.version_tags(name, version).get("data_version", "") if version else ""
+        return {"backbone_version": version or "", "backbone_data_version": data_version}
+    if kind == "file":
+        return {"backbone_version": lineage.file_sha256(Path(ref)), "backbone_data_version": ""}
+    return {"backbone_version": f"weights={candidate.weights or 'none'}", "backbone_data_version": ""}
+
+
+def registry_state(
+    candidates: tuple[Candidate, ...], warm_start_from: str | None, warm_start_version: str | None
+) -> dict[str, str]:
+    """What a selection would load, resolved now: each registry candidate's version, a file
+    candidate's sha256, the version a warm start would start from. A selection is reused only
+    while these stay the same (a moved alias selects again)."""
+    state = {c.uri: candidate_lineage(c)["backbone_version"] for c in candidates}
+    if warm_start_from:
+        state["warm_start"] = warm_start_version or versions.champion_version(warm_start_from) or ""
+    return state
+
+
+def champion_start(model_name: str, class_names: list[str], version: str | None = None) -> Selection | None:
+    """Warm start from the champion (or from `version`), backbone and head, if it knows the
+    same classes."""
+    warm = versions.warm_start(model_name, class_names, version)
+    if warm is None:
+        return None
+    backbone, head, found = warm
+    data_version = versions.version_tags(model_name, found).get("data_version", "")
+    return Selection(
+        f"registry:{model_name}/{found}" if version else f"registry:{model_name}@champion (v{found})",
+        backbone,
+        {"backbone_version": found, "backbone_data_version": data_version},
+        init_head=head,
+    )
+
+
+def select(
+    candidates: tuple[Candidate, ...],
+    train: Split,
+    class_names: list[str],
+    image_size: int,
+    max_samples: int,
+    seed: int,
+    warm_start_from: str | None = None,
+    warm_start_version: str | None = None,
+    top_k: int = 1,
+) -> Selection:
+    """The champion of `warm_start_from` (a registered model; or its `warm_start_version`)
+    when it can warm-start these classes, else the best candidate by LogME (and the next
+    `top_k - 1` as runners-up)."""
+    if warm_start_from:
+        start = champion_start(warm_start_from, class_names, warm_start_version)
+        if start is not None:
+            return start
+        log.info("no champion of %s with classes %s: scoring candidates", warm_start_from, class_names)
+    return score_candidates(candidates, train, image_size, max_samples, seed, top_k)

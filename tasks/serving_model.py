@@ -1,8 +1,0 @@
-"""MLflow "models from code" entry for the served classifier: the file MLflow stores with
-the model and runs at load time (no pickled Python object in the model)."""
-
-import mlflow
-
-from tasks.serving import ImageClassifier
-
-mlflow.models.set_model(ImageClassifier())

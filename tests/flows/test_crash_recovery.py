@@ -1,0 +1,108 @@
+"""A run killed with SIGKILL leaves nothing RUNNING once the next run starts, and a second run
+of the same model in the same project is refused while the first holds the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from conftest import checkpointed_epochs, make_image_folder, wait_for_checkpoint
+from mlflow import MlflowClient
+
+from tasks.core import runlock
+
+pytestmark = pytest.mark.slow
+
+SLOW_FINETUNE = ["--set", "finetune.head_epochs=400", "--set", "finetune.patience=400"]
+CANDIDATE = ["--set", "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none}]"]
+
+
+def cli(root, *args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "--root", str(root), *CANDIDATE, *args]
+
+
+def running_finetune(db) -> list[str]:
+    """Run ids of RUNNING finetune stages, read straight from the store (without MLflow, which
+    would race the other process creating the tables)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            rows = con.execute(
+                "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                "WHERE runs.status = 'RUNNING' AND tags.key = 'stage' AND tags.value = 'finetune'"
+            ).fetchall()
+    except sqlite3.Error:
+        return []
+    return [r[0] for r in rows]
+
+
+def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):
+    root = tmp_path / "project"
+    make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    victim = subprocess.Popen(
+        cli(root, "train", *SLOW_FINETUNE),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its Prefect server too
+    )
+    wait_for_checkpoint(victim, root, 5)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+
+    with runlock.exclusive(root, "transferops-classifier"):  # the kernel released the dead run's lock
+        pass
+    finetune_run = running_finetune(root / "mlflow" / "mlflow.db")[0]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name("transferops").experiment_id
+    assert len(client.search_runs([experiment_id], "attributes.status = 'RUNNING'")) == 2  # flow + finetune
+
+    resumable = checkpointed_epochs(root)
+    done = subprocess.run(
+        cli(root, "train", *SLOW_FINETUNE),  # the same run again: it resumes from the checkpoint
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
+    killed = client.search_runs([experiment_id], "attributes.status = 'KILLED'")
+    assert {r.data.tags.get("stage") or r.data.tags["flow"] for r in killed} == {"train", "finetune"}
+    assert f"closed MLflow run {finetune_run} (finetune) left RUNNING by process" in done.stderr
+    assert "marked Prefect flow run" in done.stderr and "crashed" in done.stderr
+    assert len(client.search_model_versions("name='transferops-classifier'")) == 1
+    rerun = client.search_runs([experiment_id], "tags.stage = 'finetune' and attributes.status = 'FINISHED'")[
+        0
+    ]
+    assert json.loads(rerun.data.tags["resumed_from_epoch"]) == {"head": resumable}
+    head_epochs = rerun.data.metrics["epochs.head"]
+    assert head_epochs == 400 - resumable  # only the epochs the killed run had not finished
+    assert f"head: resumed from the checkpoint after epoch {resumable}" in done.stderr
+    assert not list((root / ".transferops" / "checkpoints").glob("finetune-*"))
+
+
+def test_a_second_run_in_the_same_project_is_refused(tmp_path):
+    make_image_folder(tmp_path / "data" / "raw", ["dog", "eel"], per_class=6)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    with runlock.exclusive(tmp_path, "transferops-classifier"):  # held by this (test) process
+        done = subprocess.run(cli(tmp_path, "train"), env=env, capture_output=True, text=True, timeout=600)
+    last = [line for line in done.stderr.splitlines() if line.startswith("transferops:")][-1]
+    held_by = f"in {tmp_path} (pid {os.getpid()} since "
+    assert last.startswith("transferops: another run of transferops-classifier is in progress"), last
+    assert held_by in last and done.returncode == 2
+    assert "Traceback" not in done.stderr

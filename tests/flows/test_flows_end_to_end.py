@@ -1,0 +1,482 @@
+"""The real pipeline, end to end: Prefect flows (test harness), MLflow (throwaway store in a
+temp folder), Great Expectations, TensorFlow. Tiny data made here; a few minutes on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import clear_mlflow_env, make_image_folder, sets
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.cli import main
+from tasks.data.ingest import scan
+from tasks.data.lineage import dvc_dir_hash
+from tasks.registry.serving import files_frame
+
+pytestmark = pytest.mark.slow
+
+MODEL = "transferops-classifier"
+FAST = sets(
+    {
+        "data.image_size": 32,
+        "pretrain.epochs": 5,
+        "pretrain.width": 8,
+        "pretrain.batch_size": 16,
+        "finetune.head_epochs": 30,
+        "finetune.finetune_epochs": 2,
+        "finetune.batch_size": 16,
+        "finetune.head_learning_rate": 0.01,
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    """pretrain + train once, through the CLI, in a fresh project folder."""
+    root = tmp_path_factory.mktemp("project")
+    make_image_folder(root / "data" / "source", ["ant", "bee", "cat"], per_class=60, seed=1)
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=40, seed=2)
+    args = ["--root", str(root), *FAST]
+    with pytest.MonkeyPatch.context() as mp:
+        clear_mlflow_env(mp)
+        # a system-metrics sample every second, not every 10 s: this tiny train run is short
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        tmp = fresh_tmpdir(mp, root.parent / "tmp")
+        assert main([*args, "pretrain"]) == 0
+        assert main([*args, "train"]) == 0
+        assert list(tmp.iterdir()) == []  # nothing left in the temp folder (Data Docs, models)
+        yield root, args
+
+
+def fresh_tmpdir(mp: pytest.MonkeyPatch, folder: Path) -> Path:
+    """Point TMPDIR (and `tempfile`) at an empty folder of the test's own."""
+    folder.mkdir(exist_ok=True)
+    mp.setenv("TMPDIR", str(folder))
+    mp.setattr(tempfile, "tempdir", None)
+    return folder
+
+
+def client_for(root) -> MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
+    return MlflowClient()
+
+
+def test_train_registers_a_champion_with_lineage(project):
+    root, _ = project
+    client = client_for(root)
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(version.version) == "1" == summary["registered"]["version"]
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
+
+    manifest = scan(root / "data" / "raw")
+    assert version.tags["data_version"] == dvc_dir_hash(manifest) == summary["data_version"]
+    assert version.tags["data_dvc_state"] == "untracked"
+    assert version.tags["git_commit"] == "unknown"  # the temp project is not a git repo
+    assert version.tags["backbone"] == "registry:transferops-backbone@pretrained"
+    assert json.loads(version.tags["params"])["finetune"]["head_epochs"] == 30
+
+    # test metrics: computed (and logged) once, by the evaluate stage; the version carries them
+    evaluate = client.search_runs(
+        [client.get_run(summary["mlflow_run_id"]).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and tags.stage = 'evaluate'",
+    )[0]
+    assert evaluate.data.metrics["test_accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert evaluate.data.metrics["test_accuracy"] > 0.6  # 3 classes: chance is 1/3
+    assert float(version.tags["test_macro_f1"]) == pytest.approx(summary["test"]["macro_f1"], abs=1e-4)
+    assert json.loads(version.tags["classes"]) == ["dog", "eel", "fox"]
+    # the model card: the version's description in the registry, and an artifact of its run
+    card = version.description
+    assert card.startswith("# `transferops-classifier` v1\n")
+    assert "**Promotion gate**: no champion yet" in card
+    assert "| `dog` | " in card and "LogME on frozen features: `transferops-backbone_pretrained`" in card
+    low, high = json.loads(version.tags["ci_test_macro_f1"])
+    assert low <= summary["test"]["macro_f1"] <= high
+    assert f"| macro_f1 | {summary['test']['macro_f1']:.4f} | [{low:.4f}, {high:.4f}] |" in card
+    register_run = client.search_runs(
+        [evaluate.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}' and tags.stage = 'register'",
+    )[0]
+    assert "model_card.md" in {a.path for a in client.list_artifacts(register_run.info.run_id)}
+    # the flow's run: a readable name, and the three splits as MLflow dataset inputs
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.run_name == f"train-{summary['data_version'][:8]}-transferops-backbone@pretrained"
+    tags_of = [({t.key: t.value for t in i.tags}, i) for i in parent.inputs.dataset_inputs]
+    by_context = {tags["mlflow.data.context"]: i for tags, i in tags_of}
+    assert set(by_context) == {"train", "val", "test"}
+    train_input = by_context["train"]
+    assert train_input.dataset.name == "raw-train" and train_input.dataset.digest == summary["data_version"]
+    counts = json.loads(next(t.value for t in train_input.tags if t.key == "class_counts"))
+    assert sum(counts.values()) == summary["images"]["train"]
+    evaluated = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+    assert {"reliability.png", "test_details.json", "confident_mistakes.json"} <= evaluated
+    assert 0 <= evaluate.data.metrics["test_ece"] <= 1
+
+
+def test_every_stage_has_a_nested_run_with_its_records(project):
+    root, _ = project
+    client = client_for(root)
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.data.tags["data_version"] == summary["data_version"]
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    stages = {r.data.tags["stage"]: r for r in children}
+    order = ["validate", "split", "select", "finetune", "evaluate", "register"]
+    assert set(stages) == set(order)
+    assert list(summary["stage_seconds"]) == order  # timed by the wrappers, in the order they ran
+    # each fact once: params on the parent run only, test metrics on the evaluate run only
+    assert parent.data.params["finetune.head_epochs"] == "30"
+    assert not any(r.data.params for r in children)
+    assert "test_accuracy" not in parent.data.metrics
+    assert [s for s, r in stages.items() if "test_accuracy" in r.data.metrics] == ["evaluate"]
+
+    select = stages["select"].data.metrics
+    assert {"logme.transferops-backbone_pretrained", "logme.MobileNetV3Small"} <= set(select)
+    # the pretrained backbone must transfer better than an untrained MobileNetV3
+    assert select["logme.transferops-backbone_pretrained"] > select["logme.MobileNetV3Small"]
+
+    history = client.get_metric_history(stages["finetune"].info.run_id, "head.val_loss")
+    assert [m.step for m in history] == list(range(len(history))) and len(history) >= 2
+
+    def artifacts(run, path=""):
+        return {a.path for a in client.list_artifacts(run.info.run_id, path)}
+
+    assert "data_docs/index.html" in artifacts(stages["validate"], "data_docs")
+    assert "manifest.parquet" in artifacts(stages["validate"])
+    assert {"confusion_matrix.png", "per_class_report.json"} <= artifacts(stages["evaluate"])
+
+
+def child_run(client: MlflowClient, parent_id: str, stage: str):
+    experiment = client.get_run(parent_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.stage = '{stage}'"
+    return client.search_runs([experiment], query)[0]
+
+
+def test_the_run_is_published_where_each_dashboard_shows_it(project):
+    """MLflow (linked version, description, system metrics), TensorBoard event files, Prefect
+    artifacts and the DVC files of one train run, read back through each tool's own API."""
+    from prefect.client.schemas.filters import ArtifactFilterFlowRunId
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _ = project
+    client = client_for(root)
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    run_id = summary["mlflow_run_id"]
+    parent = client.get_run(run_id)
+    # MLflow: the version links to the flow's run (its page lists it), the run has a description
+    assert [(v.name, str(v.version)) for v in client.search_model_versions(f"run_id = '{run_id}'")] == [
+        (MODEL, "1")
+    ]
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(f"# train: `{run_id}`") and "## LogME" in note
+    assert "**Promotion gate**: no champion yet" in note and f"/#/models/{MODEL}/versions/1)" in note
+    assert "| accuracy | " in note and "`dog`" in note
+    docs = next(line for line in note.splitlines() if line.startswith("- [Data Docs"))
+    assert Path(docs[docs.index("(file://") + 8 : -1]).is_file()
+    assert parent.data.metrics["system/system_memory_usage_megabytes"] > 0
+    # TensorBoard: event files of both phases, kept locally and logged with the finetune run
+    finetune_run = child_run(client, run_id, "finetune")
+    events = Path(finetune_run.data.tags["tensorboard_logdir"])
+    epochs = {phase: len(h["loss"]) for phase, h in summary["curves"].items()}
+    for phase, n in epochs.items():
+        accumulator = EventAccumulator(str(events / phase / "validation"), {"tensors": 0}).Reload()
+        assert [e.step for e in accumulator.Tensors("epoch_accuracy")] == list(range(n))
+    logged = client.list_artifacts(finetune_run.info.run_id, "tensorboard/head/validation")
+    assert any(Path(a.path).name.startswith("events.out.tfevents.") for a in logged)
+    # Prefect: the flow run's summary and per-class table, from the API
+    with get_client(sync_client=True) as prefect:
+        flow_run = ArtifactFilterFlowRunId(any_=[parent.data.tags["prefect_flow_run_id"]])
+        artifacts = {
+            a.key: a for a in prefect.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run))
+        }
+    assert {"train-summary", "train-per-class"} <= set(artifacts)
+    assert artifacts["train-summary"].data == note
+    table = artifacts["train-per-class"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [r["class"] for r in rows] == ["dog", "eel", "fox"]
+    assert sum(r["support"] for r in rows) == summary["images"]["test"]
+    # DVC: numbers only, one curve row per epoch, one confusion row per test image
+    numbers = json.loads((root / "metrics" / "train.json").read_text())
+    assert numbers["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-6)
+    assert numbers["epochs"] == epochs
+
+    def leaves(value):
+        return [x for v in value.values() for x in leaves(v)] if isinstance(value, dict) else [value]
+
+    assert all(isinstance(x, int | float) for x in leaves(numbers))
+    history = (root / "metrics" / "train_history.csv").read_text().splitlines()
+    assert history[0] == "step,phase,epoch,loss,accuracy,val_loss,val_accuracy"
+    assert len(history) - 1 == sum(epochs.values())
+    confusion = (root / "metrics" / "train_confusion.csv").read_text().splitlines()
+    assert len(confusion) - 1 == summary["images"]["test"]
+
+
+def test_the_logged_model_carries_only_what_serving_needs(project):
+    root, _ = project
+    client_for(root)
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion")
+    code = sorted(p.name for p in (Path(local) / "code" / "tasks").iterdir())
+    assert code == ["__init__.py", "images.py", "serving.py"]
+
+
+def test_the_registered_model_serves_class_names_and_probabilities(project):
+    root, _ = project
+    client_for(root)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    paths = sorted(str(p) for p in (root / "data" / "raw" / "eel").glob("*.png"))[:5]
+    out = model.predict(files_frame(paths))
+    assert list(out.columns) == ["label", "confidence", "dog", "eel", "fox", "error"]
+    assert out["error"].isna().all()
+    np.testing.assert_allclose(out[["dog", "eel", "fox"]].sum(axis=1), 1.0, rtol=1e-4)
+    assert (out["label"] == "eel").mean() >= 0.6
+
+
+def test_corrupt_image_stops_the_run_and_changes_nothing(project, capsys):
+    root, args = project
+    client = client_for(root)
+    bad = root / "data" / "bad"
+    shutil.copytree(root / "data" / "raw", bad)
+    (bad / "fox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files_before = sorted(p.name for p in bad.rglob("*"))
+
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "train", "--data", str(bad)])
+    message = str(stop.value)
+    assert f"data validation failed for {bad}" in message
+    assert "fox/broken.png: not an image PIL can identify" in message
+
+    client = client_for(root)
+    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert sorted(p.name for p in bad.rglob("*")) == files_before  # nothing deleted
+    failed = client.search_runs(
+        [client.get_experiment_by_name("transferops").experiment_id],
+        "attributes.status = 'FAILED' and tags.flow = 'train'",
+    )
+    assert len(failed) == 1
+
+
+def test_a_hostile_folder_stops_with_each_entry_named_and_no_traceback(project, tmp_path, capsys):
+    root, args = project
+    bad = tmp_path / "hostile"
+    shutil.copytree(root / "data" / "raw", bad)
+    shutil.copy(bad / "dog" / "dog_2_000.png", bad / "dog" / "<svg onload=alert(1)>.png")
+    os.symlink("/etc/passwd", bad / "eel" / "passwd.png")
+    os.mkfifo(bad / "eel" / "pipe.png")
+    (bad / "fox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    versions_before = len(client_for(root).search_model_versions(f"name='{MODEL}'"))
+    with pytest.MonkeyPatch.context() as mp:
+        tmp = fresh_tmpdir(mp, tmp_path / "tmp")
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "train", "--data", str(bad)])
+        assert list(tmp.iterdir()) == []  # a failed run leaves nothing behind either
+    message = str(stop.value)
+    assert message.startswith(f"transferops: train failed: data validation failed for {bad}: 3 problem(s)")
+    assert "eel/passwd.png: symbolic link to outside the data folder: not read" in message
+    assert "eel/pipe.png: a FIFO (named pipe): not read" in message
+    assert "fox/broken.png: not an image PIL can identify" in message
+    assert "svg" not in message  # a valid image with a hostile name is just an image
+    assert "Traceback" not in capsys.readouterr().err
+    assert len(client_for(root).search_model_versions(f"name='{MODEL}'")) == versions_before
+
+
+def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
+    root, args = project
+    assert main([*args, "retrain"]) == 0
+    client = client_for(root)
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 1  # data unchanged: no run
+    skipped = json.loads((root / "reports" / "retrain.json").read_text())
+    assert skipped["skipped"] == "data unchanged since champion v1" and skipped["drift"] is None
+
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=6, seed=3)
+    assert main([*args, "retrain", "--set", "finetune.finetune_epochs=1"]) == 0  # --set after the command
+    client = client_for(root)
+    new = client.get_model_version_by_alias(MODEL, "challenger")
+    # the retrain ran with the CLI's params, not a fresh read of a params file
+    retrain_run = client.get_run(new.tags["mlflow_run_id"])
+    assert retrain_run.data.params["finetune.finetune_epochs"] == "1"
+    assert json.loads(new.tags["params"])["finetune"]["finetune_epochs"] == 1
+    finetune_stage = client.search_runs(
+        [retrain_run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{retrain_run.info.run_id}' and tags.stage = 'finetune'",
+    )[0]
+    assert finetune_stage.data.metrics["epochs.finetune"] == 1
+    assert str(new.version) == "2"
+    assert new.tags["backbone"].startswith("registry:transferops-classifier@champion")
+    assert new.tags["data_version"] == dvc_dir_hash(scan(root / "data" / "raw"))
+    # the gate compared both on the same test set; the champion alias follows its decision
+    summary = json.loads((root / "reports" / "retrain.json").read_text())
+    champion_before = summary["champion_before"]
+    assert champion_before["version"] == "1" and champion_before["metrics"] is not None
+    promoted = summary["registered"]["promoted"]
+    paired = json.loads(new.tags["gate"])  # the paired gate's numbers, on the same test images
+    difference = summary["test"]["macro_f1"] - champion_before["metrics"]["macro_f1"]
+    assert paired["delta"] == pytest.approx(difference)
+    assert paired["ci_low"] <= paired["delta"] <= paired["ci_high"] and 0 < paired["p_value"] <= 1
+    assert summary["registered"]["reason"].startswith("vs champion v1: macro_f1 ")
+    assert summary["registered"]["reason"].endswith(": promoted" if promoted else ": kept")
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    assert champion == ("2" if promoted else "1")
+    assert new.tags["promotion"] == summary["registered"]["reason"]
+    # the drift test against the champion ran, and its decision is on both runs
+    assert 0 < summary["drift"]["p_value"] <= 1 and summary["drift"]["n_reference"] > 0
+    assert retrain_run.data.tags["retrain_decision"].startswith("data changed since champion v1; drift MMD²")
+    assert summary["decision"] == retrain_run.data.tags["retrain_decision"]
+    drift_stage = client.search_runs(
+        [retrain_run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{retrain_run.info.run_id}' and tags.stage = 'drift'",
+    )[0]
+    assert drift_stage.data.metrics["drift_p_value"] == summary["drift"]["p_value"]
+    assert {a.path for a in client.list_artifacts(drift_stage.info.run_id)} >= {"drift.png", "drift.json"}
+    with get_client(sync_client=True) as prefect:
+        decisions = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-decision"]))
+        )
+    assert any(a.data == f"**train**: {retrain_run.data.tags['retrain_decision']}" for a in decisions)
+
+
+def test_a_champion_with_other_classes_is_kept_not_compared(project):
+    root, args = project
+    client = client_for(root)
+    champion_before = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    other = root / "data" / "other"
+    make_image_folder(other, ["dog", "eel", "gnu"], per_class=30, seed=4)
+    assert main([*args, "train", "--data", str(other)]) == 0
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    assert summary["champion_before"]["version"] == champion_before
+    assert summary["champion_before"]["metrics"] is None
+    assert "['dog', 'eel', 'fox']" in summary["champion_before"]["not_comparable"]
+    assert summary["registered"]["promoted"] is False
+    assert summary["registered"]["reason"].startswith("champion not comparable")
+    client = client_for(root)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == champion_before
+    challenger = client.get_model_version_by_alias(MODEL, "challenger")
+    assert str(challenger.version) == summary["registered"]["version"]
+    assert challenger.tags["promotion"] == summary["registered"]["reason"]
+
+
+def test_status_json_reports_champion_metrics_and_data_version(project, capsys):
+    args = project[1]
+    capsys.readouterr()
+    assert main([*args, "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    champion = status["aliases"]["champion"]
+    assert champion["data_version"].endswith(".dir")
+    assert set(champion["metrics"]) >= {"test_accuracy", "test_macro_f1"}
+    low, high = champion["intervals"]["test_macro_f1"]
+    assert low <= champion["metrics"]["test_macro_f1"] <= high
+    assert status["last_moves"][0]["to_version"] == "1" and status["last_moves"][0]["by"] == "gate"
+    assert main([*project[1], "status"]) == 0
+    text = capsys.readouterr().out
+    assert f"test_macro_f1 {champion['metrics']['test_macro_f1']:.4f} [{low:.3f}, {high:.3f}]" in text
+    assert "last champion moves" in text and "none -> v1  by gate: no champion yet" in text
+
+
+def test_schedule_creates_a_cron_deployment_of_retrain(project):
+    from prefect.client.orchestration import get_client
+
+    from flows.schedule import deploy_retrain
+    from tasks.core.config import load_params
+
+    root = project[0]
+    params = load_params(None, {"finetune": {"head_epochs": 3}})
+    deployment_id = deploy_retrain("0 3 * * 1", root, params, None, "transferops-test")
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+    assert deployment.name == "scheduled-retrain"
+    assert deployment.entrypoint == "flows/retrain.py:retrain_flow"
+    assert deployment.work_pool_name == "transferops-test"
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+    assert deployment.description.startswith("transferops retrain: when the data version changed")
+    assert set(deployment.tags) == {"transferops", "retrain"}
+    assert deployment.parameters == {"params": params.as_dict(), "root": str(root), "data_dir": None}
+    # what the deployment passes comes back as the same Params when a run starts
+    from flows.retrain import retrain_flow
+
+    assert retrain_flow.validate_parameters(deployment.parameters)["params"] == params
+
+
+def test_predict_labels_files_through_the_served_pyfunc(project, capsys, tmp_path):
+    root, args = project
+    image = sorted((root / "data" / "raw" / "eel").glob("*.png"))[0]
+    junk = tmp_path / "notes.png"
+    junk.write_bytes(b"not an image at all")
+    capsys.readouterr()
+    assert main([*args, "predict", str(image), str(junk)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    champion = client_for(root).get_model_version_by_alias(MODEL, "champion").version
+    assert lines[0] == f"{MODEL} v{champion} ({MODEL}@champion)"
+    path, label, confidence = lines[1].split("  ")
+    assert path == str(image) and label in {"dog", "eel", "fox"} and 0 < float(confidence) <= 1
+    assert lines[2].startswith(f"{junk}  error: ")
+    assert main([*args, "predict", str(image), "--model", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{MODEL} v1 ({MODEL}/1)")
+    assert main([*args, "predict", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png: no such image file" in capsys.readouterr().err
+
+
+def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
+    """With LogME's best two backbones kept, Hyperband over both and the scratch baseline."""
+    root, args = project
+    search = sets(
+        {
+            "search.enabled": "true",
+            "search.max_epochs": 2,
+            "search.strategies": "[head, top, scratch]",
+            "search.unfreeze_layers": "[2]",
+            "search.scratch_epochs": 2,
+            "select.top_k": 2,
+        }
+    )
+    assert main([*args, *search, "train"]) == 0
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    client = client_for(root)
+    finetune_run = child_run(client, summary["mlflow_run_id"], "finetune")
+    found = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=finetune_run.info.run_id, artifact_path="search.json")
+        ).read_text()
+    )
+    assert summary["strategy"] == found["explanation"] and "Hyperband trials" in found["explanation"]
+    trials = client.search_runs(
+        [finetune_run.info.experiment_id], f"tags.mlflow.parentRunId = '{finetune_run.info.run_id}'"
+    )
+    assert len(trials) == len(found["trials"]) >= 3
+    backbones = {"registry:transferops-backbone@pretrained", "keras:MobileNetV3Small"}
+    epochs = {f"trial-{t['trial_id']}": t["epochs"] for t in found["trials"]}
+    for trial in trials:
+        params = trial.data.params
+        assert params["strategy"] in {"head", "top", "scratch"}
+        assert params["strategy"] == "scratch" or params["backbone"] in backbones
+        history = client.get_metric_history(trial.info.run_id, "val_accuracy")
+        assert len(history) == epochs[trial.info.run_name] >= 1  # the whole curve, epoch by epoch
+        assert all(0 <= m.value <= 1 for m in history)
+    assert [t.info.run_name for t in trials].count("trial-scratch") == 1
+
+    def selection_of(run_id: str) -> dict:
+        select_run = child_run(client, run_id, "select")
+        path = mlflow.artifacts.download_artifacts(
+            run_id=select_run.info.run_id, artifact_path="selection.json"
+        )
+        return json.loads(Path(path).read_text())
+
+    chosen = selection_of(summary["mlflow_run_id"])
+    assert {chosen["chosen"], *chosen["runners_up"]} == backbones
+    # the fixture's run had the search off: no runner-up was kept (or cached) for nothing
+    assert selection_of(client.get_model_version(MODEL, "1").tags["mlflow_run_id"])["runners_up"] == []
+    version = client.get_model_version(MODEL, summary["registered"]["version"])
+    assert json.loads(version.tags["strategy"]) == found["chosen"]
+    assert version.tags["backbone"] == found["backbone"] == summary["backbone"]
+    assert json.loads(client.get_model_version(MODEL, "1").tags["strategy"]) == "fixed recipe"

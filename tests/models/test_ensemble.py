@@ -1,0 +1,64 @@
+"""Ensembles (tasks/models/ensemble.py): the weighted mean of members' probabilities as one plain Keras
+model that saves, loads (safe mode) and serves like any classifier; kept only when it wins on
+validation."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tasks.models import ensemble
+from tasks.models.backbones import backbone_of, build_backbone, build_classifier, single
+
+
+def classifier(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    backbone = build_backbone(16, 4, seed=seed)
+    head = keras.layers.Dense(3, activation="softmax", name="head")
+    return build_classifier(backbone, head, 0.0, seed)
+
+
+def test_an_ensemble_is_the_weighted_mean_and_round_trips_as_a_keras_file(tmp_path):
+    members = [classifier(1), classifier(2)]
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("float32")
+    fused = ensemble.ensemble(members, [0.25, 0.75])
+    expected = 0.25 * members[0].predict(x, verbose=0) + 0.75 * members[1].predict(x, verbose=0)
+    np.testing.assert_allclose(fused.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    fused.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras")  # safe mode: built-in layers only
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    # what drift and warm starts use: the best member's backbone and head
+    assert single(loaded).name == "member_0"
+    assert backbone_of(loaded).output_shape == members[0].layers[1].output_shape
+    assert single(loaded).get_layer("head").get_weights()[0].shape == (16, 3)
+
+
+class Fixed(keras.layers.Layer):
+    """Returns the same probabilities for every image (a member with known answers)."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def call(self, inputs):
+        return keras.ops.convert_to_tensor(self.rows)
+
+
+def member(rows: list[list[float]]) -> keras.Model:
+    inputs = keras.Input((2,))
+    return keras.Model(inputs, Fixed(np.asarray(rows, dtype="float32"))(inputs))
+
+
+def test_the_ensemble_is_kept_only_when_it_beats_the_best_member_on_validation():
+    y = np.array([0, 1, 0])
+    x = np.zeros((3, 2), dtype="float32")
+    # each member gets 2 of 3 right, on different images; averaged they get all 3
+    a = member([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    b = member([[0.4, 0.6], [0.1, 0.9], [0.9, 0.1]])
+    model, accuracy, info = ensemble.fuse([a, b], x, y, weighted=False)
+    assert accuracy == 1.0 and info["member_val_accuracy"] == [2 / 3, 2 / 3]
+    assert model.name == "ensemble" and info["weights"] == [0.5, 0.5]
+    # a member as good as the ensemble: the single best member is kept (simpler, as accurate)
+    perfect = member([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1]])
+    model, accuracy, info = ensemble.fuse([perfect, a], x, y, weighted=True)
+    assert model is perfect and accuracy == 1.0 and info is None
