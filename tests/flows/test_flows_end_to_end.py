@@ -227,8 +227,15 @@ def test_the_logged_model_carries_only_what_serving_needs(project):
     root, _ = project
     client_for(root)
     local = mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion")
-    code = sorted(p.name for p in (Path(local) / "code" / "tasks").iterdir())
-    assert code == ["__init__.py", "images.py", "serving.py"]
+    package = Path(local) / "code" / "tasks"
+    code = sorted(str(p.relative_to(package)) for p in package.rglob("*.py"))
+    assert code == [
+        "__init__.py",
+        "data/__init__.py",
+        "data/images.py",
+        "registry/__init__.py",
+        "registry/serving.py",
+    ]
 
 
 def test_the_registered_model_serves_class_names_and_probabilities(project):
