@@ -84,7 +84,7 @@ def file_sha256(path: Path) -> str:
         return "missing"
 
 
-CODE_ROOT = Path(__file__).resolve().parents[1]  # where transferops and its lock file live
+CODE_ROOT = Path(__file__).resolve().parents[2]  # where transferops and its lock file live
 
 
 def environment(code_root: Path = CODE_ROOT) -> dict[str, str]:
