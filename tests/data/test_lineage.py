@@ -44,3 +44,10 @@ def test_git_commit_marks_dirty_trees(tmp_path):
     assert len(clean) == 40
     (tmp_path / "f.txt").write_text("b")
     assert git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_the_code_root_is_the_project_that_holds_the_lock_file():
+    from tasks.data.lineage import CODE_ROOT, environment
+
+    assert (CODE_ROOT / "requirements.lock").is_file() and (CODE_ROOT / "tasks").is_dir()
+    assert len(environment()["lock_sha256"]) == 64
