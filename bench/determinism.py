@@ -34,6 +34,7 @@ def child(deterministic: bool) -> dict[str, Any]:
 
     from tasks.core.config import Paths, load_params
     from tasks.data.datasets import load_folder
+    from tasks.data.stream import Pixels
     from tasks.evaluation import evaluate
     from tasks.models import determinism
     from tasks.models.finetune import finetune
@@ -42,21 +43,18 @@ def child(deterministic: bool) -> dict[str, Any]:
     paths = Paths.from_root(Path.cwd())
     params = load_params(paths.root / "params.yaml")
     determinism.configure(deterministic)
-    load = {
-        "params": params.split,
-        "image_size": params.data.image_size,
-        "max_pixels": params.validate.max_pixels,
-    }
+    load = {"params": params.split, "max_pixels": params.validate.max_pixels}
     source = load_folder(paths.resolve(params.data.source), **load)
     raw = load_folder(paths.resolve(params.data.raw), **load)
+    pixels = Pixels(params.data.image_size, params.data.resize)
     start = time.perf_counter()
     backbone = pretrain(source, params.pretrain, params.data.image_size).backbone
     pretrain_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    result = finetune(backbone, (raw.train.x, raw.train.y), (raw.val.x, raw.val.y), 5, params.finetune)
+    result = finetune(backbone, raw.train, raw.val, 5, params.finetune, pixels)
     finetune_seconds = time.perf_counter() - start
     weights = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in result.model.get_weights()))
-    scores = evaluate.metrics(raw.test.y, evaluate.predict(result.model, raw.test.x))
+    scores = evaluate.metrics(raw.test.y, evaluate.predict(result.model, raw.test.images(pixels)))
     return {
         "pretrain_seconds": pretrain_seconds,
         "finetune_seconds": finetune_seconds,

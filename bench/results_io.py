@@ -11,10 +11,21 @@ from pathlib import Path
 from typing import Any
 
 
+def cpu_model() -> str:
+    """The CPU's model name (oneDNN picks kernels by instruction set: figures differ by CPU kind)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def header(module: str, argv: list[str] | None, machine_extra: str = "") -> dict[str, Any]:
     """Date, the exact command, and the machine, for the top of a report."""
     args = sys.argv[1:] if argv is None else argv
-    machine = f"{platform.machine()}, {os.cpu_count()} cores" + (
+    machine = f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores" + (
         f", {machine_extra}" if machine_extra else ""
     )
     return {

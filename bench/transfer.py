@@ -47,7 +47,8 @@ from scipy.stats import weightedtau  # noqa: E402
 
 from tasks.core.config import Params, Paths, load_params  # noqa: E402
 from tasks.data import fashion_mnist  # noqa: E402
-from tasks.data.datasets import Split, SplitData, load_folder  # noqa: E402
+from tasks.data.datasets import SplitData, load_folder  # noqa: E402
+from tasks.data.stream import Pixels  # noqa: E402
 from tasks.evaluation import evaluate  # noqa: E402
 from tasks.models import strategy  # noqa: E402
 from tasks.models.backbones import build_backbone, extract_features  # noqa: E402
@@ -61,19 +62,29 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def load(data_dir: Path, params: Params) -> dict[str, Any]:
-    data = load_folder(data_dir, params.split, params.data.image_size, params.validate.max_pixels)
-    return {"train": data.train, "val": data.val, "test": data.test, "names": data.class_names}
+    """The splits (streamed by the fixed recipe) and their decoded images (the arms that train
+    on arrays: the search, scratch, the Keras guide; this data set is small)."""
+    data = load_folder(data_dir, params.split, params.validate.max_pixels)
+    pixels = Pixels(params.data.image_size, params.data.resize)
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    return {
+        **splits,
+        "x": {k: s.images(pixels) for k, s in splits.items()},
+        "pixels": pixels,
+        "names": data.class_names,
+    }
 
 
-def subsample(split_data: Split, per_class: int, seed: int = 0) -> Split:
+def subsample(data: dict[str, Any], per_class: int, seed: int = 0) -> dict[str, Any]:
     """At most `per_class` training images of each class (the few-label regime)."""
+    split_data = data["train"]
     rng = np.random.default_rng(seed)
     keep = np.sort(
         np.concatenate(
             [rng.permutation(np.flatnonzero(split_data.y == k))[:per_class] for k in np.unique(split_data.y)]
         )
     )
-    return Split(split_data.x[keep], split_data.y[keep], [split_data.paths[i] for i in keep])
+    return data | {"train": split_data.subset(keep), "x": data["x"] | {"train": data["x"]["train"][keep]}}
 
 
 def copy_of(model: keras.Model) -> keras.Model:
@@ -95,9 +106,9 @@ def keras_guide(
     outputs = keras.layers.Dense(len(data["names"]), activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     fit_args = {
-        "x": data["train"].x.astype("float32"),
+        "x": data["x"]["train"].astype("float32"),
         "y": data["train"].y,
-        "validation_data": (data["val"].x.astype("float32"), data["val"].y),
+        "validation_data": (data["x"]["val"].astype("float32"), data["val"].y),
         "epochs": epochs,
         "batch_size": batch,
         "verbose": 0,
@@ -117,7 +128,7 @@ def run_arm(
 ):
     epochs = options.epochs
     ft = params.finetune.model_copy(update={"head_epochs": epochs, "finetune_epochs": epochs, "seed": seed})
-    train, val = (data["train"].x, data["train"].y), (data["val"].x, data["val"].y)
+    train, val = (data["x"]["train"], data["train"].y), (data["x"]["val"], data["val"].y)
     start = time.perf_counter()
     deadline = time.monotonic() + options.budget
     chosen = ""
@@ -137,7 +148,9 @@ def run_arm(
             f" + ensemble of {len(found.ensemble['members'])}" if found.ensemble else ""
         )
     elif name == "fixed":  # 30 epochs at most: seconds, far inside any budget
-        result = finetune(copy_of(backbone), train, val, len(data["names"]), ft)
+        result = finetune(
+            copy_of(backbone), data["train"], data["val"], len(data["names"]), ft, data["pixels"]
+        )
         model, ran = result.model, sum(len(h["loss"]) for h in result.history.values())
     elif name == "keras_guide":
         model, ran = keras_guide(backbone, data, epochs, ft.patience, ft.batch_size, seed, deadline)
@@ -147,8 +160,8 @@ def run_arm(
         )
         ran = record.epochs
     seconds = time.perf_counter() - start
-    probabilities = np.asarray(model.predict(data["test"].x.astype("float32"), verbose=0))
-    val_probabilities = np.asarray(model.predict(data["val"].x.astype("float32"), verbose=0))
+    probabilities = np.asarray(model.predict(data["x"]["test"].astype("float32"), verbose=0))
+    val_probabilities = np.asarray(model.predict(data["x"]["val"].astype("float32"), verbose=0))
     return {
         "seconds": seconds,
         "hit_budget": time.monotonic() > deadline,
@@ -164,8 +177,7 @@ def candidate_backbones(source: SplitData, params: Params) -> dict[str, keras.Mo
     size, pre = params.data.image_size, params.pretrain
     two = np.isin(source.train.y, [0, 1]), np.isin(source.val.y, [0, 1]), np.isin(source.test.y, [0, 1])
     train, val, test = (
-        Split(s.x[m], s.y[m], [p for p, k in zip(s.paths, m, strict=True) if k])
-        for s, m in zip((source.train, source.val, source.test), two, strict=True)
+        s.subset(np.flatnonzero(m)) for s, m in zip((source.train, source.val, source.test), two, strict=True)
     )
     narrow = SplitData(source.class_names[:2], train, val, test, source.table)
     return {
@@ -185,7 +197,8 @@ def logme_tau(
     scores, score_seconds = {}, 0.0
     for name, backbone in candidates.items():
         start = time.perf_counter()
-        features = extract_features(backbone, data["train"].x, description=name)
+        x = data["x"]["train"]
+        features = extract_features(backbone, (x[i : i + 256] for i in range(0, len(x), 256)), len(x), name)
         scores[name] = float(logme(features, data["train"].y))
         score_seconds += time.perf_counter() - start
     ranked = sorted(scores, key=scores.__getitem__, reverse=True)
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not raw.is_dir() or not source.is_dir():
         fashion_mnist.write_demo_data(source, raw, params.fashion_mnist)
 
-    source_data = load_folder(source, params.split, params.data.image_size, params.validate.max_pixels)
+    source_data = load_folder(source, params.split, params.validate.max_pixels)
     start = time.perf_counter()
     backbone = pretrain(source_data, params.pretrain, params.data.image_size).backbone
     pretrain_seconds = time.perf_counter() - start
@@ -321,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     taus: list[dict[str, Any]] = []
     for per_class in args.per_class:
-        data = full | {"train": subsample(full["train"], per_class) if per_class else full["train"]}
+        data = subsample(full, per_class) if per_class else full
         for seed in range(args.seeds):
             for arm in ARMS:  # interleaved, so machine noise hits every arm alike
                 result = run_arm(arm, backbone, data, params, args, seed)

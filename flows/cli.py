@@ -274,9 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(func=cmd_rollback)
 
     predict = sub.add_parser(
-        "predict", parents=after, help="label images with a registered version (its pyfunc)"
+        "predict",
+        parents=after,
+        help="label images with a registered version (its pyfunc): files, or folders of them",
     )
-    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("images", nargs="+", type=Path, help="image files and folders (walked recursively)")
+    predict.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write one row per file (path, label, confidence, error) to FILE.parquet or FILE.csv, "
+        "streamed; without it, a line per file on stdout",
+    )
     predict.add_argument(
         "--model",
         default="@champion",

@@ -35,6 +35,7 @@ def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary
             data=splits,
             params=params.pretrain,
             image_size=params.data.image_size,
+            resize=params.data.resize,
             reproducibility=params.reproducibility,
             root=run.paths.root,
         )

@@ -77,28 +77,29 @@ def cmd_rollback(args: argparse.Namespace, params: Params, paths: Paths) -> None
 
 def cmd_predict(args: argparse.Namespace, params: Params, paths: Paths) -> None:
     from tasks.data.images import printable
-    from tasks.registry import versions
+    from tasks.registry import predict, versions
     from tasks.reporting import tracking
 
     tracking.configure(paths.mlflow_dir)
     name, model = params.register.model_name, args.model
     # @ALIAS of the configured model, NAME@ALIAS as given, or a version number of the model
     ref = f"{name}{model}" if model.startswith("@") else model if "@" in model else f"{name}/{model}"
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{missing[0]}: no such image file"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
+    files = predict.image_files(args.images)
+    if args.out is not None and args.out.suffix.lower() not in predict.FORMATS:
+        raise UserError(f"predict: --out {args.out}: write .parquet or .csv")
     model_name, version = versions.resolve(ref)
     if version is None:
         raise UserError(f"predict: {ref} is not a registered version; `transferops status` shows what is")
-    predictions = versions.predict_files(
-        versions.load_version(model_name, version), [str(p) for p in args.images]
-    )
-    print(f"{model_name} v{version} ({ref})")
-    for path, row in zip(args.images, predictions.to_dict("records"), strict=True):
-        if isinstance(row.get("error"), str):  # None or NaN when the row was predicted
-            print(f"{printable(str(path))}  error: {row['error']}")
+    served = versions.load_version(model_name, version)
+    print(f"{model_name} v{version} ({ref}): {len(files)} files")
+
+    def show(row: dict) -> None:
+        if isinstance(row["error"], str):  # None or NaN when the row was predicted
+            print(f"{printable(row['path'])}  error: {row['error']}")
         else:
-            print(f"{printable(str(path))}  {row['label']}  {row['confidence']:.3f}")
+            print(f"{printable(row['path'])}  {row['label']}  {row['confidence']:.3f}")
+
+    written = predict.predict(served, files, args.out, None if args.out else show)
+    if args.out is not None:
+        labels = ", ".join(f"{printable(str(k))} {v}" for k, v in sorted(written.labels.items()))
+        print(f"wrote {written.rows} rows to {args.out} ({written.errors} errors; {labels or 'no labels'})")

@@ -87,13 +87,15 @@ def train_run(
         # would be loaded, pickled into the stage's cached result and unpickled on reuse
         top_k=params.select.top_k if params.search.enabled else 1,
         data=splits,
-        image_size=params.data.image_size,
         seed=params.finetune.seed,
         warm_start_from=warm_start_from,
         warm_start_version=warm_start_version,
         registry_state=candidates.registry_state(
             params.select.candidates, warm_start_from, warm_start_version
         ),
+        resize=params.data.resize,
+        max_pixels=params.validate.max_pixels,
+        root=run.paths.root,
     )
     flowrun.name_run(run, run.flow, version[:8], candidates.short_name(start.uri))
     result = flowrun.run_stage(
@@ -115,6 +117,7 @@ def train_run(
         evaluate.log_evaluation,
         result=result,
         data=splits,
+        pixels=start.pixels,
         model_name=params.register.model_name,
         champion=champion,
     )
@@ -123,7 +126,7 @@ def train_run(
         registered = register_model(
             result,
             splits,
-            params.data.image_size,
+            start.pixels,
             evaluation,
             flowrun.version_tags(run, data, params, start),
             params.register,

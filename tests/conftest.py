@@ -25,6 +25,32 @@ def pattern_image(label: int, rng: np.random.Generator, size: int = 24) -> np.nd
     return image
 
 
+def write_split(root: Path, x: np.ndarray, y: np.ndarray):
+    """Images as PNG files under `root` and the Split that names them: what the pipeline
+    streams (PNG is lossless, so the pixels read back are `x`)."""
+    from tasks.data.datasets import Split
+
+    files = []
+    for i, (image, label) in enumerate(zip(x, y, strict=True)):
+        relative = f"{int(label)}/{i:05d}.png"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / relative)
+        files.append(relative)
+    return Split(root, files, np.asarray(y, dtype=np.int64))
+
+
+@pytest.fixture
+def on_disk(tmp_path):
+    """`on_disk(x, y)`: a Split of those images, written under this test's tmp_path."""
+    made = []
+
+    def write(x: np.ndarray, y: np.ndarray):
+        made.append(None)
+        return write_split(tmp_path / f"split{len(made)}", x, y)
+
+    return write
+
+
 def make_image_folder(root: Path, classes: list[str], per_class: int, seed: int = 0, size: int = 24) -> Path:
     """Write `per_class` PNGs for each class under root/<class>/."""
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ def measure_drift(
     data: datasets.SplitData, model_name: str, champion: str, params: RetrainParams
 ) -> drift.Measurement | None:
     """MMD² between version `champion`'s training images and this training split, on its backbone."""
-    return drift.measure(model_name, champion, data.train.x, params.drift_samples, params.drift_permutations)
+    return drift.measure(model_name, champion, data.train, params.drift_samples, params.drift_permutations)
 
 
 def log_drift(measured: drift.Measurement | None, run: FlowRun, reused: bool) -> str:

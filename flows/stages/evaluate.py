@@ -12,6 +12,7 @@ from flows.stages.flowrun import (
     FlowRun,
 )
 from tasks.data import datasets
+from tasks.data.stream import Pixels
 from tasks.evaluation import evaluate
 from tasks.models import finetune
 from tasks.promotion import promote
@@ -27,13 +28,19 @@ from tasks.reporting.tracking import scratch_dir
         "registry.versions",
         "registry.serving",
         "data.images",
+        "data.stream",
     ),
 )
 def evaluate_model(
-    result: finetune.FinetuneResult, data: datasets.SplitData, model_name: str, champion: str | None
+    result: finetune.FinetuneResult,
+    data: datasets.SplitData,
+    pixels: Pixels,
+    model_name: str,
+    champion: str | None,
 ) -> promote.Evaluation:
-    """Test metrics of the new model and, on the same test images, of version `champion`."""
-    return promote.evaluate_challenger(result.model, data, model_name, champion)
+    """Test metrics of the new model (its test images decoded as `pixels` says) and, on the
+    same test images, of version `champion` (as it decodes them)."""
+    return promote.evaluate_challenger(result.model, data, pixels, model_name, champion)
 
 
 def log_evaluation(evaluation: promote.Evaluation, run: FlowRun, reused: bool) -> str:

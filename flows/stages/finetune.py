@@ -24,13 +24,23 @@ from tasks.core.config import (
     SearchParams,
 )
 from tasks.data import datasets
-from tasks.models import checkpoints, finetune, strategy
+from tasks.models import checkpoints, features, finetune, strategy
 from tasks.reporting.tracking import log_history
 from tasks.selection import candidates
 
 
 @cached_stage(
-    "finetune", code=("models.finetune", "models.strategy", "models.backbones", "models.checkpoints")
+    "finetune",
+    code=(
+        "models.finetune",
+        "models.strategy",
+        "models.trainer",
+        "models.ensemble",
+        "models.backbones",
+        "models.features",
+        "models.checkpoints",
+        "data.stream",
+    ),
 )
 def finetune_model(
     start: candidates.Selection,
@@ -43,27 +53,40 @@ def finetune_model(
 ) -> finetune.FinetuneResult:
     """A fresh start with `search.enabled`: Hyperband chooses the strategy (tasks/models/strategy.py),
     and the backbone among LogME's best `select.top_k`.
-    Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on cached
-    features, phase 2 top of the backbone at a lower rate. Checkpoints under `root`, keyed like
-    the result, so a killed run resumes. `reproducibility` only keys the cache."""
+    Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on the frozen
+    features (kept on disk under `root`: select computed the training split's), phase 2 top of
+    the backbone at a lower rate on streamed images. Checkpoints under `root`, keyed like the
+    result, so a killed run resumes. `reproducibility` only keys the cache."""
     key = stage_key()
-    train, val = (data.train.x, data.train.y), (data.val.x, data.val.y)
     folder = checkpoints.folder(root, "finetune", key)
     events = checkpoints.events_folder(root, "finetune", key)
     if search.enabled and start.init_head is None:
+        # The search trains on arrays: it decodes both splits into memory, at the chosen
+        # backbone's size, and compares only the backbones that take that size.
+        same = {uri: b for uri, b in start.backbones().items() if start.pixels_by_uri()[uri] == start.pixels}
+        train = (data.train.images(start.pixels), data.train.y)
+        val = (data.val.images(start.pixels), data.val.y)
         found = strategy.search(
-            start.backbones(), train, val, len(data.class_names), search, params, augment, folder, events
+            same, train, val, len(data.class_names), search, params, augment, folder, events
         )
         result = strategy.as_finetune_result(found, events)
     else:
+        frozen = {
+            name: features.features(
+                start.backbone, start.backbone_id, split, start.pixels, root, f"{name} features"
+            )
+            for name, split in (("train", data.train), ("val", data.val))
+        }
         result = finetune.finetune(
             start.backbone,
-            train,
-            val,
+            data.train,
+            data.val,
             len(data.class_names),
             params,
+            start.pixels,
             init_head=start.init_head,
-            train_features=start.train_features,
+            train_features=frozen["train"],
+            val_features=frozen["val"],
             checkpoints=folder,
             events=events,
         )

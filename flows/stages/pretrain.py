@@ -37,12 +37,14 @@ from tasks.reporting.tracking import log_history
         "models.backbones",
         "models.checkpoints",
         "evaluation.evaluate",
+        "data.stream",
     ),
 )
 def pretrain_backbone(
     data: datasets.SplitData,
     params: PretrainParams,
     image_size: int,
+    resize: str,
     reproducibility: ReproducibilityParams,
     root: Path,
 ) -> pretraining.PretrainResult:
@@ -54,6 +56,7 @@ def pretrain_backbone(
         image_size,
         checkpoints.folder(root, "pretrain", key),
         checkpoints.events_folder(root, "pretrain", key),
+        resize,
     )
     say_resumed(result.resumed)
     result.fingerprint = key

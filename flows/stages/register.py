@@ -16,6 +16,7 @@ from tasks.core.config import (
     RegisterParams,
 )
 from tasks.data import datasets
+from tasks.data.stream import Pixels
 from tasks.models import finetune
 from tasks.promotion import promote
 from tasks.registry import versions
@@ -26,7 +27,7 @@ from tasks.reporting.tracking import scratch_dir
 def register_model(
     result: finetune.FinetuneResult,
     data: datasets.SplitData,
-    image_size: int,
+    pixels: Pixels,
     evaluation: promote.Evaluation,
     tags: dict[str, str],
     params: RegisterParams,
@@ -38,7 +39,7 @@ def register_model(
         registered = promote.register_candidate(
             result.model,
             data,
-            image_size,
+            pixels,
             evaluation,
             {**tags, versions.TRAINING_KEY: result.fingerprint, **strategy_tag(result)},
             params,

@@ -3,6 +3,8 @@ warm start."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 
 from flows.stages.caching import cached_stage, stage_key
@@ -19,31 +21,45 @@ from tasks.selection import candidates
 
 
 @cached_stage(
-    "select", code=("selection.candidates", "selection.logme", "models.backbones", "registry.versions")
+    "select",
+    code=(
+        "selection.candidates",
+        "selection.logme",
+        "models.backbones",
+        "models.features",
+        "models.lite0",
+        "registry.versions",
+        "data.stream",
+    ),
 )
 def select_backbone(
     params: SelectParams,
     top_k: int,
     data: datasets.SplitData,
-    image_size: int,
     seed: int,
     warm_start_from: str | None,
     warm_start_version: str | None,
     registry_state: dict[str, str],
+    resize: str,
+    max_pixels: int,
+    root: Path,
 ) -> candidates.Selection:
     """The champion to warm-start from, or the candidate backbone LogME ranks first (and the
-    next `top_k - 1`: only the strategy search uses them).
+    next `top_k - 1`: only the strategy search uses them), each scored at its own input size.
+    Frozen features and converted weights are kept under `root/.transferops/`.
     `registry_state` (what the candidates resolve to now) only keys the cache."""
     start = candidates.select(
         params.candidates,
         data.train,
         data.class_names,
-        image_size,
         params.max_samples,
         seed,
         warm_start_from,
         warm_start_version,
         top_k,
+        resize,
+        max_pixels,
+        root,
     )
     start.fingerprint = stage_key()
     return start
@@ -62,7 +78,7 @@ def log_selection(start: candidates.Selection, run: FlowRun, reused: bool) -> st
         return f"warm start from {start.uri}"
     scores = ", ".join(f"{k} {v:.4f}" for k, v in start.scores.items())
     also = f"; kept {', '.join(kept)} for the strategy search" if kept else ""
-    return f"chose {start.uri} (LogME on {start.samples} images: {scores}){also}"
+    return f"chose {start.uri} at {start.pixels.size} px (LogME on {start.samples} images: {scores}){also}"
 
 
 def searched_backbone(

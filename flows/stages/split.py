@@ -1,5 +1,5 @@
-"""The split stage: the stable split and each split's images (tasks/data/datasets.py), and the
-splits as MLflow dataset inputs of the flow's run."""
+"""The split stage: the stable split (tasks/data/datasets.py: files and labels, no pixels), and
+the splits as MLflow dataset inputs of the flow's run."""
 
 from __future__ import annotations
 
@@ -33,16 +33,13 @@ def splits(
         data=data,
         data_dir=data_dir,
         params=params.split,
-        image_size=params.data.image_size,
     )
 
 
 @cached_stage("split", code=("data.datasets", "data.split", "data.ingest", "data.images"))
-def split_data(
-    data: validation.ValidatedData, data_dir: Path, params: SplitParams, image_size: int
-) -> datasets.SplitData:
-    """Assign splits by content hash and decode each split's images once."""
-    return datasets.prepare_splits(data.manifest, data_dir, params, image_size)
+def split_data(data: validation.ValidatedData, data_dir: Path, params: SplitParams) -> datasets.SplitData:
+    """Assign splits by content hash: which file goes where (no image is read)."""
+    return datasets.prepare_splits(data.manifest, data_dir, params)
 
 
 def log_split(splits: datasets.SplitData, run: FlowRun, reused: bool) -> str:

@@ -31,7 +31,10 @@ class Section(BaseModel):
 class DataParams(Section):
     raw: str = "data/raw"  # the target task's image folder: <raw>/<class>/<image>
     source: str = "data/source"  # the pretraining image folder, same layout
-    image_size: int = Field(32, ge=8, le=1024)  # images are decoded to RGB, image_size x image_size
+    # The input side of a backbone that does not fix one (the pretraining CNN, a keras:
+    # candidate that names none takes 224); every other backbone takes its own input size.
+    image_size: int = Field(32, ge=8, le=1024)
+    resize: Literal["squash", "crop", "pad"] = "squash"  # how an image becomes a square (training = serving)
 
 
 class FashionMnistParams(Section):
@@ -75,15 +78,16 @@ class PretrainParams(Section):
 class Candidate(Section):
     """A pretrained backbone: `registry:<model>@<alias>`, `keras:<Application>`, `file:<x.keras>`."""
 
-    uri: str = Field(pattern=r"^(registry|keras|file):.+")
+    uri: str = Field(pattern=r"^(registry|keras|file|lite0):.+")
     weights: str | None = None  # keras: only; "imagenet" needs internet, "none" or a file path
+    image_size: int | None = Field(None, ge=8, le=1024)  # keras: only (default 224); others fix their own
 
 
 class SelectParams(Section):
     candidates: tuple[Candidate, ...] = Field(
         (
             Candidate(uri="registry:transferops-backbone@pretrained"),
-            Candidate(uri="keras:MobileNetV3Small", weights="none"),
+            Candidate(uri="lite0:imagenet"),
         ),
         min_length=1,
     )
@@ -103,7 +107,7 @@ class FinetuneParams(Section):
     batch_size: int = Field(32, ge=1)
     head_epochs: int = Field(40, ge=0)
     head_learning_rate: float = Field(1e-3, gt=0)
-    finetune_epochs: int = Field(15, ge=0)
+    finetune_epochs: int = Field(3, ge=0)  # at 224 px an epoch of the demo is about a minute on 2 cores
     finetune_learning_rate: float = Field(1e-4, gt=0)
     unfreeze_layers: int = Field(4, ge=0)  # trainable layers (with weights) at the top of the backbone
     dropout: float = Field(0.2, ge=0, lt=1)

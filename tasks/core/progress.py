@@ -1,16 +1,15 @@
-"""What a person at a terminal sees during a run: the stage being run, a progress bar for
-ingest and feature extraction, one line per epoch. Quiet when stderr is not a terminal (logs,
+"""What a person at a terminal sees during a run: the stage being run, a progress bar with a
+rate and ETA over every pass over images (ingest, feature extraction, each epoch's batches,
+evaluation, predict), one line per epoch. Quiet when stderr is not a terminal (logs,
 CI, a scheduled run) or with `--quiet`; TRANSFEROPS_PROGRESS=1/0 forces it on or off."""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
-
-import keras
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -38,18 +37,13 @@ def bar(items: Iterable[T], description: str, total: int | None = None, unit: st
     yield from tqdm(items, desc=description, total=total, file=sys.stderr, leave=False, unit=unit)
 
 
-class EpochLines(keras.callbacks.Callback):
-    """`<phase> epoch 3/40  loss 0.512  accuracy 0.830  val_loss 0.601  val_accuracy 0.800  1.2s`."""
+@contextmanager
+def counting(description: str, total: int | None, unit: str = "img") -> Iterator[Callable[[int], object]]:
+    """A bar that the caller advances by n (`update(n)`): images done of `total`, rate, ETA."""
+    if not enabled():
+        yield lambda n: None
+        return
+    from tqdm import tqdm
 
-    def __init__(self, phase: str, epochs: int) -> None:
-        super().__init__()
-        self.phase, self.epochs, self.start = phase, epochs, 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        values = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
-        say(
-            f"{self.phase} epoch {epoch + 1}/{self.epochs}  {values}  {time.perf_counter() - self.start:.1f}s"
-        )
+    with tqdm(total=total, desc=description, file=sys.stderr, leave=False, unit=unit) as shown:
+        yield shown.update

@@ -1,33 +1,69 @@
-"""From a manifest to arrays: splits assigned, images decoded once, labels as class indices."""
+"""From a manifest to splits: assigned by content hash, each split a list of files and labels.
+
+A split holds references, never pixels: `stream.batches` decodes its files when a stage needs
+them, so a cached split (what Prefect pickles) is a few bytes per image whatever the image size.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from tasks.data import ingest
-from tasks.data import lineage
-from tasks.data import split
 from tasks.core.config import SplitParams
-from tasks.data.images import load_images
+from tasks.data import ingest, lineage, split, stream
+from tasks.data.stream import Pixels
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclass
 class Split:
-    x: np.ndarray  # (n, size, size, 3) uint8
+    """One split of an image folder: `files` relative to `root`, and their class indices."""
+
+    root: Path
+    files: list[str]
     y: np.ndarray  # (n,) int class indices into class_names
-    paths: list[str]  # absolute file paths, same order
+    sha256: list[str] | None = None  # each file's content hash (from the manifest), same order
+
+    def digest(self) -> str:
+        """Which images, by content when known (a key for what is computed from them)."""
+        return lineage.digest([self.files, self.sha256 or str(self.root), self.y.tolist()])
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def paths(self) -> list[str]:
+        """Absolute file paths, in order."""
+        return [str(self.root / f) for f in self.files]
+
+    def subset(self, rows: np.ndarray | list[int]) -> Split:
+        rows = np.asarray(rows, dtype=np.int64)
+        sha = [self.sha256[i] for i in rows] if self.sha256 is not None else None
+        return Split(self.root, [self.files[i] for i in rows], self.y[rows], sha)
+
+    def batches(
+        self, pixels: Pixels, batch_size: int, labels: bool = True, shuffle_seed: int | None = None
+    ) -> tf.data.Dataset:
+        """The split as a `tf.data` pipeline of uint8 batches (with labels by default)."""
+        return stream.batches(
+            self.root, self.files, pixels, batch_size, self.y if labels else None, shuffle_seed
+        )
+
+    def images(self, pixels: Pixels) -> np.ndarray:
+        """Every image of the split decoded into one array: only for small splits (tests,
+        thumbnails, the benchmarks' label subsets), never in the pipeline."""
+        return stream.decode_files(self.root, self.files, pixels)
+
 
 @dataclass
 class SplitData:
-    """The decoded train/val/test splits of one image folder."""
+    """The train/val/test splits of one image folder."""
 
     class_names: list[str]
     train: Split
@@ -37,8 +73,8 @@ class SplitData:
 
     @property
     def fingerprint(self) -> str:
-        """By content: which image went where, decoded to which shape."""
-        return lineage.digest([lineage.frame_hash(self.table), list(self.train.x.shape[1:])])
+        """By content: which image went where."""
+        return lineage.digest([lineage.frame_hash(self.table)])
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in split.SPLITS}
@@ -63,30 +99,28 @@ def class_names_of(split_table: pd.DataFrame) -> list[str]:
     return sorted(split_table["label"].dropna().unique().tolist())
 
 
-def load_split(
-    split_table: pd.DataFrame, root: Path, name: str, class_names: list[str], image_size: int
-) -> Split:
+def split_of(split_table: pd.DataFrame, root: Path, name: str, class_names: list[str]) -> Split:
     rows = split_table[split_table["split"] == name]
     index = {label: i for i, label in enumerate(class_names)}
-    paths = [str(root / p) for p in rows["path"]]
     return Split(
-        x=load_images([ingest.read_inside(root, p) for p in rows["path"]], image_size),
-        y=rows["label"].map(index).to_numpy(dtype=np.int64),
-        paths=paths,
+        Path(root),
+        rows["path"].tolist(),
+        rows["label"].map(index).to_numpy(dtype=np.int64),
+        rows["sha256"].tolist() if "sha256" in rows else None,
     )
 
 
-def prepare_splits(manifest: pd.DataFrame, data_dir: Path, params: SplitParams, image_size: int) -> SplitData:
-    """The usable images of a manifest, split by content hash and decoded once per split."""
+def prepare_splits(manifest: pd.DataFrame, data_dir: Path, params: SplitParams) -> SplitData:
+    """The usable images of a manifest, split by content hash (no pixels are read here)."""
     table = split.assign_splits(
         ingest.usable(manifest), params.val_fraction, params.test_fraction, params.salt
     )
     names = class_names_of(table)
-    loaded = {s: load_split(table, data_dir, s, names, image_size) for s in split.SPLITS}
+    loaded = {s: split_of(table, data_dir, s, names) for s in split.SPLITS}
     columns = table[["path", "label", "sha256", "split"]].reset_index(drop=True)
     return SplitData(names, loaded["train"], loaded["val"], loaded["test"], columns)
 
 
-def load_folder(data_dir: Path, params: SplitParams, image_size: int, max_pixels: int) -> SplitData:
-    """scan -> split -> decode, without validation or tracking (benchmarks, notebooks)."""
-    return prepare_splits(ingest.scan(data_dir, max_pixels=max_pixels), data_dir, params, image_size)
+def load_folder(data_dir: Path, params: SplitParams, max_pixels: int) -> SplitData:
+    """scan -> split, without validation or tracking (benchmarks, notebooks)."""
+    return prepare_splits(ingest.scan(data_dir, max_pixels=max_pixels), data_dir, params)

@@ -20,10 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.data import data_docs
-from tasks.data import ingest
-from tasks.data import lineage
 from tasks.core.config import ValidateParams
+from tasks.data import data_docs, ingest, lineage
 from tasks.data.images import printable
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
+from tasks.core import progress
 from tasks.evaluation import gate
 
 
@@ -27,15 +29,32 @@ class TestReport:
     thumbnails: np.ndarray | None = None  # their images, when the report was given the images
 
 
-def predict(model: Any, images: np.ndarray) -> np.ndarray:
-    """Class probabilities of a Keras classifier for uint8 images."""
-    return np.asarray(model.predict(images.astype("float32"), verbose=0))
+def predict(model: Any, images: Any, total: int | None = None, description: str = "evaluate") -> np.ndarray:
+    """Class probabilities of a Keras classifier for uint8 images: an array, or batches of them
+    (a `tf.data` stream of `total` images), predicted batch by batch with a progress bar."""
+    if isinstance(images, np.ndarray):
+        return np.asarray(model.predict(images.astype("float32"), verbose=0))
+    out = []
+    with progress.counting(description, total) as advance:
+        for batch in images.as_numpy_iterator():
+            out.append(np.asarray(model.predict_on_batch(batch.astype("float32"))))
+            advance(len(batch))
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]))
 
 
 def report(
-    y_true: np.ndarray, probabilities: np.ndarray, class_names: list[str], images: np.ndarray | None = None
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: list[str],
+    images: np.ndarray | Callable[[list[int]], np.ndarray] | None = None,
 ) -> TestReport:
+    """The test report; `images` gives the pictures of the gallery of mistakes: all images, or
+    a function of the rows it needs (so only those few are decoded)."""
     wrong = confident_mistakes(y_true, probabilities)
+    rows = [m["index"] for m in wrong]
+    thumbnails = None
+    if images is not None and wrong:
+        thumbnails = images(rows) if callable(images) else images[rows]
     return TestReport(
         metrics=metrics(y_true, probabilities),
         per_class=per_class_report(y_true, probabilities, class_names),
@@ -47,7 +66,7 @@ def report(
         },
         calibration=calibration(y_true, probabilities),
         mistakes=wrong,
-        thumbnails=images[[m["index"] for m in wrong]] if images is not None and wrong else None,
+        thumbnails=thumbnails,
     )
 
 

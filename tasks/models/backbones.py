@@ -7,6 +7,8 @@ own preprocessing, so every model in the project takes raw pixels. A classifier 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import keras
@@ -128,39 +130,76 @@ def keras_application(name: str, image_size: int, weights: str | None, seed: int
     return model
 
 
-def load_candidate(candidate: Candidate, image_size: int, seed: int = 0) -> keras.Model:
-    """Materialise a candidate backbone (see `Candidate`)."""
+KERAS_SIZE = 224  # the input side of a keras: candidate that names none (what ImageNet weights expect)
+
+
+def input_size(model: keras.Model, uri: str = "backbone") -> int:
+    """The side of the square RGB images `model` takes; a ValueError names what it takes instead."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise ValueError(f"{uri}: backbone takes {shape}; expected square RGB images (n, size, size, 3)")
+    if len(model.output_shape) != 2:
+        raise ValueError(f"{uri}: backbone gives {model.output_shape}; expected (n, features)")
+    return int(shape[1])
+
+
+def load_candidate(candidate: Candidate, seed: int = 0, cache_dir: Path | None = None) -> keras.Model:
+    """Materialise a candidate backbone (see `Candidate`) at its own input size: a registry or
+    file backbone's own, a Keras Application's `image_size` (224 by default), Lite0's 224.
+    `cache_dir` keeps converted weights (lite0:)."""
     kind, _, ref = candidate.uri.partition(":")
     if kind == "registry":
         import mlflow
 
         model = mlflow.keras.load_model(registry_uri(ref))
     elif kind == "keras":
-        model = keras_application(ref, image_size, candidate.weights, seed)
+        model = keras_application(ref, candidate.image_size or KERAS_SIZE, candidate.weights, seed)
+    elif kind == "lite0":
+        from tasks.models import lite0
+
+        if ref != "imagenet":
+            raise ValueError(f"{candidate.uri}: lite0 has ImageNet weights only (lite0:imagenet)")
+        model = lite0.lite0_backbone(cache_dir or Path(".transferops") / "backbones")
     elif kind == "file":
         if not Path(ref).is_file():
             raise FileNotFoundError(f"{candidate.uri}: model file not found")
         model = keras.saving.load_model(ref)
     else:
-        raise ValueError(f"{candidate.uri}: candidate must start with registry:, keras: or file:")
-    expected = (image_size, image_size, 3)
-    if tuple(model.input_shape[1:]) != expected or len(model.output_shape) != 2:
-        raise ValueError(
-            f"{candidate.uri}: backbone maps {model.input_shape} -> {model.output_shape}; "
-            f"expected {expected} -> (features,)"
-        )
+        raise ValueError(f"{candidate.uri}: candidate must start with registry:, keras:, lite0: or file:")
+    input_size(model, candidate.uri)
     return model
 
 
 def extract_features(
-    backbone: keras.Model, images: np.ndarray, batch_size: int = 256, description: str = "features"
+    backbone: keras.Model,
+    batches: Iterable[np.ndarray],
+    total: int,
+    description: str = "features",
+    out: Path | None = None,
 ) -> np.ndarray:
-    """Frozen-backbone features, in inference mode, batch by batch (a progress bar on a terminal)."""
-    starts = range(0, len(images), batch_size)
-    batches = [
-        np.asarray(backbone.predict_on_batch(images[i : i + batch_size].astype("float32")))
-        for i in progress.bar(starts, description, total=len(starts), unit="batch")
-    ]
-    if not batches:
-        return np.zeros((0, backbone.output_shape[-1]), dtype="float32")
-    return np.concatenate(batches)
+    """Frozen-backbone features of `total` images given batch by batch (a `tf.data` stream of
+    uint8 images, or arrays), in inference mode, with a progress bar on a terminal. With `out`,
+    written into a memory-mapped .npy file there (under a temporary name until complete) and
+    returned memory-mapped, so no more than one batch of them is ever in memory."""
+    dim = int(backbone.output_shape[-1])
+    if out is None:
+        features = np.zeros((total, dim), dtype="float32")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.name}.partial")
+        features = np.lib.format.open_memmap(partial, mode="w+", dtype="float32", shape=(total, dim))
+    done = 0
+    with progress.counting(description, total) as advance:
+        for batch in batches:
+            values = np.asarray(backbone.predict_on_batch(np.asarray(batch, dtype="float32")))
+            features[done : done + len(values)] = values
+            done += len(values)
+            advance(len(values))
+    if done != total:
+        raise ValueError(f"{description}: {done} images streamed, {total} expected")
+    if out is None:
+        return features
+    features.flush()
+    del features
+    os.replace(partial, out)
+    return np.load(out, mmap_mode="r")

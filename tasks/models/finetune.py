@@ -1,9 +1,11 @@
 """Fine-tuning in two phases.
 
 Phase 1 trains only the head, on features the frozen backbone computed once (the backbone's
-forward pass is the costly part, and frozen it gives the same features every epoch).
+forward pass is the costly part, and frozen it gives the same features every epoch; the caller
+passes them from the on-disk cache, `tasks.models.features`).
 Phase 2 unfreezes the top `unfreeze_layers` weighted layers of the backbone and trains the
-whole classifier at a lower learning rate; BatchNorm layers stay frozen and in inference mode.
+whole classifier at a lower learning rate on images streamed from the files (`tf.data`,
+reshuffled every epoch); BatchNorm layers stay frozen and in inference mode.
 Both phases stop early on validation loss and keep their best weights.
 """
 
@@ -17,9 +19,12 @@ import keras
 import numpy as np
 
 from tasks.core.config import FinetuneParams
-from tasks.core.progress import EpochLines
-from tasks.models.backbones import build_classifier, build_head, extract_features, glorot
+from tasks.data.datasets import Split
+from tasks.data.stream import Pixels
+from tasks.models import features
+from tasks.models.backbones import build_classifier, build_head, glorot
 from tasks.models.checkpoints import callback, finished, resumed_epoch
+from tasks.models.epochs import BatchBar, EpochLines
 
 
 @dataclass
@@ -78,31 +83,39 @@ def unfreeze_top(backbone: keras.Model, n_layers: int) -> list[str]:
 
 def finetune(
     backbone: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Split,
+    val: Split,
     num_classes: int,
     params: FinetuneParams,
+    pixels: Pixels,
     init_head: list[np.ndarray] | None = None,
     train_features: np.ndarray | None = None,
+    val_features: np.ndarray | None = None,
     checkpoints: Path | None = None,
     events: Path | None = None,
 ) -> FinetuneResult:
-    """Fine-tune `backbone` on (images, int labels); returns the classifier and its history.
+    """Fine-tune `backbone` on the images of `train` (decoded as `pixels` says); returns the
+    classifier and its history.
 
     `init_head` (the head's [kernel, bias], e.g. from the champion) warm-starts the head.
-    `train_features` are the frozen features of `train[0]` when the caller has them already.
+    `train_features` / `val_features`: the frozen features of the splits when the caller has
+    them (the feature cache); computed here otherwise.
     `checkpoints`: a folder for per-epoch checkpoints (tasks.models.checkpoints); a killed run resumes.
     `events`: a folder for TensorBoard event files, one subfolder per phase.
     """
     keras.utils.set_random_seed(params.seed)
-    (x_train, y_train), (x_val, y_val) = train, val
     backbone.trainable = False
     f_train = (
         train_features
         if train_features is not None
-        else extract_features(backbone, x_train, description="train features")
+        else features.features(backbone, "", train, pixels, None, "train features")
     )
-    f_val = extract_features(backbone, x_val, description="val features")
+    f_val = (
+        val_features
+        if val_features is not None
+        else features.features(backbone, "", val, pixels, None, "val features")
+    )
+    y_train, y_val = train.y, val.y
 
     head_model, dense = build_head(f_train.shape[1], num_classes, params.dropout, params.seed)
     if init_head is not None:
@@ -116,9 +129,9 @@ def finetune(
     resumed: dict[str, int] = {}
     if params.head_epochs > 0:
         h1 = head_model.fit(
-            f_train,
+            np.asarray(f_train),
             y_train,
-            validation_data=(f_val, y_val),
+            validation_data=(np.asarray(f_val), y_val),
             epochs=params.head_epochs,
             batch_size=params.batch_size,
             callbacks=[
@@ -141,13 +154,13 @@ def finetune(
             metrics=["accuracy"],
         )
         h2 = classifier.fit(
-            x_train.astype("float32"),
-            y_train,
-            validation_data=(x_val.astype("float32"), y_val),
+            train.batches(pixels, params.batch_size, shuffle_seed=params.seed),
+            validation_data=val.batches(pixels, params.batch_size),
             epochs=params.finetune_epochs,
-            batch_size=params.batch_size,
+            shuffle=False,  # the stream reshuffles itself every epoch
             callbacks=[
                 _early_stopping(params.patience),
+                BatchBar("finetune", _steps(len(train), params.batch_size)),
                 EpochLines("finetune", params.finetune_epochs),
                 *_resumable(checkpoints, "finetune", resumed),
                 *_tensorboard(events, "finetune", params.histogram_freq),
@@ -164,8 +177,9 @@ def finetune(
 
 def train_from_scratch(
     backbone: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Split,
+    val: Split,
+    pixels: Pixels,
     num_classes: int,
     epochs: int,
     learning_rate: float,
@@ -196,13 +210,13 @@ def train_from_scratch(
         metrics=["accuracy"],
     )
     h = model.fit(
-        train[0].astype("float32"),
-        train[1],
-        validation_data=(val[0].astype("float32"), val[1]),
+        train.batches(pixels, batch_size, shuffle_seed=seed),
+        validation_data=val.batches(pixels, batch_size),
         epochs=epochs,
-        batch_size=batch_size,
+        shuffle=False,  # the stream reshuffles itself every epoch
         callbacks=[
             _early_stopping(patience),
+            BatchBar("train", _steps(len(train), batch_size)),
             EpochLines("train", epochs),
             *_resumable(checkpoints, "train", resumed if resumed is not None else {}),
             *_tensorboard(events, "train", histogram_freq),
@@ -210,3 +224,7 @@ def train_from_scratch(
         verbose=0,
     )
     return model, {k: [float(v) for v in vs] for k, vs in h.history.items()}
+
+
+def _steps(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)

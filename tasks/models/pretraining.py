@@ -14,6 +14,7 @@ import keras
 
 from tasks.core.config import PretrainParams
 from tasks.data.datasets import SplitData
+from tasks.data.stream import Pixels
 from tasks.evaluation import evaluate
 from tasks.models import finetune
 from tasks.models.backbones import build_backbone
@@ -36,16 +37,19 @@ def pretrain(
     image_size: int,
     checkpoints: Path | None = None,
     events: Path | None = None,
+    resize: str = "squash",
 ) -> PretrainResult:
     """Train backbone + head on every source class for `params.epochs` epochs (no early stop);
     with `checkpoints`, a killed run resumes from its last finished epoch; TensorBoard event
     files go to `events`."""
     resumed: dict[str, int] = {}
     backbone = build_backbone(image_size, params.width, seed=params.seed)
+    pixels = Pixels(image_size, resize)
     model, history = finetune.train_from_scratch(
         backbone,
-        (data.train.x, data.train.y),
-        (data.val.x, data.val.y),
+        data.train,
+        data.val,
+        pixels,
         len(data.class_names),
         params.epochs,
         params.learning_rate,
@@ -58,7 +62,8 @@ def pretrain(
         histogram_freq=params.histogram_freq,
     )
     checkpoints_finished(checkpoints)
-    probabilities = evaluate.predict(model, data.test.x)
+    test = data.test.batches(pixels, params.batch_size, labels=False)
+    probabilities = evaluate.predict(model, test, len(data.test), "source test")
     backbone.trainable = False
     return PretrainResult(
         backbone,

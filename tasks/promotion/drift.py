@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.models import backbones
+from tasks.data.datasets import Split
+from tasks.data.stream import Pixels
+from tasks.models import backbones, features
 
 REFERENCE_SAMPLES = 500  # training images whose features a registered version keeps
 REFERENCE_TAG = "drift_reference"  # version tag: artifact URI of those features (.npy)
@@ -53,11 +55,19 @@ def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     return rows[np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))]
 
 
-def reference_features(backbone: object, images: np.ndarray, seed: int = 0) -> np.ndarray:
+def sample_features(
+    backbone: object, split: Split, pixels: Pixels, n: int, seed: int, description: str
+) -> np.ndarray:
+    """Backbone features of a seeded sample of at most `n` images of `split` (only those are decoded)."""
+    rows = np.arange(len(split))
+    if len(rows) > n:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
+    return features.features(backbone, "", split.subset(rows), pixels, None, description)
+
+
+def reference_features(backbone: object, train: Split, pixels: Pixels, seed: int = 0) -> np.ndarray:
     """Backbone features of up to REFERENCE_SAMPLES training images (a seeded sample)."""
-    return backbones.extract_features(
-        backbone, _sample(images, REFERENCE_SAMPLES, seed), description="reference"
-    )
+    return sample_features(backbone, train, pixels, REFERENCE_SAMPLES, seed, "reference")
 
 
 def _mmd2(kernel: np.ndarray, first: np.ndarray) -> float:
@@ -160,10 +170,11 @@ class Measurement:
 
 
 def measure(
-    model_name: str, champion: str, images: np.ndarray, max_samples: int, permutations: int, seed: int = 0
+    model_name: str, champion: str, train: Split, max_samples: int, permutations: int, seed: int = 0
 ) -> Measurement | None:
-    """The drift of `images` from version `champion`'s training images, on that version's
-    backbone; None when the version keeps no reference sample (registered before drift existed)."""
+    """The drift of the `train` images from version `champion`'s training images, on that
+    version's backbone (decoded as that version was trained); None when the version keeps no
+    reference sample (registered before drift existed)."""
     import mlflow
 
     from tasks.registry import versions
@@ -172,10 +183,11 @@ def measure(
     if not reference_uri:
         return None
     reference = np.load(mlflow.artifacts.download_artifacts(artifact_uri=reference_uri))
-    classifier, _ = versions.champion_keras_model(versions.load_version(model_name, champion))
+    served = versions.load_version(model_name, champion)
+    classifier, _ = versions.champion_keras_model(served)
     backbone = backbones.backbone_of(classifier)
-    current = backbones.extract_features(
-        backbone, _sample(images, max_samples, seed + 1), description="current features"
+    current = sample_features(
+        backbone, train, versions.pixels_of(served), max_samples, seed + 1, "current features"
     )
     report = mmd_test(reference, current, max_samples, permutations, seed)
     return Measurement(report, _sample(reference, max_samples, seed), current)

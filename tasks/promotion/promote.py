@@ -20,6 +20,7 @@ import numpy as np
 
 from tasks.core.config import RegisterParams
 from tasks.data.datasets import SplitData
+from tasks.data.stream import Pixels
 from tasks.evaluation import card, evaluate, gate
 from tasks.models import backbones
 from tasks.promotion import drift
@@ -27,6 +28,7 @@ from tasks.registry import history, versions
 from tasks.registry.versions import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
 
 log = logging.getLogger(__name__)
+BATCH_SIZE = 64  # test images decoded and predicted at once
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,17 @@ def champion_scores(model_name: str, version: str | None, data: SplitData) -> Ch
     )
 
 
-def evaluate_challenger(model: Any, data: SplitData, model_name: str, champion: str | None) -> Evaluation:
-    """Test report of the new model and the scores of the champion (version `champion`) on the
-    same test images."""
-    probabilities = evaluate.predict(model, data.test.x)
+def evaluate_challenger(
+    model: Any, data: SplitData, pixels: Pixels, model_name: str, champion: str | None
+) -> Evaluation:
+    """Test report of the new model (its test images streamed, decoded as `pixels` says) and
+    the scores of the champion (version `champion`) on the same test images."""
+    test = data.test
+    probabilities = evaluate.predict(model, test.batches(pixels, BATCH_SIZE, labels=False), len(test), "test")
     return Evaluation(
-        evaluate.report(data.test.y, probabilities, data.class_names, data.test.x),
+        evaluate.report(
+            test.y, probabilities, data.class_names, lambda rows: test.subset(rows).images(pixels)
+        ),
         champion_scores(model_name, champion, data),
     )
 
@@ -104,7 +111,7 @@ def decide(evaluation: Evaluation, y_true: np.ndarray, params: RegisterParams) -
 def register_candidate(
     model: Any,
     data: SplitData,
-    image_size: int,
+    pixels: Pixels,
     evaluation: Evaluation,
     tags: dict[str, str],
     params: RegisterParams,
@@ -130,9 +137,17 @@ def register_candidate(
                 "not promoted: rerun to compare with the new champion",
                 decision.comparison,
             )
-    info = versions.log_classifier(model, data.class_names, image_size, workdir, Path(data.test.paths[0]))
+    info = versions.log_classifier(
+        model,
+        data.class_names,
+        pixels.size,
+        workdir,
+        Path(data.test.paths[0]),
+        max_pixels=pixels.max_pixels,
+        resize=pixels.resize,
+    )
     reference = workdir / "reference_features.npy"  # what `retrain` measures drift against
-    np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train.x))
+    np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train, pixels))
     mlflow.log_artifact(str(reference), "drift_reference")
     version_tags = {
         **tags,

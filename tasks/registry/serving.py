@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.class_names: list[str] = meta["class_names"]
         self.image_size: int = meta["image_size"]
         self.max_pixels: int = meta.get("max_pixels", 40_000_000)
+        self.resize: str = meta.get("resize", "squash")  # versions logged before policies: squash
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
@@ -107,15 +110,19 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         except Exception as exc:  # a bug or resource problem: one line to the client, no stack trace
             raise MlflowException(f"prediction failed: {type(exc).__name__}: {exc}", INTERNAL_ERROR) from None
 
+    def _decode(self, value: Any) -> np.ndarray | str:
+        """One row's image, or the reason it is not one."""
+        try:
+            return decode(image_bytes(value), self.image_size, self.max_pixels, self.resize)
+        except ImageError as exc:
+            return str(exc)
+
     def _predict_rows(self, values: list[Any]) -> pd.DataFrame:
-        arrays: list[np.ndarray] = []
-        errors: list[str | None] = []
-        for value in values:
-            try:
-                arrays.append(decode(image_bytes(value), self.image_size, self.max_pixels))
-                errors.append(None)
-            except ImageError as exc:
-                errors.append(str(exc))
+        # decoded on every core: PIL releases the GIL while it decodes and resizes
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            decoded = list(pool.map(self._decode, values))
+        arrays = [d for d in decoded if isinstance(d, np.ndarray)]
+        errors: list[str | None] = [d if isinstance(d, str) else None for d in decoded]
         good = [i for i, e in enumerate(errors) if e is None]
         probabilities = np.zeros((len(values), len(self.class_names)))
         if arrays:

@@ -33,6 +33,8 @@ from tasks.registry.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame
 if TYPE_CHECKING:  # `transferops status` reads the registry without importing TensorFlow
     import keras
 
+    from tasks.data.stream import Pixels
+
 TASKS_DIR = Path(__file__).parents[1]
 # What the served model imports: decoding and the pyfunc wrapper, nothing else of `tasks`.
 SERVING_MODULES = ("data/images.py", "registry/serving.py")
@@ -54,6 +56,7 @@ def log_classifier(
     example_image: Path,
     name: str = "model",
     max_pixels: int = 40_000_000,
+    resize: str = "squash",
 ) -> mlflow.models.model.ModelInfo:
     """Log the classifier as a pyfunc (tasks.registry.serving.ImageClassifier) in the active run.
 
@@ -64,7 +67,9 @@ def log_classifier(
     model.save(keras_path)
     meta_path = workdir / "meta.json"
     meta_path.write_text(
-        json.dumps({"class_names": class_names, "image_size": image_size, "max_pixels": max_pixels})
+        json.dumps(
+            {"class_names": class_names, "image_size": image_size, "max_pixels": max_pixels, "resize": resize}
+        )
     )
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
@@ -246,6 +251,14 @@ def latest_version(name: str) -> str | None:
     return resolve(name)[1]
 
 
+def pixels_of(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> Pixels:
+    """How a served ImageClassifier decodes images (its size, resize policy, pixel limit)."""
+    from tasks.data.stream import Pixels
+
+    inner = pyfunc_model.unwrap_python_model()
+    return Pixels(inner.image_size, inner.resize, inner.max_pixels)
+
+
 def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras.Model, list[str]]:
     """The Keras classifier and class names inside a served ImageClassifier."""
     inner = pyfunc_model.unwrap_python_model()
@@ -254,18 +267,20 @@ def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras
 
 def warm_start(
     model_name: str, class_names: list[str], version: str | None = None
-) -> tuple[keras.Model, list[np.ndarray], str] | None:
-    """(backbone, head weights, version) of the champion (or of `version`) if it knows the
-    same classes, else None."""
+) -> tuple[keras.Model, list[np.ndarray], str, Pixels] | None:
+    """(backbone, head weights, version, how it decodes images) of the champion (or of
+    `version`) if it knows the same classes, else None."""
     found = version or champion_version(model_name)
     if found is None:
         return None
     from tasks.models.backbones import backbone_of, single
 
-    classifier, known_classes = champion_keras_model(load_version(model_name, found))
+    served = load_version(model_name, found)
+    classifier, known_classes = champion_keras_model(served)
     if known_classes != class_names:
         return None
-    return backbone_of(classifier), single(classifier).get_layer("head").get_weights(), found
+    head = single(classifier).get_layer("head").get_weights()
+    return backbone_of(classifier), head, found, pixels_of(served)
 
 
 def resolve(ref: str) -> tuple[str, str | None]:
@@ -294,9 +309,23 @@ def version_tags(name: str, version: str) -> dict[str, str]:
         return {}
 
 
+PREDICT_BATCH = 64  # files read and predicted at once: memory stays flat in the number of files
+
+
+def predict_batches(
+    pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str], batch_size: int = PREDICT_BATCH
+) -> Iterator[tuple[list[str], pd.DataFrame]]:
+    """The served model's rows for `paths`, `batch_size` files at a time (a trusted caller's
+    files: see `files_frame`): (the batch's paths, its predictions)."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        yield chunk, pyfunc_model.predict(files_frame(chunk))
+
+
 def predict_files(pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str]) -> pd.DataFrame:
     """A served model's predictions for files this process trusts (it reads them, not the model)."""
-    return pyfunc_model.predict(files_frame(paths))
+    frames = [frame for _, frame in predict_batches(pyfunc_model, paths)]
+    return pd.concat(frames, ignore_index=True) if frames else pyfunc_model.predict(files_frame(paths))
 
 
 def model_status(name: str) -> dict[str, Any]:

@@ -17,7 +17,9 @@ import numpy as np
 from tasks.core.config import Candidate
 from tasks.data import lineage
 from tasks.data.datasets import Split
+from tasks.data.stream import Pixels
 from tasks.models import backbones
+from tasks.models import features as frozen
 from tasks.registry import versions
 from tasks.selection.logme import logme
 
@@ -31,9 +33,10 @@ class Selection:
     uri: str
     backbone: keras.Model
     lineage: dict[str, str] = field(default_factory=dict)  # backbone_version, backbone_data_version
+    pixels: Pixels = field(default_factory=lambda: Pixels(224))  # how this backbone takes images
+    backbone_id: str = ""  # which backbone exactly: the key of its frozen features on disk
     scores: dict[str, float] = field(default_factory=dict)  # LogME per candidate; empty for a warm start
     samples: int = 0  # training images LogME was scored on
-    train_features: np.ndarray | None = None  # features of the whole training split, if computed
     init_head: list[np.ndarray] | None = None
     fingerprint: str = ""  # the key of the stage that made it (flows.stages.caching)
     runners_up: list[Selection] = field(default_factory=list)  # LogME's next best (select.top_k - 1)
@@ -43,18 +46,30 @@ class Selection:
         chooses among)."""
         return {self.uri: self.backbone} | {r.uri: r.backbone for r in self.runners_up}
 
+    def pixels_by_uri(self) -> dict[str, Pixels]:
+        return {self.uri: self.pixels} | {r.uri: r.pixels for r in self.runners_up}
+
     def pick(self, uri: str) -> Selection:
         """This selection with the backbone `uri` (a runner-up the search preferred) as chosen."""
         if uri == self.uri:
             return self
         runner = next(r for r in self.runners_up if r.uri == uri)
-        return replace(self, uri=uri, backbone=runner.backbone, lineage=runner.lineage, train_features=None)
+        return replace(
+            self,
+            uri=uri,
+            backbone=runner.backbone,
+            lineage=runner.lineage,
+            pixels=runner.pixels,
+            backbone_id=runner.backbone_id,
+        )
 
 
 def short_name(uri: str) -> str:
     """registry:foo@bar -> foo@bar, keras:MobileNetV3Small -> MobileNetV3Small, file:/m/b.keras -> b.keras;
     what a run name shows of where fine-tuning started."""
     kind, _, ref = uri.partition(":")
+    if kind == "lite0":
+        return f"lite0-{ref}"
     return ref.split(" ")[0] if kind == "registry" else Path(ref).name
 
 
@@ -62,7 +77,7 @@ def candidate_name(candidate: Candidate) -> str:
     """A metric-safe short name: registry:foo@bar -> foo_bar, registry:foo/3 -> foo_3,
     file:/models/b.keras -> b.keras, keras:MobileNetV3Small -> MobileNetV3Small."""
     kind, _, ref = candidate.uri.partition(":")
-    short = ref if kind == "registry" else Path(ref).name
+    short = ref if kind == "registry" else f"lite0-{ref}" if kind == "lite0" else Path(ref).name
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in short)
 
 
@@ -74,42 +89,48 @@ def sample_indices(n: int, max_samples: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(indices, size=max_samples, replace=False))
 
 
+def backbone_id(candidate: Candidate, seed: int) -> str:
+    """Which backbone exactly (URI, version or weights, the seed of unweighted ones, size): the
+    key its frozen features are kept under."""
+    return lineage.digest([candidate.uri, candidate_lineage(candidate), candidate.image_size, seed])
+
+
 def score_candidates(
     candidates: tuple[Candidate, ...],
     train: Split,
-    image_size: int,
     max_samples: int,
     seed: int,
     top_k: int = 1,
+    resize: str = "squash",
+    max_pixels: int = 40_000_000,
+    root: Path | None = None,
 ) -> Selection:
-    """LogME of every candidate on frozen features of (a sample of) the training split; the
-    best one is chosen, the next `top_k - 1` kept as runners-up. Its features are kept when
-    they cover the whole split (phase 1 reuses them)."""
-    sample = sample_indices(len(train), max_samples, seed)
+    """LogME of every candidate on frozen features of (a sample of) the training split, each
+    backbone at its own input size; the best one is chosen, the next `top_k - 1` kept as
+    runners-up. The features are kept under `root` (tasks.models.features): when the sample is
+    the whole split, the head phase of fine-tuning reads them instead of computing them again."""
+    sample = train.subset(sample_indices(len(train), max_samples, seed))
     scores: dict[str, float] = {}
-    loaded: dict[str, tuple[Candidate, keras.Model, np.ndarray]] = {}
+    loaded: dict[str, Selection] = {}
     for candidate in candidates:
         name = candidate_name(candidate)
-        model = backbones.load_candidate(candidate, image_size, seed)
-        features = backbones.extract_features(model, train.x[sample], description=f"features {name}")
-        scores[name] = logme(features, train.y[sample])
-        loaded[name] = (candidate, model, features)
-        log.info("LogME %s = %.4f (%d features)", candidate.uri, scores[name], features.shape[1])
+        cache = root / ".transferops" / "backbones" if root is not None else None
+        model = backbones.load_candidate(candidate, seed, cache)
+        pixels = Pixels(backbones.input_size(model, candidate.uri), resize, max_pixels)
+        found = backbone_id(candidate, seed)
+        features = frozen.features(model, found, sample, pixels, root, f"features {name}")
+        scores[name] = logme(np.asarray(features), sample.y)
+        loaded[name] = Selection(candidate.uri, model, candidate_lineage(candidate), pixels, found)
+        log.info(
+            "LogME %s = %.4f (%d features at %d px)",
+            candidate.uri,
+            scores[name],
+            features.shape[1],
+            pixels.size,
+        )
     ranked = sorted(scores, key=scores.__getitem__, reverse=True)  # stable: ties keep params' order
-    chosen, model, features = loaded[ranked[0]]
-    whole = len(sample) == len(train)
-    runners_up = [
-        Selection(loaded[name][0].uri, loaded[name][1], candidate_lineage(loaded[name][0]))
-        for name in ranked[1:top_k]
-    ]
-    return Selection(
-        chosen.uri,
-        model,
-        candidate_lineage(chosen),
-        scores,
-        len(sample),
-        features if whole else None,
-        runners_up=runners_up,
+    return replace(
+        loaded[ranked[0]], scores=scores, samples=len(sample), runners_up=[loaded[n] for n in ranked[1:top_k]]
     )
 
 
@@ -123,6 +144,14 @@ def candidate_lineage(candidate: Candidate) -> dict[str, str]:
         return {"backbone_version": version or "", "backbone_data_version": data_version}
     if kind == "file":
         return {"backbone_version": lineage.file_sha256(Path(ref)), "backbone_data_version": ""}
+    if kind == "lite0":
+        from tasks.models import lite0
+
+        weights = lite0.checkpoint_path()
+        return {
+            "backbone_version": f"sha256={lineage.file_sha256(weights)[:16]}",
+            "backbone_data_version": "imagenet",
+        }
     return {"backbone_version": f"weights={candidate.weights or 'none'}", "backbone_data_version": ""}
 
 
@@ -144,12 +173,14 @@ def champion_start(model_name: str, class_names: list[str], version: str | None 
     warm = versions.warm_start(model_name, class_names, version)
     if warm is None:
         return None
-    backbone, head, found = warm
+    backbone, head, found, pixels = warm
     data_version = versions.version_tags(model_name, found).get("data_version", "")
     return Selection(
         f"registry:{model_name}/{found}" if version else f"registry:{model_name}@champion (v{found})",
         backbone,
         {"backbone_version": found, "backbone_data_version": data_version},
+        pixels,
+        lineage.digest([model_name, found, "warm start"]),
         init_head=head,
     )
 
@@ -158,19 +189,21 @@ def select(
     candidates: tuple[Candidate, ...],
     train: Split,
     class_names: list[str],
-    image_size: int,
     max_samples: int,
     seed: int,
     warm_start_from: str | None = None,
     warm_start_version: str | None = None,
     top_k: int = 1,
+    resize: str = "squash",
+    max_pixels: int = 40_000_000,
+    root: Path | None = None,
 ) -> Selection:
     """The champion of `warm_start_from` (a registered model; or its `warm_start_version`)
     when it can warm-start these classes, else the best candidate by LogME (and the next
-    `top_k - 1` as runners-up)."""
+    `top_k - 1` as runners-up); frozen features and converted weights are kept under `root`."""
     if warm_start_from:
         start = champion_start(warm_start_from, class_names, warm_start_version)
         if start is not None:
             return start
         log.info("no champion of %s with classes %s: scoring candidates", warm_start_from, class_names)
-    return score_candidates(candidates, train, image_size, max_samples, seed, top_k)
+    return score_candidates(candidates, train, max_samples, seed, top_k, resize, max_pixels, root)

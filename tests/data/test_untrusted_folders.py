@@ -86,7 +86,7 @@ def test_only_images_inside_the_folder_are_trained_on(image_folder, tmp_path):
     outside.mkdir()
     shutil.copy(image_folder / "ant" / "ant_0_000.png", outside / "x.png")
     os.symlink(outside / "x.png", image_folder / "ant" / "x.png")
-    data = load_folder(image_folder, SplitParams(), 16, 40_000_000)
+    data = load_folder(image_folder, SplitParams(), 40_000_000)
     used = data.train.paths + data.val.paths + data.test.paths
     assert len(used) == 36 and not any(p.endswith("ant/x.png") for p in used)
 

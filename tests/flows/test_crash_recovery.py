@@ -20,7 +20,7 @@ from tasks.core import runlock
 pytestmark = pytest.mark.slow
 
 SLOW_FINETUNE = ["--set", "finetune.head_epochs=400", "--set", "finetune.patience=400"]
-CANDIDATE = ["--set", "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none}]"]
+CANDIDATE = ["--set", "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"]
 
 
 def cli(root, *args: str) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import clear_mlflow_env, make_image_folder, sets
 from mlflow import MlflowClient
@@ -27,6 +28,9 @@ pytestmark = pytest.mark.slow
 MODEL = "transferops-classifier"
 FAST = sets(
     {
+        # the stand-in and a Keras Application, both at 32 px (the built-in default adds Lite0 at 224)
+        "select.candidates": "[{uri: 'registry:transferops-backbone@pretrained'},"
+        " {uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
         "data.image_size": 32,
         "pretrain.epochs": 5,
         "pretrain.width": 8,
@@ -424,14 +428,38 @@ def test_predict_labels_files_through_the_served_pyfunc(project, capsys, tmp_pat
     assert main([*args, "predict", str(image), str(junk)]) == 0
     lines = capsys.readouterr().out.splitlines()
     champion = client_for(root).get_model_version_by_alias(MODEL, "champion").version
-    assert lines[0] == f"{MODEL} v{champion} ({MODEL}@champion)"
+    assert lines[0] == f"{MODEL} v{champion} ({MODEL}@champion): 2 files"
     path, label, confidence = lines[1].split("  ")
     assert path == str(image) and label in {"dog", "eel", "fox"} and 0 < float(confidence) <= 1
     assert lines[2].startswith(f"{junk}  error: ")
     assert main([*args, "predict", str(image), "--model", "1"]) == 0
     assert capsys.readouterr().out.startswith(f"{MODEL} v1 ({MODEL}/1)")
     assert main([*args, "predict", str(tmp_path / "missing.png")]) == 2
-    assert "missing.png: no such image file" in capsys.readouterr().err
+    assert "missing.png: no such file or folder" in capsys.readouterr().err
+
+
+def test_predict_streams_a_folder_to_parquet_and_csv(project, capsys, tmp_path):
+    """A folder walked (hidden files skipped), a row per file in Parquet and CSV, errors in
+    their own rows, nothing partial left behind."""
+    root, args = project
+    folder = shutil.copytree(root / "data" / "raw", tmp_path / "photos")
+    (folder / "eel" / ".DS_Store").write_bytes(b"junk")
+    (folder / "eel" / "broken.png").write_bytes(b"not an image")
+    expected = sorted(str(p) for p in folder.rglob("*.png"))
+    for out in (tmp_path / "labels.parquet", tmp_path / "labels.csv"):
+        assert main([*args, "predict", str(folder), "--out", str(out)]) == 0
+        said = capsys.readouterr().out.splitlines()[-1]
+        assert said.startswith(f"wrote {len(expected)} rows to {out} (1 errors; ")
+        rows = pd.read_parquet(out) if out.suffix == ".parquet" else pd.read_csv(out)
+        assert list(rows.columns) == ["path", "label", "confidence", "error"]
+        assert sorted(rows["path"]) == expected
+        broken = rows[rows["path"].str.endswith("broken.png")].iloc[0]
+        assert isinstance(broken["error"], str) and pd.isna(broken["label"])
+        good = rows[rows["error"].isna()]
+        assert set(good["label"]) <= {"dog", "eel", "fox"} and good["confidence"].between(0, 1).all()
+        assert not list(tmp_path.glob(".*partial"))
+    assert main([*args, "predict", str(folder), "--out", str(tmp_path / "labels.json")]) == 2
+    assert "write .parquet or .csv" in capsys.readouterr().err
 
 
 def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):

@@ -27,7 +27,7 @@ MODEL = "transferops-classifier"
 STAGES = ["validate", "split", "select", "finetune", "evaluate"]
 FAST = sets(
     {
-        "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none}]",
+        "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
         "finetune.head_epochs": 3,
         "finetune.finetune_epochs": 1,
         "finetune.batch_size": 16,

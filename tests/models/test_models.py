@@ -1,27 +1,39 @@
-"""Backbones, fine-tuning and evaluation on tiny arrays (real Keras, no data on disk)."""
+"""Backbones, fine-tuning and evaluation on tiny images (real Keras; tiny PNGs in tmp_path,
+streamed as the pipeline streams them)."""
 
+import keras
 import numpy as np
 import pytest
 from conftest import pattern_image
 
 from tasks.core.config import Candidate, FinetuneParams
+from tasks.data.stream import Pixels
 from tasks.evaluation import evaluate
 from tasks.models.backbones import (
     backbone_of,
     build_backbone,
     build_classifier,
     build_head,
+    input_size,
     keras_application,
     load_candidate,
 )
 from tasks.models.finetune import finetune, train_from_scratch, unfreeze_top
 
+PIXELS = Pixels(32)
 
-def tiny_split(n_per_class: int, seed: int, classes: int = 3, size: int = 32):
+
+def tiny_arrays(n_per_class: int, seed: int, classes: int = 3, size: int = 32):
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(classes), n_per_class)
     x = np.stack([pattern_image(int(k), rng, size) for k in y])
     return x, y
+
+
+@pytest.fixture
+def tiny_split(on_disk):
+    """`tiny_split(n_per_class, seed)`: a Split of learnable 32-px images on disk."""
+    return lambda n_per_class, seed, classes=3: on_disk(*tiny_arrays(n_per_class, seed, classes))
 
 
 def test_backbone_and_classifier_shapes():
@@ -43,12 +55,13 @@ def test_unfreeze_top_skips_batchnorm():
     assert trainable == {"conv2_0", "conv2_1"}
 
 
-def test_finetune_learns_and_keeps_batchnorm_statistics():
+def test_finetune_learns_and_keeps_batchnorm_statistics(tiny_split):
     backbone = build_backbone(32, width=8)
     train_from_scratch(
         backbone,
         tiny_split(20, 5),
         tiny_split(5, 6),
+        PIXELS,
         3,
         epochs=6,
         learning_rate=3e-3,
@@ -65,8 +78,8 @@ def test_finetune_learns_and_keeps_batchnorm_statistics():
         head_learning_rate=0.01,
         unfreeze_layers=2,
     )
-    result = finetune(backbone, tiny_split(20, 0), tiny_split(6, 1), 3, params)
-    x_test, y_test = tiny_split(10, 2)
+    result = finetune(backbone, tiny_split(20, 0), tiny_split(6, 1), 3, params, PIXELS)
+    x_test, y_test = tiny_arrays(10, 2)
     accuracy = evaluate.metrics(y_test, result.model.predict(x_test.astype("float32"), verbose=0))
     assert accuracy["accuracy"] > 0.7  # chance is 1/3
     assert set(result.history) == {"head", "finetune"}
@@ -86,15 +99,17 @@ def test_unsupported_candidates_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file"):
         keras_application("MobileNetV3Small", 32, str(tmp_path / "missing.h5"))
     with pytest.raises(ValueError, match="must start with"):
-        load_candidate(Candidate.model_construct(uri="hub:foo"), 32)  # params refuse it earlier
+        load_candidate(Candidate.model_construct(uri="hub:foo"))  # params refuse it earlier
 
 
 def test_file_candidate_loads_and_checks_its_shape(tmp_path):
     path = tmp_path / "b.keras"
     build_backbone(32, width=4).save(path)
-    assert load_candidate(Candidate(uri=f"file:{path}"), 32).output_shape == (None, 16)
-    with pytest.raises(ValueError, match="expected"):
-        load_candidate(Candidate(uri=f"file:{path}"), 48)
+    model = load_candidate(Candidate(uri=f"file:{path}"))
+    assert model.output_shape == (None, 16) and input_size(model) == 32  # it takes its own size
+    keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()]).save(tmp_path / "grey.keras")
+    with pytest.raises(ValueError, match="expected square RGB"):
+        load_candidate(Candidate(uri=f"file:{tmp_path / 'grey.keras'}"))
 
 
 def test_metrics_report_and_confusion_png(tmp_path):
@@ -111,10 +126,10 @@ def test_metrics_report_and_confusion_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_one_line_per_epoch_on_a_terminal_and_none_otherwise(monkeypatch, capsys):
+def test_one_line_per_epoch_on_a_terminal_and_none_otherwise(monkeypatch, capsys, tiny_split):
     params = FinetuneParams(head_epochs=2, finetune_epochs=1, batch_size=16, unfreeze_layers=1)
     monkeypatch.setenv("TRANSFEROPS_PROGRESS", "1")
-    finetune(build_backbone(32, width=4), tiny_split(4, 0), tiny_split(2, 1), 3, params)
+    finetune(build_backbone(32, width=4), tiny_split(4, 0), tiny_split(2, 1), 3, params, PIXELS)
     lines = capsys.readouterr().err.splitlines()
     epochs = [line for line in lines if " epoch " in line]
     assert [line.split("  ")[0] for line in epochs] == [
@@ -123,10 +138,11 @@ def test_one_line_per_epoch_on_a_terminal_and_none_otherwise(monkeypatch, capsys
         "finetune epoch 1/1",
     ]
     assert "val_loss" in epochs[0] and epochs[0].endswith("s")
-    bars = {line.split(":")[0] for line in lines if "batch" in line}  # tqdm: "train features: 100%|..."
+    bars = {line.split(":")[0] for line in lines if "img" in line}  # tqdm: "train features: 100%|..."
     assert {"train features", "val features"} <= bars
+    assert any(line.startswith("finetune training, pass 1:") and "batch" in line for line in lines)
     monkeypatch.setenv("TRANSFEROPS_PROGRESS", "0")
-    finetune(build_backbone(32, width=4), tiny_split(4, 0), tiny_split(2, 1), 3, params)
+    finetune(build_backbone(32, width=4), tiny_split(4, 0), tiny_split(2, 1), 3, params, PIXELS)
     assert capsys.readouterr().err == ""
 
 
@@ -151,9 +167,9 @@ def test_initial_weights_do_not_depend_on_the_global_random_state():
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
 
 
-def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, monkeypatch, tiny_split):
     import tasks.models.finetune as ft
-    from tasks.core.progress import EpochLines
+    from tasks.models.epochs import EpochLines
 
     class Killed(Exception):
         pass
@@ -167,12 +183,14 @@ def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     train, val = tiny_split(4, 0), tiny_split(2, 1)
     monkeypatch.setattr(ft, "EpochLines", KillAfterTwoEpochs)
     with pytest.raises(Killed):
-        finetune(build_backbone(32, width=4, seed=1), train, val, 3, params, checkpoints=tmp_path / "ckpt")
+        finetune(
+            build_backbone(32, width=4, seed=1), train, val, 3, params, PIXELS, checkpoints=tmp_path / "ckpt"
+        )
     assert (tmp_path / "ckpt" / "head" / "training_metadata.json").exists()
 
     monkeypatch.setattr(ft, "EpochLines", EpochLines)
     result = finetune(
-        build_backbone(32, width=4, seed=1), train, val, 3, params, checkpoints=tmp_path / "ckpt"
+        build_backbone(32, width=4, seed=1), train, val, 3, params, PIXELS, checkpoints=tmp_path / "ckpt"
     )
     assert result.resumed == {"head": 2}
     assert len(result.history["head"]["loss"]) == 4  # epochs 3..6 only

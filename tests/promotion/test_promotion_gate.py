@@ -13,7 +13,9 @@ from flows.cli import main
 pytestmark = pytest.mark.slow
 
 PRETRAIN = {"pretrain.epochs": 5, "pretrain.width": 8, "pretrain.batch_size": 16}
-UNTRAINED = "[{uri: 'keras:MobileNetV3Small', weights: none}]"  # features that barely separate
+UNTRAINED = (
+    "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"  # features that barely separate
+)
 PRETRAINED = "[{uri: 'registry:transferops-backbone@pretrained'}]"
 WEAK = {"select.candidates": UNTRAINED, "finetune.head_epochs": 1, "finetune.finetune_epochs": 0}
 STRONG = {**PRETRAIN, "select.candidates": PRETRAINED, "finetune.head_epochs": 20}

@@ -1,0 +1,96 @@
+"""Pixels as a stream: a split's files read, decoded and batched by a `tf.data` pipeline, so no
+stage ever holds a split's images (or their bytes) in memory at once.
+
+Each file goes through the one decoding function (`images.decode`: EXIF rotation, CMYK,
+16-bit, palette, first frame, the pixel limit, JPEG draft mode, the resize policy), the same
+function the served model runs, on `tf.data`'s parallel map (PIL releases the GIL while it
+decodes and resizes, so the threads use every core). Batches are uint8, as the models take
+them: preprocessing lives inside each model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tasks.data import ingest
+from tasks.data.images import RESIZE_POLICIES, decode
+
+if TYPE_CHECKING:  # TensorFlow is imported where a stream is built, not by `transferops status`
+    import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """How a file becomes a model's input: a `size` x `size` RGB uint8 array, fitted by the
+    `resize` policy (squash, crop or pad), refused above `max_pixels`."""
+
+    size: int
+    resize: str = "squash"
+    max_pixels: int = 40_000_000
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize policy {self.resize!r}: choose one of {', '.join(RESIZE_POLICIES)}")
+
+    def key(self) -> str:
+        """What decides the decoded pixels, for cache keys: `224-squash`."""
+        return f"{self.size}-{self.resize}"
+
+
+def decode_file(root: Path, relative: str, pixels: Pixels) -> np.ndarray:
+    """One file under `root` (never outside it: `ingest.read_inside`) as model input."""
+    return decode(ingest.read_inside(root, relative), pixels.size, pixels.max_pixels, pixels.resize)
+
+
+def decode_files(root: Path, files: Sequence[str], pixels: Pixels) -> np.ndarray:
+    """A few files as one (n, size, size, 3) array: thumbnails, a served batch, a test."""
+    out = np.empty((len(files), pixels.size, pixels.size, 3), dtype=np.uint8)
+    for i, relative in enumerate(files):
+        out[i] = decode_file(root, relative, pixels)
+    return out
+
+
+def batches(
+    root: Path,
+    files: Sequence[str],
+    pixels: Pixels,
+    batch_size: int,
+    labels: np.ndarray | None = None,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """A `tf.data` pipeline over `files` (relative to `root`): decoded in parallel, in order
+    (or reshuffled every epoch with `shuffle_seed`), batched, prefetched. Yields uint8 image
+    batches, or (images, labels) with `labels`."""
+    import tensorflow as tf
+
+    files = list(files)
+    root = Path(root)
+
+    def load(index: np.ndarray) -> np.ndarray:
+        return decode_file(root, files[int(index)], pixels)
+
+    def image(index: tf.Tensor) -> tf.Tensor:
+        decoded = tf.numpy_function(load, [index], tf.uint8, stateful=False)
+        decoded.set_shape((pixels.size, pixels.size, 3))
+        return decoded
+
+    indices = tf.data.Dataset.range(len(files))
+    if shuffle_seed is not None:
+        indices = indices.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if labels is None:
+        stream = indices.map(image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        y = tf.constant(np.asarray(labels, dtype=np.int64))
+        stream = indices.map(
+            lambda i: (image(i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = os.cpu_count() or 1
+    return stream.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+

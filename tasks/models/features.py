@@ -1,0 +1,51 @@
+"""Frozen features on disk: what a frozen backbone gives for every image of a split, computed
+once per (backbone and its version, the split's files and their content, input size and
+resize policy) and kept as a memory-mapped .npy file under `<root>/.transferops/features/`.
+
+Selection (LogME), the head phase of fine-tuning and reruns read them instead of decoding and
+running the backbone again; a stage's cached result holds the file's path, never the array.
+Safe to delete: a missing file is computed again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tasks.data import lineage
+from tasks.data.datasets import Split
+from tasks.data.stream import Pixels
+from tasks.models.backbones import extract_features
+
+FEATURES_DIR = Path(".transferops") / "features"
+BATCH_SIZE = 64  # images decoded and run through the backbone at once
+
+
+def key(backbone_id: str, split: Split, pixels: Pixels) -> str:
+    """The cache key: which backbone (URI and version), which images (files and content), how
+    they were decoded."""
+    return lineage.digest([backbone_id, split.digest(), pixels.key()])
+
+
+def features(
+    backbone: keras.Model,
+    backbone_id: str,
+    split: Split,
+    pixels: Pixels,
+    root: Path | None,
+    description: str = "features",
+) -> np.ndarray:
+    """The frozen features of `split` (memory-mapped, read-only), from the cache under `root`
+    or computed now and kept there. `root=None` computes them in memory and keeps nothing."""
+    if root is None:
+        stream = split.batches(pixels, BATCH_SIZE, labels=False)
+        return extract_features(backbone, stream.as_numpy_iterator(), len(split), description)
+    path = Path(root) / FEATURES_DIR / f"{key(backbone_id, split, pixels)}.npy"
+    if path.is_file():
+        found = np.load(path, mmap_mode="r")
+        if found.shape == (len(split), backbone.output_shape[-1]):
+            return found
+    stream = split.batches(pixels, BATCH_SIZE, labels=False)
+    return extract_features(backbone, stream.as_numpy_iterator(), len(split), description, out=path)

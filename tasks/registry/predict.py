@@ -1,0 +1,130 @@
+"""Batch inference with a registered version: files and folders in, one row per file out
+(path, label, confidence, error), streamed: files are read and predicted `PREDICT_BATCH` at a
+time through the version's own pyfunc (the same decoding as serving), and rows are written to
+Parquet or CSV as they come, so memory stays flat in the number of files.
+
+The paths are the caller's (the CLI's arguments: trusted); the names found inside folders are
+not, and are printed only through `printable`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.core import progress
+from tasks.core.errors import UserError
+from tasks.data.images import is_ignored
+from tasks.registry import versions
+
+COLUMNS = ["path", "label", "confidence", "error"]
+FORMATS = (".parquet", ".csv")
+
+
+def image_files(inputs: list[Path]) -> list[Path]:
+    """Each input file, and every file under each input folder (sorted, hidden and system
+    files skipped, symlinked folders not followed). A missing input is a UserError."""
+    found: list[Path] = []
+    missing = [p for p in inputs if not p.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"predict: {missing[0]}: no such file or folder{more}")
+    for item in inputs:
+        if item.is_dir():
+            for folder, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [Path(folder) / f for f in sorted(files) if not is_ignored(Path(f))]
+        else:
+            found.append(item)
+    return found
+
+
+@dataclass
+class Written:
+    rows: int = 0
+    errors: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+class RowWriter:
+    """Rows appended batch by batch to a Parquet file (one row group per batch) or a CSV file;
+    written to a temporary name and renamed when complete, so a killed run leaves no partial
+    file under the name asked for."""
+
+    def __init__(self, out: Path) -> None:
+        if out.suffix.lower() not in FORMATS:
+            raise UserError(f"predict: --out {out}: write .parquet or .csv")
+        self.out, self.partial = out, out.with_name(f".{out.name}.partial")
+        self.parquet: Any = None
+        self.started = False
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.out.suffix.lower() == ".csv":
+            frame.to_csv(
+                self.partial, mode="a" if self.started else "w", header=not self.started, index=False
+            )
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.partial, table.schema)
+            self.parquet.write_table(table)
+        self.started = True
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+        if not self.started:
+            self.write(pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS}))
+            if self.parquet is not None:
+                self.parquet.close()
+        os.replace(self.partial, self.out)
+
+
+def rows(pyfunc_model: Any, files: list[Path]) -> Iterator[pd.DataFrame]:
+    """(path, label, confidence, error) for each file, a batch at a time, with a progress bar."""
+    with progress.counting("predict", len(files)) as advance:
+        for chunk, predicted in versions.predict_batches(pyfunc_model, [str(f) for f in files]):
+            frame = pd.DataFrame(
+                {
+                    "path": chunk,
+                    "label": predicted["label"].astype("object"),
+                    "confidence": pd.to_numeric(predicted["confidence"], errors="coerce"),
+                    "error": predicted["error"].astype("object"),
+                }
+            )
+            advance(len(chunk))
+            yield frame
+
+
+def predict(
+    pyfunc_model: Any, files: list[Path], out: Path | None, each: Callable[[dict], None] | None = None
+) -> Written:
+    """Label `files` with the served model: rows to `out` (Parquet or CSV) and/or to `each`."""
+    writer = RowWriter(out) if out is not None else None
+    written = Written()
+    try:
+        for frame in rows(pyfunc_model, files):
+            if writer is not None:
+                writer.write(frame)
+            for row in frame.to_dict("records"):
+                written.rows += 1
+                if isinstance(row["error"], str):
+                    written.errors += 1
+                else:
+                    written.labels[row["label"]] = written.labels.get(row["label"], 0) + 1
+                if each is not None:
+                    each(row)
+        if writer is not None:
+            writer.close()
+    finally:
+        if writer is not None and writer.partial.exists():
+            writer.partial.unlink()
+    return written
