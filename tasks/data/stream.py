@@ -75,6 +75,9 @@ def batches(
     def load(index: np.ndarray) -> np.ndarray:
         return decode_file(root, files[int(index)], pixels)
 
+    # Plain graph code: autograph would convert these (writing its generated source to the
+    # temp folder, left there until the process exits) for nothing.
+    @tf.autograph.experimental.do_not_convert
     def image(index: tf.Tensor) -> tf.Tensor:
         decoded = tf.numpy_function(load, [index], tf.uint8, stateful=False)
         decoded.set_shape((pixels.size, pixels.size, 3))
@@ -87,10 +90,12 @@ def batches(
         stream = indices.map(image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         y = tf.constant(np.asarray(labels, dtype=np.int64))
-        stream = indices.map(
-            lambda i: (image(i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+
+        @tf.autograph.experimental.do_not_convert
+        def labelled(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return image(index), tf.gather(y, index)
+
+        stream = indices.map(labelled, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.threading.private_threadpool_size = os.cpu_count() or 1
     return stream.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
-
