@@ -42,6 +42,11 @@ class Pixels:
         """What decides the decoded pixels, for cache keys: `224-squash`."""
         return f"{self.size}-{self.resize}"
 
+    @property
+    def fingerprint(self) -> str:
+        """As a stage input (flows.stages.caching): everything that decides the pixels."""
+        return f"{self.key()}-{self.max_pixels}"
+
 
 def decode_file(root: Path, relative: str, pixels: Pixels) -> np.ndarray:
     """One file under `root` (never outside it: `ingest.read_inside`) as model input."""

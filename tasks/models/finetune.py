@@ -81,6 +81,47 @@ def unfreeze_top(backbone: keras.Model, n_layers: int) -> list[str]:
     return [layer.name for layer in chosen]
 
 
+def train_head(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    params: FinetuneParams,
+    init_head: list[np.ndarray] | None = None,
+    checkpoints: Path | None = None,
+    events: Path | None = None,
+    history: dict[str, dict[str, list[float]]] | None = None,
+    resumed: dict[str, int] | None = None,
+) -> keras.layers.Layer:
+    """Phase 1: the softmax head alone on (frozen features, labels); returns its Dense layer.
+    Its curve goes to `history["head"]`, a resumed checkpoint to `resumed`."""
+    head_model, dense = build_head(train[0].shape[1], num_classes, params.dropout, params.seed)
+    if init_head is not None:
+        dense.set_weights(init_head)
+    head_model.compile(
+        optimizer=keras.optimizers.Adam(params.head_learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    if params.head_epochs > 0:
+        fitted = head_model.fit(
+            np.asarray(train[0]),
+            train[1],
+            validation_data=(np.asarray(val[0]), val[1]),
+            epochs=params.head_epochs,
+            batch_size=params.batch_size,
+            callbacks=[
+                _early_stopping(params.patience),
+                EpochLines("head", params.head_epochs),
+                *_resumable(checkpoints, "head", resumed if resumed is not None else {}),
+                *_tensorboard(events, "head", params.histogram_freq),
+            ],
+            verbose=0,
+        )
+        if history is not None:
+            history["head"] = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
+    return dense
+
+
 def finetune(
     backbone: keras.Model,
     train: Split,
@@ -115,34 +156,19 @@ def finetune(
         if val_features is not None
         else features.features(backbone, "", val, pixels, None, "val features")
     )
-    y_train, y_val = train.y, val.y
-
-    head_model, dense = build_head(f_train.shape[1], num_classes, params.dropout, params.seed)
-    if init_head is not None:
-        dense.set_weights(init_head)
-    head_model.compile(
-        optimizer=keras.optimizers.Adam(params.head_learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     history: dict[str, dict[str, list[float]]] = {}
     resumed: dict[str, int] = {}
-    if params.head_epochs > 0:
-        h1 = head_model.fit(
-            np.asarray(f_train),
-            y_train,
-            validation_data=(np.asarray(f_val), y_val),
-            epochs=params.head_epochs,
-            batch_size=params.batch_size,
-            callbacks=[
-                _early_stopping(params.patience),
-                EpochLines("head", params.head_epochs),
-                *_resumable(checkpoints, "head", resumed),
-                *_tensorboard(events, "head", params.histogram_freq),
-            ],
-            verbose=0,
-        )
-        history["head"] = {k: [float(v) for v in vs] for k, vs in h1.history.items()}
+    dense = train_head(
+        (f_train, train.y),
+        (f_val, val.y),
+        num_classes,
+        params,
+        init_head,
+        checkpoints,
+        events,
+        history,
+        resumed,
+    )
 
     classifier = build_classifier(backbone, dense, params.dropout, params.seed)
     unfrozen: list[str] = []

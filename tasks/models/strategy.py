@@ -44,10 +44,10 @@ import numpy as np
 from tasks.core import progress
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
+from tasks.models.backbones import extract_features
 from tasks.models.checkpoints import finished
 from tasks.models.ensemble import fuse
-from tasks.models.finetune import FinetuneResult
-from tasks.models.finetune import finetune as finetune_fixed
+from tasks.models.finetune import FinetuneResult, train_head
 from tasks.models.trainer import build_trainer
 
 STRATEGIES = ("head", "top", "full", "scratch")
@@ -241,11 +241,17 @@ def warm_heads(
 ) -> dict[str, list[np.ndarray]]:
     """Each backbone's head, trained on its cached frozen features (phase 1 of the fixed
     recipe: seconds)."""
-    no_phase_2 = finetune.model_copy(update={"finetune_epochs": 0})
+    keras.utils.set_random_seed(finetune.seed)
     heads = {}
     for name, backbone in pretrained.items():
-        warm = finetune_fixed(backbone, train, val, num_classes, no_phase_2)
-        heads[name] = warm.model.get_layer("head").get_weights()
+        backbone.trainable = False
+        f_train, f_val = (
+            extract_features(
+                backbone, (x[i : i + 256] for i in range(0, len(x), 256)), len(x), f"{name} {what}"
+            )
+            for x, what in ((train[0], "train features"), (val[0], "val features"))
+        )
+        heads[name] = train_head((f_train, train[1]), (f_val, val[1]), num_classes, finetune).get_weights()
     return heads
 
 
