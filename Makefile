@@ -8,7 +8,8 @@ test:  ## lint + every test (unit and end-to-end)
 
 bench:  ## every benchmark -> bench/results/ (about an hour on 2 cores; bench.transfer alone 40 minutes)
 	scripts/setup.sh && .venv/bin/python -m bench.transfer && .venv/bin/python -m bench.determinism \
-	  && .venv/bin/python -m bench.startup && .venv/bin/python -m bench.operations
+	  && .venv/bin/python -m bench.startup && .venv/bin/python -m bench.operations \
+	  && .venv/bin/python -m bench.scale --cases 2000:32 2000:224 10000:32
 
 lint:
 	scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
