@@ -72,9 +72,18 @@ class RowWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            # one schema for every batch: a batch without errors has an all-null error column
+            schema = pa.schema(
+                [
+                    ("path", pa.string()),
+                    ("label", pa.string()),
+                    ("confidence", pa.float64()),
+                    ("error", pa.string()),
+                ]
+            )
+            table = pa.Table.from_pandas(frame[COLUMNS], schema=schema, preserve_index=False)
             if self.parquet is None:
-                self.parquet = pq.ParquetWriter(self.partial, table.schema)
+                self.parquet = pq.ParquetWriter(self.partial, schema)
             self.parquet.write_table(table)
         self.started = True
 
