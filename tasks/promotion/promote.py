@@ -17,6 +17,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow import MlflowClient
 
 from tasks.core.config import RegisterParams
 from tasks.data.datasets import SplitData
@@ -24,7 +25,7 @@ from tasks.data.stream import Pixels
 from tasks.evaluation import card, evaluate, gate
 from tasks.models import backbones
 from tasks.promotion import drift
-from tasks.registry import history, versions
+from tasks.registry import history, lease, serving, versions
 from tasks.registry.versions import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
 
 log = logging.getLogger(__name__)
@@ -48,17 +49,27 @@ class Evaluation:
     champion: ChampionScores
 
 
+def class_columns(columns: list[str]) -> tuple[list[str], list[str]]:
+    """The probability columns of a served frame and the class each one is for: `p:<class>`,
+    or (versions registered before that prefix) every column but label, confidence, error."""
+    prefixed = [c for c in columns if c.startswith(serving.PROBABILITY)]
+    if prefixed:
+        return prefixed, [c[len(serving.PROBABILITY) :] for c in prefixed]
+    legacy = [c for c in columns if c not in ("label", "confidence", "error")]
+    return legacy, legacy
+
+
 def champion_scores(model_name: str, version: str | None, data: SplitData) -> ChampionScores:
     """Score `version` of `model_name` (the champion; None: there is none) on `data.test`."""
     if version is None:
         return ChampionScores()
     predicted = versions.predict_files(versions.load_version(model_name, version), data.test.paths)
-    classes = [c for c in predicted.columns if c not in ("label", "confidence", "error")]
+    columns, classes = class_columns(list(predicted.columns))
     if classes != data.class_names:
         reason = f"champion v{version} knows classes {classes}, this data {data.class_names}"
         log.warning("%s; not comparable", reason)
         return ChampionScores(version, None, reason)
-    probabilities = predicted[data.class_names].to_numpy(dtype="float64", na_value=0.0)
+    probabilities = predicted[columns].to_numpy(dtype="float64", na_value=0.0)
     return ChampionScores(
         version, evaluate.metrics(data.test.y, probabilities), predicted=probabilities.argmax(1).tolist()
     )
@@ -84,6 +95,14 @@ class Decision:
     promote: bool
     reason: str
     comparison: gate.Comparison | None = None  # the paired numbers, when there was a champion to pair with
+
+
+def as_own_champion(evaluation: Evaluation, version: str) -> Evaluation:
+    """`evaluation` (made with no champion) when the champion, `version`, is this very training
+    (an unchanged rerun): its scores on the test images are the challenger's, no need to
+    load and run it again."""
+    report = evaluation.challenger
+    return Evaluation(report, ChampionScores(version, dict(report.metrics), None, list(report.predicted)))
 
 
 def decide(evaluation: Evaluation, y_true: np.ndarray, params: RegisterParams) -> Decision:
@@ -126,17 +145,6 @@ def register_candidate(
     if existing is not None:
         return finish_registration(model_name, existing.version, existing.tags)
     decision = decide(evaluation, data.test.y, params)
-    if decision.promote:  # compare-and-set: replace only the champion this model was compared with
-        current = versions.version_by_alias(model_name, CHAMPION)
-        now = str(current.version) if current is not None else None
-        if now != evaluation.champion.version:
-            was = f"v{evaluation.champion.version}" if evaluation.champion.version else "no champion"
-            decision = Decision(
-                False,
-                f"champion moved to v{now} during this run (compared with {was}); "
-                "not promoted: rerun to compare with the new champion",
-                decision.comparison,
-            )
     info = versions.log_classifier(
         model,
         data.class_names,
@@ -160,8 +168,12 @@ def register_candidate(
         "compared_with": evaluation.champion.version or "none",
         drift.REFERENCE_TAG: mlflow.get_artifact_uri(f"drift_reference/{reference.name}"),
     }
-    aliases = [CHALLENGER, CHAMPION] if decision.promote else [CHALLENGER]
-    version, held = versions.register_version(info, model_name, version_tags, aliases)
+    version, _ = versions.register_version(info, model_name, version_tags, [])
+    compared_with = evaluation.champion.version
+    _, moved_to = place_aliases(model_name, version, True, decision.promote, compared_with, decision.reason)
+    if moved_to is not None:
+        decision = champion_moved(model_name, version, compared_with, moved_to, decision)
+        version_tags.update(promoted="false", promotion=decision.reason)
     report, champion = evaluation.challenger, evaluation.champion
     text = card.model_card(
         model_name,
@@ -177,9 +189,44 @@ def register_candidate(
     (workdir / "model_card.md").write_text(text)
     mlflow.log_artifact(str(workdir / "model_card.md"))
     versions.describe(model_name, version, text)
-    if decision.promote:
-        history.record(model_name, evaluation.champion.version, version, "gate", decision.reason)
+    held = versions.aliases_of(model_name, version)
     return Registered(model_name, version, held, decision.promote, decision.reason)
+
+
+def place_aliases(
+    model_name: str, version: str, challenger: bool, promote: bool, compared_with: str | None, why: str
+) -> tuple[list[str], str | None]:
+    """Under the registry lock (tasks.registry.lease: one holder across every process sharing
+    the tracking server): `challenger` on `version` when asked, and `champion` with its history
+    move when `promote` and the champion is still `compared_with` (None: still none). Returns
+    the aliases set and, when the champion had moved, the version holding it ("none" if none)."""
+    with lease.held(model_name):
+        now = versions.champion_version(model_name)
+        aliases = [CHALLENGER] if challenger else []
+        moved_to = None
+        if promote and now == compared_with:
+            aliases.append(CHAMPION)
+        elif promote:
+            moved_to = now or "none"
+        versions.set_aliases(model_name, version, aliases)
+        if CHAMPION in aliases:
+            history.record(model_name, now, version, "gate", why)
+    return aliases, moved_to
+
+
+def champion_moved(
+    model_name: str, version: str, compared_with: str | None, moved_to: str, decision: Decision
+) -> Decision:
+    """The gate said promote, but another run moved the champion first: not promoted, and the
+    version's tags say so."""
+    was = f"v{compared_with}" if compared_with else "no champion"
+    reason = (
+        f"champion moved to v{moved_to} during this run (compared with {was}); "
+        "not promoted: rerun to compare with the new champion"
+    )
+    MlflowClient().set_model_version_tag(model_name, version, "promoted", "false")
+    MlflowClient().set_model_version_tag(model_name, version, "promotion", reason)
+    return Decision(False, reason, decision.comparison)
 
 
 def finish_registration(model_name: str, version: str, tags: dict[str, str]) -> Registered:
@@ -188,17 +235,15 @@ def finish_registration(model_name: str, version: str, tags: dict[str, str]) -> 
     still the newest version; `champion` when its gate said promote and the champion it was
     compared with is still the champion."""
     version = str(version)
-    missing = []
-    if versions.latest_version(model_name) == version:
-        missing.append(CHALLENGER)
-    now = versions.champion_version(model_name)
-    if tags.get("promoted") == "true" and (now or "none") == tags.get("compared_with"):
-        missing.append(CHAMPION)
     held = versions.aliases_of(model_name, version)
-    missing = [a for a in missing if a not in held]
-    versions.set_aliases(model_name, version, missing)
-    if CHAMPION in missing:
-        history.record(model_name, now, version, "gate", tags.get("promotion", ""))
+    challenger = CHALLENGER not in held and versions.latest_version(model_name) == version
+    compared_with = None if tags.get("compared_with", "none") == "none" else tags["compared_with"]
+    promote = tags.get("promoted") == "true" and CHAMPION not in held
+    missing, moved_to = place_aliases(
+        model_name, version, challenger, promote, compared_with, tags.get("promotion", "")
+    )
+    if moved_to is not None:
+        champion_moved(model_name, version, compared_with, moved_to, Decision(True, ""))
     done = f"; set {', '.join(missing)} as its gate had decided" if missing else ""
     return Registered(
         model_name,

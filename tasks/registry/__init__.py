@@ -1,4 +1,5 @@
 """Registry: the MLflow model registry. Logging the served model and backbones, versions,
-tags and aliases (`versions`), the champion's history of moves, the served pyfunc (`serving`,
+tags and aliases (`versions`), the champion's history of moves, the registry lock that
+serialises them across processes (`lease`), the served pyfunc (`serving`,
 `serving_model`: what travels with every model), reproducing a registered version. Imports
 `core`, `data`, `evaluation`, `models`."""

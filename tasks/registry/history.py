@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks.core.errors import UserError
-from tasks.registry import versions
+from tasks.registry import lease, versions
 
 PREFIX = "champion_move."
 
@@ -55,7 +55,8 @@ def moves(name: str) -> list[Move]:
 
 
 def record(name: str, from_version: str | None, to_version: str, by: str, why: str) -> Move:
-    """Add a move to the history (the alias has been moved already)."""
+    """Add a move to the history (the alias has been moved already). Call it holding the
+    registry lock (`lease.held(name)`), which numbers moves one at a time across processes."""
     history = moves(name)
     move = Move(
         history[-1].number + 1 if history else 1,
@@ -79,22 +80,26 @@ def promote(name: str, version: str, why: str) -> Move:
         raise UserError("promote: say why with --reason TEXT (it is recorded in the registry)")
     if versions.resolve(f"{name}/{version}")[1] is None:
         raise UserError(f"promote: {name} has no version {version}; `transferops history` lists them")
-    current = versions.champion_version(name)
-    if current == str(version):
-        raise UserError(f"promote: v{version} is already the champion of {name}")
-    versions.set_aliases(name, str(version), [versions.CHAMPION])
-    return record(name, current, str(version), "hand", why)
+    with lease.held(name):
+        current = versions.champion_version(name)
+        if current == str(version):
+            raise UserError(f"promote: v{version} is already the champion of {name}")
+        versions.set_aliases(name, str(version), [versions.CHAMPION])
+        return record(name, current, str(version), "hand", why)
 
 
 def rollback(name: str, why: str) -> Move:
     """Move the champion back to the one it replaced when it was promoted (by the gate or by
     hand); rolling back again walks further back along those promotions."""
-    current = versions.champion_version(name)
-    if current is None:
-        raise UserError(f"rollback: {name} has no champion")
-    promoted = [m for m in moves(name) if m.to_version == current and m.by != "rollback"]
-    previous = promoted[-1].from_version if promoted else None
-    if previous is None:
-        raise UserError(f"rollback: v{current} replaced no earlier champion of {name}: nothing to go back to")
-    versions.set_aliases(name, previous, [versions.CHAMPION])
-    return record(name, current, previous, "rollback", why or f"rolled back from v{current}")
+    with lease.held(name):
+        current = versions.champion_version(name)
+        if current is None:
+            raise UserError(f"rollback: {name} has no champion")
+        promoted = [m for m in moves(name) if m.to_version == current and m.by != "rollback"]
+        previous = promoted[-1].from_version if promoted else None
+        if previous is None:
+            raise UserError(
+                f"rollback: v{current} replaced no earlier champion of {name}: nothing to go back to"
+            )
+        versions.set_aliases(name, previous, [versions.CHAMPION])
+        return record(name, current, previous, "rollback", why or f"rolled back from v{current}")

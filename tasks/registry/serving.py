@@ -63,19 +63,27 @@ def files_frame(paths: list[str] | list[Path]) -> pd.DataFrame:
     return pd.DataFrame({"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]})
 
 
+PROBABILITY = "p:"  # class c's probability column is "p:c": no class name can shadow a column of ours
+
+
+def probability_columns(class_names: list[str]) -> list[str]:
+    return [f"{PROBABILITY}{c}" for c in class_names]
+
+
 def predictions_frame(
     probabilities: np.ndarray, class_names: list[str], errors: list[str | None] | None = None
 ) -> pd.DataFrame:
-    """`label`, `confidence`, one column per class, `error`. Rows with an error hold nulls
-    (None, which JSON can carry) in every other column."""
-    frame = pd.DataFrame(probabilities.astype("float64"), columns=class_names)
+    """`label`, `confidence`, `p:<class>` for each class, `error`. Rows with an error hold
+    nulls (None, which JSON can carry) in every other column."""
+    columns = probability_columns(class_names)
+    frame = pd.DataFrame(probabilities.astype("float64"), columns=columns)
     frame.insert(0, "confidence", probabilities.max(axis=1).astype("float64") if len(frame) else [])
     frame.insert(0, "label", [class_names[i] for i in probabilities.argmax(axis=1)] if len(frame) else [])
     frame["error"] = errors if errors is not None else [None] * len(frame)
     failed = frame["error"].notna()
     if failed.any():
         frame = frame.astype(object)
-        frame.loc[failed, ["label", "confidence", *class_names]] = None
+        frame.loc[failed, ["label", "confidence", *columns]] = None
     return frame
 
 

@@ -28,7 +28,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from tasks.core.config import registry_ref
-from tasks.registry.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame
+from tasks.registry.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame, probability_columns
 
 if TYPE_CHECKING:  # `transferops status` reads the registry without importing TensorFlow
     import keras
@@ -75,7 +75,7 @@ def log_classifier(
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema(
             [ColSpec("string", "label"), ColSpec("double", "confidence")]
-            + [ColSpec("double", c) for c in class_names]
+            + [ColSpec("double", c) for c in probability_columns(class_names)]
             + [ColSpec("string", "error", required=False)]
         ),
     )

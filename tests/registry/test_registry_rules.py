@@ -6,7 +6,7 @@ import pytest
 from tasks.core.config import RegisterParams
 from tasks.data.images import ImageError
 from tasks.evaluation.evaluate import report
-from tasks.promotion.promote import ChampionScores, Evaluation, decide
+from tasks.promotion.promote import ChampionScores, Evaluation, class_columns, decide
 from tasks.registry.serving import image_bytes, predictions_frame
 
 
@@ -55,5 +55,17 @@ def test_predictions_frame_names_classes_and_nulls_failed_rows():
     )
     assert frame["label"].tolist() == ["dog", "cat", None]
     assert frame["confidence"].tolist() == [0.8, 0.6, None]
-    assert list(frame.columns) == ["label", "confidence", "cat", "dog", "error"]
-    assert frame.loc[2, ["cat", "dog"]].tolist() == [None, None]
+    assert list(frame.columns) == ["label", "confidence", "p:cat", "p:dog", "error"]
+    assert frame.loc[2, ["p:cat", "p:dog"]].tolist() == [None, None]
+
+
+def test_classes_named_like_the_frames_own_columns_keep_apart():
+    classes = ["confidence", "error", "label"]
+    frame = predictions_frame(np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]]), classes, [None, None])
+    assert frame["label"].tolist() == ["label", "confidence"]
+    assert frame["confidence"].tolist() == [0.7, 0.5]
+    assert frame["error"].isna().all()
+    assert frame["p:error"].tolist() == [0.2, 0.3]
+    assert class_columns(list(frame.columns)) == (["p:confidence", "p:error", "p:label"], classes)
+    # a version registered before the prefix: its class columns are the others
+    assert class_columns(["label", "confidence", "cat", "dog", "error"]) == (["cat", "dog"], ["cat", "dog"])

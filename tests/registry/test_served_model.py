@@ -30,6 +30,7 @@ from tasks.registry.serving import files_frame
 from tasks.reporting import tracking
 
 CLASSES = ["ant", "bee", "cat"]
+PROBABILITIES = [f"p:{c}" for c in CLASSES]  # the served frame's probability columns
 
 
 def b64(data: bytes) -> str:
@@ -82,12 +83,12 @@ def test_each_row_is_decoded_on_its_own(pyfunc, logged_model):
     assert len(out) == 7
     assert out.loc[[0, 6], "error"].isna().all()
     assert set(out.loc[[0, 6], "label"]) <= set(CLASSES)
-    np.testing.assert_allclose(out.loc[[0, 6], CLASSES].astype(float).sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out.loc[[0, 6], PROBABILITIES].astype(float).sum(axis=1), 1.0, rtol=1e-5)
     never_paths = "not base64-encoded image bytes (the model takes image bytes, never file paths)"
     assert out.loc[1, "error"] == out.loc[2, "error"] == out.loc[3, "error"] == never_paths
     assert out.loc[4, "error"] == "not an image PIL can identify"
     assert out.loc[5, "error"].startswith("400x400 pixels is over the limit of 100000")
-    assert out.loc[1:5, "label"].isna().all() and out.loc[1:5, CLASSES].isna().all().all()
+    assert out.loc[1:5, "label"].isna().all() and out.loc[1:5, PROBABILITIES].isna().all().all()
 
 
 def test_in_process_callers_opt_in_to_files(pyfunc, logged_model):
