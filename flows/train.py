@@ -18,7 +18,7 @@ from tasks.core import runlock
 from tasks.core.config import Params
 from tasks.data.datasets import SplitData
 from tasks.data.validate import ValidatedData
-from tasks.promotion import drift
+from tasks.promotion import drift, promote
 from tasks.registry import versions
 from tasks.reporting.summary import RunSummary
 from tasks.selection import candidates
@@ -111,6 +111,12 @@ def train_run(
         root=run.paths.root,
     )
     start = select.searched_backbone(run, start, result)
+    # an unchanged rerun: the champion is this very training, so its test scores are ours
+    own = (
+        champion is not None
+        and versions.version_tags(params.register.model_name, champion).get(versions.TRAINING_KEY)
+        == result.fingerprint
+    )
     evaluation = flowrun.run_stage(
         run,
         evaluate.evaluate_model,
@@ -119,8 +125,10 @@ def train_run(
         data=splits,
         pixels=start.pixels,
         model_name=params.register.model_name,
-        champion=champion,
+        champion=None if own else champion,
     )
+    if own:
+        evaluation = promote.as_own_champion(evaluation, champion)
     registered = None
     if register:
         registered = register_model(

@@ -71,6 +71,13 @@ class StageKey(CachePolicy):
     code: tuple[str, ...] = ()  # modules of tasks/ whose source decides the result (`data.ingest`)
     folders: tuple[str, ...] = ()  # inputs that are folders: keyed by a stat snapshot
 
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Raise (TypeError) if an input has no fingerprint. Prefect only logs an error raised
+        while it computes a key, and then runs the stage uncached: a lost cache nobody sees."""
+        for name, value in inputs.items():
+            if name not in SKIPPED and name not in self.folders:
+                fingerprint(value)
+
     def compute_key(
         self,
         task_ctx: TaskRunContext,

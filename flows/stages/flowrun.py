@@ -143,6 +143,9 @@ def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any
     Timed into `run.seconds`; a reused stage is said, tagged `reused` in MLflow, and listed in
     `run.reused`."""
     name = compute.name
+    check_inputs = getattr(compute.cache_policy, "check_inputs", None)
+    if check_inputs is not None:  # a cached stage: every input must have a fingerprint
+        check_inputs(inputs)
     progress.say(f"== {name}")
     start = time.perf_counter()
     with tracking.stage_run(name, run.run_id):

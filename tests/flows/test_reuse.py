@@ -64,9 +64,11 @@ def test_unchanged_rerun_reuses_every_stage_and_a_change_reruns_from_where_it_ma
     assert first["reused"] == []
     assert versions(root) == ["1"]
 
-    promoted = train(root)  # evaluate reruns: there is a champion now (v1) to compare with
-    assert promoted["reused"] == STAGES[:4]
+    # the champion now (v1) is this very training: its test scores are ours, evaluate is reused
+    promoted = train(root)
+    assert promoted["reused"] == STAGES
     assert promoted["champion_before"]["version"] == "1"
+    assert promoted["champion_before"]["metrics"] == first["test"]
 
     again = train(root)
     assert again["reused"] == STAGES
@@ -124,10 +126,12 @@ def test_a_tracking_server_outage_mid_run_loses_no_training(tmp_path):
         "train",
     ]
     server = start_mlflow_server(store, port)
-    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(run, root, 2)
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait(timeout=30)
+    try:
+        run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_checkpoint(run, root, 2)
+    finally:  # the outage (or, when the run failed early, the clean-up)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
     _, stderr = run.communicate(timeout=600)
     assert run.returncode == 1
     assert "Traceback" not in stderr
