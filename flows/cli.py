@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 apply_env_defaults()  # before TensorFlow or Prefect are imported
 
 from flows.registry_cli import cmd_history, cmd_predict, cmd_promote, cmd_rollback, cmd_status  # noqa: E402
+from tasks.core import runlock  # noqa: E402
 from tasks.core.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
 from tasks.core.errors import UserError  # noqa: E402
 
@@ -69,13 +70,15 @@ def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> RunSummary:
 
 
 def _write_report(paths: Paths, name: str, summary: RunSummary) -> None:
-    """reports/<command>.json (the whole summary); for the DVC stages (pretrain, train) also
-    their numbers under metrics/ (tasks.reporting.dvc_reports), which `dvc exp show` compares."""
+    """reports/<command>.json (the whole summary); for the DVC stages (pretrain, train) run by
+    `dvc repro` / `dvc exp run` (DVC sets DVC_STAGE) also their numbers under metrics/
+    (tasks.reporting.dvc_reports), which `dvc exp show` compares. Run by hand (`make demo`), a
+    stage leaves the committed metrics/ alone: they change with dvc.lock, on purpose."""
     from tasks.reporting import dvc_reports
 
     paths.reports_dir.mkdir(parents=True, exist_ok=True)
     (paths.reports_dir / f"{name}.json").write_text(json.dumps(summary.as_dict(), indent=2, default=str))
-    if summary.flow in dvc_reports.DVC_STAGES and not summary.skipped:
+    if summary.flow in dvc_reports.DVC_STAGES and not summary.skipped and os.environ.get("DVC_STAGE"):
         dvc_reports.write(paths.root, summary)
 
 
@@ -99,21 +102,32 @@ def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunS
     return _run(pretrain_flow, params, paths.root, force=args.force)
 
 
+def check_candidates(params: Params) -> None:
+    """A misnamed candidate ends the run here, in one line, not after validation and splitting."""
+    from tasks.models.backbones import check_candidates as check
+
+    check(params.select.candidates)
+
+
 def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     data_dir = paths.resolve(args.data or params.data.raw)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data folder not found (expected <folder>/<class>/<image>)")
-    start_prefect_server()
-    from flows.train import train_flow
+    with runlock.exclusive(paths.root, params.register.model_name):  # refused at once, not after start-up
+        start_prefect_server()
+        check_candidates(params)
+        from flows.train import train_flow
 
-    return _run(train_flow, data_dir, params, paths.root, force=args.force)
+        return _run(train_flow, data_dir, params, paths.root, force=args.force)
 
 
 def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
-    start_prefect_server()
-    from flows.retrain import retrain_flow
+    with runlock.exclusive(paths.root, params.register.model_name):
+        start_prefect_server()
+        check_candidates(params)
+        from flows.retrain import retrain_flow
 
-    return _run(retrain_flow, params, str(paths.root), args.data, force=args.force)
+        return _run(retrain_flow, params, str(paths.root), args.data, force=args.force)
 
 
 def cmd_reproduce(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
@@ -124,7 +138,22 @@ def cmd_reproduce(args: argparse.Namespace, params: Params, paths: Paths) -> Run
     return _run(reproduce_flow, model, args.version, paths.root, args.tolerance)
 
 
+def check_cron(cron: str) -> None:
+    """Prefect's own check of a cron string (five fields), before anything is imported or deployed."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError:
+        raise UserError(
+            f"--cron {cron!r}: not a cron schedule; give five fields, minute hour day month weekday "
+            "(e.g. '0 3 * * *': every day at 03:00)"
+        ) from None
+
+
 def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None:
+    check_cron(args.cron)
     from flows.schedule import deploy_retrain, serve_retrain
 
     if args.serve:

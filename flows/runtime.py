@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -57,10 +59,54 @@ def start_prefect_server() -> None:
 
     if get_current_settings().api.url or _server_start is not None:
         return
+    _server_start = threading.Thread(target=_server_class()().start, daemon=True)
+    _server_start.start()
+
+
+# Run in the temporary server's process before uvicorn: it stops the server (SIGTERM, which
+# uvicorn handles cleanly) once its parent, this run, is gone, even when the run was killed
+# with SIGKILL and its atexit hooks never ran. A poll, not prctl(PR_SET_PDEATHSIG): that fires
+# when the *thread* that started the child ends, and the server is started from a thread.
+_WATCH_PARENT = """
+import os, runpy, signal, sys, threading, time
+parent = int(sys.argv.pop(1))
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(15)
+    os._exit(1)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv[0] = "uvicorn"
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
+
+def _server_class() -> type:
+    """Prefect's temporary-server class, whose process dies with the run that started it."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    _server_start = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
-    _server_start.start()
+    class ServerOfThisRun(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            """Prefect's own command (prefect 3.x, pinned), run under `_WATCH_PARENT`."""
+            import prefect
+            from prefect.settings import get_current_settings
+
+            app = ["--app-dir", str(prefect.__module_path__.parent), "--factory"]
+            app += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
+            app += ["--log-level", "error", "--lifespan", "on"]
+            return subprocess.Popen(
+                [sys.executable, "-c", _WATCH_PARENT, str(os.getpid()), *app],
+                env={
+                    **os.environ,
+                    "PREFECT_UI_ENABLED": "0",
+                    "PREFECT__SERVER_EPHEMERAL": "1",
+                    "PREFECT__SERVER_FINAL": "1",
+                    **get_current_settings().to_environment_variables(exclude_unset=True),
+                },
+            )
+
+    return ServerOfThisRun
 
 
 def wait_for_prefect_server() -> None:

@@ -1,5 +1,6 @@
-"""A run killed with SIGKILL leaves nothing RUNNING once the next run starts, and a second run
-of the same model in the same project is refused while the first holds the lock."""
+"""A run killed with SIGKILL takes its temporary Prefect server with it and leaves nothing
+RUNNING once the next run starts; a second run of the same model in the same project is
+refused at once while the first holds the lock."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import mlflow
+import psutil
 import pytest
 from conftest import checkpointed_epochs, make_image_folder, wait_for_checkpoint
 from mlflow import MlflowClient
@@ -53,11 +55,15 @@ def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill takes its Prefect server too
     )
     wait_for_checkpoint(victim, root, 5)
-    os.killpg(victim.pid, signal.SIGKILL)
+    children = psutil.Process(victim.pid).children()
+    servers = [p for p in children if "prefect.server.api.server:create_app" in p.cmdline()]
+    assert len(servers) == 1  # the run's temporary Prefect server
+    victim.send_signal(signal.SIGKILL)  # the run alone: no atexit hook, no chance to stop its server
     victim.wait(timeout=30)
+    _, alive = psutil.wait_procs(servers, timeout=120)
+    assert alive == [], "the temporary Prefect server outlived the run that started it"
 
     with runlock.exclusive(root, "transferops-classifier"):  # the kernel released the dead run's lock
         pass
@@ -106,3 +112,4 @@ def test_a_second_run_in_the_same_project_is_refused(tmp_path):
     assert last.startswith("transferops: another run of transferops-classifier is in progress"), last
     assert held_by in last and done.returncode == 2
     assert "Traceback" not in done.stderr
+    assert "temporary server" not in done.stderr  # refused before anything slow started
