@@ -47,7 +47,7 @@ def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -
         data.manifest.to_parquet(manifest_path)
         mlflow.log_artifact(str(manifest_path))
     docs = data.report.docs_dir
-    if docs is not None and docs.is_dir():
+    if docs is not None and docs.is_dir() and not reused:  # once, by the run that made them
         mlflow.log_artifacts(str(docs), "data_docs")
     mlflow.log_dict(
         {"success": data.report.success, "problems": data.report.problems, "ignored": data.report.ignored},
@@ -57,7 +57,7 @@ def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -
         mlflow.set_tag("outcome", "validation failed")
         return f"FAILED: {len(data.report.problems)} problem(s) in {data.lineage['data_path']}"
     classes = data.manifest["label"].nunique()
-    ignored = f", {len(data.report.ignored)} hidden files skipped" if data.report.ignored else ""
+    ignored = f", {len(data.report.ignored)} hidden files or folders skipped" if data.report.ignored else ""
     return (
         f"{len(data.manifest)} images in {classes} classes passed every expectation{ignored}; "
         f"data version {data.lineage['data_version'][:8]}"

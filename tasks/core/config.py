@@ -9,13 +9,22 @@ forbids unknown keys, so a typo is an error that names the key and where it came
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.core.errors import UserError
 
@@ -53,7 +62,7 @@ class ValidateParams(Section):
 
 
 class SplitParams(Section):
-    val_fraction: float = Field(0.15, ge=0, lt=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)  # early stopping and checkpoints need validation images
     test_fraction: float = Field(0.15, gt=0, lt=1)
     salt: str = "transferops-v1"  # changing it reshuffles every split: do it deliberately
 
@@ -65,7 +74,7 @@ class SplitParams(Section):
 
 
 class PretrainParams(Section):
-    model_name: str = Field("transferops-backbone", min_length=1)
+    model_name: Annotated[str, AfterValidator(check_model_name)] = "transferops-backbone"
     alias: str = Field("pretrained", min_length=1)
     width: int = Field(32, ge=1)  # filters of the first conv block; later blocks double it
     epochs: int = Field(6, ge=1)
@@ -75,12 +84,39 @@ class PretrainParams(Section):
     histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
 
 
-class Candidate(Section):
-    """A pretrained backbone: `registry:<model>@<alias>`, `keras:<Application>`, `file:<x.keras>`."""
+# A registered model name: it goes into registry filters, lock-file names and models:/ URIs.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+CANDIDATE_URI = re.compile(
+    r"registry:[A-Za-z0-9][A-Za-z0-9._-]{0,99}([@/][A-Za-z0-9._-]{1,100})?"  # model[@alias|/version]
+    r"|keras:[A-Za-z][A-Za-z0-9_]{0,99}"  # a keras.applications name (checked as the run starts)
+    r"|lite0:imagenet"
+    r"|file:.+\.keras"
+)
 
-    uri: str = Field(pattern=r"^(registry|keras|file|lite0):.+")
+
+def check_model_name(value: str) -> str:
+    if not MODEL_NAME.fullmatch(value):
+        raise ValueError("a model name is up to 100 letters, digits, '.', '_', '-', the first alphanumeric")
+    return value
+
+
+class Candidate(Section):
+    """A pretrained backbone: `registry:<model>@<alias>` (or `/<version>`), `keras:<Application>`,
+    `lite0:imagenet`, `file:<path>.keras`."""
+
+    uri: str
     weights: str | None = None  # keras: only; "imagenet" needs internet, "none" or a file path
     image_size: int | None = Field(None, ge=8, le=1024)  # keras: only (default 224); others fix their own
+
+    @field_validator("uri")
+    @classmethod
+    def _known_form(cls, value: str) -> str:
+        if not CANDIDATE_URI.fullmatch(value):
+            raise ValueError(
+                "a candidate is registry:<model>@<alias> (or /<version>), keras:<Application>, "
+                "lite0:imagenet or file:<path>.keras"
+            )
+        return value
 
 
 class SelectParams(Section):
@@ -168,7 +204,7 @@ class AugmentParams(Section):
 
 
 class RegisterParams(Section):
-    model_name: str = Field("transferops-classifier", min_length=1)
+    model_name: Annotated[str, AfterValidator(check_model_name)] = "transferops-classifier"
     metric: str = Field("macro_f1", pattern=r"^(accuracy|macro_f1)$")  # what the promotion gate compares
     min_delta: float = Field(0.0, ge=0, le=1)  # the challenger must beat the champion by more than this
     # The paired gate (tasks/evaluation/gate.py): significance of the improvement on the same test images.

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.config import SplitParams
+from tasks.core.errors import UserError
 from tasks.data import ingest, lineage, split, stream
 from tasks.data.stream import Pixels
 
@@ -116,6 +117,13 @@ def prepare_splits(manifest: pd.DataFrame, data_dir: Path, params: SplitParams) 
         ingest.usable(manifest), params.val_fraction, params.test_fraction, params.salt
     )
     names = class_names_of(table)
+    empty = [s for s in split.SPLITS if not (table["split"] == s).any()]
+    if empty:
+        raise UserError(
+            f"{data_dir}: {len(table)} usable images leave no {' or '.join(empty)} images "
+            f"(split.val_fraction {params.val_fraction}, split.test_fraction {params.test_fraction}); "
+            "add images (a few per class at least)"
+        )
     loaded = {s: split_of(table, data_dir, s, names) for s in split.SPLITS}
     columns = table[["path", "label", "sha256", "split"]].reset_index(drop=True)
     return SplitData(names, loaded["train"], loaded["val"], loaded["test"], columns)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # Files that operating systems drop into folders; recorded in the manifest and skipped.
-SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
+SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 # How an image of another shape becomes a square: stretched (squash), its centre square
 # (crop), or the whole image with black borders (pad).
 RESIZE_POLICIES = ("squash", "crop", "pad")

@@ -142,6 +142,8 @@ def walk(root: Path) -> list[Entry]:
             mode = item.stat(follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
                 entries.append(_link_entry(root, real_root, path, rel))
+            elif stat.S_ISDIR(mode) and is_ignored(path):  # .git, .ipynb_checkpoints: not a class
+                entries.append(Entry(f"{rel}/", None, "hidden folder: skipped"))
             elif stat.S_ISDIR(mode):
                 stack.append(path)
             elif stat.S_ISREG(mode):
@@ -171,7 +173,7 @@ def snapshot(root: Path) -> list[tuple[str, int, int, int]]:
 
 
 def _row(entry: Entry, max_pixels: int) -> dict[str, object]:
-    parts = entry.rel.split("/")
+    parts = entry.rel.rstrip("/").split("/")  # a skipped folder is named with a trailing /
     row: dict[str, object] = {
         "path": entry.rel,
         "label": parts[0] if len(parts) == 2 else None,

@@ -25,6 +25,9 @@ from tasks.data import data_docs, ingest, lineage
 from tasks.data.images import printable
 
 
+MAX_LISTED = 20  # problems a failure message lists; MLflow and the Data Docs have them all
+
+
 @dataclass
 class ValidationReport:
     success: bool
@@ -34,8 +37,15 @@ class ValidationReport:
     ignored: list[str] = field(default_factory=list)  # hidden/system files skipped by design
 
     def message(self, root: Path | str) -> str:
+        """The first MAX_LISTED problems, one per line; the count of the rest and where they are."""
         head = f"data validation failed for {root}: {len(self.problems)} problem(s)"
-        return "\n  ".join([head, *self.problems])
+        lines = [head, *self.problems[:MAX_LISTED]]
+        if len(self.problems) > MAX_LISTED:
+            lines.append(
+                f"... and {len(self.problems) - MAX_LISTED} more (every one: validation.json of the "
+                "validate stage's MLflow run, and the Data Docs)"
+            )
+        return "\n  ".join(lines)
 
 
 def _label_conflicts(files: pd.DataFrame) -> pd.Series:

@@ -16,6 +16,7 @@ import numpy as np
 
 from tasks.core import progress
 from tasks.core.config import Candidate, registry_uri
+from tasks.core.errors import UserError
 
 # Keras Applications whose preprocessing is inside the model (they take 0..255 pixels).
 _IN_MODEL_PREPROCESSING = ("MobileNetV3", "EfficientNet", "ConvNeXt")
@@ -101,6 +102,26 @@ def reseed(model: keras.Model, seed: int) -> keras.Model:
         config = {**initializer.get_config(), "seed": seed * 10_000 + k}
         variable.assign(type(initializer).from_config(config)(variable.shape, variable.dtype))
     return model
+
+
+def check_candidates(candidates: tuple[Candidate, ...]) -> None:
+    """What can be checked of the candidates before a run starts, without loading one: a Keras
+    Application exists and preprocesses in the model, a file or weights file exists. Raises
+    UserError (the URI's form is checked with the params)."""
+    for candidate in candidates:
+        kind, _, ref = candidate.uri.partition(":")
+        if kind == "keras":
+            known = callable(getattr(keras.applications, ref, None))
+            if not known or not ref.startswith(_IN_MODEL_PREPROCESSING):
+                raise UserError(
+                    f"select.candidates: {candidate.uri} is not a keras.applications model with in-model "
+                    f"preprocessing ({', '.join(f'{p}*' for p in _IN_MODEL_PREPROCESSING)}); fix the name"
+                )
+            weights = candidate.weights
+            if weights not in (None, "none", "imagenet") and not Path(str(weights)).is_file():
+                raise UserError(f"select.candidates: {candidate.uri}: weights file {weights} not found")
+        elif kind == "file" and not Path(ref).is_file():
+            raise UserError(f"select.candidates: {candidate.uri}: no such model file (a path to a .keras)")
 
 
 def keras_application(name: str, image_size: int, weights: str | None, seed: int = 0) -> keras.Model:

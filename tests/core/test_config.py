@@ -86,7 +86,7 @@ def test_candidates_accept_strings_and_mappings(tmp_path):
         ("split:\n  val_fraction: 0.5\n  test_fraction: 0.5\n", "split: val_fraction + test_fraction"),
         ("finetune:\n  batch_size: 0\n", "finetune.batch_size: Input should be greater than or equal to 1"),
         ("select:\n  candidates: []\n", "select.candidates: "),
-        ("select:\n  candidates: [hub:x]\n", "select.candidates.0.uri: String should match pattern"),
+        ("select:\n  candidates: [hub:x]\n", "select.candidates.0.uri: a candidate is registry:"),
         ("register:\n  metric: loss\n", "register.metric: String should match pattern"),
     ],
 )

@@ -1,4 +1,10 @@
 import pandas as pd
+import pytest
+from conftest import make_image_folder
+
+from tasks.core.config import SplitParams
+from tasks.core.errors import UserError
+from tasks.data.datasets import load_folder
 
 from tasks.data.ingest import scan
 from tasks.data.split import assign_splits, hash_fraction, split_counts
@@ -49,3 +55,9 @@ def test_a_new_salt_moves_assignments_but_keeps_the_fractions():
 def test_a_small_class_still_gets_val_and_test_images():
     table = assign_splits(frame(4, classes=("tiny",)), 0.01, 0.01, "s")
     assert set(table["split"]) == {"train", "val", "test"}
+
+
+def test_a_split_without_validation_or_test_images_is_refused(tmp_path):
+    make_image_folder(tmp_path, ["cat", "dog"], per_class=1)  # two images: nothing left to hold out
+    with pytest.raises(UserError, match=r"2 usable images leave no (train|val|test)"):
+        load_folder(tmp_path, SplitParams(), 40_000_000)

@@ -11,6 +11,7 @@ import pytest
 
 from tasks.core.config import SplitParams, ValidateParams
 from tasks.data.datasets import load_folder
+from tasks.data import ingest
 from tasks.data.ingest import UnsafePathError, read_inside, scan
 from tasks.data.validate import validate_folder
 
@@ -95,3 +96,16 @@ def test_a_hidden_pipe_is_skipped_like_any_hidden_file(image_folder):
     os.mkfifo(image_folder / ".pipe")
     row = scan(image_folder).set_index("path").loc[".pipe"]
     assert row["ignored"] and pd.isna(row["error"])
+
+
+def test_hidden_and_system_folders_are_skipped_and_recorded_not_classes(image_folder, tmp_path):
+    for folder in (".ipynb_checkpoints", "ant/.git/objects", "__MACOSX/ant"):
+        (image_folder / folder).mkdir(parents=True)
+        shutil.copy(image_folder / "ant" / "ant_0_000.png", image_folder / folder / "copy.png")
+    manifest = scan(image_folder)
+    ignored = manifest.loc[manifest["ignored"], "path"].tolist()
+    assert {".ipynb_checkpoints/", "ant/.git/", "__MACOSX/"} <= set(ignored)
+    assert not manifest["path"].str.endswith("copy.png").any()  # nothing inside them is read
+    data = validate_folder(image_folder, ValidateParams(), tmp_path / "docs")
+    assert data.report.success and sorted(ingest.usable(data.manifest)["label"].unique()) == ["ant", "bee", "cat"]
+    assert {".ipynb_checkpoints/", "ant/.git/", "__MACOSX/"} <= set(data.report.ignored)

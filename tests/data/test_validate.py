@@ -4,7 +4,7 @@ import pytest
 
 from tasks.core.config import ValidateParams
 from tasks.data.ingest import class_folders, scan
-from tasks.data.validate import validate_manifest
+from tasks.data.validate import MAX_LISTED, validate_manifest
 
 
 def run(folder, tmp_path, **params):
@@ -60,3 +60,13 @@ def test_one_class_is_not_a_classification_task(tmp_path):
     folder = make_image_folder(tmp_path / "one", ["only"], per_class=6)
     report = run(folder, tmp_path)
     assert report.problems == ["1 class folder(s) found; at least 2 are needed"]
+
+
+def test_a_failure_message_lists_twenty_problems_and_counts_the_rest(image_folder, tmp_path):
+    for i in range(45):
+        (image_folder / "ant" / f"zero{i:02d}.png").write_bytes(b"")
+    report = run(image_folder, tmp_path)
+    lines = report.message(image_folder).splitlines()
+    assert lines[0].endswith(f"{len(report.problems)} problem(s)") and len(report.problems) >= 45
+    assert len(lines) == 1 + MAX_LISTED + 1
+    assert lines[-1].strip().startswith(f"... and {len(report.problems) - MAX_LISTED} more")

@@ -70,3 +70,35 @@ def test_expected_failures_are_explained(exc, expected):
 
 def test_a_bug_is_not_explained_away():
     assert errors.explain(ZeroDivisionError("division by zero")) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--set", "select.candidates=[keras:NotAModel]", "train"],
+            "select.candidates: keras:NotAModel is not a keras.applications model",
+        ),
+        (
+            ["--set", "select.candidates=['file:/etc/passwd']", "train"],
+            "--set select.candidates.0.uri: a candidate is registry:<model>@<alias>",
+        ),
+        (
+            ["--set", "select.candidates=['file:missing/backbone.keras']", "retrain"],
+            "select.candidates: file:missing/backbone.keras: no such model file",
+        ),
+        (["--set", "register.model_name=a'b", "train"], "--set register.model_name: a model name is"),
+        (["--set", "register.model_name=../../x", "train"], "--set register.model_name: a model name is"),
+        (["--set", "split.val_fraction=0", "train"], "--set split.val_fraction: Input should be greater"),
+        (["schedule", "--cron", "61 * * * *"], "--cron '61 * * * *': not a cron schedule"),
+    ],
+)
+def test_bad_settings_end_before_any_flow_in_one_line(tmp_path, args, expected):
+    (tmp_path / "data" / "raw" / "cat").mkdir(parents=True)
+    env = {"PREFECT_API_URL": "", "MLFLOW_TRACKING_URI": ""}
+    done = run_cli("--root", str(tmp_path), *args, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert lines[-1].startswith(f"transferops: {expected}"), lines[-1]
+    assert "Traceback" not in done.stderr and "temporary server" not in done.stderr
+    assert not (tmp_path / "mlflow").exists()  # no store touched, no lock or run left behind
