@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -87,6 +88,34 @@ def file_sha256(path: Path) -> str:
 CODE_ROOT = Path(__file__).resolve().parents[2]  # where transferops and its lock file live
 
 
+# The instruction sets oneDNN (and XLA) choose kernels by: two CPUs that differ in them may
+# compute the same model to different last bits, so "bit for bit" holds per CPU kind.
+ISA_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve",
+)  # fmt: skip
+
+
+@cache
+def cpu_kind() -> str:
+    """`<model name> [<ISA flags that matter>]`, from /proc/cpuinfo (Linux), else the machine."""
+    import platform
+
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "cpu model") and not model:
+                model = " ".join(value.split())
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = " ".join(f for f in ISA_FLAGS if f in flags)
+    return f"{model or platform.processor() or platform.machine()} [{isa}]"
+
+
 def environment(code_root: Path = CODE_ROOT) -> dict[str, str]:
     """What a version needs beyond code, data and params to be rebuilt: the hash of the lock
     file transferops was installed from, and the versions of the interpreter and the libraries
@@ -108,4 +137,5 @@ def environment(code_root: Path = CODE_ROOT) -> dict[str, str]:
         ),
         "keras_version": version("keras"),
         "platform": f"{platform.system()}-{platform.machine()}",
+        "cpu": cpu_kind(),
     }

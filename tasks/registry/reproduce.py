@@ -120,6 +120,7 @@ class Reproduction:
     new: dict[str, float]
     tolerance: float
     warnings: list[str] = field(default_factory=list)
+    cpu: tuple[str, str] | None = None  # (recorded, here) when the CPU kinds differ
 
     @property
     def matches(self) -> bool:
@@ -127,4 +128,6 @@ class Reproduction:
 
 
 def compare(record: Recorded, new: dict[str, float], tolerance: float, warnings: list[str]) -> Reproduction:
-    return Reproduction(record.model, record.version, record.metrics, dict(new), tolerance, warnings)
+    then, here = record.tags.get("cpu"), lineage.cpu_kind()
+    cpu = (then, here) if then is not None and then != here else None
+    return Reproduction(record.model, record.version, record.metrics, dict(new), tolerance, warnings, cpu)

@@ -100,6 +100,8 @@ def format_reproduction(r: Reproduction) -> list[str]:
     for warning in r.warnings:
         lines.append(f"  warning: {warning}")
     verdict = "match" if r.matches else "DIFFERENT"
+    if not r.matches and r.cpu is not None:  # expected: oneDNN picks kernels by instruction set
+        verdict = f"different CPU kind (recorded on {r.cpu[0]}, run on {r.cpu[1]}): compare on the same kind"
     lines.append(f"verdict       {verdict} (tolerance {r.tolerance:g})")
     return lines
 
