@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 apply_env_defaults()  # before TensorFlow or Prefect are imported
 
+from flows.housekeeping import cmd_gc  # noqa: E402
 from flows.registry_cli import cmd_history, cmd_predict, cmd_promote, cmd_rollback, cmd_status  # noqa: E402
 from tasks.core import runlock  # noqa: E402
 from tasks.core.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
@@ -321,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="@ALIAS, VERSION or NAME@ALIAS (default: @champion of register.model_name)",
     )
     predict.set_defaults(func=cmd_predict)
+
+    gc = sub.add_parser(
+        "gc", parents=after, help="delete what params `retention` does not keep (caches, old versions, runs)"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
+    gc.set_defaults(func=cmd_gc)
 
     demo = sub.add_parser("demo", parents=after, help="data fashion-mnist + pretrain + train, then a summary")
     demo.set_defaults(func=cmd_demo)

@@ -13,6 +13,7 @@ import mlflow
 from prefect import flow
 from prefect.states import State
 
+from flows import housekeeping
 from flows.stages import drift as drift_stage
 from flows.stages import flowrun, split, validate
 from flows.train import train_run
@@ -28,12 +29,22 @@ def retrain_flow(
     params: Params, root: str, data_dir: str | None = None, force: bool = False
 ) -> RunSummary | State:
     """Entry point of the deployment. `params` arrives as JSON there and is checked against
-    the Params model (Prefect validates flow parameters)."""
+    the Params model (Prefect validates flow parameters). One round, then (with
+    `retention.after_retrain`) the retention pass of `transferops gc`."""
+    with runlock.exclusive(Path(root), params.register.model_name):
+        outcome = retrain_round(params, Path(root), data_dir, force)
+        if params.retention.after_retrain:
+            line = housekeeping.after_retrain(Path(root), params)
+            if isinstance(outcome, RunSummary):
+                outcome.gc = line
+    return outcome
+
+
+def retrain_round(params: Params, root: Path, data_dir: str | None, force: bool) -> RunSummary | State:
+    """Validate; train (warm-started from the champion) when the data is new and, if asked,
+    drifted; else say why not."""
     model_name = params.register.model_name
-    with (
-        runlock.exclusive(Path(root), model_name),
-        flowrun.tracked_flow("retrain", params, Path(root), force=force) as run,
-    ):
+    with flowrun.tracked_flow("retrain", params, root, force=force) as run:
         folder = run.paths.resolve(Path(data_dir or params.data.raw))
         data = validate.validated(run, folder, params)
         if not data.report.success:

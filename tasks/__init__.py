@@ -11,5 +11,6 @@ list (tests/test_layout.py checks it):
   model, reproducing a version;
 - `selection`: choosing the backbone (LogME on frozen features);
 - `promotion`: drift (whether to retrain) and promotion (whether the new model is champion);
-- `reporting`: the run summary, DVC metrics files, MLflow tracking set-up.
+- `reporting`: the run summary, DVC metrics files, MLflow tracking set-up;
+- `retention`: what a project keeps as it retrains for a year, and what `transferops gc` deletes.
 """

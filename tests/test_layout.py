@@ -12,7 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_LIBRARIES = {"numpy", "pandas", "keras", "tensorflow", "sklearn", "PIL"}
 # The packages of tasks/, lowest first: each may import only itself and those before it
 # (tasks/__init__.py says what each owns).
-LAYERS = ("core", "data", "evaluation", "models", "registry", "selection", "promotion", "reporting")
+LAYERS = (
+    *("core", "data", "evaluation", "models", "registry"),
+    *("selection", "promotion", "reporting", "retention"),
+)
 MAX_MODULES_PER_FOLDER = 12
 MAX_LINES_PER_MODULE = 400
 

@@ -42,6 +42,7 @@ from tasks.models import determinism
 from tasks.reporting import tracking
 from tasks.reporting.summary import RunSummary
 from tasks.reporting.summary import markdown as markdown_summary
+from tasks.retention.keep import RESULT_KEY
 from tasks.selection import candidates
 
 stage = task(cache_policy=NONE, persist_result=False)  # a stage that is not cached
@@ -156,6 +157,9 @@ def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any
         reused = state.name == "Cached"
         if reused:
             mlflow.set_tag("reused", "true")
+        stored = getattr(getattr(state.data, "metadata", None), "storage_key", None)
+        if stored:  # the result file's name: retention keeps the results that kept runs used
+            mlflow.set_tag(RESULT_KEY, Path(stored).name)
         line = log(result, run, reused)
     run.seconds[name] = round(time.perf_counter() - start, 1)
     if reused:

@@ -222,6 +222,17 @@ class RetrainParams(Section):
     require_drift: bool = False  # true: changed data without significant drift is not retrained
 
 
+class RetentionParams(Section):
+    """What `transferops gc` (and the retrain flow after each round) keeps (tasks/retention)."""
+
+    keep_last: int = Field(5, ge=1)  # the newest versions, and the newest flow runs
+    keep_moves: int = Field(10, ge=0)  # versions of the champion's last moves (rollback targets)
+    keep_validations: int = Field(5, ge=1)  # Data Docs folders kept locally (MLflow has every one)
+    prefect_days: int = Field(30, ge=0)  # Prefect flow runs older than this go (0: kept)
+    min_age_minutes: float = Field(10, ge=0)  # newer files may be a run's in progress: kept
+    after_retrain: bool = True  # the retrain flow (and the scheduled deployment) ends with gc
+
+
 class ReproducibilityParams(Section):
     # Deterministic TensorFlow ops: the same inputs give the same weights and metrics, bit for
     # bit, on the same machine and versions. false trades that for speed (recorded on the run).
@@ -246,6 +257,7 @@ with warnings.catch_warnings():
         augment: AugmentParams = AugmentParams()
         register: RegisterParams = RegisterParams()  # type: ignore[assignment]
         retrain: RetrainParams = RetrainParams()
+        retention: RetentionParams = RetentionParams()
         reproducibility: ReproducibilityParams = ReproducibilityParams()
 
         def as_dict(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def features(
     if path.is_file():
         found = np.load(path, mmap_mode="r")
         if found.shape == (len(split), backbone.output_shape[-1]):
+            path.touch()  # used now: retention (`transferops gc`) keeps what recent runs used
             return found
     stream = split.batches(pixels, BATCH_SIZE, labels=False)
     return extract_features(backbone, stream.as_numpy_iterator(), len(split), description, out=path)

@@ -38,6 +38,7 @@ class RunSummary:
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
     confusion: dict[str, list] | None = None  # {"classes": [...], "matrix": rows true, columns predicted}
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # class -> precision, recall...
+    gc: str | None = None  # retrain: what the retention pass after it freed (tasks/retention)
 
     @property
     def ok(self) -> bool:
@@ -58,7 +59,7 @@ def _scores(values: dict[str, float]) -> str:
 def format_summary(s: RunSummary) -> str:
     """The terminal view of a run."""
     if s.skipped:
-        return f"{s.flow}: skipped: {s.skipped}"
+        return f"{s.flow}: skipped: {s.skipped}" + (f"\n{s.gc}" if s.gc else "")
     lines = [
         f"\n== {s.flow} (MLflow run {s.mlflow_run_id}) ==",
         f"data version  {s.data_version}  images {s.images}",
@@ -89,6 +90,8 @@ def format_summary(s: RunSummary) -> str:
             lines.append(f"promotion     {reg.reason}")
     if s.reproduction is not None:
         lines.extend(format_reproduction(s.reproduction))
+    if s.gc:
+        lines.append(s.gc)
     return "\n".join(lines)
 
 
