@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -49,6 +50,35 @@ def check_services(timeout: float = 10.0) -> None:
             raise Unavailable(
                 f"{what} {url} does not answer ({reason}): {start}, or unset {variable} to {default}"
             )
+
+
+def check_prefect_api(timeout: float = 10.0) -> None:
+    """Inside a flow: when the Prefect API this run reports to (a server, or the run's
+    temporary one) stopped answering, stop the process here, before the registry changes.
+
+    One plain request, no retries (Prefect's client backs off for a minute first), and then
+    an exit, not an exception: Prefect would spend minutes retrying to report the failure to
+    the API that is gone. The MLflow runs are ended FAILED first."""
+    import mlflow
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    if not url.startswith(("http://", "https://")) or "ephemeral-prefect" in url:
+        return  # an in-process API: it cannot be lost
+    problem = _answers(f"{url}/health", timeout)
+    if problem is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run("FAILED")
+    print(
+        f"transferops: the Prefect API at {url} stopped answering ({problem}); nothing was "
+        "registered: start it again (or unset PREFECT_API_URL) and rerun, finished stages are reused",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def _first_line(text: object) -> str:

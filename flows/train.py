@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.states import State
 
+from flows import errors
 from flows.stages import evaluate, finetune, flowrun, select, split, validate
 from flows.stages.register import register_model
 from tasks.core import runlock
@@ -131,6 +132,7 @@ def train_run(
         evaluation = promote.as_own_champion(evaluation, champion)
     registered = None
     if register:
+        errors.check_prefect_api()  # lost mid-run: stop before the registry changes
         registered = register_model(
             result,
             splits,

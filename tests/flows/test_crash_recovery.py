@@ -113,3 +113,32 @@ def test_a_second_run_in_the_same_project_is_refused(tmp_path):
     assert held_by in last and done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "temporary server" not in done.stderr  # refused before anything slow started
+
+
+def test_a_run_that_loses_its_prefect_server_stops_before_registering(tmp_path):
+    root = tmp_path / "project"
+    make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
+        env.pop(variable, None)
+    epochs = ["--set", "finetune.head_epochs=30", "--set", "finetune.patience=30"]
+    run = subprocess.Popen(
+        cli(root, "train", *epochs), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_checkpoint(run, root, 2)
+    servers = [
+        p for p in psutil.Process(run.pid).children() if "prefect.server.api.server:create_app" in p.cmdline()
+    ]
+    assert len(servers) == 1
+    servers[0].kill()  # the outage: training goes on, registration must not
+    _, stderr = run.communicate(timeout=600)
+    last = stderr.strip().splitlines()[-1]
+    assert run.returncode == 1, stderr[-3000:]
+    assert last.startswith("transferops: the Prefect API at http://127.0.0.1:"), last
+    assert "nothing was registered" in last and "Traceback" not in stderr
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
+    client = MlflowClient()
+    assert client.search_model_versions("name = 'transferops-classifier'") == []
+    experiment_id = client.get_experiment_by_name("transferops").experiment_id
+    assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
