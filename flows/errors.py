@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 
 from tasks.core.errors import UserError
+from tasks.reporting import tracking
 
 
 class Unavailable(RuntimeError):
@@ -107,6 +108,11 @@ def explain(exc: BaseException) -> str | None:
     text = _first_line(exc)
     if module.startswith("mlflow") or name in ("ConnectionError", "MaxRetryError", "ReadTimeout"):
         uri = os.environ.get("MLFLOW_TRACKING_URI", "the local store in mlflow/")
+        if "database is locked" in text:
+            return (
+                f"MLflow store {uri} stayed locked by another writer for over "
+                f"{tracking.SQLITE_BUSY_S} s; nothing was registered: run again when it is free"
+            )
         if "Max retries exceeded" in text or "Connection" in text or "timed out" in text.lower():
             return (
                 f"MLflow tracking server {uri} stopped answering: {text[:200]}; start it again and rerun "
@@ -119,6 +125,11 @@ def explain(exc: BaseException) -> str | None:
             "`prefect server start` with PREFECT_API_URL"
         )
     if module.startswith("sqlalchemy") or name == "OperationalError":
+        if "database is locked" in text:
+            return (
+                f"a database stayed locked by another writer for over {tracking.SQLITE_BUSY_S} s: "
+                "run again when it is free"
+            )
         return f"database error: {text[:300]}: another transferops may be starting the same store; run again"
     return None
 

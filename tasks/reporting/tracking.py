@@ -31,9 +31,35 @@ def _user_uri(variable: str) -> str | None:
     return value if value and value not in _OWN_URIS[variable] else None
 
 
+# How long a write to an SQLite store waits for another writer (a second project's run, a
+# `mlflow ui` query, `gc`). MLflow sets SQLite's busy timeout to 20 s on every session; SQLite's
+# busy handler retries with growing sleeps for that long, then fails the write. A year of
+# unattended runs meets longer locks than that (a VACUUM, a backup copying the file).
+SQLITE_BUSY_S = 120
+_MLFLOW_BUSY_PRAGMA = "PRAGMA busy_timeout = 20000;"
+
+
+def _wait_longer_for_sqlite(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> tuple[str, Any]:
+    """SQLAlchemy's before_cursor_execute hook: MLflow's busy-timeout pragma, with ours."""
+    if statement == _MLFLOW_BUSY_PRAGMA:
+        statement = f"PRAGMA busy_timeout = {SQLITE_BUSY_S * 1000};"
+    return statement, parameters
+
+
+def _patch_sqlite_busy_timeout() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "before_cursor_execute", _wait_longer_for_sqlite):
+        event.listen(Engine, "before_cursor_execute", _wait_longer_for_sqlite, retval=True)
+
+
 def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at $MLFLOW_TRACKING_URI, else the local store in `mlflow_dir`
     (SQLite database + artifact folder). Returns the experiment id."""
+    _patch_sqlite_busy_timeout()
     uri = _user_uri("MLFLOW_TRACKING_URI")
     artifact_location = None
     if not uri:

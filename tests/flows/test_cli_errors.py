@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import subprocess
 import sys
 
 import pytest
+import sqlalchemy
 from conftest import free_port
 
 from flows import errors
@@ -61,6 +63,10 @@ def test_an_unreachable_prefect_api_is_one_line(tmp_path, capsys, monkeypatch):
         (
             FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y"),
             "/x/y: No such file or directory",
+        ),
+        (
+            sqlalchemy.exc.OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")),
+            "a database stayed locked by another writer for over 120 s",
         ),
     ],
 )
