@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from tasks.core.errors import UserError
 from tasks.reporting import tracking
@@ -82,6 +84,23 @@ def check_prefect_api(timeout: float = 10.0) -> None:
     os._exit(1)
 
 
+def _disk_of(path: object) -> str:
+    """' on <mount point> (<free> free)' for the disk holding `path`, '' when unknown."""
+    if not path:
+        return ""
+    here = Path(str(path)).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    mount = here
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        free = shutil.disk_usage(here).free
+    except OSError:
+        return ""
+    return f" on {mount} ({free / 1e9:.1f} GB free)"
+
+
 def _first_line(text: object) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""
@@ -94,7 +113,8 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = exc.filename or f"{tempfile.gettempdir()} or the project folder"
         return (
-            f"disk full while writing {where}: free some space there and run again (nothing was registered)"
+            f"disk full{_disk_of(exc.filename)} while writing {where}: free some space there and run "
+            "again (nothing was registered)"
         )
     if isinstance(exc, PermissionError):
         return (
@@ -108,6 +128,11 @@ def explain(exc: BaseException) -> str | None:
     text = _first_line(exc)
     if module.startswith("mlflow") or name in ("ConnectionError", "MaxRetryError", "ReadTimeout"):
         uri = os.environ.get("MLFLOW_TRACKING_URI", "the local store in mlflow/")
+        if "disk is full" in text or "No space left" in text:
+            return (
+                f"disk full while MLflow wrote to {uri}{_disk_of(uri.removeprefix('sqlite:///'))}: free "
+                "some space there and run again (finished stages are reused; nothing was registered)"
+            )
         if "database is locked" in text:
             return (
                 f"MLflow store {uri} stayed locked by another writer for over "

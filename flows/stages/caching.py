@@ -11,12 +11,14 @@ Prefect cache policy that says what that is, stage by stage:
 - the environment (lock file, Python, TensorFlow and Keras versions).
 
 Prefect's default key includes the flow-run id, so it never hits across runs. Results are
-pickled under `<root>/.transferops/results/` (safe to delete: the next run recomputes);
+pickled under `<root>/.transferops/results/`, each written whole or not at all
+(`AtomicResults`; safe to delete: the next run recomputes);
 `--force` recomputes and overwrites them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +28,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import CachePolicy, TaskSource
 from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
 from prefect.transactions import get_transaction
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
@@ -98,6 +101,36 @@ class StageKey(CachePolicy):
             environment_version(),
             raise_on_failure=True,
         )
+
+
+class AtomicResults(LocalFileSystem):
+    """Prefect's local result storage, except that a result file appears whole or not at all:
+    written under a temporary name beside it, synced, then renamed. A full disk (or a kill)
+    mid-write leaves no half file for a later run to trip on; `transferops gc` removes a
+    leftover temporary. Reading goes through Prefect's own LocalFileSystem."""
+
+    _block_type_name = "transferops atomic results"
+
+    def _write(self, path: str, content: bytes) -> str:
+        target = self._resolve_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "wb") as out:
+                out.write(content)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return str(target)
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self._write(path, content)
+
+    def write_path(self, path: str, content: bytes, _sync: bool = True) -> str:  # type: ignore[override]
+        return self._write(path, content)
 
 
 def cached_stage(name: str, code: tuple[str, ...], folders: tuple[str, ...] = ()) -> Callable:

@@ -31,6 +31,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed, Failed, State
 
+from flows.stages.caching import AtomicResults
 from tasks.core import progress
 from tasks.core.config import (
     Params,
@@ -150,9 +151,9 @@ def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any
     progress.say(f"== {name}")
     start = time.perf_counter()
     with tracking.stage_run(name, run.run_id):
-        state = compute.with_options(result_storage=run.paths.root / RESULTS_DIR, refresh_cache=run.force)(
-            return_state=True, **inputs
-        )
+        storage = AtomicResults(basepath=str(run.paths.root / RESULTS_DIR))
+        stage_task = compute.with_options(result_storage=storage, refresh_cache=run.force)
+        state = stage_task(return_state=True, **inputs)
         result = state.result()  # a failed stage raises its own exception here
         reused = state.name == "Cached"
         if reused:

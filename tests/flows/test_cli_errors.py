@@ -11,6 +11,7 @@ import sys
 import pytest
 import sqlalchemy
 from conftest import free_port
+from mlflow.exceptions import MlflowException
 
 from flows import errors
 from flows.cli import main
@@ -53,7 +54,7 @@ def test_an_unreachable_prefect_api_is_one_line(tmp_path, capsys, monkeypatch):
     [
         (
             OSError(errno.ENOSPC, "No space left on device", "/data/mlflow/x.db"),
-            "disk full while writing /data/m",
+            "disk full on / (",
         ),
         (OSError(errno.ENOSPC, "No space left on device"), "disk full while writing "),
         (
@@ -63,6 +64,10 @@ def test_an_unreachable_prefect_api_is_one_line(tmp_path, capsys, monkeypatch):
         (
             FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y"),
             "/x/y: No such file or directory",
+        ),
+        (
+            MlflowException("(raised as a result of Query-invoked autoflush) database or disk is full"),
+            "disk full while MLflow wrote to ",
         ),
         (
             sqlalchemy.exc.OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")),
