@@ -370,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         if message is None or args.debug:
             raise
         print(f"transferops: {message}", file=sys.stderr)
+        if errors.disk_full(exc):  # a file that failed to close (HDF5) can crash the interpreter's exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 2 if isinstance(exc, USAGE_ERRORS) else 1
     return 0
 

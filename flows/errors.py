@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -84,6 +85,10 @@ def check_prefect_api(timeout: float = 10.0) -> None:
     os._exit(1)
 
 
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
 def _disk_of(path: object) -> str:
     """' on <mount point> (<free> free)' for the disk holding `path`, '' when unknown."""
     if not path:
@@ -110,10 +115,13 @@ def explain(exc: BaseException) -> str | None:
     """One line for an expected failure; None for anything else (a bug: show the traceback)."""
     if isinstance(exc, (UserError, Unavailable)):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = exc.filename or f"{tempfile.gettempdir()} or the project folder"
+    if disk_full(exc):
+        # HDF5 (Keras weights) names the file only in its message
+        named = re.search(r"filename = '([^']+)'", str(exc))
+        filename = exc.filename or (named.group(1) if named else None)
+        where = filename or f"{tempfile.gettempdir()} or the project folder"
         return (
-            f"disk full{_disk_of(exc.filename)} while writing {where}: free some space there and run "
+            f"disk full{_disk_of(filename)} while writing {where}: free some space there and run "
             "again (nothing was registered)"
         )
     if isinstance(exc, PermissionError):

@@ -12,7 +12,7 @@ Prefect cache policy that says what that is, stage by stage:
 
 Prefect's default key includes the flow-run id, so it never hits across runs. Results are
 pickled under `<root>/.transferops/results/`, each written whole or not at all
-(`AtomicResults`; safe to delete: the next run recomputes);
+(`write_whole`; safe to delete: the next run recomputes);
 `--force` recomputes and overwrites them.
 """
 
@@ -103,34 +103,37 @@ class StageKey(CachePolicy):
         )
 
 
-class AtomicResults(LocalFileSystem):
-    """Prefect's local result storage, except that a result file appears whole or not at all:
-    written under a temporary name beside it, synced, then renamed. A full disk (or a kill)
-    mid-write leaves no half file for a later run to trip on; `transferops gc` removes a
-    leftover temporary. Reading goes through Prefect's own LocalFileSystem."""
+def write_whole(path: Path, content: bytes) -> str:
+    """Write `content` to `path` so that the file appears whole or not at all: under a temporary
+    name beside it, synced, then renamed. A failed write (a full disk) raises with the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    return str(path)
 
-    _block_type_name = "transferops atomic results"
 
-    def _write(self, path: str, content: bytes) -> str:
-        target = self._resolve_path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        try:
-            with open(partial, "wb") as out:
-                out.write(content)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        return str(target)
+def _write_path(self: LocalFileSystem, path: str, content: bytes, _sync: bool = True) -> str:
+    return write_whole(self._resolve_path(path), content)
 
-    async def awrite_path(self, path: str, content: bytes) -> str:
-        return self._write(path, content)
 
-    def write_path(self, path: str, content: bytes, _sync: bool = True) -> str:  # type: ignore[override]
-        return self._write(path, content)
+async def _awrite_path(self: LocalFileSystem, path: str, content: bytes) -> str:
+    return write_whole(self._resolve_path(path), content)
+
+
+# Prefect's LocalFileSystem (the storage of stage results) writes a result file in place, so a
+# full disk or a kill mid-write leaves a truncated file for a later run to trip on. Its two
+# write methods are replaced by whole-file writes; a custom block would have to be saved to the
+# Prefect server to be used as result storage. Reading is unchanged.
+LocalFileSystem.write_path = _write_path  # type: ignore[method-assign,assignment]
+LocalFileSystem.awrite_path = _awrite_path  # type: ignore[method-assign,assignment]
 
 
 def cached_stage(name: str, code: tuple[str, ...], folders: tuple[str, ...] = ()) -> Callable:

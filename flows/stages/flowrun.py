@@ -31,7 +31,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed, Failed, State
 
-from flows.stages.caching import AtomicResults
+from flows.stages import caching  # noqa: F401 - whole-file result writes (see there)
 from tasks.core import progress
 from tasks.core.config import (
     Params,
@@ -151,7 +151,7 @@ def run_stage(run: FlowRun, compute: Task[..., T], log: Logger[T], **inputs: Any
     progress.say(f"== {name}")
     start = time.perf_counter()
     with tracking.stage_run(name, run.run_id):
-        storage = AtomicResults(basepath=str(run.paths.root / RESULTS_DIR))
+        storage = run.paths.root / RESULTS_DIR
         stage_task = compute.with_options(result_storage=storage, refresh_cache=run.force)
         state = stage_task(return_state=True, **inputs)
         result = state.result()  # a failed stage raises its own exception here

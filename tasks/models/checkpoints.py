@@ -44,6 +44,11 @@ def resumed_epoch(backup_dir: Path) -> int | None:
         return None
 
 
+# h5py errors of a write that failed (a full disk), kept alive: freeing the half-closed HDF5
+# objects they hold crashes the interpreter (seen: SIGSEGV). The command line exits at once.
+_FAILED_WRITES: list[OSError] = []
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore, but each checkpoint is written to a new file and renamed into
     place: a kill in the middle of a write (seen in the SIGKILL test: a truncated .h5 that
@@ -52,7 +57,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self) -> None:
         os.makedirs(self.backup_dir, exist_ok=True)
         incoming = os.path.join(self.backup_dir, "incoming.weights.h5")
-        self.model.save_weights(incoming, overwrite=True)
+        try:
+            self.model.save_weights(incoming, overwrite=True)
+        except OSError as exc:  # a full disk: the same error, naming the file, without h5py's objects
+            _FAILED_WRITES.append(exc)
+            Path(incoming).unlink(missing_ok=True)
+            raise OSError(exc.errno, os.strerror(exc.errno) if exc.errno else str(exc), incoming) from None
         os.replace(incoming, self._weights_path)
         metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
         incoming = f"{self._training_metadata_path}.incoming"
