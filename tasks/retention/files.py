@@ -85,7 +85,8 @@ def doomed(
             add("Data Docs", path)
     if features_since_s is not None:
         for path in _entries(work / "features"):
-            if path.stat().st_mtime < features_since_s and old(path):
+            last_used = max(path.stat().st_atime, path.stat().st_mtime)  # a reuse sets the access time
+            if last_used < features_since_s and old(path):
                 add("features", path)
     for path in _entries(work / "reproduce"):
         if old(path):

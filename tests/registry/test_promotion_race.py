@@ -51,7 +51,8 @@ def test_two_racing_promotions_agree_every_time(server, tmp_path, monkeypatch):
     mlflow.set_registry_uri(server)  # an earlier test in this process may have set another
     client = MlflowClient()
     client.create_registered_model(MODEL)
-    with mlflow.start_run() as run:
+    experiment = client.create_experiment("race")  # not one an earlier test left active
+    with mlflow.start_run(experiment_id=experiment) as run:
         (tmp_path / "weights.txt").write_text("a model")
         mlflow.log_artifact(str(tmp_path / "weights.txt"))
     for _ in range(2 * ROUNDS):
