@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -49,15 +50,18 @@ def test_two_racing_promotions_agree_every_time(server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     mlflow.set_tracking_uri(server)
     mlflow.set_registry_uri(server)  # an earlier test in this process may have set another
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=server, registry_uri=server)  # no state an earlier test left
     client.create_registered_model(MODEL)
-    experiment = client.create_experiment("race")  # not one an earlier test left active
-    with mlflow.start_run(experiment_id=experiment) as run:
-        (tmp_path / "weights.txt").write_text("a model")
-        mlflow.log_artifact(str(tmp_path / "weights.txt"))
+    run = client.create_run(client.create_experiment("race"))
+    (tmp_path / "weights.txt").write_text("a model")
+    client.log_artifact(run.info.run_id, str(tmp_path / "weights.txt"))
+    client.set_terminated(run.info.run_id)
     for _ in range(2 * ROUNDS):
         client.create_model_version(MODEL, f"runs:/{run.info.run_id}/weights.txt", run_id=run.info.run_id)
 
+    # spawned processes start from this sys.path, where a loaded pyfunc of an earlier test may
+    # have put its own copy of tasks/ first: this checkout goes first
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     spawn = multiprocessing.get_context("spawn")
     barrier, results = spawn.Barrier(2), spawn.Queue()
     racers = [spawn.Process(target=contender, args=(server, me, barrier, results)) for me in (0, 1)]
