@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
@@ -167,3 +168,15 @@ def wait_for_checkpoint(process: subprocess.Popen, root: Path, epochs: int, time
         assert process.poll() is None, "the run ended before it reached the checkpoint"
         assert time.time() < deadline, "finetune never started"
         time.sleep(0.2)
+
+
+def dvc(root: Path, *args: str) -> None:
+    """The DVC command line of this environment, in `root`."""
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
+
+
+def use_store(root: Path) -> mlflow.MlflowClient:
+    """The project's tracking store and registry (both: the registry URI does not follow)."""
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    mlflow.set_registry_uri(mlflow.get_tracking_uri())
+    return mlflow.MlflowClient()

@@ -8,13 +8,11 @@ after the folder changed."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import clear_mlflow_env, make_image_folder, sets
+from conftest import clear_mlflow_env, dvc, make_image_folder, sets, use_store
 from mlflow import MlflowClient
 
 from flows.cli import main
@@ -36,17 +34,6 @@ FAST = sets(
         "finetune.head_learning_rate": 0.01,
     }
 )
-
-
-def dvc(root, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
-
-
-def use_store(root) -> MlflowClient:
-    """The project's tracking store and registry (both: the registry URI does not follow)."""
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
-    mlflow.set_registry_uri(mlflow.get_tracking_uri())
-    return MlflowClient()
 
 
 def weights(root, uri: str) -> list[np.ndarray]:

@@ -5,13 +5,9 @@ the first round, the versions that matter stay, and the champion can still be re
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-import mlflow
 import pytest
-from conftest import clear_mlflow_env, make_image_folder, sets
-from mlflow import MlflowClient
+from conftest import clear_mlflow_env, dvc, make_image_folder, sets, use_store
 
 from flows.cli import main
 from tasks.retention.files import size_of
@@ -39,18 +35,8 @@ FAST = sets(
 )
 
 
-def dvc(root, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=True, capture_output=True)
-
-
-def registry(root) -> MlflowClient:
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
-    mlflow.set_registry_uri(mlflow.get_tracking_uri())
-    return MlflowClient()
-
-
 def versions(root) -> set[str]:
-    return {str(v.version) for v in registry(root).search_model_versions(f"name = '{MODEL}'")}
+    return {str(v.version) for v in use_store(root).search_model_versions(f"name = '{MODEL}'")}
 
 
 def test_ten_retrain_rounds_with_gc_stay_within_twice_the_first(tmp_path, prefect_harness, capsys):
@@ -83,7 +69,7 @@ def test_ten_retrain_rounds_with_gc_stay_within_twice_the_first(tmp_path, prefec
             assert len(versions(root)) <= 6
         assert max(sizes) <= 2 * sizes[0], sizes
 
-        client = registry(root)
+        client = use_store(root)
         champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
         challenger = str(client.get_model_version_by_alias(MODEL, "challenger").version)
         kept = versions(root)
