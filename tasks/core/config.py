@@ -159,23 +159,24 @@ class FinetuneParams(Section):
 
 
 class SearchParams(Section):
-    """How `finetune` chooses its strategy (tasks/models/strategy.py): Hyperband on the validation
-    split. Off by default until bench/transfer.py shows it wins over seeds; off, `finetune`
-    runs its fixed recipe (head, then the top layers)."""
+    """How `finetune` chooses its strategy (tasks/models/strategy.py): head trials on cached
+    features, one budgeted bracket of fine-tune trials, the scratch baseline, on the validation
+    split. Off, `finetune` runs its fixed recipe (head, then the top layers)."""
 
-    enabled: bool = False
+    enabled: bool = True
     strategies: tuple[Literal["head", "top", "full", "scratch"], ...] = Field(
-        ("head", "top", "full", "scratch"), min_length=1
+        ("head", "top", "scratch"), min_length=1
     )
-    # (low, high), sampled log-uniformly: a continuous space, so Hyperband never runs out of
-    # new configurations (Keras Tuner stops the whole search when it does)
-    learning_rate_range: tuple[float, float] = (1e-4, 1e-3)  # the head's
+    head_trials: int = Field(4, ge=1)  # head learning rates per backbone, log-spaced over the range
+    learning_rate_range: tuple[float, float] = (1e-4, 1e-2)  # the head trials'
+    finetune_rate: float = Field(0.1, gt=0)  # fine-tune trials: head rate = the best head's x this
+    backbone_rate: float = Field(1.0, gt=0)  # unfrozen backbone layers: the head rate x this
     unfreeze_layers: tuple[int, ...] = Field((2, 4), min_length=1)  # for `top`
-    backbone_rate_range: tuple[float, float] = (0.1, 1.0)  # backbone rate = head rate x this (top, full)
-    max_epochs: int = Field(15, ge=1)  # the most epochs one trial trains (Hyperband's budget)
-    factor: int = Field(3, ge=2)  # Hyperband keeps 1/factor of the trials at each rung
-    iterations: int = Field(1, ge=1)  # Hyperband iterations (each a full set of brackets)
-    # the scratch baseline (strategy `scratch`) trains outside Hyperband, on its own budget
+    max_epochs: int = Field(9, ge=1)  # the most epochs one fine-tune trial trains
+    factor: int = Field(3, ge=2)  # each rung keeps 1/factor of the trials, for factor x the epochs
+    budget_epochs: int = Field(3, ge=0)  # epochs over the training split all fine-tune trials share
+    time_budget_minutes: float = Field(30, ge=0)  # no trial or epoch starts after it (0: none)
+    # the scratch baseline (strategy `scratch`) trains outside the bracket, on its own budget
     scratch_epochs: int = Field(200, ge=1)
     scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops
     scratch_learning_rate: float = Field(1e-3, gt=0)
@@ -184,10 +185,9 @@ class SearchParams(Section):
 
     @model_validator(mode="after")
     def _positive(self) -> SearchParams:
-        for name in ("learning_rate_range", "backbone_rate_range"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
+        low, high = self.learning_rate_range
+        if not 0 < low <= high:
+            raise ValueError("learning_rate_range must be [low, high] with 0 < low <= high")
         if any(n < 1 for n in self.unfreeze_layers):
             raise ValueError("unfreeze_layers must be at least 1")
         return self

@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # TensorFlow is imported where a stream is built, not by `tra
     import tensorflow as tf
 
 
+CACHE_BYTES = 256 * 2**20  # decoded pixels a stream may keep between epochs
+
+
 @dataclass(frozen=True)
 class Pixels:
     """How a file becomes a model's input: a `size` x `size` RGB uint8 array, fitted by the
@@ -89,7 +92,11 @@ def batches(
         return decoded
 
     indices = tf.data.Dataset.range(len(files))
-    if shuffle_seed is not None:
+    # A split whose decoded pixels fit CACHE_BYTES is decoded once and kept for later epochs
+    # (training on a few hundred images decodes them dozens of times otherwise); a larger one
+    # is decoded again every epoch. Either way memory stays bounded, whatever the number of files.
+    cached = len(files) * pixels.size * pixels.size * 3 <= CACHE_BYTES
+    if shuffle_seed is not None and not cached:
         indices = indices.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
     if labels is None:
         stream = indices.map(image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -101,6 +108,10 @@ def batches(
             return image(index), tf.gather(y, index)
 
         stream = indices.map(labelled, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cached:
+        stream = stream.cache()
+        if shuffle_seed is not None:  # the same order as shuffling the indices with this seed
+            stream = stream.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
     options.threading.private_threadpool_size = os.cpu_count() or 1
     return stream.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)

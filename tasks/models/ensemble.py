@@ -27,11 +27,10 @@ def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fuse(
-    members: list[keras.Model], x_val: np.ndarray, y_val: np.ndarray, weighted: bool
+    members: list[keras.Model], probabilities: list[np.ndarray], y_val: np.ndarray, weighted: bool
 ) -> tuple[keras.Model, float, dict[str, Any] | None]:
-    """The best member, or the ensemble of all when it is more accurate on validation:
-    (model, its val accuracy, what the ensemble was if kept)."""
-    probabilities = [np.asarray(m.predict(x_val, verbose=0)) for m in members]
+    """The best member, or the ensemble of all when it is more accurate on validation (given
+    each member's val `probabilities`): (model, its val accuracy, what the ensemble was if kept)."""
     single = [_accuracy(p, y_val) for p in probabilities]
     if len(members) < 2:
         return members[0], single[0], None

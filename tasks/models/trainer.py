@@ -1,17 +1,16 @@
 """The model every strategy trial trains: a backbone and a head in one Keras model, with
 augmentation on training batches only and the backbone at its own learning rate
-(`build_trainer` reads the strategy and rates from Keras Tuner's hyperparameters)."""
+(`build_trainer` takes a trial's strategy and rates)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import keras
-import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.core.config import AugmentParams, FinetuneParams
 from tasks.models.backbones import glorot, reseed
 
 
@@ -58,8 +57,8 @@ class Trainer(keras.Model):
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y = data[0], data[1]
-        if self.augment is not None:
-            x = self.augment(x, training=True)
+        if self.augment is not None:  # streamed batches are uint8; the layers compute in float
+            x = self.augment(keras.ops.cast(x, "float32"), training=True)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
@@ -80,36 +79,23 @@ class Trainer(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-def _rate(hp: kt.HyperParameters, name: str, bounds: tuple[float, float]) -> float:
-    """A rate drawn log-uniformly from [low, high] (fixed when they are equal)."""
-    low, high = bounds
-    return hp.Fixed(name, low) if low == high else hp.Float(name, low, high, sampling="log")
-
-
 def build_trainer(
-    hp: kt.HyperParameters,
+    values: dict[str, Any],
     pretrained: dict[str, keras.Model],
     num_classes: int,
-    search: SearchParams,
     finetune: FinetuneParams,
     augment: AugmentParams,
     heads: dict[str, list[np.ndarray]] | None = None,
 ) -> Trainer:
-    """One trial's model: the backbone (of `pretrained`, by name), strategy and rates drawn
-    from `hp` (the search space). Every strategy but `scratch` starts from the backbone's head
-    in `heads` (trained on its frozen features), as Keras' fine-tuning guide does: a random
-    head would send large gradients into the backbone."""
-    names = list(pretrained)
-    name = hp.Choice("backbone", names) if len(names) > 1 else names[0]
-    strategy = hp.Choice("strategy", list(search.strategies))
-    learning_rate = _rate(hp, "learning_rate", search.learning_rate_range)
-    factor, unfreeze = 1.0, 0
-    with hp.conditional_scope("strategy", ["top"]):
-        if strategy == "top":
-            unfreeze = hp.Choice("unfreeze_layers", list(search.unfreeze_layers))
-    with hp.conditional_scope("strategy", ["top", "full"]):
-        if strategy in ("top", "full"):
-            factor = _rate(hp, "backbone_rate_factor", search.backbone_rate_range)
+    """One trial's model: the backbone (of `pretrained`, by `values["backbone"]`, or the only
+    one), its `strategy` (`top` with `unfreeze_layers`, `full` or `scratch`) at `learning_rate`,
+    the unfrozen backbone layers at `backbone_rate_factor` times that. Every strategy but
+    `scratch` starts from the backbone's head in `heads` (trained on its frozen features), as
+    Keras' fine-tuning guide does: a random head would send large gradients into the backbone."""
+    name = values.get("backbone") or next(iter(pretrained))
+    strategy, learning_rate = values["strategy"], values["learning_rate"]
+    unfreeze = values.get("unfreeze_layers", 0)
+    factor = values.get("backbone_rate_factor", 1.0)
     seed, source = finetune.seed, pretrained[name]
     keras.utils.set_random_seed(seed)
     backbone = keras.models.clone_model(source)

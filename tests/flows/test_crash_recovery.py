@@ -21,7 +21,8 @@ from tasks.core import runlock
 
 pytestmark = pytest.mark.slow
 
-SLOW_FINETUNE = ["--set", "finetune.head_epochs=400", "--set", "finetune.patience=400"]
+FIXED = ["--set", "search.enabled=false"]  # the fixed recipe's checkpoints are the point here
+SLOW_FINETUNE = [*FIXED, "--set", "finetune.head_epochs=400", "--set", "finetune.patience=400"]
 CANDIDATE = ["--set", "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"]
 
 
@@ -121,7 +122,7 @@ def test_a_run_that_loses_its_prefect_server_stops_before_registering(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
         env.pop(variable, None)
-    epochs = ["--set", "finetune.head_epochs=30", "--set", "finetune.patience=30"]
+    epochs = [*FIXED, "--set", "finetune.head_epochs=30", "--set", "finetune.patience=30"]
     run = subprocess.Popen(
         cli(root, "train", *epochs), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

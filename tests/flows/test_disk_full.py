@@ -16,7 +16,14 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.slow
 
 CANDIDATE = ["--set", "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"]
-FAST = ["--set", "finetune.head_epochs=2", "--set", "finetune.finetune_epochs=1"]
+FAST = [
+    "--set",
+    "finetune.head_epochs=2",
+    "--set",
+    "finetune.finetune_epochs=1",
+    "--set",
+    "search.enabled=false",
+]
 
 
 def train(root, env, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -34,6 +34,7 @@ TINY = {
     "pretrain": {"epochs": 2, "width": 8, "batch_size": 16},
     "select": {"candidates": [{"uri": "registry:transferops-backbone@pretrained"}]},
     "finetune": {"head_epochs": 4, "finetune_epochs": 1, "batch_size": 16},
+    "search": {"enabled": False},
 }
 
 

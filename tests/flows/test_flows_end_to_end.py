@@ -39,6 +39,7 @@ FAST = sets(
         "finetune.finetune_epochs": 2,
         "finetune.batch_size": 16,
         "finetune.head_learning_rate": 0.01,
+        "search.enabled": "false",  # the fixed recipe; the search has its own test below
     }
 )
 
@@ -466,12 +467,15 @@ def test_predict_streams_a_folder_to_parquet_and_csv(project, capsys, tmp_path):
 
 
 def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
-    """With LogME's best two backbones kept, Hyperband over both and the scratch baseline."""
+    """With LogME's best two backbones kept: head trials on both one's cached features, fine-tune
+    trials of the better one, the scratch baseline."""
     root, args = project
     search = sets(
         {
             "search.enabled": "true",
+            "search.head_trials": 2,
             "search.max_epochs": 2,
+            "search.budget_epochs": 2,
             "search.strategies": "[head, top, scratch]",
             "search.unfreeze_layers": "[2]",
             "search.scratch_epochs": 2,
@@ -487,7 +491,7 @@ def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
             mlflow.artifacts.download_artifacts(run_id=finetune_run.info.run_id, artifact_path="search.json")
         ).read_text()
     )
-    assert summary["strategy"] == found["explanation"] and "Hyperband trials" in found["explanation"]
+    assert summary["strategy"] == found["explanation"] and "4 head trials on cached features" in found["explanation"]
     trials = client.search_runs(
         [finetune_run.info.experiment_id], f"tags.mlflow.parentRunId = '{finetune_run.info.run_id}'"
     )

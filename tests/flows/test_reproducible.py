@@ -32,6 +32,7 @@ FAST = sets(
         "finetune.finetune_epochs": 2,
         "finetune.batch_size": 16,
         "finetune.head_learning_rate": 0.01,
+        "search.enabled": "false",
     }
 )
 

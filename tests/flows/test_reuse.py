@@ -31,6 +31,7 @@ FAST = sets(
         "finetune.head_epochs": 3,
         "finetune.finetune_epochs": 1,
         "finetune.batch_size": 16,
+        "search.enabled": "false",
     }
 )
 

@@ -55,10 +55,12 @@ def test_the_ensemble_is_kept_only_when_it_beats_the_best_member_on_validation()
     # each member gets 2 of 3 right, on different images; averaged they get all 3
     a = member([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
     b = member([[0.4, 0.6], [0.1, 0.9], [0.9, 0.1]])
-    model, accuracy, info = ensemble.fuse([a, b], x, y, weighted=False)
+    val = [np.asarray(m.predict(x, verbose=0)) for m in (a, b)]
+    model, accuracy, info = ensemble.fuse([a, b], val, y, weighted=False)
     assert accuracy == 1.0 and info["member_val_accuracy"] == [2 / 3, 2 / 3]
     assert model.name == "ensemble" and info["weights"] == [0.5, 0.5]
     # a member as good as the ensemble: the single best member is kept (simpler, as accurate)
     perfect = member([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1]])
-    model, accuracy, info = ensemble.fuse([perfect, a], x, y, weighted=True)
+    val = [np.asarray(m.predict(x, verbose=0)) for m in (perfect, a)]
+    model, accuracy, info = ensemble.fuse([perfect, a], val, y, weighted=True)
     assert model is perfect and accuracy == 1.0 and info is None

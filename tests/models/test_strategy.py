@@ -1,5 +1,6 @@
-"""The strategy search (tasks/models/strategy.py) on tiny data: real Keras Tuner Hyperband, real
-TensorFlow training; and the two learning rates and the augmentation it trains with."""
+"""The strategy search (tasks/models/strategy.py, tasks/models/trials.py) on tiny data: real
+Keras Tuner head trials on frozen features, real TensorFlow fine-tune rungs on streamed images;
+and the two learning rates and the augmentation it trains with."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from conftest import pattern_image
 
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
-from tasks.models import strategy
+from tasks.data.stream import Pixels
+from tasks.models import features, strategy, trials
 from tasks.models.backbones import build_backbone
 from tasks.models.trainer import augmentation, build_trainer
 
 pytestmark = pytest.mark.slow
+PIXELS = Pixels(32)
 
 
 def images(n: int, seed: int, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +38,18 @@ def pretrained_backbone() -> keras.Model:
     return backbone
 
 
+def candidate(name, backbone, train, val, root=None) -> trials.SearchBackbone:
+    """A backbone as `select` hands it to the search, with its frozen features (cached on disk
+    under `root` when given)."""
+    return trials.SearchBackbone(
+        name,
+        backbone,
+        PIXELS,
+        features.features(backbone, name, train, PIXELS, root),
+        features.features(backbone, name, val, PIXELS, root),
+    )
+
+
 def test_augmentation_is_off_when_asked_and_never_flips_by_default():
     assert augmentation(AugmentParams(shift=0, rotate=0, contrast=0), 0) is None
     layers = augmentation(AugmentParams(), 0).layers
@@ -50,39 +65,32 @@ def test_augmentation_is_off_when_asked_and_never_flips_by_default():
 def test_the_backbone_learns_at_its_own_rate():
     """`top` with a backbone rate of ~0: the head moves, the unfrozen backbone layers do not."""
     backbone = pretrained_backbone()
-    hp = strategy.kt.HyperParameters()
-    hp.Fixed("strategy", "top")
-    hp.Fixed("learning_rate", 1e-2)
-    with hp.conditional_scope("strategy", ["top"]):
-        hp.Fixed("unfreeze_layers", 2)
-    with hp.conditional_scope("strategy", ["top", "full"]):
-        hp.Fixed("backbone_rate_factor", 1e-12)
-    search = SearchParams(
-        strategies=["top"], learning_rate_range=[1e-2, 1e-2], backbone_rate_range=[1e-12, 1e-12]
-    )
-    trainer = build_trainer(hp, {"b": backbone}, 3, search, FinetuneParams(), AugmentParams())
+    values = {"strategy": "top", "learning_rate": 1e-2, "unfreeze_layers": 2, "backbone_rate_factor": 1e-12}
+    trainer = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), AugmentParams())
     unfrozen = list(trainer.backbone.trainable_variables)
     assert unfrozen, "top-2 unfreezes backbone layers"
     before = [v.numpy().copy() for v in unfrozen]
     head_before = trainer.classifier.get_layer("head").get_weights()[0].copy()
     x, y = images(48, seed=6)
-    trainer.fit(x.astype("float32"), y, epochs=2, batch_size=16, verbose=0)
+    trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)  # uint8, as the stream gives them
     assert all(np.allclose(b, v.numpy(), atol=1e-6) for b, v in zip(before, unfrozen, strict=True))
     assert not np.allclose(head_before, trainer.classifier.get_layer("head").get_weights()[0])
 
 
-def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
+def test_the_search_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path, on_disk):
     backbone = pretrained_backbone()
-    train, val = images(90, seed=1), images(30, seed=2)
+    train, val = on_disk(*images(90, seed=1)), on_disk(*images(30, seed=2))
     params = SearchParams(
-        strategies=["head", "top", "scratch"],
-        max_epochs=3,
+        strategies=["head", "top", "full", "scratch"],
+        head_trials=2,
         unfreeze_layers=[2],
+        max_epochs=3,
+        budget_epochs=4,
         scratch_epochs=4,
         scratch_patience=2,
     )
     found = strategy.search(
-        {"pretrained": backbone},
+        [candidate("pretrained", backbone, train, val)],
         train,
         val,
         3,
@@ -94,28 +102,51 @@ def test_hyperband_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path):
     )
     result = strategy.as_finetune_result(found, tmp_path / "events")
     found = result.search
-    tried = {t["hyperparameters"]["strategy"] for t in found["trials"]}
-    assert tried == {"head", "top", "scratch"} and len(found["trials"]) >= 3
-    hyperband = [t for t in found["trials"] if t["trial_id"] != "scratch"]
-    assert {t["hyperparameters"]["strategy"] for t in hyperband} == {"head", "top"}
-    (scratch,) = [t for t in found["trials"] if t["trial_id"] == "scratch"]  # outside Hyperband
-    assert 1 <= scratch["epochs"] <= 4 and scratch["score"] == max(scratch["history"]["val_accuracy"])
-    assert found["backbone"] == "pretrained"
-    assert found["chosen"]["strategy"] in tried
-    best = max(t["score"] for t in found["trials"])
-    assert found["explanation"].startswith(f"{result.search['chosen']['strategy']}")
-    assert f"val_accuracy {best:.4f}" in found["explanation"]
-    assert 0 <= found["val_accuracy"] <= 1
+    by_id = {t["trial_id"]: t for t in found["trials"]}
+    heads = [t for t in found["trials"] if t["trial_id"].startswith("head-")]
+    assert len(heads) == 2 and {t["hyperparameters"]["learning_rate"] for t in heads} == {1e-4, 1e-2}
+    # one bracket: both configurations get a first epoch, then only the leader goes on, and
+    # together they stay within the budget
+    tuned = [by_id["top-2"], by_id["full"]]
+    assert all(t["epochs"] >= 1 for t in tuned) and sum(t["epochs"] for t in tuned) <= 4
+    assert 1 <= by_id["scratch"]["epochs"] <= 4
     for trial in found["trials"]:  # each trial's curve, for its MLflow run
         assert len(trial["history"]["val_accuracy"]) == trial["epochs"] >= 1
-    # a promoted trial's curve continues its parent's: Hyperband's last rung has every epoch
-    assert max(t["epochs"] for t in hyperband) == 3
+        assert trial["score"] == max(trial["history"]["val_accuracy"])
+    best = max(t["score"] for t in found["trials"])
+    assert found["chosen"]["strategy"] in {"head", "top", "full", "scratch"}
+    assert found["explanation"].startswith(found["chosen"]["strategy"])
+    assert f"val_accuracy {best:.4f}" in found["explanation"] and "2 head trials" in found["explanation"]
+    assert found["backbone"] == "pretrained" and 0 <= found["val_accuracy"] <= 1
     # what is kept and served: the classifier alone, no augmentation, no trainer
     names = [type(layer).__name__ for layer in result.model.layers]
     assert not any(name.startswith("Random") for name in names) and "Sequential" not in names
     assert result.model.output_shape == (None, 3)
-    assert not (tmp_path / "checkpoints").exists()  # the tuner's state is removed when done
-    assert list((tmp_path / "events" / "search").iterdir())  # TensorBoard files per trial
+    assert not (tmp_path / "checkpoints").exists()  # the search's state is removed when done
+    assert list((tmp_path / "events" / "search").iterdir())  # TensorBoard files
+
+
+def test_head_trials_share_one_compiled_head_and_each_starts_fresh(tmp_path, on_disk, monkeypatch):
+    """Every head trial of a backbone trains the same compiled model, reset to where it was
+    built (weights, dropout's seed state, a fresh Adam): a trial's curve is the one it would
+    have had alone."""
+    backbone = pretrained_backbone()
+    train, val = on_disk(*images(60, seed=1)), on_disk(*images(30, seed=2))
+    chosen = candidate("b", backbone, train, val, tmp_path)
+    built, build_head = [], trials.build_head
+    monkeypatch.setattr(trials, "build_head", lambda *a: built.append(a) or build_head(*a))
+    finetune = FinetuneParams(batch_size=16, head_epochs=6, patience=6)
+    grid = SearchParams(head_trials=3, learning_rate_range=[1e-3, 1e-1])
+    three = trials.head_trials([chosen], (train.y, val.y), 3, grid, finetune, tmp_path / "a", False)
+    assert len(built) == 1 and len(three) == 3
+    alone = SearchParams(head_trials=1, learning_rate_range=[1e-2, 1e-2])
+    ((record, weights),) = trials.head_trials(
+        [chosen], (train.y, val.y), 3, alone, finetune, tmp_path / "b", False
+    )
+    middle, middle_weights = three[1]
+    assert middle.hyperparameters["learning_rate"] == pytest.approx(1e-2)
+    assert middle.history == record.history and middle.epochs == 6
+    assert all(np.allclose(a, b) for a, b in zip(middle_weights, weights, strict=True))
 
 
 def test_scratch_trains_every_layer_of_a_fresh_copy():
@@ -123,81 +154,99 @@ def test_scratch_trains_every_layer_of_a_fresh_copy():
     backbone keeps each layer frozen unless told otherwise); the pretrained one is untouched."""
     backbone = pretrained_backbone()
     backbone.trainable = False
-    hp = strategy.kt.HyperParameters()
-    hp.Fixed("strategy", "scratch")
-    hp.Fixed("learning_rate", 1e-3)
-    trainer = build_trainer(hp, {"b": backbone}, 3, SearchParams(), FinetuneParams(), AugmentParams())
+    values = {"strategy": "scratch", "learning_rate": 1e-3}
+    trainer = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), AugmentParams())
     weighted = [v for v in trainer.backbone.weights if "moving" not in v.path]
     assert len(trainer.backbone.trainable_variables) == len(weighted) > 0
     kernel = trainer.backbone.get_layer("conv0_0").get_weights()[0]
     assert not np.allclose(kernel, backbone.get_layer("conv0_0").get_weights()[0])
     x, y = images(60, seed=7)
-    history = trainer.fit(x.astype("float32"), y, epochs=4, batch_size=16, verbose=0)
+    history = trainer.fit(x, y, epochs=4, batch_size=16, verbose=0)
     assert history.history["accuracy"][-1] > 0.6  # it learns the pattern task (chance: 1/3)
 
 
-def test_the_search_chooses_among_logmes_best_backbones():
-    """`select.top_k` > 1 hands the search several backbones: the backbone is one more
-    hyperparameter of every Hyperband trial, and the result names the one that won."""
-    backbones = {"pretrained": pretrained_backbone(), "fresh": build_backbone(32, 8, seed=3)}
-    train, val = images(60, seed=1), images(30, seed=2)
-    params = SearchParams(strategies=["head", "top"], max_epochs=3, unfreeze_layers=[2], ensemble_size=1)
+def test_the_search_chooses_among_logmes_best_backbones(on_disk):
+    """`select.top_k` > 1 hands the search several backbones: head trials on each one's
+    features, fine-tune trials of the best head's backbone; the result names the winner."""
+    train, val = on_disk(*images(60, seed=1)), on_disk(*images(30, seed=2))
+    backbones = [
+        candidate("pretrained", pretrained_backbone(), train, val),
+        candidate("fresh", build_backbone(32, 8, seed=3), train, val),
+    ]
+    params = SearchParams(
+        strategies=["head", "top"], head_trials=2, max_epochs=2, unfreeze_layers=[2], ensemble_size=1
+    )
     found = strategy.search(backbones, train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
-    assert found.trials and all(t.hyperparameters["backbone"] in backbones for t in found.trials)
+    heads = [t for t in found.trials if t.trial_id.startswith("head-")]
+    assert sorted(t.hyperparameters["backbone"] for t in heads) == [
+        "fresh",
+        "fresh",
+        "pretrained",
+        "pretrained",
+    ]
+    best_head = max(heads, key=lambda t: t.score)
+    tuned = [t for t in found.trials if not t.trial_id.startswith("head-")]
+    assert [t.trial_id for t in tuned] == ["top-2"]
+    assert tuned[0].hyperparameters["backbone"] == best_head.hyperparameters["backbone"]
     assert found.backbone == found.best.hyperparameters["backbone"]
     assert f" of {found.backbone} " in found.explanation()
     assert found.best.score == max(t.score for t in found.trials)
 
 
-def test_a_spent_deadline_starts_no_trial_and_stops_scratch_after_one_epoch():
+def test_a_spent_deadline_trains_only_the_head_trials(on_disk):
     backbone = pretrained_backbone()
-    train, val = images(30, seed=1), images(15, seed=2)
+    train, val = on_disk(*images(30, seed=1)), on_disk(*images(15, seed=2))
     spent = time.monotonic() - 1
-    params = SearchParams(strategies=["head", "scratch"], max_epochs=3, scratch_epochs=5)
-    found = strategy.search(
-        {"b": backbone}, train, val, 3, params, FinetuneParams(), AugmentParams(), deadline=spent
-    )
-    assert [(t.trial_id, t.epochs) for t in found.trials] == [("scratch", 1)]
+    params = SearchParams(head_trials=2, max_epochs=3, scratch_epochs=5)
+    chosen = [candidate("b", backbone, train, val)]
+    found = strategy.search(chosen, train, val, 3, params, FinetuneParams(), AugmentParams(), deadline=spent)
+    assert all(t.trial_id.startswith("head-") for t in found.trials) and len(found.trials) == 2
     with pytest.raises(UserError, match="no trial before its deadline"):
         strategy.search(
-            {"b": backbone},
+            chosen,
             train,
             val,
             3,
-            params.model_copy(update={"strategies": ("head",)}),
+            params.model_copy(update={"strategies": ("scratch",)}),
             FinetuneParams(),
             AugmentParams(),
             deadline=spent,
         )
 
 
-def test_a_killed_search_resumes_after_its_last_finished_trial(tmp_path, monkeypatch):
-    """The tuner's state lives in `checkpoints/search`: after an interrupt, the next search
-    with the same checkpoints trains only the trials that had not finished."""
+def test_a_killed_search_resumes_after_its_last_finished_rung(tmp_path, on_disk, monkeypatch):
+    """The search's state lives in `checkpoints/search`: after an interrupt, the next search
+    with the same checkpoints trains no finished head trial and no finished rung again."""
     backbone = pretrained_backbone()
-    train, val = images(45, seed=1), images(15, seed=2)
-    params = SearchParams(strategies=["head", "top"], max_epochs=3, unfreeze_layers=[2], ensemble_size=1)
+    train, val = on_disk(*images(45, seed=1)), on_disk(*images(15, seed=2))
+    chosen = [candidate("b", backbone, train, val)]
+    params = SearchParams(
+        strategies=["head", "top", "full"], head_trials=2, unfreeze_layers=[2], max_epochs=3, budget_epochs=4
+    )
     finetune = FinetuneParams(batch_size=16, head_epochs=2)
-    finished, end = [], strategy._Tuner.on_trial_end
-
-    def killed_after_two(self, trial):
-        end(self, trial)
-        finished.append(trial.trial_id)
-        if len(finished) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(strategy._Tuner, "on_trial_end", killed_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        strategy.search(
-            {"b": backbone}, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path
-        )
-    assert (tmp_path / "search").is_dir()  # kept for the next run
+    heads, epochs, save = [], [], trials._save
+    end, curve = trials._HeadTuner.on_trial_end, trials._Curve.on_epoch_end
+    monkeypatch.setattr(trials._HeadTuner, "on_trial_end", lambda self, t: (end(self, t), heads.append(t)))
     monkeypatch.setattr(
-        strategy._Tuner, "on_trial_end", lambda self, t: (end(self, t), finished.append(t.trial_id))
+        trials._Curve, "on_epoch_end", lambda self, e, logs=None: (curve(self, e, logs), epochs.append(e))
     )
+
+    def killed_after_the_first_rung(folder, configs):
+        save(folder, configs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trials, "_save", killed_after_the_first_rung)
+    with pytest.raises(KeyboardInterrupt):
+        strategy.search(chosen, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path / "ck")
+    assert (
+        (tmp_path / "ck" / "search").is_dir() and len(heads) == 2 and epochs == [0, 0]
+    )  # kept for the next run
+    heads.clear(), epochs.clear()
+    monkeypatch.setattr(trials, "_save", save)
     found = strategy.search(
-        {"b": backbone}, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path
+        chosen, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path / "ck"
     )
-    assert len(finished) == len(set(finished)) > 2  # no finished trial was trained again
-    assert sorted(t.trial_id for t in found.trials) == sorted(finished)
-    assert not (tmp_path / "search").exists()
+    assert heads == [] and epochs == [1, 2]  # only the leader, on from its first epoch to its third
+    tuned = [t for t in found.trials if not t.trial_id.startswith("head-")]
+    assert sorted((t.epochs, len(t.history["val_accuracy"])) for t in tuned) == [(1, 1), (3, 3)]
+    assert not (tmp_path / "ck").exists()

@@ -17,8 +17,9 @@ UNTRAINED = (
     "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"  # features that barely separate
 )
 PRETRAINED = "[{uri: 'registry:transferops-backbone@pretrained'}]"
-WEAK = {"select.candidates": UNTRAINED, "finetune.head_epochs": 1, "finetune.finetune_epochs": 0}
-STRONG = {**PRETRAIN, "select.candidates": PRETRAINED, "finetune.head_epochs": 20}
+FIXED = {"search.enabled": "false"}  # the fixed recipe: the gate is the point here
+WEAK = {**FIXED, "select.candidates": UNTRAINED, "finetune.head_epochs": 1, "finetune.finetune_epochs": 0}
+STRONG = {**PRETRAIN, **FIXED, "select.candidates": PRETRAINED, "finetune.head_epochs": 20}
 STRONG["finetune.finetune_epochs"] = 0
 
 

@@ -36,6 +36,8 @@ def test_train_registers_through_a_tracking_server(tmp_path, mlflow_server, pref
         "finetune.head_epochs=2",
         "--set",
         "finetune.finetune_epochs=1",
+        "--set",
+        "search.enabled=false",
     ]
     assert main([*args, "train"]) == 0
 

@@ -25,6 +25,7 @@ FAST = sets(
         "finetune.head_epochs": 2,
         "finetune.finetune_epochs": 1,
         "finetune.batch_size": 16,
+        "search.enabled": "false",  # the fixed recipe: what gc keeps is the point here
         "retrain.drift_samples": 20,
         "retrain.drift_permutations": 20,
         "retention.keep_last": 2,
