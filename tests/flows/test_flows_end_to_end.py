@@ -491,7 +491,8 @@ def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
             mlflow.artifacts.download_artifacts(run_id=finetune_run.info.run_id, artifact_path="search.json")
         ).read_text()
     )
-    assert summary["strategy"] == found["explanation"] and "4 head trials on cached features" in found["explanation"]
+    assert summary["strategy"] == found["explanation"]
+    assert "4 head trials on cached features" in found["explanation"]
     trials = client.search_runs(
         [finetune_run.info.experiment_id], f"tags.mlflow.parentRunId = '{finetune_run.info.run_id}'"
     )
