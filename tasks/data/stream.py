@@ -71,10 +71,12 @@ def batches(
     batch_size: int,
     labels: np.ndarray | None = None,
     shuffle_seed: int | None = None,
+    cache_bytes: int = CACHE_BYTES,
 ) -> tf.data.Dataset:
     """A `tf.data` pipeline over `files` (relative to `root`): decoded in parallel, in order
     (or reshuffled every epoch with `shuffle_seed`), batched, prefetched. Yields uint8 image
-    batches, or (images, labels) with `labels`."""
+    batches, or (images, labels) with `labels`. Decoded pixels are kept between epochs when
+    the whole split fits `cache_bytes`."""
     import tensorflow as tf
 
     files = list(files)
@@ -92,10 +94,10 @@ def batches(
         return decoded
 
     indices = tf.data.Dataset.range(len(files))
-    # A split whose decoded pixels fit CACHE_BYTES is decoded once and kept for later epochs
+    # A split whose decoded pixels fit cache_bytes is decoded once and kept for later epochs
     # (training on a few hundred images decodes them dozens of times otherwise); a larger one
     # is decoded again every epoch. Either way memory stays bounded, whatever the number of files.
-    cached = len(files) * pixels.size * pixels.size * 3 <= CACHE_BYTES
+    cached = len(files) * pixels.size * pixels.size * 3 <= cache_bytes
     if shuffle_seed is not None and not cached:
         indices = indices.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
     if labels is None:
