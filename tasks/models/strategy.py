@@ -45,7 +45,15 @@ from tasks.models.checkpoints import finished
 from tasks.models.ensemble import fuse
 from tasks.models.finetune import FinetuneResult
 from tasks.models.trainer import build_trainer
-from tasks.models.trials import SearchBackbone, TrialRecord, fine_tune_rungs, head_trials, past, say
+from tasks.models.trials import (
+    SearchBackbone,
+    TrialRecord,
+    choose,
+    fine_tune_rungs,
+    head_trials,
+    past,
+    say,
+)
 
 STRATEGIES = ("head", "top", "full", "scratch")
 SCRATCH = "scratch"  # the scratch baseline's trial id
@@ -66,8 +74,8 @@ class SearchResult:
             name = trial.hyperparameters.get("strategy", "?")
             by_strategy[name] = max(by_strategy.get(name, 0.0), trial.score)
         ranked = ", ".join(f"{k} {v:.4f}" for k, v in sorted(by_strategy.items(), key=lambda kv: -kv[1]))
-        heads = sum(t.trial_id.startswith("head-") for t in self.trials)
-        tuned = [t for t in self.trials if not t.trial_id.startswith("head-") and t.trial_id != SCRATCH]
+        heads = sum(t.hyperparameters.get("strategy") == "head" for t in self.trials)
+        tuned = [t for t in self.trials if t.hyperparameters.get("strategy") in ("top", "full")]
         scratch = next((t for t in self.trials if t.trial_id == SCRATCH), None)
         words = (
             f"{self.best.words()} won on val_accuracy {self.best.score:.4f} over {heads} head trials "
@@ -185,7 +193,8 @@ def search(
                 backbones, (train.y, val.y), num_classes, params, finetune, folder, checkpoints is not None
             )
             records += [record for record, _ in heads]
-            best_head = max(heads, key=lambda pair: pair[0].score)
+            start = choose([record for record, _ in heads], len(val))
+            best_head = next(pair for pair in heads if pair[0] is start)
             if "head" in params.strategies:
                 for record, weights in heads:
                     chosen = by_name[record.hyperparameters["backbone"]]
@@ -233,8 +242,8 @@ def search(
     finished(checkpoints)
     if not ranked:
         raise UserError("the strategy search finished no trial before its deadline: give it more time")
-    ranked.sort(key=lambda pair: -pair[0].score)  # stable: a tie keeps the cheaper trial first
-    best_record = ranked[0][0]
+    best_record = choose([record for record, _ in ranked], len(val))
+    ranked.sort(key=lambda pair: (pair[0] is not best_record, -pair[0].score))  # the chosen first
     backbone = by_name[best_record.hyperparameters.get("backbone", backbones[0].name)]
     same_size = [pair for pair in ranked if pair[1].input_shape[1] == ranked[0][1].input_shape[1]]
     top = same_size[: params.ensemble_size]

@@ -54,6 +54,8 @@ class TrialRecord:
             what += f"-{hp.get('unfreeze_layers')}"
         if "backbone" in hp:
             what += f" of {hp['backbone']}"
+        if hp.get("solver") == "logistic":
+            return f"{what} (logistic regression)"
         rates = f"lr {hp.get('learning_rate'):.2g}"
         if "backbone_rate_factor" in hp:
             rates += f", backbone x{hp['backbone_rate_factor']:.2g}"
@@ -197,6 +199,52 @@ class _HeadTuner(kt.GridSearch):
         say(self.record(trial))
 
 
+SIMPLICITY = {"logistic": 0, "head": 1, "top": 2, "full": 3, "scratch": 4}  # simplest first
+
+
+def simplicity(record: TrialRecord) -> tuple[int, int]:
+    """How simple a trial's model is: a logistic head, a head, the fewest unfrozen layers, ..."""
+    hp = record.hyperparameters
+    kind = "logistic" if hp.get("solver") == "logistic" else hp.get("strategy", "scratch")
+    return SIMPLICITY.get(kind, len(SIMPLICITY)), int(hp.get("unfreeze_layers", 0))
+
+
+def choose(records: list[TrialRecord], n_val: int) -> TrialRecord:
+    """The simplest trial whose val accuracy is within two standard errors of the best one's:
+    the best of many trials on a few hundred val images is partly the luckiest."""
+    leader = max(r.score for r in records)
+    margin = 2 * noise(leader, n_val)
+    near = [r for r in records if r.score >= leader - margin]
+    return min(near, key=lambda r: (simplicity(r), -r.score))
+
+
+def logistic_head(
+    backbone: SearchBackbone, y: tuple[np.ndarray, np.ndarray], num_classes: int, seed: int
+) -> tuple[TrialRecord, list[np.ndarray]]:
+    """A converged L2-regularised logistic regression (scikit-learn, L-BFGS) on the frozen
+    features, as the weights of the softmax head (the same model: softmax(x W + b)); a class
+    missing from the training split gets a bias that never wins."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(backbone.train_features, dtype="float64")
+    fitted = LogisticRegression(max_iter=3000, random_state=seed).fit(x, y[0])
+    kernel = np.zeros((x.shape[1], num_classes), dtype="float32")
+    bias = np.full(num_classes, -1e4, dtype="float32")
+    classes = fitted.classes_
+    if len(classes) == 2:  # binary: P(second) = sigmoid(z) = softmax([0, z])
+        bias[classes] = [0.0, fitted.intercept_[0]]
+        kernel[:, classes[1]] = fitted.coef_[0]
+    else:
+        kernel[:, classes] = fitted.coef_.T
+        bias[classes] = fitted.intercept_
+    logits = np.asarray(backbone.val_features, dtype="float32") @ kernel + bias
+    score = float((logits.argmax(axis=1) == y[1]).mean())
+    values = {"backbone": backbone.name, "strategy": "head", "solver": "logistic"}
+    record = TrialRecord(f"logistic-{backbone.name}", values, score, {"val_accuracy": [score]}, 1)
+    say(record)
+    return record, [kernel, bias]
+
+
 def head_trials(
     backbones: list[SearchBackbone],
     y: tuple[np.ndarray, np.ndarray],
@@ -207,7 +255,8 @@ def head_trials(
     resume: bool,
 ) -> list[tuple[TrialRecord, list[np.ndarray]]]:
     """Every (backbone, head learning rate) of the grid trained on frozen features, early
-    stopped on val_loss: (record, head weights of its best epoch) per trial, in trial order."""
+    stopped on val_loss, then a logistic regression head per backbone: (record, head weights of
+    its best epoch) per trial, in trial order."""
     heads = _Heads(backbones, y, num_classes, params, finetune)
     tuner = _HeadTuner(
         heads,
@@ -228,7 +277,7 @@ def head_trials(
             continue
         weights = tuner.load_model(trial).get_layer("head").get_weights()
         found.append((tuner.record(trial), weights))
-    return found
+    return found + [logistic_head(b, y, num_classes, finetune.seed) for b in backbones]
 
 
 @dataclass
@@ -269,7 +318,11 @@ def configurations(params: SearchParams, head: TrialRecord) -> list[dict[str, An
     found = []
     common = {
         "backbone": head.hyperparameters["backbone"],
-        "learning_rate": head.hyperparameters["learning_rate"] * params.finetune_rate,
+        # a logistic head has no rate: the middle of the head trials' range
+        "learning_rate": head.hyperparameters.get(
+            "learning_rate", math.sqrt(math.prod(params.learning_rate_range))
+        )
+        * params.finetune_rate,
         "backbone_rate_factor": params.backbone_rate,
     }
     if "top" in params.strategies:

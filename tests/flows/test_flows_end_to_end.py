@@ -492,7 +492,7 @@ def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
         ).read_text()
     )
     assert summary["strategy"] == found["explanation"]
-    assert "4 head trials on cached features" in found["explanation"]
+    assert "6 head trials on cached features" in found["explanation"]  # 2 rates and logistic, twice
     trials = client.search_runs(
         [finetune_run.info.experiment_id], f"tags.mlflow.parentRunId = '{finetune_run.info.run_id}'"
     )
