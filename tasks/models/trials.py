@@ -237,10 +237,16 @@ def logistic_head(
     else:
         kernel[:, classes] = fitted.coef_.T
         bias[classes] = fitted.intercept_
-    logits = np.asarray(backbone.val_features, dtype="float32") @ kernel + bias
-    score = float((logits.argmax(axis=1) == y[1]).mean())
+    curve = {}  # one "epoch": the converged fit, measured like a trained head's epoch
+    for prefix, features, labels in (("", x, y[0]), ("val_", backbone.val_features, y[1])):
+        logits = np.asarray(features, dtype="float64") @ kernel + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        curve[f"{prefix}loss"] = [float(-log_p[np.arange(len(labels)), labels].mean())]
+        curve[f"{prefix}accuracy"] = [float((log_p.argmax(axis=1) == labels).mean())]
+    score = curve["val_accuracy"][0]
     values = {"backbone": backbone.name, "strategy": "head", "solver": "logistic"}
-    record = TrialRecord(f"logistic-{backbone.name}", values, score, {"val_accuracy": [score]}, 1)
+    record = TrialRecord(f"logistic-{backbone.name}", values, score, curve, 1)
     say(record)
     return record, [kernel, bias]
 

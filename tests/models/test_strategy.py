@@ -266,6 +266,7 @@ def test_the_logistic_head_is_scikit_learns_model_as_a_softmax_head():
         softmax /= softmax.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(softmax, expected.predict_proba(xv), atol=1e-4)
         assert record.score == (expected.predict(xv) == yv).mean() and record.epochs == 1
+        assert set(record.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}  # as an epoch
 
 
 def test_the_simplest_trial_within_the_val_noise_is_chosen():
