@@ -136,15 +136,28 @@ class _Heads(kt.HyperModel):
         import tensorflow as tf
 
         chosen = self.backbones[hp.get("backbone")]
-        x = np.asarray(chosen.train_features, dtype="float32")
-        batch = self.finetune.batch_size
+        x, batch = chosen.train_features, self.finetune.batch_size
+        labels = tf.constant(np.asarray(self.y[0], dtype=np.int64))
+
+        # Batches gathered by shuffled index from the features (a memmap of the cache: only a
+        # batch is read at a time, whatever the number of images).
+        @tf.autograph.experimental.do_not_convert
+        def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            taken = tf.numpy_function(
+                lambda i: np.asarray(x[np.sort(i)], dtype="float32"), [index], tf.float32, stateful=False
+            )
+            taken.set_shape((None, x.shape[1]))
+            return taken, tf.gather(labels, tf.sort(index))
+
         data = (
-            tf.data.Dataset.from_tensor_slices((x, self.y[0]))
+            tf.data.Dataset.range(len(x))
             .shuffle(len(x), seed=self.finetune.seed, reshuffle_each_iteration=True)
             .batch(batch)
+            .map(rows)
+            .prefetch(2)
             .repeat()
         )
-        val = _Validation(np.asarray(chosen.val_features, dtype="float32"), self.y[1])
+        val = _Validation(chosen.val_features, self.y[1])
         callbacks = kwargs.pop("callbacks", [])
         return model.fit(
             data,
@@ -163,7 +176,13 @@ class _Validation(keras.callbacks.Callback):
         self.x, self.y = x, y
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        probabilities = np.asarray(self.model(self.x, training=False), dtype="float64")
+        chunk = 4096  # rows at a time, so a large val split's features are never loaded whole
+        probabilities = np.concatenate(
+            [
+                np.asarray(self.model(np.asarray(self.x[i : i + chunk], "float32"), training=False))
+                for i in range(0, len(self.x), chunk)
+            ]
+        ).astype("float64")
         picked = np.clip(probabilities[np.arange(len(self.y)), self.y], 1e-7, 1.0)
         if logs is not None:
             logs["val_loss"] = float(-np.log(picked).mean())
@@ -198,6 +217,8 @@ class _HeadTuner(kt.GridSearch):
         super().on_trial_end(trial)
         say(self.record(trial))
 
+
+LOGISTIC_BYTES = 512 * 2**20  # features a logistic-regression head may load (it fits in memory)
 
 SIMPLICITY = {"logistic": 0, "head": 1, "top": 2, "full": 3, "scratch": 4}  # simplest first
 
@@ -283,7 +304,10 @@ def head_trials(
             continue
         weights = tuner.load_model(trial).get_layer("head").get_weights()
         found.append((tuner.record(trial), weights))
-    return found + [logistic_head(b, y, num_classes, finetune.seed) for b in backbones]
+    # The logistic head is for small labelled sets, where it is the most reliable; it loads
+    # the features whole, so a large split is left to the softmax heads above (they stream).
+    small = [b for b in backbones if b.train_features.size * 8 <= LOGISTIC_BYTES]
+    return found + [logistic_head(b, y, num_classes, finetune.seed) for b in small]
 
 
 @dataclass
