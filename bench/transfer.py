@@ -50,12 +50,13 @@ from tasks.data import fashion_mnist  # noqa: E402
 from tasks.data.datasets import Split, SplitData, load_folder  # noqa: E402
 from tasks.data.stream import Pixels  # noqa: E402
 from tasks.evaluation import evaluate  # noqa: E402
-from tasks.models import features, strategy  # noqa: E402
+from tasks.models import features  # noqa: E402
 from tasks.models.backbones import build_backbone  # noqa: E402
 from tasks.models.finetune import finetune  # noqa: E402
 from tasks.models.lite0 import lite0_backbone  # noqa: E402
 from tasks.models.pretraining import pretrain  # noqa: E402
-from tasks.models.trials import SearchBackbone  # noqa: E402
+from tasks.search import strategy  # noqa: E402
+from tasks.search.records import SearchBackbone  # noqa: E402
 from tasks.selection.logme import logme  # noqa: E402
 
 ARMS = ("default", "fixed", "scratch", "linear_probe", "raw_pixels")

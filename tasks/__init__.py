@@ -6,7 +6,9 @@ list (tests/test_layout.py checks it):
 - `core`: errors, the typed params, progress lines, Markdown, the run lock;
 - `data`: ingest, decoding, validation and Data Docs, splitting, datasets, demo data, DVC;
 - `evaluation`: test metrics and plots, the statistical gate, the model card;
-- `models`: backbones, pretraining, fine-tuning, the strategy search, checkpoints, determinism;
+- `models`: backbones, pretraining, the fixed fine-tuning recipe, checkpoints, determinism;
+- `search`: the strategy search (head trials, the fine-tune bracket, scratch, ensembles), on by
+  default;
 - `registry`: the MLflow model registry: versions and aliases, champion history, the served
   model, reproducing a version;
 - `selection`: choosing the backbone (LogME on frozen features);

@@ -13,7 +13,7 @@ MODEL_LIBRARIES = {"numpy", "pandas", "keras", "tensorflow", "sklearn", "PIL"}
 # The packages of tasks/, lowest first: each may import only itself and those before it
 # (tasks/__init__.py says what each owns).
 LAYERS = (
-    *("core", "data", "evaluation", "models", "registry"),
+    *("core", "data", "evaluation", "models", "search", "registry"),
     *("selection", "promotion", "reporting", "retention"),
 )
 MAX_MODULES_PER_FOLDER = 12

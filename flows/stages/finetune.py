@@ -24,8 +24,9 @@ from tasks.core.config import (
     SearchParams,
 )
 from tasks.data import datasets
-from tasks.models import checkpoints, features, finetune, strategy
+from tasks.models import checkpoints, features, finetune
 from tasks.reporting.tracking import log_history
+from tasks.search import strategy
 from tasks.selection import candidates
 
 
@@ -33,10 +34,12 @@ from tasks.selection import candidates
     "finetune",
     code=(
         "models.finetune",
-        "models.strategy",
-        "models.trials",
+        "search.strategy",
+        "search.records",
+        "search.heads",
+        "search.rungs",
+        "search.ensemble",
         "models.trainer",
-        "models.ensemble",
         "models.backbones",
         "models.features",
         "models.checkpoints",
@@ -53,7 +56,7 @@ def finetune_model(
     root: Path,
 ) -> finetune.FinetuneResult:
     """A fresh start with `search.enabled`: the strategy search chooses the strategy and the
-    backbone among LogME's best `select.top_k` (tasks/models/strategy.py).
+    backbone among LogME's best `select.top_k` (tasks/search/strategy.py).
     Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on the frozen
     features (kept on disk under `root`: select computed the training split's), phase 2 top of
     the backbone at a lower rate on streamed images. Checkpoints under `root`, keyed like the

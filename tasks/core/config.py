@@ -159,7 +159,7 @@ class FinetuneParams(Section):
 
 
 class SearchParams(Section):
-    """How `finetune` chooses its strategy (tasks/models/strategy.py): head trials on cached
+    """How `finetune` chooses its strategy (tasks/search/strategy.py): head trials on cached
     features, one budgeted bracket of fine-tune trials, the scratch baseline, on the validation
     split. Off, `finetune` runs its fixed recipe (head, then the top layers)."""
 

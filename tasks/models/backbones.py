@@ -76,7 +76,7 @@ def build_classifier(
 
 
 def single(classifier: keras.Model) -> keras.Model:
-    """The classifier itself, or for an ensemble (tasks/models/strategy.py) its best member, `member_0`."""
+    """The classifier itself, or for an ensemble (tasks/search/) its best member, `member_0`."""
     names = [layer.name for layer in classifier.layers]
     return classifier.get_layer("member_0") if "member_0" in names else classifier
 

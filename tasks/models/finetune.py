@@ -35,7 +35,7 @@ class FinetuneResult:
     resumed: dict[str, int] = field(default_factory=dict)  # phase -> epochs restored from a checkpoint
     fingerprint: str = ""  # the key of the stage that made it (flows.stages.caching)
     events: Path | None = None  # its TensorBoard event files (tasks.models.checkpoints.events_folder)
-    search: dict[str, Any] | None = None  # the strategy search (tasks/models/strategy.py): chosen, trials
+    search: dict[str, Any] | None = None  # the strategy search (tasks/search/): chosen, trials
 
 
 def _resumable(

@@ -34,7 +34,7 @@ class RunSummary:
     reproduction: Reproduction | None = None  # reproduce only: recorded and new metrics
     drift: dict[str, float] | None = None  # retrain: the drift test against the champion
     decision: str | None = None  # retrain: why it trained (a skipped one says why in `skipped`)
-    strategy: str | None = None  # train: how the strategy search chose (tasks/models/strategy.py)
+    strategy: str | None = None  # train: how the strategy search chose (tasks/search/strategy.py)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # phase -> metric -> epochs
     confusion: dict[str, list] | None = None  # {"classes": [...], "matrix": rows true, columns predicted}
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # class -> precision, recall...

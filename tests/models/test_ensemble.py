@@ -1,4 +1,4 @@
-"""Ensembles (tasks/models/ensemble.py): the weighted mean of members' probabilities as one plain Keras
+"""Ensembles (tasks/search/ensemble.py): the weighted mean of members' probabilities as one plain Keras
 model that saves, loads (safe mode) and serves like any classifier; kept only when it wins on
 validation."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tasks.models import ensemble
 from tasks.models.backbones import backbone_of, build_backbone, build_classifier, single
+from tasks.search import ensemble
 
 
 def classifier(seed: int) -> keras.Model:

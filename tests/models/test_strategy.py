@@ -1,4 +1,4 @@
-"""The strategy search (tasks/models/strategy.py, tasks/models/trials.py) on tiny data: real
+"""The strategy search (tasks/search/strategy.py, tasks/search/) on tiny data: real
 Keras Tuner head trials on frozen features, real TensorFlow fine-tune rungs on streamed images;
 and the two learning rates and the augmentation it trains with."""
 
@@ -14,9 +14,10 @@ from conftest import pattern_image
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.stream import Pixels
-from tasks.models import features, strategy, trials
+from tasks.models import features
 from tasks.models.backbones import build_backbone
 from tasks.models.trainer import augmentation, build_trainer
+from tasks.search import heads, records, rungs, strategy
 
 pytestmark = pytest.mark.slow
 PIXELS = Pixels(32)
@@ -38,10 +39,10 @@ def pretrained_backbone() -> keras.Model:
     return backbone
 
 
-def candidate(name, backbone, train, val, root=None) -> trials.SearchBackbone:
+def candidate(name, backbone, train, val, root=None) -> records.SearchBackbone:
     """A backbone as `select` hands it to the search, with its frozen features (cached on disk
     under `root` when given)."""
-    return trials.SearchBackbone(
+    return records.SearchBackbone(
         name,
         backbone,
         PIXELS,
@@ -117,7 +118,7 @@ def test_the_search_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path, on
     assert found["chosen"]["strategy"] in {"head", "top", "full", "scratch"}
     assert found["explanation"].startswith(found["chosen"]["strategy"])
     chosen = next(t for t in found["trials"] if t["hyperparameters"] == found["chosen"])
-    assert best - chosen["score"] <= 2 * trials.noise(best, len(val))  # the simplest within the noise
+    assert best - chosen["score"] <= 2 * records.noise(best, len(val))  # the simplest within the noise
     assert f"val_accuracy {chosen['score']:.4f}" in found["explanation"]
     assert "3 head trials" in found["explanation"]  # 2 rates and the logistic regression
     assert found["backbone"] == "pretrained" and 0 <= found["val_accuracy"] <= 1
@@ -136,14 +137,14 @@ def test_head_trials_share_one_compiled_head_and_each_starts_fresh(tmp_path, on_
     backbone = pretrained_backbone()
     train, val = on_disk(*images(60, seed=1)), on_disk(*images(30, seed=2))
     chosen = candidate("b", backbone, train, val, tmp_path)
-    built, build_head = [], trials.build_head
-    monkeypatch.setattr(trials, "build_head", lambda *a: built.append(a) or build_head(*a))
+    built, build_head = [], heads.build_head
+    monkeypatch.setattr(heads, "build_head", lambda *a: built.append(a) or build_head(*a))
     finetune = FinetuneParams(batch_size=16, head_epochs=6, patience=6)
     grid = SearchParams(head_trials=3, learning_rate_range=[1e-3, 1e-1])
-    three = trials.head_trials([chosen], (train.y, val.y), 3, grid, finetune, tmp_path / "a", False)
+    three = heads.head_trials([chosen], (train.y, val.y), 3, grid, finetune, tmp_path / "a", False)
     assert len(built) == 1 and len(three) == 4  # 3 rates, then the logistic regression
     alone = SearchParams(head_trials=1, learning_rate_range=[1e-2, 1e-2])
-    (record, weights), _logistic = trials.head_trials(
+    (record, weights), _logistic = heads.head_trials(
         [chosen], (train.y, val.y), 3, alone, finetune, tmp_path / "b", False
     )
     middle, middle_weights = three[1]
@@ -182,13 +183,13 @@ def test_the_search_chooses_among_logmes_best_backbones(on_disk):
     found = strategy.search(backbones, train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
     heads = [t for t in found.trials if t.hyperparameters["strategy"] == "head"]
     assert sorted(t.hyperparameters["backbone"] for t in heads) == ["fresh"] * 3 + ["pretrained"] * 3
-    best_head = trials.choose(heads, len(val))
+    best_head = records.choose(heads, len(val))
     tuned = [t for t in found.trials if t.hyperparameters["strategy"] == "top"]
     assert [t.trial_id for t in tuned] == ["top-2"]
     assert tuned[0].hyperparameters["backbone"] == best_head.hyperparameters["backbone"]
     assert found.backbone == found.best.hyperparameters["backbone"]
     assert f" of {found.backbone} " in found.explanation()
-    assert found.best is trials.choose(found.trials, len(val))
+    assert found.best is records.choose(found.trials, len(val))
 
 
 def test_a_spent_deadline_trains_only_the_head_trials(on_disk):
@@ -222,29 +223,29 @@ def test_a_killed_search_resumes_after_its_last_finished_rung(tmp_path, on_disk,
         strategies=["head", "top", "full"], head_trials=2, unfreeze_layers=[2], max_epochs=3, budget_epochs=4
     )
     finetune = FinetuneParams(batch_size=16, head_epochs=2)
-    heads, epochs, save = [], [], trials._save
-    end, curve = trials._HeadTuner.on_trial_end, trials._Curve.on_epoch_end
-    monkeypatch.setattr(trials._HeadTuner, "on_trial_end", lambda self, t: (end(self, t), heads.append(t)))
+    ended, epochs, save = [], [], rungs._save
+    end, curve = heads._HeadTuner.on_trial_end, rungs._Curve.on_epoch_end
+    monkeypatch.setattr(heads._HeadTuner, "on_trial_end", lambda self, t: (end(self, t), ended.append(t)))
     monkeypatch.setattr(
-        trials._Curve, "on_epoch_end", lambda self, e, logs=None: (curve(self, e, logs), epochs.append(e))
+        rungs._Curve, "on_epoch_end", lambda self, e, logs=None: (curve(self, e, logs), epochs.append(e))
     )
 
     def killed_after_the_first_rung(folder, configs):
         save(folder, configs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trials, "_save", killed_after_the_first_rung)
+    monkeypatch.setattr(rungs, "_save", killed_after_the_first_rung)
     with pytest.raises(KeyboardInterrupt):
         strategy.search(chosen, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path / "ck")
     assert (
-        (tmp_path / "ck" / "search").is_dir() and len(heads) == 2 and epochs == [0, 0]
+        (tmp_path / "ck" / "search").is_dir() and len(ended) == 2 and epochs == [0, 0]
     )  # kept for the next run
-    heads.clear(), epochs.clear()
-    monkeypatch.setattr(trials, "_save", save)
+    ended.clear(), epochs.clear()
+    monkeypatch.setattr(rungs, "_save", save)
     found = strategy.search(
         chosen, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path / "ck"
     )
-    assert heads == [] and epochs == [1, 2]  # only the leader, on from its first epoch to its third
+    assert ended == [] and epochs == [1, 2]  # only the leader, on from its first epoch to its third
     tuned = [t for t in found.trials if t.hyperparameters["strategy"] in ("top", "full")]
     assert sorted((t.epochs, len(t.history["val_accuracy"])) for t in tuned) == [(1, 1), (3, 3)]
     assert not (tmp_path / "ck").exists()
@@ -258,8 +259,8 @@ def test_the_logistic_head_is_scikit_learns_model_as_a_softmax_head():
         x, xv = rng.normal(size=(60, 8)).astype("float32"), rng.normal(size=(30, 8)).astype("float32")
         y, yv = np.arange(60) % classes, np.arange(30) % classes
         x[np.arange(60), y] += 2.0  # separable enough to learn
-        chosen = trials.SearchBackbone("b", None, PIXELS, x, xv)
-        record, (kernel, bias) = trials.logistic_head(chosen, (y, yv), classes, seed=0)
+        chosen = records.SearchBackbone("b", None, PIXELS, x, xv)
+        record, (kernel, bias) = heads.logistic_head(chosen, (y, yv), classes, seed=0)
         expected = LogisticRegression(max_iter=3000, random_state=0).fit(x.astype("float64"), y)
         logits = xv @ kernel + bias
         softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -271,15 +272,15 @@ def test_the_logistic_head_is_scikit_learns_model_as_a_softmax_head():
 
 def test_the_simplest_trial_within_the_val_noise_is_chosen():
     def trial(name, strategy, score, **extra):
-        return trials.TrialRecord(name, {"strategy": strategy, **extra}, score)
+        return records.TrialRecord(name, {"strategy": strategy, **extra}, score)
 
-    records = [
+    tried = [
         trial("scratch", "scratch", 0.9875),
         trial("top-4", "top", 0.9812, unfreeze_layers=4),
         trial("head-1", "head", 0.9750, learning_rate=1e-3),
         trial("logistic-b", "head", 0.9719, solver="logistic"),
     ]
     # 160 val images: two standard errors of 0.9875 are 0.0176, so 0.9719 is as good
-    assert trials.choose(records, 160).trial_id == "logistic-b"
+    assert records.choose(tried, 160).trial_id == "logistic-b"
     # 10,000 val images: 0.0022, and only scratch is that close to itself
-    assert trials.choose(records, 10_000).trial_id == "scratch"
+    assert records.choose(tried, 10_000).trial_id == "scratch"

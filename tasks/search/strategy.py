@@ -12,7 +12,7 @@ fine-tuning strategies of the backbones `select` kept (LogME's top k), on by def
 
 `top` and `full` fine-tune the backbone of the best head trial, from that head (a random head
 would send large gradients into the backbone: Keras' fine-tuning guide), as one bracket of
-successive halving within `budget_epochs` (tasks/models/trials.py). The bracket ends early when
+successive halving within `budget_epochs` (`rungs`). The bracket ends early when
 the best head leads every fine-tune trial by more than two standard errors of the val accuracy.
 Unfrozen backbone layers learn at `backbone_rate` times the head's rate (two optimizers,
 `trainer.Trainer`). Augmentation layers act on training batches only, inside
@@ -42,18 +42,12 @@ from tasks.core.errors import UserError
 from tasks.data.datasets import Split
 from tasks.models.backbones import build_classifier, build_head
 from tasks.models.checkpoints import finished
-from tasks.models.ensemble import fuse
 from tasks.models.finetune import FinetuneResult
 from tasks.models.trainer import build_trainer
-from tasks.models.trials import (
-    SearchBackbone,
-    TrialRecord,
-    choose,
-    fine_tune_rungs,
-    head_trials,
-    past,
-    say,
-)
+from tasks.search.ensemble import fuse
+from tasks.search.heads import head_trials
+from tasks.search.records import SearchBackbone, TrialRecord, choose, past, say
+from tasks.search.rungs import fine_tune_rungs
 
 STRATEGIES = ("head", "top", "full", "scratch")
 SCRATCH = "scratch"  # the scratch baseline's trial id

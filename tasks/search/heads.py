@@ -1,0 +1,231 @@
+"""Head trials: only a softmax head trains, on a backbone's cached frozen features
+(tasks/models/features.py): a grid of learning rates per backbone, through Keras Tuner
+(`kt.GridSearch`, its state in the checkpoints folder, so a killed search resumes after its last
+finished trial), then a logistic-regression head per backbone (scikit-learn, converged). One
+compiled head per backbone serves every grid trial: its weights and optimizer are reset and its
+rate set, never rebuilt and traced again. A trial costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from tasks.core.config import FinetuneParams, SearchParams
+from tasks.models.backbones import build_head
+from tasks.search.records import SearchBackbone, TrialRecord, say
+
+
+def head_rates(params: SearchParams) -> list[float]:
+    """`head_trials` learning rates spread log-evenly over `learning_rate_range`."""
+    low, high = params.learning_rate_range
+    n = params.head_trials
+    if n == 1 or low == high:
+        return [float(math.sqrt(low * high))]
+    return [float(low * (high / low) ** (i / (n - 1))) for i in range(n)]
+
+
+class _Heads(kt.HyperModel):
+    """Heads on frozen features: one compiled model per backbone, reset for each trial."""
+
+    def __init__(
+        self,
+        backbones: list[SearchBackbone],
+        y: tuple[np.ndarray, np.ndarray],
+        num_classes: int,
+        params: SearchParams,
+        finetune: FinetuneParams,
+    ) -> None:
+        super().__init__()
+        self.backbones = {b.name: b for b in backbones}
+        self.y, self.num_classes, self.params, self.finetune = y, num_classes, params, finetune
+        self.models: dict[str, tuple[keras.Model, list[np.ndarray]]] = {}  # backbone -> model, start
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        name = hp.Choice("backbone", list(self.backbones))
+        hp.Fixed("strategy", "head")
+        rate = hp.Choice("learning_rate", head_rates(self.params))
+        if name not in self.models:
+            dim = self.backbones[name].train_features.shape[1]
+            model, _ = build_head(dim, self.num_classes, self.finetune.dropout, self.finetune.seed)
+            model.compile(
+                keras.optimizers.Adam(rate), "sparse_categorical_crossentropy", metrics=["accuracy"]
+            )
+            model.optimizer.build(model.trainable_variables)
+            self.models[name] = (model, [np.array(v.numpy()) for v in model.variables])
+        model, initial = self.models[name]
+        # every trial from the same start: weights and dropout's seed state as built, a fresh Adam
+        for variable, value in zip(model.variables, initial, strict=True):
+            variable.assign(value)
+        for variable in model.optimizer.variables:
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+        model.optimizer.learning_rate.assign(rate)
+        return model
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, **kwargs: Any) -> Any:
+        """Epochs over the features from one repeated `tf.data` iterator, validated by one call
+        on the whole val split (Keras' `validation_data` builds two iterators and an evaluate
+        loop per epoch: most of a head trial's time on a few hundred features)."""
+        import tensorflow as tf
+
+        chosen = self.backbones[hp.get("backbone")]
+        x, batch = chosen.train_features, self.finetune.batch_size
+        labels = tf.constant(np.asarray(self.y[0], dtype=np.int64))
+
+        # Batches gathered by shuffled index from the features (a memmap of the cache: only a
+        # batch is read at a time, whatever the number of images).
+        @tf.autograph.experimental.do_not_convert
+        def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            taken = tf.numpy_function(
+                lambda i: np.asarray(x[np.sort(i)], dtype="float32"), [index], tf.float32, stateful=False
+            )
+            taken.set_shape((None, x.shape[1]))
+            return taken, tf.gather(labels, tf.sort(index))
+
+        data = (
+            tf.data.Dataset.range(len(x))
+            .shuffle(len(x), seed=self.finetune.seed, reshuffle_each_iteration=True)
+            .batch(batch)
+            .map(rows)
+            .prefetch(2)
+            .repeat()
+        )
+        val = _Validation(chosen.val_features, self.y[1])
+        callbacks = kwargs.pop("callbacks", [])
+        return model.fit(
+            data,
+            epochs=self.finetune.head_epochs,
+            steps_per_epoch=-(-len(x) // batch),
+            callbacks=[val, *callbacks],
+            **kwargs,
+        )
+
+
+class _Validation(keras.callbacks.Callback):
+    """`val_loss` and `val_accuracy` in each epoch's logs, from one forward pass on arrays."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        super().__init__()
+        self.x, self.y = x, y
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        chunk = 4096  # rows at a time, so a large val split's features are never loaded whole
+        probabilities = np.concatenate(
+            [
+                np.asarray(self.model(np.asarray(self.x[i : i + chunk], "float32"), training=False))
+                for i in range(0, len(self.x), chunk)
+            ]
+        ).astype("float64")
+        picked = np.clip(probabilities[np.arange(len(self.y)), self.y], 1e-7, 1.0)
+        if logs is not None:
+            logs["val_loss"] = float(-np.log(picked).mean())
+            logs["val_accuracy"] = float((probabilities.argmax(axis=1) == self.y).mean())
+
+
+class _HeadTuner(kt.GridSearch):
+    """Keras Tuner's grid search that keeps each trial's per-epoch curve (`curve.json` in its
+    folder: Keras Tuner keeps only the best epoch) and says each finished trial in one line."""
+
+    def _try_build(self, hp: kt.HyperParameters) -> keras.Model:
+        """The hypermodel's build alone: Keras Tuner's own clears the Keras session and collects
+        garbage first (0.3 s a build with TensorFlow loaded), for a model `_Heads` reuses."""
+        return self.hypermodel.build(hp)
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> list[Any]:
+        histories = super().run_trial(trial, *args, **kwargs)
+        curve = {k: [float(v) for v in values] for k, values in histories[-1].history.items()}
+        (Path(self.get_trial_dir(trial.trial_id)) / "curve.json").write_text(json.dumps(curve))
+        return histories
+
+    def record(self, trial: kt.engine.trial.Trial) -> TrialRecord:
+        path = Path(self.get_trial_dir(trial.trial_id)) / "curve.json"
+        curve = json.loads(path.read_text()) if path.is_file() else {}
+        history = {k: v for k, v in curve.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        score = float(trial.score) if trial.score is not None else float("nan")
+        epochs = len(history.get("val_accuracy", []))
+        values = dict(trial.hyperparameters.values)
+        return TrialRecord(f"head-{trial.trial_id}", values, score, history, epochs)
+
+    def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_end(trial)
+        say(self.record(trial))
+
+
+LOGISTIC_BYTES = 512 * 2**20  # features a logistic-regression head may load (it fits in memory)
+
+
+def logistic_head(
+    backbone: SearchBackbone, y: tuple[np.ndarray, np.ndarray], num_classes: int, seed: int
+) -> tuple[TrialRecord, list[np.ndarray]]:
+    """A converged L2-regularised logistic regression (scikit-learn, L-BFGS) on the frozen
+    features, as the weights of the softmax head (the same model: softmax(x W + b)); a class
+    missing from the training split gets a bias that never wins."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(backbone.train_features, dtype="float64")
+    fitted = LogisticRegression(max_iter=3000, random_state=seed).fit(x, y[0])
+    kernel = np.zeros((x.shape[1], num_classes), dtype="float32")
+    bias = np.full(num_classes, -1e4, dtype="float32")
+    classes = fitted.classes_
+    if len(classes) == 2:  # binary: P(second) = sigmoid(z) = softmax([0, z])
+        bias[classes] = [0.0, fitted.intercept_[0]]
+        kernel[:, classes[1]] = fitted.coef_[0]
+    else:
+        kernel[:, classes] = fitted.coef_.T
+        bias[classes] = fitted.intercept_
+    curve = {}  # one "epoch": the converged fit, measured like a trained head's epoch
+    for prefix, features, labels in (("", x, y[0]), ("val_", backbone.val_features, y[1])):
+        logits = np.asarray(features, dtype="float64") @ kernel + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        curve[f"{prefix}loss"] = [float(-log_p[np.arange(len(labels)), labels].mean())]
+        curve[f"{prefix}accuracy"] = [float((log_p.argmax(axis=1) == labels).mean())]
+    score = curve["val_accuracy"][0]
+    values = {"backbone": backbone.name, "strategy": "head", "solver": "logistic"}
+    record = TrialRecord(f"logistic-{backbone.name}", values, score, curve, 1)
+    say(record)
+    return record, [kernel, bias]
+
+
+def head_trials(
+    backbones: list[SearchBackbone],
+    y: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    params: SearchParams,
+    finetune: FinetuneParams,
+    folder: Path,
+    resume: bool,
+) -> list[tuple[TrialRecord, list[np.ndarray]]]:
+    """Every (backbone, head learning rate) of the grid trained on frozen features, early
+    stopped on val_loss, then a logistic regression head per backbone: (record, head weights of
+    its best epoch) per trial, in trial order."""
+    heads = _Heads(backbones, y, num_classes, params, finetune)
+    tuner = _HeadTuner(
+        heads,
+        objective="val_accuracy",
+        seed=finetune.seed,
+        directory=str(folder),
+        project_name="heads",
+        overwrite=not resume,
+    )
+    keras.utils.set_random_seed(finetune.seed)
+    tuner.search(
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=finetune.patience)],
+        verbose=0,
+    )
+    found = []
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        if trial.score is None:
+            continue
+        weights = tuner.load_model(trial).get_layer("head").get_weights()
+        found.append((tuner.record(trial), weights))
+    # The logistic head is for small labelled sets, where it is the most reliable; it loads
+    # the features whole, so a large split is left to the softmax heads above (they stream).
+    small = [b for b in backbones if b.train_features.size * 8 <= LOGISTIC_BYTES]
+    return found + [logistic_head(b, y, num_classes, finetune.seed) for b in small]

@@ -1,0 +1,87 @@
+"""What a trial of the strategy search leaves (`TrialRecord`), what it runs on
+(`SearchBackbone`), and how the kept trial is chosen: the simplest within the val noise of the
+best (the best of many trials on a few hundred val images is partly the luckiest)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from tasks.core import progress
+from tasks.data.stream import Pixels
+
+
+@dataclass
+class TrialRecord:
+    """One trial (a head trial, a fine-tune configuration, or the scratch baseline): what it
+    tried, how it went."""
+
+    trial_id: str
+    hyperparameters: dict[str, Any]
+    score: float  # its best val_accuracy
+    history: dict[str, list[float]] = field(default_factory=dict)  # metric -> value per epoch it ran
+    epochs: int = 0
+
+    def words(self) -> str:
+        hp = self.hyperparameters
+        what = hp.get("strategy", "?")
+        if what == "top":
+            what += f"-{hp.get('unfreeze_layers')}"
+        if "backbone" in hp:
+            what += f" of {hp['backbone']}"
+        if hp.get("solver") == "logistic":
+            return f"{what} (logistic regression)"
+        rates = f"lr {hp.get('learning_rate'):.2g}"
+        if "backbone_rate_factor" in hp:
+            rates += f", backbone x{hp['backbone_rate_factor']:.2g}"
+        return f"{what} ({rates})"
+
+
+@dataclass
+class SearchBackbone:
+    """A backbone the search may fine-tune: its model, how it takes images, and its frozen
+    features of the train and validation splits (memory-mapped from the feature cache)."""
+
+    name: str
+    model: keras.Model
+    pixels: Pixels
+    train_features: np.ndarray
+    val_features: np.ndarray
+
+
+def past(deadline: float | None) -> bool:
+    """Whether `deadline` (time.monotonic(); None: none) has passed."""
+    return deadline is not None and time.monotonic() > deadline
+
+
+def say(record: TrialRecord) -> None:
+    progress.say(f"search trial {record.trial_id}: {record.words()}  val_accuracy {record.score:.4f}")
+
+
+def noise(score: float, n_val: int) -> float:
+    """One standard error of a val accuracy `score` measured on `n_val` images."""
+    return math.sqrt(max(score * (1 - score), 1e-12) / max(n_val, 1))
+
+
+SIMPLICITY = {"logistic": 0, "head": 1, "top": 2, "full": 3, "scratch": 4}  # simplest first
+
+
+def simplicity(record: TrialRecord) -> tuple[int, int]:
+    """How simple a trial's model is: a logistic head, a head, the fewest unfrozen layers, ..."""
+    hp = record.hyperparameters
+    kind = "logistic" if hp.get("solver") == "logistic" else hp.get("strategy", "scratch")
+    return SIMPLICITY.get(kind, len(SIMPLICITY)), int(hp.get("unfreeze_layers", 0))
+
+
+def choose(records: list[TrialRecord], n_val: int) -> TrialRecord:
+    """The simplest trial whose val accuracy is within two standard errors of the best one's:
+    the best of many trials on a few hundred val images is partly the luckiest."""
+    leader = max(r.score for r in records)
+    margin = 2 * noise(leader, n_val)
+    near = [r for r in records if r.score >= leader - margin]
+    return min(near, key=lambda r: (simplicity(r), -r.score))
