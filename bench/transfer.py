@@ -294,6 +294,36 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(
+    argv: list[str] | None, seeds: int, params: Params, full: Any, runs: list[dict], taus: list[dict]
+) -> tuple[dict[str, Any], str]:
+    """The JSON report (every run, and mean and std per task, label count and arm) and its table."""
+    summary: dict[str, dict[str, Any]] = {}
+    for task, n_train, arm in dict.fromkeys((r["task"], r["n_train"], r["arm"]) for r in runs):
+        mine = [r for r in runs if (r["task"], r["n_train"], r["arm"]) == (task, n_train, arm)]
+        summary[f"{task}/{n_train}/{arm}"] = (
+            {"task": task, "n_train": n_train, "arm": arm}
+            | ({"default": True} if arm == "default" else {})
+            | {
+                f"{k}_{agg}": fn([r[k] for r in mine])
+                for k in ("accuracy", "macro_f1", "seconds", "epochs_run")
+                for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
+            }
+            | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
+        )
+    found = {
+        **results_io.header("bench.transfer", argv, f"Keras {keras.__version__}"),
+        "seeds": seeds,
+        "search": params.search.model_dump(mode="json"),
+        "classes": full.class_names,
+        "n_test": len(full.test),
+        "summary": summary,
+        "runs": runs,
+        "logme": taus,
+    }
+    return found, markdown(found)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -342,31 +372,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_logme and "fmnist-224" in args.tasks:
             candidates = tau_candidates(source_data, params, stand_in, lite0)
             taus.append(logme_tau(candidates, data, params, args.seeds))
+        # written after each label count: a run cut short still leaves what it measured
+        written = results_io.write(args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus))
 
-    summary: dict[str, dict[str, Any]] = {}
-    for task, n_train, arm in dict.fromkeys((r["task"], r["n_train"], r["arm"]) for r in runs):
-        mine = [r for r in runs if (r["task"], r["n_train"], r["arm"]) == (task, n_train, arm)]
-        summary[f"{task}/{n_train}/{arm}"] = (
-            {"task": task, "n_train": n_train, "arm": arm}
-            | ({"default": True} if arm == "default" else {})
-            | {
-                f"{k}_{agg}": fn([r[k] for r in mine])
-                for k in ("accuracy", "macro_f1", "seconds", "epochs_run")
-                for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
-            }
-            | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
-        )
-    report = {
-        **results_io.header("bench.transfer", argv, f"Keras {keras.__version__}"),
-        "seeds": args.seeds,
-        "search": params.search.model_dump(mode="json"),
-        "classes": full.class_names,
-        "n_test": len(full.test),
-        "summary": summary,
-        "runs": runs,
-        "logme": taus,
-    }
-    return results_io.write(args.out, "transfer", report, markdown(report))
+    return written
 
 
 if __name__ == "__main__":
