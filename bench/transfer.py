@@ -14,6 +14,10 @@ Arms, each timed from the images on disk to a trained model (features included):
   trials, the scratch baseline, an ensemble when it wins on val.
 - `fixed`: the fixed recipe (`search.enabled: false`) on LogME's first: head on frozen
   features, then the top `unfreeze_layers` layers at `finetune_learning_rate`.
+- `keras_guide`: Keras' "Transfer learning & fine-tuning" guide as written, on the task's best
+  backbone: random flip and rotation (0.1), the backbone frozen (inference mode), dropout 0.2,
+  a new head trained 20 epochs with Adam at its default rate, then every layer unfrozen and 10
+  epochs at 1e-5; the model as it ends, no early stopping.
 - `scratch`: the stand-in's architecture, fresh weights, augmented, to convergence (up to
   `scratch_epochs`, stopped `scratch_patience` after val_accuracy last improved) at 32 px:
   the images' own resolution, so the best scratch there is for both tasks.
@@ -59,7 +63,7 @@ from tasks.search import strategy  # noqa: E402
 from tasks.search.records import SearchBackbone  # noqa: E402
 from tasks.selection.logme import logme  # noqa: E402
 
-ARMS = ("default", "fixed", "scratch", "linear_probe", "raw_pixels")
+ARMS = ("default", "fixed", "keras_guide", "scratch", "linear_probe", "raw_pixels")
 TASKS = ("fmnist-32", "fmnist-224")
 RESULTS = Path(__file__).parent / "results"
 STAND_IN, LITE0 = "stand-in", "lite0-imagenet"
@@ -121,6 +125,10 @@ def run_arm(
                 best.pixels,
             )
             chosen = best.name
+    elif arm == "keras_guide":
+        name = LITE0 if LITE0 in candidates else STAND_IN
+        (backbone, pixels), chosen = candidates[name], name
+        model, ran = keras_guide(copy_of(backbone), pixels, train, val, n, seed)
     elif arm == "scratch":
         none = np.zeros((0, 1), dtype="float32")  # scratch needs no features
         architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
@@ -136,6 +144,27 @@ def run_arm(
         "chosen": chosen,
         **evaluate.metrics(test.y, probabilities),
     }
+
+
+def keras_guide(
+    base: keras.Model, pixels: Pixels, train: Split, val: Split, n: int, seed: int
+) -> tuple[keras.Model, int]:
+    """Keras' transfer-learning guide's recipe (keras.io/guides/transfer_learning): (model, epochs)."""
+    keras.utils.set_random_seed(seed)
+    base.trainable = False
+    inputs = keras.Input((pixels.size, pixels.size, 3))
+    x = keras.layers.RandomFlip("horizontal", seed=seed)(inputs)
+    x = keras.layers.RandomRotation(0.1, seed=seed)(x)
+    x = base(x, training=False)  # BatchNorm stays in inference mode, also once unfrozen
+    x = keras.layers.Dropout(0.2, seed=seed)(x)
+    model = keras.Model(inputs, keras.layers.Dense(n, activation="softmax")(x))
+    stream = train.batches(pixels, 32, shuffle_seed=seed)
+    val_stream = val.batches(pixels, 32)
+    for trainable, rate, epochs in ((False, 1e-3, 20), (True, 1e-5, 10)):
+        base.trainable = trainable
+        model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(stream, epochs=epochs, validation_data=val_stream, verbose=0)
+    return model, 30
 
 
 def probe(arm: str, candidates: dict, data: dict, start: float) -> dict[str, Any]:
