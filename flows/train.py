@@ -97,6 +97,9 @@ def train_run(
         resize=params.data.resize,
         max_pixels=params.validate.max_pixels,
         root=run.paths.root,
+        # the search: a warm start from the champion competes with fresh starts (the fixed
+        # recipe trains the champion on)
+        compete=params.search.enabled,
     )
     flowrun.name_run(run, run.flow, version[:8], candidates.short_name(start.uri))
     result = flowrun.run_stage(

@@ -55,16 +55,17 @@ def finetune_model(
     reproducibility: ReproducibilityParams,
     root: Path,
 ) -> finetune.FinetuneResult:
-    """A fresh start with `search.enabled`: the strategy search chooses the strategy and the
-    backbone among LogME's best `select.top_k` (tasks/search/strategy.py).
-    Otherwise (or warm-started from the champion) the fixed recipe: phase 1 head on the frozen
+    """With `search.enabled`, the strategy search chooses the strategy and the backbone among
+    LogME's best `select.top_k` and, on a warm start, the champion (its head trials start from
+    the champion's head; tasks/search/).
+    Otherwise the fixed recipe (from the champion on a warm start): phase 1 head on the frozen
     features (kept on disk under `root`: select computed the training split's), phase 2 top of
     the backbone at a lower rate on streamed images. Checkpoints under `root`, keyed like the
     result, so a killed run resumes. `reproducibility` only keys the cache."""
     key = stage_key()
     folder = checkpoints.folder(root, "finetune", key)
     events = checkpoints.events_folder(root, "finetune", key)
-    if search.enabled and start.init_head is None:
+    if search.enabled:
         backbones = [
             strategy.SearchBackbone(
                 choice.uri,
@@ -74,6 +75,7 @@ def finetune_model(
                     features.features(choice.backbone, choice.backbone_id, split, choice.pixels, root, what)
                     for split, what in ((data.train, "train features"), (data.val, "val features"))
                 ),
+                choice.init_head,
             )
             for choice in (start, *start.runners_up)
         ]

@@ -43,9 +43,11 @@ def select_backbone(
     resize: str,
     max_pixels: int,
     root: Path,
+    compete: bool = False,
 ) -> candidates.Selection:
     """The champion to warm-start from, or the candidate backbone LogME ranks first (and the
     next `top_k - 1`: only the strategy search uses them), each scored at its own input size.
+    With `compete` (the search) a warm start keeps LogME's best `top_k` as its runners-up.
     Frozen features and converted weights are kept under `root/.transferops/`.
     `registry_state` (what the candidates resolve to now) only keys the cache."""
     start = candidates.select(
@@ -60,6 +62,7 @@ def select_backbone(
         resize,
         max_pixels,
         root,
+        compete,
     )
     start.fingerprint = stage_key()
     return start
@@ -77,6 +80,9 @@ def log_selection(start: candidates.Selection, run: FlowRun, reused: bool) -> st
     if not start.scores:
         return f"warm start from {start.uri}"
     scores = ", ".join(f"{k} {v:.4f}" for k, v in start.scores.items())
+    if start.init_head is not None:
+        rivals = ", ".join(kept)
+        return f"warm start from {start.uri}, against {rivals} in the strategy search (LogME: {scores})"
     also = f"; kept {', '.join(kept)} for the strategy search" if kept else ""
     return f"chose {start.uri} at {start.pixels.size} px (LogME on {start.samples} images: {scores}){also}"
 

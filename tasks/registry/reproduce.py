@@ -52,9 +52,10 @@ def recorded(model: str, version: str) -> Recorded:
     params = Params.model_validate(json.loads(tags["params"]))
     metrics = {m: float(tags[f"test_{m}"]) for m in METRICS if f"test_{m}" in tags}
     backbone, pinned = tags.get("backbone", ""), tags.get("backbone_version", "")
-    warm_start_version = None
+    # the champion it started from, or that competed in its search and lost
+    warm_start_version = tags.get("warm_start_version") or None
     if backbone.startswith(f"registry:{model}@champion") or backbone.startswith(f"registry:{model}/"):
-        warm_start_version = pinned or None
+        warm_start_version = pinned or warm_start_version
     elif backbone.startswith("registry:") and pinned:
         name = registry_ref(backbone.removeprefix("registry:"))[0]
         candidates = [

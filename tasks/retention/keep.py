@@ -73,12 +73,16 @@ def model_id_of(version: ModelVersion) -> str | None:
     return version.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
 
 
-def parent_of(tags: dict[str, str]) -> tuple[str, str] | None:
-    """The registered version a version started from (warm start or pretrained backbone)."""
+def parents_of(name: str, tags: dict[str, str]) -> list[tuple[str, str]]:
+    """The registered versions version `tags` of model `name` was made from: the one it started
+    from (warm start or pretrained backbone) and the champion that competed in its search."""
     backbone, pinned = tags.get("backbone", ""), tags.get("backbone_version", "")
-    if not backbone.startswith("registry:") or not pinned:
-        return None
-    return registry_ref(backbone.removeprefix("registry:"))[0], pinned
+    found = []
+    if backbone.startswith("registry:") and pinned:
+        found.append((registry_ref(backbone.removeprefix("registry:"))[0], pinned))
+    if tags.get("warm_start_version"):
+        found.append((name, tags["warm_start_version"]))
+    return found
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
@@ -105,9 +109,9 @@ def plan(models: list[str], experiment_id: str, retention: RetentionParams) -> K
         for version, why in kept_versions(name, retention).items():
             kept.versions[(name, version)] = why
     for (name, version), _ in list(kept.versions.items()):
-        parent = parent_of(tags_of.get((name, version), {}))
-        if parent is not None and parent in tags_of:
-            kept.versions.setdefault(parent, f"v{version} of {name} started from it")
+        for parent in parents_of(name, tags_of.get((name, version), {})):
+            if parent in tags_of:
+                kept.versions.setdefault(parent, f"v{version} of {name} started from it")
     kept.dropped = [(n, v, model_ids[(n, v)]) for (n, v) in sorted(tags_of) if (n, v) not in kept.versions]
 
     runs = _all_runs(client, experiment_id)

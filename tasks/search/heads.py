@@ -58,6 +58,8 @@ class _Heads(kt.HyperModel):
                 keras.optimizers.Adam(rate), "sparse_categorical_crossentropy", metrics=["accuracy"]
             )
             model.optimizer.build(model.trainable_variables)
+            if self.backbones[name].init_head is not None:  # a warm start: from the champion's head
+                model.get_layer("head").set_weights(self.backbones[name].init_head)
             self.models[name] = (model, [np.array(v.numpy()) for v in model.variables])
         model, initial = self.models[name]
         # every trial from the same start: weights and dropout's seed state as built, a fresh Adam

@@ -45,13 +45,15 @@ class TrialRecord:
 @dataclass
 class SearchBackbone:
     """A backbone the search may fine-tune: its model, how it takes images, and its frozen
-    features of the train and validation splits (memory-mapped from the feature cache)."""
+    features of the train and validation splits (memory-mapped from the feature cache);
+    `init_head` ([kernel, bias]: the champion's, for a warm start) is where its head trials start."""
 
     name: str
     model: keras.Model
     pixels: Pixels
     train_features: np.ndarray
     val_features: np.ndarray
+    init_head: list[np.ndarray] | None = None
 
 
 def past(deadline: float | None) -> bool:

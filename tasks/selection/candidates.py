@@ -54,13 +54,17 @@ class Selection:
         if uri == self.uri:
             return self
         runner = next(r for r in self.runners_up if r.uri == uri)
+        # a warm start that lost the search: the version still records the champion it beat
+        # (`warm_start_version`), which competed and which rebuilding it needs
+        warm = {"warm_start_version": self.lineage["backbone_version"]} if self.init_head is not None else {}
         return replace(
             self,
             uri=uri,
             backbone=runner.backbone,
-            lineage=runner.lineage,
+            lineage={**runner.lineage, **warm},
             pixels=runner.pixels,
             backbone_id=runner.backbone_id,
+            init_head=None,
         )
 
 
@@ -178,7 +182,7 @@ def champion_start(model_name: str, class_names: list[str], version: str | None 
     return Selection(
         f"registry:{model_name}/{found}" if version else f"registry:{model_name}@champion (v{found})",
         backbone,
-        {"backbone_version": found, "backbone_data_version": data_version},
+        {"backbone_version": found, "backbone_data_version": data_version, "warm_start_version": found},
         pixels,
         lineage.digest([model_name, found, "warm start"]),
         init_head=head,
@@ -197,13 +201,20 @@ def select(
     resize: str = "squash",
     max_pixels: int = 40_000_000,
     root: Path | None = None,
+    compete: bool = False,
 ) -> Selection:
     """The champion of `warm_start_from` (a registered model; or its `warm_start_version`)
     when it can warm-start these classes, else the best candidate by LogME (and the next
-    `top_k - 1` as runners-up); frozen features and converted weights are kept under `root`."""
+    `top_k - 1` as runners-up); frozen features and converted weights are kept under `root`.
+    `compete` (the strategy search): a warm start also scores the candidates and keeps the best
+    `top_k` as runners-up, so retraining from the champion competes with a fresh start."""
     if warm_start_from:
         start = champion_start(warm_start_from, class_names, warm_start_version)
-        if start is not None:
+        if start is not None and not compete:
             return start
+        if start is not None:
+            fresh = score_candidates(candidates, train, max_samples, seed, top_k, resize, max_pixels, root)
+            runners = [replace(fresh, runners_up=[], scores={}), *fresh.runners_up]
+            return replace(start, scores=fresh.scores, samples=fresh.samples, runners_up=runners)
         log.info("no champion of %s with classes %s: scoring candidates", warm_start_from, class_names)
     return score_candidates(candidates, train, max_samples, seed, top_k, resize, max_pixels, root)

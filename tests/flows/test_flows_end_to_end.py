@@ -466,31 +466,36 @@ def test_predict_streams_a_folder_to_parquet_and_csv(project, capsys, tmp_path):
     assert "write .parquet or .csv" in capsys.readouterr().err
 
 
+SEARCH = sets(
+    {
+        "search.enabled": "true",
+        "search.head_trials": 2,
+        "search.max_epochs": 2,
+        "search.budget_epochs": 2,
+        "search.strategies": "[head, top, scratch]",
+        "search.unfreeze_layers": "[2]",
+        "search.scratch_epochs": 2,
+        "select.top_k": 2,
+    }
+)
+
+
+def search_of(client: MlflowClient, run_id: str) -> dict:
+    """search.json of the finetune stage of flow run `run_id`."""
+    finetune_run = child_run(client, run_id, "finetune")
+    path = mlflow.artifacts.download_artifacts(run_id=finetune_run.info.run_id, artifact_path="search.json")
+    return json.loads(Path(path).read_text())
+
+
 def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
     """With LogME's best two backbones kept: head trials on both one's cached features, fine-tune
     trials of the better one, the scratch baseline."""
     root, args = project
-    search = sets(
-        {
-            "search.enabled": "true",
-            "search.head_trials": 2,
-            "search.max_epochs": 2,
-            "search.budget_epochs": 2,
-            "search.strategies": "[head, top, scratch]",
-            "search.unfreeze_layers": "[2]",
-            "search.scratch_epochs": 2,
-            "select.top_k": 2,
-        }
-    )
-    assert main([*args, *search, "train"]) == 0
+    assert main([*args, *SEARCH, "train"]) == 0
     summary = json.loads((root / "reports" / "train.json").read_text())
     client = client_for(root)
     finetune_run = child_run(client, summary["mlflow_run_id"], "finetune")
-    found = json.loads(
-        Path(
-            mlflow.artifacts.download_artifacts(run_id=finetune_run.info.run_id, artifact_path="search.json")
-        ).read_text()
-    )
+    found = search_of(client, summary["mlflow_run_id"])
     assert summary["strategy"] == found["explanation"]
     assert "6 head trials on cached features" in found["explanation"]  # 2 rates and logistic, twice
     trials = client.search_runs(
@@ -523,3 +528,22 @@ def test_the_strategy_search_logs_a_run_per_trial_and_tags_the_version(project):
     assert json.loads(version.tags["strategy"]) == found["chosen"]
     assert version.tags["backbone"] == found["backbone"] == summary["backbone"]
     assert json.loads(client.get_model_version(MODEL, "1").tags["strategy"]) == "fixed recipe"
+
+
+def test_a_retrain_with_the_search_lets_the_champion_compete_with_fresh_starts(project):
+    """Warm starts go through the search: the champion's backbone (head trials from its head)
+    beside LogME's best two fresh candidates; the version records the champion either way."""
+    root, args = project
+    client = client_for(root)
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=4, seed=5)  # new data
+    assert main([*args, *SEARCH, "retrain"]) == 0
+    summary = json.loads((root / "reports" / "retrain.json").read_text())
+    found = search_of(client, summary["mlflow_run_id"])
+    warm = f"registry:{MODEL}@champion (v{champion})"
+    heads = {t["hyperparameters"]["backbone"] for t in found["trials"] if t["trial_id"] != "scratch"}
+    assert heads >= {warm, "registry:transferops-backbone@pretrained", "keras:MobileNetV3Small"}
+    version = client.get_model_version(MODEL, summary["registered"]["version"])
+    assert version.tags["warm_start_version"] == champion  # rebuilt (and kept by gc) from it
+    assert version.tags["backbone"] == found["backbone"] == summary["backbone"]
+    assert json.loads(version.tags["strategy"]) == found["chosen"]

@@ -16,9 +16,12 @@ from tasks.retention import files, keep
 MODEL = "kept-classifier"
 
 
-def make_versions(tmp_path, count: int, parents: dict[int, int]) -> tuple[str, dict[int, str]]:
+def make_versions(
+    tmp_path, count: int, parents: dict[int, int], competed: dict[int, int] | None = None
+) -> tuple[str, dict[int, str]]:
     """`count` versions of MODEL, each from its own flow run; version v started from version
-    parents[v] (a warm start). Returns the experiment id and version -> its run id."""
+    parents[v] (a warm start), or beat version competed[v] in its search (a warm start that
+    lost). Returns the experiment id and version -> its run id."""
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_registry_uri(mlflow.get_tracking_uri())
     experiment = mlflow.create_experiment("kept", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -34,6 +37,8 @@ def make_versions(tmp_path, count: int, parents: dict[int, int]) -> tuple[str, d
         tags = {"mlflow_run_id": run.info.run_id, "data_version": f"data{v}.dir"}
         if v in parents:
             tags |= {"backbone": f"registry:{MODEL}@champion", "backbone_version": str(parents[v])}
+        if v in (competed or {}):
+            tags |= {"backbone": "keras:MobileNetV3Small", "warm_start_version": str(competed[v])}
         client.create_model_version(MODEL, f"runs:/{run.info.run_id}/w.txt", run.info.run_id, tags=tags)
         runs[v] = run.info.run_id
     return experiment, runs
@@ -102,3 +107,15 @@ def test_only_what_no_kept_run_used_is_deleted_on_disk(tmp_path):
     ]
     # a file newer than min_age_minutes may belong to a run in progress: spared
     assert files.doomed(tmp_path, RetentionParams(), {"keepme"}, None, [], set()) == []
+
+
+def test_the_champion_a_version_beat_in_its_search_is_kept(tmp_path):
+    """A retrain whose search preferred a fresh backbone to the champion still needs that
+    champion to be rebuilt (`reproduce` runs the same search): gc keeps it."""
+    experiment, _ = make_versions(tmp_path, 4, parents={}, competed={4: 2})
+    MlflowClient().set_registered_model_alias(MODEL, "champion", "4")
+    kept = keep.plan([MODEL], experiment, RetentionParams(keep_last=1, keep_moves=0))
+    assert {v: why for (_, v), why in kept.versions.items()} == {
+        "4": kept.versions[(MODEL, "4")],
+        "2": f"v4 of {MODEL} started from it",
+    }

@@ -153,6 +153,30 @@ def test_head_trials_share_one_compiled_head_and_each_starts_fresh(tmp_path, on_
     assert all(np.allclose(a, b) for a, b in zip(middle_weights, weights, strict=True))
 
 
+def test_a_warm_started_backbones_head_trials_start_from_its_head(tmp_path, on_disk):
+    """A warm start (the champion's backbone and head) in the search: its head trials start from
+    the champion's head, so at a learning rate too small to move it the trial is that head,
+    with its val accuracy; a fresh backbone's trials start from a new head."""
+    backbone = pretrained_backbone()
+    train, val = on_disk(*images(60, seed=1)), on_disk(*images(30, seed=2))
+    fresh = candidate("b", backbone, train, val, tmp_path)
+    finetune = FinetuneParams(batch_size=16, head_epochs=6, patience=6)
+    grid = SearchParams(head_trials=2, learning_rate_range=[1e-3, 1e-1])
+    trained = heads.head_trials([fresh], (train.y, val.y), 3, grid, finetune, tmp_path / "a", False)
+    champion_head = trained[0][1]
+    warm = records.SearchBackbone(
+        "champion", backbone, PIXELS, fresh.train_features, fresh.val_features, champion_head
+    )
+    still = SearchParams(head_trials=1, learning_rate_range=[1e-12, 1e-12])
+    found = heads.head_trials([warm, fresh], (train.y, val.y), 3, still, finetune, tmp_path / "b", False)
+    trials = {r.hyperparameters["backbone"]: (r, w) for r, w in found if "solver" not in r.hyperparameters}
+    record, weights = trials["champion"]
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(weights, champion_head, strict=True))
+    logits = np.asarray(fresh.val_features) @ champion_head[0] + champion_head[1]
+    assert record.score == pytest.approx((np.argmax(logits, axis=1) == val.y).mean())
+    assert not np.allclose(trials["b"][1][0], champion_head[0])  # a new head, not the champion's
+
+
 def test_scratch_trains_every_layer_of_a_fresh_copy():
     """`scratch` re-draws the weights and trains every backbone layer (a clone of a frozen
     backbone keeps each layer frozen unless told otherwise); the pretrained one is untouched."""
