@@ -111,7 +111,7 @@ def run_arm(
         if arm == "default":
             found = strategy.search(backbones, train, val, n, search, ft, params.augment)
             model, ran = found.model, sum(t.epochs for t in found.trials)
-            pixels = next(b.pixels for b in backbones if b.name == found.backbone)
+            pixels = found.pixels
             ensemble = f" + ensemble of {len(found.ensemble['members'])}" if found.ensemble else ""
             chosen = found.best.words() + ensemble
         else:

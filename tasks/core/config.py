@@ -160,12 +160,12 @@ class FinetuneParams(Section):
 
 class SearchParams(Section):
     """How `finetune` chooses its strategy (tasks/search/strategy.py): head trials on cached
-    features, one budgeted bracket of fine-tune trials, the scratch baseline, on the validation
-    split. Off, `finetune` runs its fixed recipe (head, then the top layers)."""
+    features, one budgeted bracket of fine-tune trials, the scratch and raw-pixel baselines, on
+    the validation split. Off, `finetune` runs its fixed recipe (head, then the top layers)."""
 
     enabled: bool = True
-    strategies: tuple[Literal["head", "top", "full", "scratch"], ...] = Field(
-        ("head", "top", "scratch"), min_length=1
+    strategies: tuple[Literal["head", "top", "full", "scratch", "pixels"], ...] = Field(
+        ("head", "top", "scratch", "pixels"), min_length=1
     )
     head_trials: int = Field(4, ge=1)  # head learning rates per backbone, log-spaced over the range
     learning_rate_range: tuple[float, float] = (1e-4, 1e-2)  # the head trials'

@@ -52,6 +52,21 @@ def build_backbone(image_size: int, width: int = 32, name: str = "backbone", see
     return keras.Model(inputs, outputs, name=name)
 
 
+PIXELS_URI = "pixels:28"  # the strategy search's raw-pixel baseline (tasks/search/strategy.py)
+
+
+def pixel_backbone(image_size: int, side: int = 28) -> keras.Model:
+    """The raw-pixel baseline as a backbone: the image resized to `side` x `side`, grey, scaled
+    to 0..1 and flattened (784 values). A logistic regression on it is the simplest image
+    classifier there is, and on tiny or low-resolution sets a hard one to beat."""
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = keras.layers.Resizing(side, side, interpolation="bilinear")(inputs)
+    x = keras.layers.Rescaling(1 / 255.0)(x)
+    grey = keras.initializers.Constant(1 / 3)  # the mean of R, G and B, fixed
+    x = keras.layers.Dense(1, use_bias=False, kernel_initializer=grey, trainable=False, name="grey")(x)
+    return keras.Model(inputs, keras.layers.Flatten(name="features")(x), name="raw_pixels")
+
+
 def build_head(
     feature_dim: int, num_classes: int, dropout: float, seed: int = 0
 ) -> tuple[keras.Model, keras.layers.Layer]:

@@ -70,13 +70,15 @@ def noise(score: float, n_val: int) -> float:
     return math.sqrt(max(score * (1 - score), 1e-12) / max(n_val, 1))
 
 
-SIMPLICITY = {"logistic": 0, "head": 1, "top": 2, "full": 3, "scratch": 4}  # simplest first
+SIMPLICITY = {"logistic": 0, "pixels": 1, "head": 2, "top": 3, "full": 4, "scratch": 5}  # simplest first
 
 
 def simplicity(record: TrialRecord) -> tuple[int, int]:
-    """How simple a trial's model is: a logistic head, a head, the fewest unfrozen layers, ..."""
+    """How simple a trial's model is: a logistic head on pretrained features, a logistic
+    regression on raw pixels, a trained head, the fewest unfrozen layers, ..."""
     hp = record.hyperparameters
-    kind = "logistic" if hp.get("solver") == "logistic" else hp.get("strategy", "scratch")
+    strategy = hp.get("strategy", "scratch")
+    kind = "logistic" if hp.get("solver") == "logistic" and strategy == "head" else strategy
     return SIMPLICITY.get(kind, len(SIMPLICITY)), int(hp.get("unfreeze_layers", 0))
 
 

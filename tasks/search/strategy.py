@@ -40,16 +40,18 @@ import numpy as np
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
-from tasks.models.backbones import build_classifier, build_head
+from tasks.data.stream import Pixels
+from tasks.models.backbones import PIXELS_URI, build_classifier, build_head, pixel_backbone
 from tasks.models.checkpoints import finished
+from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
 from tasks.models.trainer import build_trainer
 from tasks.search.ensemble import fuse
-from tasks.search.heads import head_trials
+from tasks.search.heads import LOGISTIC_BYTES, head_trials, logistic_head
 from tasks.search.records import SearchBackbone, TrialRecord, choose, past, say
 from tasks.search.rungs import fine_tune_rungs
 
-STRATEGIES = ("head", "top", "full", "scratch")
+STRATEGIES = ("head", "top", "full", "scratch", "pixels")
 SCRATCH = "scratch"  # the scratch baseline's trial id
 
 
@@ -61,6 +63,7 @@ class SearchResult:
     val_accuracy: float  # of `model`, measured again on the validation split
     ensemble: dict[str, Any] | None = None  # members, weights, val accuracy: when it was kept
     backbone: str = ""  # the name of the backbone `best` trained (scratch: the architecture's)
+    pixels: Pixels | None = None  # how `model` takes images
 
     def explanation(self) -> str:
         by_strategy: dict[str, float] = {}
@@ -71,9 +74,12 @@ class SearchResult:
         heads = sum(t.hyperparameters.get("strategy") == "head" for t in self.trials)
         tuned = [t for t in self.trials if t.hyperparameters.get("strategy") in ("top", "full")]
         scratch = next((t for t in self.trials if t.trial_id == SCRATCH), None)
+        pixels = any(t.hyperparameters.get("strategy") == "pixels" for t in self.trials)
         words = (
-            f"{self.best.words()} won on val_accuracy {self.best.score:.4f} over {heads} head trials "
-            f"on cached features, {len(tuned)} fine-tune trials ({sum(t.epochs for t in tuned)} epochs)"
+            f"{self.best.words()} was kept on val_accuracy {self.best.score:.4f} (the simplest within "
+            f"two standard errors of the best) over {heads} head trials on cached features, "
+            f"{len(tuned)} fine-tune trials ({sum(t.epochs for t in tuned)} epochs)"
+            + (", the raw-pixel baseline" if pixels else "")
             + (f" and the scratch baseline ({scratch.epochs} epochs)" if scratch else "")
             + f" (best per strategy: {ranked})"
         )
@@ -152,6 +158,25 @@ def _head_classifier(
     return classifier
 
 
+def pixel_baseline(
+    smallest: SearchBackbone, train: Split, val: Split, num_classes: int, finetune: FinetuneParams
+) -> tuple[SearchBackbone, tuple[TrialRecord, keras.Model]] | None:
+    """The raw-pixel baseline: a logistic regression on the images at 28 x 28 grey
+    (`backbones.pixel_backbone`), taking the smallest backbone's input; None when the training
+    split's pixels would not fit the logistic regression's memory budget."""
+    model = pixel_backbone(smallest.pixels.size)
+    if len(train) * model.output_shape[-1] * 8 > LOGISTIC_BYTES:
+        return None
+    x = [
+        features(model, PIXELS_URI, split, smallest.pixels, None, f"{what} pixels")
+        for split, what in ((train, "train"), (val, "val"))
+    ]
+    backbone = SearchBackbone(PIXELS_URI, model, smallest.pixels, *x)
+    record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed)
+    record.hyperparameters["strategy"] = "pixels"
+    return backbone, (record, _head_classifier(backbone, weights, num_classes, finetune))
+
+
 def search(
     backbones: list[SearchBackbone],
     train: Split,
@@ -212,8 +237,14 @@ def search(
             )
             records += [record for record, _ in tuned]
             ranked += tuned
+        smallest = min(backbones, key=lambda b: b.pixels.size)
+        if "pixels" in params.strategies and not past(deadline):
+            found = pixel_baseline(smallest, train, val, num_classes, finetune)
+            if found is not None:
+                by_name[PIXELS_URI] = found[0]
+                records.append(found[1][0])
+                ranked.append(found[1])
         if SCRATCH in params.strategies and not past(deadline):
-            smallest = min(backbones, key=lambda b: b.pixels.size)
             baseline = train_scratch(
                 smallest,
                 train,
@@ -246,7 +277,7 @@ def search(
     model, val_accuracy, fused = fuse([m for _, m in top], probabilities, val.y, params.ensemble_weighted)
     if fused is not None:
         fused["members"] = [record.words() for record, _ in top]
-    return SearchResult(model, best_record, records, val_accuracy, fused, backbone.name)
+    return SearchResult(model, best_record, records, val_accuracy, fused, backbone.name, backbone.pixels)
 
 
 def as_finetune_result(found: SearchResult, events: Path | None = None) -> FinetuneResult:

@@ -53,10 +53,21 @@ class Selection:
         """This selection with the backbone `uri` (a runner-up the search preferred) as chosen."""
         if uri == self.uri:
             return self
-        runner = next(r for r in self.runners_up if r.uri == uri)
         # a warm start that lost the search: the version still records the champion it beat
         # (`warm_start_version`), which competed and which rebuilding it needs
         warm = {"warm_start_version": self.lineage["backbone_version"]} if self.init_head is not None else {}
+        if uri == backbones.PIXELS_URI:  # the raw-pixel baseline, at the smallest input size
+            size = min([self, *self.runners_up], key=lambda s: s.pixels.size).pixels
+            return replace(
+                self,
+                uri=uri,
+                backbone=backbones.pixel_backbone(size.size),
+                lineage={"backbone_version": "", "backbone_data_version": "", **warm},
+                pixels=size,
+                backbone_id=uri,
+                init_head=None,
+            )
+        runner = next(r for r in self.runners_up if r.uri == uri)
         return replace(
             self,
             uri=uri,

@@ -547,3 +547,21 @@ def test_a_retrain_with_the_search_lets_the_champion_compete_with_fresh_starts(p
     assert version.tags["warm_start_version"] == champion  # rebuilt (and kept by gc) from it
     assert version.tags["backbone"] == found["backbone"] == summary["backbone"]
     assert json.loads(version.tags["strategy"]) == found["chosen"]
+
+
+def test_a_search_that_keeps_the_raw_pixel_baseline_registers_and_serves_it(project, capsys):
+    """The raw-pixel baseline is a backbone of no candidate: kept, its version names it
+    (`pixels:28`, nothing pretrained to pin) and serves through the pyfunc like any other."""
+    root, args = project
+    only = sets({"search.enabled": "true", "search.strategies": "[pixels]", "select.top_k": 2})
+    assert main([*args, *only, "train"]) == 0
+    summary = json.loads((root / "reports" / "train.json").read_text())
+    version = client_for(root).get_model_version(MODEL, summary["registered"]["version"])
+    assert version.tags["backbone"] == summary["backbone"] == "pixels:28"
+    assert version.tags["backbone_version"] == ""
+    assert json.loads(version.tags["strategy"])["strategy"] == "pixels"
+    image = sorted((root / "data" / "raw" / "fox").glob("*.png"))[0]
+    capsys.readouterr()
+    assert main([*args, "predict", str(image), "--model", str(version.version)]) == 0
+    path, label, confidence = capsys.readouterr().out.splitlines()[1].split("  ")
+    assert path == str(image) and label in {"dog", "eel", "fox"} and 0 < float(confidence) <= 1

@@ -15,7 +15,7 @@ from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.stream import Pixels
 from tasks.models import features
-from tasks.models.backbones import build_backbone
+from tasks.models.backbones import PIXELS_URI, build_backbone
 from tasks.models.trainer import augmentation, build_trainer
 from tasks.search import heads, records, rungs, strategy
 
@@ -175,6 +175,24 @@ def test_a_warm_started_backbones_head_trials_start_from_its_head(tmp_path, on_d
     logits = np.asarray(fresh.val_features) @ champion_head[0] + champion_head[1]
     assert record.score == pytest.approx((np.argmax(logits, axis=1) == val.y).mean())
     assert not np.allclose(trials["b"][1][0], champion_head[0])  # a new head, not the champion's
+
+
+def test_the_raw_pixel_baseline_is_a_servable_logistic_regression(tmp_path, on_disk):
+    """`pixels`: a logistic regression on the images at 28 x 28 grey, kept as a plain Keras
+    classifier (resize, grey, flatten, softmax) that takes the smallest backbone's input, saves,
+    loads and scores on val what its trial scored."""
+    train, val = on_disk(*images(60, seed=1)), on_disk(*images(30, seed=2))
+    chosen = candidate("b", pretrained_backbone(), train, val)
+    params = SearchParams(strategies=["pixels"], ensemble_size=1)
+    found = strategy.search([chosen], train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
+    (record,) = found.trials
+    assert record.hyperparameters == {"backbone": PIXELS_URI, "strategy": "pixels", "solver": "logistic"}
+    assert found.backbone == PIXELS_URI and found.pixels == PIXELS and record.score > 0.9  # bars: easy
+    found.model.save(tmp_path / "pixels.keras")
+    served = keras.models.load_model(tmp_path / "pixels.keras")
+    assert served.input_shape == (None, 32, 32, 3)
+    predicted = np.argmax(served.predict(val.batches(PIXELS, 16, labels=False), verbose=0), axis=1)
+    assert (predicted == val.y).mean() == pytest.approx(record.score) == pytest.approx(found.val_accuracy)
 
 
 def test_scratch_trains_every_layer_of_a_fresh_copy():
