@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,9 @@ def sets(values: dict[str, object]) -> list[str]:
 
 def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
     """A real `mlflow server` on 127.0.0.1:`port` (SQLite store and proxied artifacts under
-    `store`), in its own process group (a test can kill it with everything it started)."""
+    `store`), in its own process group (a test can kill it with everything it started). Without
+    MLflow's job execution (GenAI jobs transferops never runs): it starts a dozen huey worker
+    processes that would take a 2-core machine's CPU from the tests."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -144,6 +147,7 @@ def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     wait_until_up(f"http://127.0.0.1:{port}/health", process)
     return process
@@ -180,3 +184,11 @@ def use_store(root: Path) -> mlflow.MlflowClient:
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
     mlflow.set_registry_uri(mlflow.get_tracking_uri())
     return mlflow.MlflowClient()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with slow tests (the real end-to-end flows) first, each file's tests kept together
+    and in order: spread over xdist workers (`scripts/test.sh`), the longest files start first
+    and the short ones fill in around them, instead of one long file starting last."""
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)
