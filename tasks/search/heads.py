@@ -100,6 +100,7 @@ class _Heads(kt.HyperModel):
         )
         val = _Validation(chosen.val_features, self.y[1])
         callbacks = kwargs.pop("callbacks", [])
+        kwargs["shuffle"] = False  # the pipeline reshuffles itself every epoch (Keras warns otherwise)
         return model.fit(
             data,
             epochs=self.finetune.head_epochs,
