@@ -60,11 +60,19 @@ def log_classifier(
 ) -> mlflow.models.model.ModelInfo:
     """Log the classifier as a pyfunc (tasks.registry.serving.ImageClassifier) in the active run.
 
-    `example_image` becomes the input example, so MLflow checks at logging time that the
-    logged model loads and predicts."""
+    `example_image` becomes the input example (MLflow tries it, and only warns when it fails).
+    Before anything is logged, the saved file is loaded back as the served model loads it
+    (safe mode) and must give the same probabilities: a model that would not serve is never
+    registered."""
+    import keras
+
     workdir.mkdir(parents=True, exist_ok=True)
     keras_path = workdir / "classifier.keras"
     model.save(keras_path)
+    probe = np.random.default_rng(0).integers(0, 256, (2, *model.input_shape[1:])).astype("float32")
+    reloaded = keras.saving.load_model(keras_path, compile=False, safe_mode=True)
+    if not np.allclose(reloaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-5):
+        raise RuntimeError(f"{keras_path}: the saved classifier loads with other weights; not registered")
     meta_path = workdir / "meta.json"
     meta_path.write_text(
         json.dumps(

@@ -11,15 +11,31 @@ import numpy as np
 
 def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
     """One model whose output is the weighted mean of `members`' probabilities (weights sum to
-    1), from built-in layers only, so it saves, loads and serves as a plain Keras model."""
+    1), from built-in layers only, so it saves, loads and serves as a plain Keras model. A
+    member that shares layers with an earlier one (head trials of one backbone share that
+    backbone) is copied first: a saved model with one layer object in several members does not
+    load (Keras finds its variables once, and the other members' layers empty)."""
     inputs = keras.Input(members[0].input_shape[1:], name="pixels")
-    outputs = [
-        keras.layers.Rescaling(weight, name=f"weight_{i}")(
-            keras.Model(member.input, member.output, name=f"member_{i}")(inputs)
-        )
-        for i, (member, weight) in enumerate(zip(members, weights, strict=True))
-    ]
+    outputs, seen = [], set()
+    for i, (member, weight) in enumerate(zip(members, weights, strict=True)):
+        if _layer_ids(member) & seen:
+            copy = keras.models.clone_model(member)
+            copy.set_weights(member.get_weights())
+            member = copy
+        seen |= _layer_ids(member)
+        named = keras.Model(member.input, member.output, name=f"member_{i}")
+        outputs.append(keras.layers.Rescaling(weight, name=f"weight_{i}")(named(inputs)))
     return keras.Model(inputs, keras.layers.Add(name="average")(outputs), name="ensemble")
+
+
+def _layer_ids(model: keras.Model) -> set[int]:
+    """Every layer object in `model`, nested models' layers included."""
+    found = set()
+    for layer in model.layers:
+        found.add(id(layer))
+        if isinstance(layer, keras.Model):
+            found |= _layer_ids(layer)
+    return found
 
 
 def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -33,6 +33,19 @@ def test_an_ensemble_is_the_weighted_mean_and_round_trips_as_a_keras_file(tmp_pa
     assert single(loaded).get_layer("head").get_weights()[0].shape == (16, 3)
 
 
+def test_members_that_share_a_backbone_save_and_load(tmp_path):
+    """Head trials of one backbone share the backbone object; their ensemble still loads
+    (safe mode, as the served model does) and gives the weighted mean."""
+    backbone = build_backbone(16, 4, seed=3)
+    heads = [keras.layers.Dense(3, activation="softmax", name="head") for _ in range(2)]
+    members = [build_classifier(backbone, head, 0.0, i) for i, head in enumerate(heads)]
+    x = np.random.default_rng(1).integers(0, 255, (8, 16, 16, 3)).astype("float32")
+    expected = 0.5 * members[0].predict(x, verbose=0) + 0.5 * members[1].predict(x, verbose=0)
+    ensemble.ensemble(members, [0.5, 0.5]).save(tmp_path / "shared.keras")
+    loaded = keras.models.load_model(tmp_path / "shared.keras", compile=False, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
 class Fixed(keras.layers.Layer):
     """Returns the same probabilities for every image (a member with known answers)."""
 
