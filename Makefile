@@ -6,7 +6,7 @@ demo:  ## run the main job on the embedded defaults
 test:  ## lint + every test (unit and end-to-end)
 	scripts/test.sh
 
-bench:  ## every benchmark -> bench/results/ (hours on 2 cores: bench.transfer at its defaults, 2 tasks x 3 seeds x 3 label counts, about 2.5 h)
+bench:  ## every benchmark -> bench/results/ (hours on 2 cores: bench.transfer at its defaults, 2 tasks x 6 arms x 3 seeds x 3 label counts; its first label count alone took 90 min)
 	scripts/setup.sh && .venv/bin/python -m bench.transfer && .venv/bin/python -m bench.determinism \
 	  && .venv/bin/python -m bench.startup && .venv/bin/python -m bench.operations \
 	  && .venv/bin/python -m bench.scale --cases 2000:32 2000:224 10000:32
