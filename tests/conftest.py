@@ -186,9 +186,14 @@ def use_store(root: Path) -> mlflow.MlflowClient:
     return mlflow.MlflowClient()
 
 
+# The longest files (`--durations`: ten retrain rounds with gc, the crash-recovery runs, the
+# tracking-server outage and reuse runs, 7-10 minutes each on 2 busy cores): they start first.
+LONGEST_FILES = ("test_gc.py", "test_crash_recovery.py", "test_reuse.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Files with slow tests (the real end-to-end flows) first, each file's tests kept together
     and in order: spread over xdist workers (`scripts/test.sh`), the longest files start first
     and the short ones fill in around them, instead of one long file starting last."""
     slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: item.path not in slow)
+    items.sort(key=lambda item: (item.path.name not in LONGEST_FILES, item.path not in slow))
