@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.core.config import FashionMnistParams
+from tasks.core.errors import UserError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = [
@@ -49,7 +50,13 @@ def load_fashion_mnist(directory: Path = DEBIAN_DIR) -> tuple[np.ndarray, np.nda
         return _read_idx(images), _read_idx(labels)
     import keras
 
-    (x, y), _ = keras.datasets.fashion_mnist.load_data()
+    try:
+        (x, y), _ = keras.datasets.fashion_mnist.load_data()
+    except Exception as e:  # no internet: urllib's error, wrapped by Keras
+        raise UserError(
+            f"Fashion-MNIST: not in {directory} and the download failed ({type(e).__name__}): "
+            "install Debian's copy (apt-get install dataset-fashion-mnist) or connect to the internet"
+        ) from e
     return x, y
 
 

@@ -49,3 +49,17 @@ def test_a_folder_with_other_files_is_never_deleted(tmp_path):
     assert len(kept) == 1 and (kept[0] / CLASS_NAMES[1] / "my-photo.png").read_bytes() == b"precious"
     assert not (out / CLASS_NAMES[1] / "my-photo.png").exists()
     assert len(list(out.rglob("*.png"))) == 3
+
+
+def test_without_the_debian_copy_a_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+    import keras
+
+    from tasks.core.errors import UserError
+    from tasks.data.fashion_mnist import load_fashion_mnist
+
+    def offline():  # what urllib raises on a machine without internet, as Keras wraps it
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: Name or service not known")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
