@@ -19,7 +19,8 @@ Arms, each timed from the images on disk to a trained model (features included):
   a new head trained 20 epochs with Adam at its default rate, then every layer unfrozen and 10
   epochs at 1e-5; the model as it ends, no early stopping.
 - `scratch`: the stand-in's architecture, fresh weights, augmented, to convergence (up to
-  `scratch_epochs`, stopped `scratch_patience` after val_accuracy last improved) at 32 px:
+  `scratch_epochs`, stopped 20 epochs after val_accuracy last improved; the search's own
+  scratch baseline stops after `scratch_patience`, 10) at 32 px:
   the images' own resolution, so the best scratch there is for both tasks.
 - `linear_probe`: logistic regression (scikit-learn, L-BFGS) on the task's best backbone's frozen
   features (Lite0's on `fmnist-224`, the stand-in's on `fmnist-32`).
@@ -67,6 +68,7 @@ ARMS = ("default", "fixed", "keras_guide", "scratch", "linear_probe", "raw_pixel
 TASKS = ("fmnist-32", "fmnist-224")
 RESULTS = Path(__file__).parent / "results"
 STAND_IN, LITE0 = "stand-in", "lite0-imagenet"
+SCRATCH_PATIENCE = 20  # the scratch arm's: twice the default search's, so it is trained to convergence
 
 
 def subsample(split: Split, per_class: int, seed: int = 0) -> Split:
@@ -132,7 +134,10 @@ def run_arm(
     elif arm == "scratch":
         none = np.zeros((0, 1), dtype="float32")  # scratch needs no features
         architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
-        record, model = strategy.train_scratch(architecture, train, val, n, search, ft, params.augment)
+        patient = search.model_copy(
+            update={"scratch_patience": max(SCRATCH_PATIENCE, search.scratch_patience)}
+        )
+        record, model = strategy.train_scratch(architecture, train, val, n, patient, ft, params.augment)
         ran = record.epochs
     else:
         return probe(arm, candidates, data, start)

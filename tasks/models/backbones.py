@@ -91,7 +91,9 @@ def build_classifier(
 
 
 def single(classifier: keras.Model) -> keras.Model:
-    """The classifier itself, or for an ensemble (tasks/search/) its best member, `member_0`."""
+    """The classifier itself, or for an ensemble of whole members (tasks/search/ensemble.py) its
+    best member, `member_0`. An ensemble of backbones and heads answers for its best member
+    itself: its first backbone and its layer `head` are that member's."""
     names = [layer.name for layer in classifier.layers]
     return classifier.get_layer("member_0") if "member_0" in names else classifier
 

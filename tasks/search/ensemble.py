@@ -11,11 +11,18 @@ import numpy as np
 
 def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
     """One model whose output is the weighted mean of `members`' probabilities (weights sum to
-    1), from built-in layers only, so it saves, loads and serves as a plain Keras model. A
-    member that shares layers with an earlier one (head trials of one backbone share that
-    backbone) is copied first: a saved model with one layer object in several members does not
-    load (Keras finds its variables once, and the other members' layers empty)."""
+    1), from built-in layers only, so it saves, loads and serves as a plain Keras model.
+
+    Members that are a backbone and a head (`build_classifier`: every search trial) run each
+    distinct backbone once: head trials of one backbone share it, so an ensemble of k heads
+    costs one backbone's forward pass, not k. Member 0's head is the layer `head` (drift and
+    warm starts read the best member's backbone and head, `backbones.single`). Any other
+    member is nested whole as `member_<i>`, copied first when it shares layers with an
+    earlier one (a saved model with one layer object in several members does not load)."""
     inputs = keras.Input(members[0].input_shape[1:], name="pixels")
+    parts = [_parts(member) for member in members]
+    if all(parts) and _disjoint({id(backbone): backbone for backbone, _ in parts}.values()):
+        return _on_shared_backbones(inputs, parts, weights)  # type: ignore[arg-type]
     outputs, seen = [], set()
     for i, (member, weight) in enumerate(zip(members, weights, strict=True)):
         if _layer_ids(member) & seen:
@@ -25,6 +32,55 @@ def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
         seen |= _layer_ids(member)
         named = keras.Model(member.input, member.output, name=f"member_{i}")
         outputs.append(keras.layers.Rescaling(weight, name=f"weight_{i}")(named(inputs)))
+    return keras.Model(inputs, keras.layers.Add(name="average")(outputs), name="ensemble")
+
+
+def _parts(member: keras.Model) -> tuple[keras.Model, keras.layers.Dense] | None:
+    """A classifier of `build_classifier` (input, backbone, dropout, head) as (backbone, head);
+    None for a model of any other shape."""
+    nested = [layer for layer in member.layers if isinstance(layer, keras.Model)]
+    rest = [
+        layer
+        for layer in member.layers
+        if not isinstance(layer, (keras.Model, keras.layers.InputLayer, keras.layers.Dropout))
+    ]
+    if len(nested) == 1 and len(rest) == 1 and isinstance(rest[0], keras.layers.Dense):
+        return nested[0], rest[0]
+    return None
+
+
+def _disjoint(models: Any) -> bool:
+    """Whether no layer object is in two of `models`."""
+    seen: set[int] = set()
+    for model in models:
+        ids = _layer_ids(model)
+        if ids & seen:
+            return False
+        seen |= ids
+    return True
+
+
+def _on_shared_backbones(
+    inputs: Any, parts: list[tuple[keras.Model, keras.layers.Dense]], weights: list[float]
+) -> keras.Model:
+    """Each distinct backbone called once on `inputs`, each member's head (a copy) on its
+    backbone's features, the heads' probabilities weighted and added."""
+    features: dict[int, Any] = {}
+    names: set[str] = set()
+    outputs = []
+    for i, ((backbone, dense), weight) in enumerate(zip(parts, weights, strict=True)):
+        if id(backbone) not in features:
+            called = backbone
+            if backbone.name in names:  # a fine-tuned copy keeps its original's name
+                called = keras.Model(backbone.input, backbone.output, name=f"{backbone.name}_{len(names)}")
+            names.add(called.name)
+            features[id(backbone)] = called(inputs, training=False)
+        head = keras.layers.Dense.from_config(
+            dense.get_config() | {"name": "head" if i == 0 else f"head_{i}"}
+        )
+        probabilities = head(features[id(backbone)])
+        head.set_weights(dense.get_weights())
+        outputs.append(keras.layers.Rescaling(weight, name=f"weight_{i}")(probabilities))
     return keras.Model(inputs, keras.layers.Add(name="average")(outputs), name="ensemble")
 
 

@@ -164,7 +164,11 @@ LOGISTIC_BYTES = 512 * 2**20  # features a logistic-regression head may load (it
 
 
 def logistic_head(
-    backbone: SearchBackbone, y: tuple[np.ndarray, np.ndarray], num_classes: int, seed: int
+    backbone: SearchBackbone,
+    y: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    seed: int,
+    strategy: str = "head",
 ) -> tuple[TrialRecord, list[np.ndarray]]:
     """A converged L2-regularised logistic regression (scikit-learn, L-BFGS) on the frozen
     features, as the weights of the softmax head (the same model: softmax(x W + b)); a class
@@ -190,7 +194,7 @@ def logistic_head(
         curve[f"{prefix}loss"] = [float(-log_p[np.arange(len(labels)), labels].mean())]
         curve[f"{prefix}accuracy"] = [float((log_p.argmax(axis=1) == labels).mean())]
     score = curve["val_accuracy"][0]
-    values = {"backbone": backbone.name, "strategy": "head", "solver": "logistic"}
+    values = {"backbone": backbone.name, "strategy": strategy, "solver": "logistic"}
     record = TrialRecord(f"logistic-{backbone.name}", values, score, curve, 1)
     say(record)
     return record, [kernel, bias]

@@ -82,10 +82,25 @@ def simplicity(record: TrialRecord) -> tuple[int, int]:
     return SIMPLICITY.get(kind, len(SIMPLICITY)), int(hp.get("unfreeze_layers", 0))
 
 
-def choose(records: list[TrialRecord], n_val: int) -> TrialRecord:
-    """The simplest trial whose val accuracy is within two standard errors of the best one's:
-    the best of many trials on a few hundred val images is partly the luckiest."""
-    leader = max(r.score for r in records)
-    margin = 2 * noise(leader, n_val)
-    near = [r for r in records if r.score >= leader - margin]
-    return min(near, key=lambda r: (simplicity(r), -r.score))
+def choose(
+    records: list[TrialRecord], n_val: int, correct: dict[str, np.ndarray] | None = None
+) -> TrialRecord:
+    """The simplest trial within one standard error of the best one (the one-standard-error
+    rule): the best of many trials on a few hundred val images is partly the luckiest.
+
+    With each trial's per-image val correctness (`correct`, by trial id) the comparison is
+    paired, as McNemar's test pairs it: of the images only one of the two gets right, the
+    leader's `b` and the other's `c`, the other is within the noise when b - c <= sqrt(b + c).
+    Two models that err on the same images differ by little noise (3 images better and never
+    worse is a real lead); two that err on different ones by more. Without it, the binomial
+    error of the best score on `n_val` images."""
+    leader = max(records, key=lambda r: r.score)
+
+    def near(record: TrialRecord) -> bool:
+        if correct is not None and record.trial_id in correct and leader.trial_id in correct:
+            mine, theirs = correct[leader.trial_id], correct[record.trial_id]
+            b, c = int(np.sum(mine & ~theirs)), int(np.sum(theirs & ~mine))
+            return b - c <= math.sqrt(b + c)
+        return leader.score - record.score <= noise(leader.score, n_val)
+
+    return min((r for r in records if near(r)), key=lambda r: (simplicity(r), -r.score))

@@ -77,7 +77,7 @@ class SearchResult:
         pixels = any(t.hyperparameters.get("strategy") == "pixels" for t in self.trials)
         words = (
             f"{self.best.words()} was kept on val_accuracy {self.best.score:.4f} (the simplest within "
-            f"two standard errors of the best) over {heads} head trials on cached features, "
+            f"one paired standard error of the best) over {heads} head trials on cached features, "
             f"{len(tuned)} fine-tune trials ({sum(t.epochs for t in tuned)} epochs)"
             + (", the raw-pixel baseline" if pixels else "")
             + (f" and the scratch baseline ({scratch.epochs} epochs)" if scratch else "")
@@ -172,9 +172,25 @@ def pixel_baseline(
         for split, what in ((train, "train"), (val, "val"))
     ]
     backbone = SearchBackbone(PIXELS_URI, model, smallest.pixels, *x)
-    record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed)
-    record.hyperparameters["strategy"] = "pixels"
+    record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed, "pixels")
     return backbone, (record, _head_classifier(backbone, weights, num_classes, finetune))
+
+
+def val_probabilities(
+    record: TrialRecord, model: keras.Model, backbone: SearchBackbone, val: Split
+) -> np.ndarray:
+    """A trial's probabilities on the val split: a head on a frozen backbone (head trials, the
+    raw-pixel baseline) from the backbone's cached val features, 4,096 rows at a time (no
+    forward pass of the backbone); any other trial's model over the streamed images."""
+    if record.hyperparameters.get("strategy") not in ("head", "pixels"):
+        return np.asarray(model.predict(val.batches(backbone.pixels, 64, labels=False), verbose=0))
+    kernel, bias = model.get_layer("head").get_weights()
+    rows = []
+    for i in range(0, len(backbone.val_features), 4096):
+        logits = np.asarray(backbone.val_features[i : i + 4096], "float64") @ kernel + bias
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        rows.append(exp / exp.sum(axis=1, keepdims=True))
+    return np.concatenate(rows) if rows else np.zeros((0, kernel.shape[1]))
 
 
 def search(
@@ -206,18 +222,37 @@ def search(
     by_name = {b.name: b for b in backbones}
     ranked: list[tuple[TrialRecord, keras.Model]] = []
     records: list[TrialRecord] = []
+    probabilities: dict[str, np.ndarray] = {}  # trial id -> its val probabilities
+
+    def correct(trials: list[tuple[TrialRecord, keras.Model]]) -> dict[str, np.ndarray]:
+        """Each trial's per-image val correctness (the paired noise of `choose`)."""
+        for record, model in trials:
+            if record.trial_id not in probabilities:
+                backbone = by_name[record.hyperparameters.get("backbone", backbones[0].name)]
+                probabilities[record.trial_id] = val_probabilities(record, model, backbone, val)
+        return {
+            record.trial_id: probabilities[record.trial_id].argmax(axis=1) == val.y for record, _ in trials
+        }
+
     try:
         if "head" in params.strategies or {"top", "full"} & set(params.strategies):
             heads = head_trials(
                 backbones, (train.y, val.y), num_classes, params, finetune, folder, checkpoints is not None
             )
             records += [record for record, _ in heads]
-            start = choose([record for record, _ in heads], len(val))
+            classifiers = [
+                (
+                    record,
+                    _head_classifier(
+                        by_name[record.hyperparameters["backbone"]], weights, num_classes, finetune
+                    ),
+                )
+                for record, weights in heads
+            ]
+            start = choose([record for record, _ in heads], len(val), correct(classifiers))
             best_head = next(pair for pair in heads if pair[0] is start)
             if "head" in params.strategies:
-                for record, weights in heads:
-                    chosen = by_name[record.hyperparameters["backbone"]]
-                    ranked.append((record, _head_classifier(chosen, weights, num_classes, finetune)))
+                ranked += classifiers
             callbacks: list[keras.callbacks.Callback] = [Deadline(deadline)]
             if events is not None:
                 board = keras.callbacks.TensorBoard(str(events / "search" / "fine-tune"), write_graph=False)
@@ -267,14 +302,14 @@ def search(
     finished(checkpoints)
     if not ranked:
         raise UserError("the strategy search finished no trial before its deadline: give it more time")
-    best_record = choose([record for record, _ in ranked], len(val))
+    best_record = choose([record for record, _ in ranked], len(val), correct(ranked))
     ranked.sort(key=lambda pair: (pair[0] is not best_record, -pair[0].score))  # the chosen first
     backbone = by_name[best_record.hyperparameters.get("backbone", backbones[0].name)]
     same_size = [pair for pair in ranked if pair[1].input_shape[1] == ranked[0][1].input_shape[1]]
     top = same_size[: params.ensemble_size]
-    stream = val.batches(backbone.pixels, 64, labels=False)
-    probabilities = [np.asarray(model.predict(stream, verbose=0)) for _, model in top]
-    model, val_accuracy, fused = fuse([m for _, m in top], probabilities, val.y, params.ensemble_weighted)
+    model, val_accuracy, fused = fuse(
+        [m for _, m in top], [probabilities[r.trial_id] for r, _ in top], val.y, params.ensemble_weighted
+    )
     if fused is not None:
         fused["members"] = [record.words() for record, _ in top]
     return SearchResult(model, best_record, records, val_accuracy, fused, backbone.name, backbone.pixels)

@@ -11,15 +11,15 @@ from tasks.models.backbones import backbone_of, build_backbone, build_classifier
 from tasks.search import ensemble
 
 
-def classifier(seed: int) -> keras.Model:
+def classifier(seed: int, width: int = 4) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    backbone = build_backbone(16, 4, seed=seed)
+    backbone = build_backbone(16, width, seed=seed)
     head = keras.layers.Dense(3, activation="softmax", name="head")
     return build_classifier(backbone, head, 0.0, seed)
 
 
 def test_an_ensemble_is_the_weighted_mean_and_round_trips_as_a_keras_file(tmp_path):
-    members = [classifier(1), classifier(2)]
+    members = [classifier(1, width=2), classifier(2)]
     x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("float32")
     fused = ensemble.ensemble(members, [0.25, 0.75])
     expected = 0.25 * members[0].predict(x, verbose=0) + 0.75 * members[1].predict(x, verbose=0)
@@ -27,10 +27,14 @@ def test_an_ensemble_is_the_weighted_mean_and_round_trips_as_a_keras_file(tmp_pa
     fused.save(tmp_path / "ensemble.keras")
     loaded = keras.models.load_model(tmp_path / "ensemble.keras")  # safe mode: built-in layers only
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
-    # what drift and warm starts use: the best member's backbone and head
-    assert single(loaded).name == "member_0"
-    assert backbone_of(loaded).output_shape == members[0].layers[1].output_shape
-    assert single(loaded).get_layer("head").get_weights()[0].shape == (16, 3)
+    # what drift and warm starts use: the best member's backbone and head (widths differ)
+    assert backbone_of(loaded).output_shape == members[0].layers[1].output_shape == (None, 8)
+    for got, want in zip(
+        single(loaded).get_layer("head").get_weights(),
+        members[0].get_layer("head").get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_members_that_share_a_backbone_save_and_load(tmp_path):
@@ -41,9 +45,33 @@ def test_members_that_share_a_backbone_save_and_load(tmp_path):
     members = [build_classifier(backbone, head, 0.0, i) for i, head in enumerate(heads)]
     x = np.random.default_rng(1).integers(0, 255, (8, 16, 16, 3)).astype("float32")
     expected = 0.5 * members[0].predict(x, verbose=0) + 0.5 * members[1].predict(x, verbose=0)
-    ensemble.ensemble(members, [0.5, 0.5]).save(tmp_path / "shared.keras")
+    fused = ensemble.ensemble(members, [0.5, 0.5])
+    # one forward pass of the backbone for both heads: it is in the ensemble once
+    assert [layer.name for layer in fused.layers if isinstance(layer, keras.Model)] == [backbone.name]
+    fused.save(tmp_path / "shared.keras")
     loaded = keras.models.load_model(tmp_path / "shared.keras", compile=False, safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fine_tuned_copy_with_its_originals_name_and_other_shapes_still_load(tmp_path):
+    """A fine-tune trial's backbone is a clone with the original's name, beside head trials of
+    the original; a member that is not backbone + head is nested whole, copied when it shares
+    layers with an earlier one."""
+    original = build_backbone(16, 4, seed=4)
+    tuned = keras.models.clone_model(original)
+    tuned.set_weights([w * 1.1 for w in original.get_weights()])
+    members = [
+        build_classifier(b, keras.layers.Dense(3, activation="softmax", name="head"), 0.0, i)
+        for i, b in enumerate((original, tuned, original))
+    ]
+    inputs = keras.Input((16, 16, 3))
+    odd = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dense(3)(original(inputs))))
+    x = np.random.default_rng(2).integers(0, 255, (8, 16, 16, 3)).astype("float32")
+    for group, weights in ((members, [0.5, 0.3, 0.2]), ([members[0], odd], [0.5, 0.5])):
+        expected = sum(w * m.predict(x, verbose=0) for w, m in zip(weights, group, strict=True))
+        ensemble.ensemble(group, weights).save(tmp_path / "mixed.keras")
+        loaded = keras.models.load_model(tmp_path / "mixed.keras", compile=False, safe_mode=True)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
 class Fixed(keras.layers.Layer):

@@ -118,7 +118,7 @@ def test_the_search_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path, on
     assert found["chosen"]["strategy"] in {"head", "top", "full", "scratch"}
     assert found["explanation"].startswith(found["chosen"]["strategy"])
     chosen = next(t for t in found["trials"] if t["hyperparameters"] == found["chosen"])
-    assert best - chosen["score"] <= 2 * records.noise(best, len(val))  # the simplest within the noise
+    assert best - chosen["score"] <= records.noise(best, len(val)) or chosen["score"] == best
     assert f"val_accuracy {chosen['score']:.4f}" in found["explanation"]
     assert "3 head trials" in found["explanation"]  # 2 rates and the logistic regression
     assert found["backbone"] == "pretrained" and 0 <= found["val_accuracy"] <= 1
@@ -225,13 +225,18 @@ def test_the_search_chooses_among_logmes_best_backbones(on_disk):
     found = strategy.search(backbones, train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
     heads = [t for t in found.trials if t.hyperparameters["strategy"] == "head"]
     assert sorted(t.hyperparameters["backbone"] for t in heads) == ["fresh"] * 3 + ["pretrained"] * 3
-    best_head = records.choose(heads, len(val))
     tuned = [t for t in found.trials if t.hyperparameters["strategy"] == "top"]
     assert [t.trial_id for t in tuned] == ["top-2"]
-    assert tuned[0].hyperparameters["backbone"] == best_head.hyperparameters["backbone"]
+    # fine-tuned: the backbone of the head trial kept, the pretrained one (the fresh one's
+    # heads are far behind on this task)
+    best = {
+        name: max(t.score for t in heads if t.hyperparameters["backbone"] == name)
+        for name in ("pretrained", "fresh")
+    }
+    assert best["pretrained"] > best["fresh"] and tuned[0].hyperparameters["backbone"] == "pretrained"
     assert found.backbone == found.best.hyperparameters["backbone"]
     assert f" of {found.backbone} " in found.explanation()
-    assert found.best is records.choose(found.trials, len(val))
+    assert found.best in found.trials
 
 
 def test_a_spent_deadline_trains_only_the_head_trials(on_disk):
@@ -312,7 +317,7 @@ def test_the_logistic_head_is_scikit_learns_model_as_a_softmax_head():
         assert set(record.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}  # as an epoch
 
 
-def test_the_simplest_trial_within_the_val_noise_is_chosen():
+def test_the_simplest_trial_within_one_standard_error_is_chosen():
     def trial(name, strategy, score, **extra):
         return records.TrialRecord(name, {"strategy": strategy, **extra}, score)
 
@@ -322,7 +327,18 @@ def test_the_simplest_trial_within_the_val_noise_is_chosen():
         trial("head-1", "head", 0.9750, learning_rate=1e-3),
         trial("logistic-b", "head", 0.9719, solver="logistic"),
     ]
-    # 160 val images: two standard errors of 0.9875 are 0.0176, so 0.9719 is as good
-    assert records.choose(tried, 160).trial_id == "logistic-b"
-    # 10,000 val images: 0.0022, and only scratch is that close to itself
-    assert records.choose(tried, 10_000).trial_id == "scratch"
+    # without per-image results: 160 val images, one standard error of 0.9875 is 0.0088
+    assert records.choose(tried, 160).trial_id == "top-4"
+    assert records.choose(tried, 10_000).trial_id == "scratch"  # 0.0011: only scratch is that close
+    # per image (McNemar's pairing): scratch wrong on 10 of 160, the logistic head on 12
+    tried = [trial("scratch", "scratch", 0.9375), trial("logistic-b", "head", 0.925, solver="logistic")]
+    wrong = {"scratch": list(range(10))}
+    assert records.choose(tried, 160).trial_id == "logistic-b"  # unpaired: 0.0125 < 0.0191
+    # on the same 10 images and 2 more: scratch is right on 2 more and never worse (2 > sqrt 2)
+    wrong["logistic-b"] = list(range(12))
+    correct = {k: ~np.isin(np.arange(160), v) for k, v in wrong.items()}
+    assert records.choose(tried, 160, correct).trial_id == "scratch"
+    # on different images (7 against 5): the same gap is within the noise (2 <= sqrt 12)
+    wrong["logistic-b"] = [*range(5), *range(100, 107)]
+    correct = {k: ~np.isin(np.arange(160), v) for k, v in wrong.items()}
+    assert records.choose(tried, 160, correct).trial_id == "logistic-b"
