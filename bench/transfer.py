@@ -19,8 +19,7 @@ Arms, each timed from the images on disk to a trained model (features included):
   a new head trained 20 epochs with Adam at its default rate, then every layer unfrozen and 10
   epochs at 1e-5; the model as it ends, no early stopping.
 - `scratch`: the stand-in's architecture, fresh weights, augmented, to convergence (up to
-  `scratch_epochs`, stopped 20 epochs after val_accuracy last improved; the search's own
-  scratch baseline stops after `scratch_patience`, 10) at 32 px:
+  `scratch_epochs`, stopped `scratch_patience` after val_accuracy last improved) at 32 px:
   the images' own resolution, so the best scratch there is for both tasks.
 - `linear_probe`: logistic regression (scikit-learn, L-BFGS) on the task's best backbone's frozen
   features (Lite0's on `fmnist-224`, the stand-in's on `fmnist-32`).
@@ -35,6 +34,7 @@ bench/results/transfer.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -68,7 +68,6 @@ ARMS = ("default", "fixed", "keras_guide", "scratch", "linear_probe", "raw_pixel
 TASKS = ("fmnist-32", "fmnist-224")
 RESULTS = Path(__file__).parent / "results"
 STAND_IN, LITE0 = "stand-in", "lite0-imagenet"
-SCRATCH_PATIENCE = 20  # the scratch arm's: twice the default search's, so it is trained to convergence
 
 
 def subsample(split: Split, per_class: int, seed: int = 0) -> Split:
@@ -134,10 +133,7 @@ def run_arm(
     elif arm == "scratch":
         none = np.zeros((0, 1), dtype="float32")  # scratch needs no features
         architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
-        patient = search.model_copy(
-            update={"scratch_patience": max(SCRATCH_PATIENCE, search.scratch_patience)}
-        )
-        record, model = strategy.train_scratch(architecture, train, val, n, patient, ft, params.augment)
+        record, model = strategy.train_scratch(architecture, train, val, n, search, ft, params.augment)
         ran = record.epochs
     else:
         return probe(arm, candidates, data, start)
@@ -372,6 +368,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-logme", action="store_true", help="skip the LogME rank correlation")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the earlier results' runs of other label counts (a long benchmark in parts)",
+    )
     args = parser.parse_args(argv)
 
     paths = Paths.from_root(Path.cwd())
@@ -390,8 +391,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     runs: list[dict[str, Any]] = []
     taus: list[dict[str, Any]] = []
+    earlier = args.out / "transfer.json"
+    if args.keep and earlier.is_file():
+        kept = json.loads(earlier.read_text())
+        runs, taus = kept["runs"], kept["logme"]
     for per_class in args.per_class:
         train = subsample(full.train, per_class) if per_class else full.train
+        runs = [r for r in runs if (r["n_train"], r["task"]) not in {(len(train), t) for t in args.tasks}]
+        if not args.no_logme:
+            taus = [t for t in taus if t["n_train"] != len(train)]
         data = {"train": train, "val": full.val, "test": full.test, "names": full.class_names}
         for seed in range(args.seeds):
             for task in args.tasks:
@@ -403,11 +411,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{result['seconds']:.1f}s {result['chosen']}",
                         flush=True,
                     )
+            # written after each seed: a run cut short still leaves what it measured
+            written = results_io.write(
+                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus)
+            )
         if not args.no_logme and "fmnist-224" in args.tasks:
             candidates = tau_candidates(source_data, params, stand_in, lite0)
             taus.append(logme_tau(candidates, data, params, args.seeds))
-        # written after each label count: a run cut short still leaves what it measured
-        written = results_io.write(args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus))
+            written = results_io.write(
+                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus)
+            )
 
     return written
 

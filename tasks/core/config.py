@@ -172,13 +172,14 @@ class SearchParams(Section):
     finetune_rate: float = Field(0.1, gt=0)  # fine-tune trials: head rate = the best head's x this
     backbone_rate: float = Field(1.0, gt=0)  # unfrozen backbone layers: the head rate x this
     unfreeze_layers: tuple[int, ...] = Field((2, 4), min_length=1)  # for `top`
+    cached_top: bool = True  # `top` trials on cached activations below their top layers, unaugmented
     max_epochs: int = Field(9, ge=1)  # the most epochs one fine-tune trial trains
     factor: int = Field(3, ge=2)  # each rung keeps 1/factor of the trials, for factor x the epochs
     budget_epochs: int = Field(3, ge=0)  # epochs over the training split all fine-tune trials share
     time_budget_minutes: float = Field(30, ge=0)  # no trial or epoch starts after it (0: none)
     # the scratch baseline (strategy `scratch`) trains outside the bracket, on its own budget
     scratch_epochs: int = Field(200, ge=1)
-    scratch_patience: int = Field(10, ge=1)  # epochs without a better val_accuracy before it stops
+    scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops
     scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy

@@ -74,31 +74,10 @@ class _Heads(kt.HyperModel):
         """Epochs over the features from one repeated `tf.data` iterator, validated by one call
         on the whole val split (Keras' `validation_data` builds two iterators and an evaluate
         loop per epoch: most of a head trial's time on a few hundred features)."""
-        import tensorflow as tf
-
         chosen = self.backbones[hp.get("backbone")]
         x, batch = chosen.train_features, self.finetune.batch_size
-        labels = tf.constant(np.asarray(self.y[0], dtype=np.int64))
-
-        # Batches gathered by shuffled index from the features (a memmap of the cache: only a
-        # batch is read at a time, whatever the number of images).
-        @tf.autograph.experimental.do_not_convert
-        def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            taken = tf.numpy_function(
-                lambda i: np.asarray(x[np.sort(i)], dtype="float32"), [index], tf.float32, stateful=False
-            )
-            taken.set_shape((None, x.shape[1]))
-            return taken, tf.gather(labels, tf.sort(index))
-
-        data = (
-            tf.data.Dataset.range(len(x))
-            .shuffle(len(x), seed=self.finetune.seed, reshuffle_each_iteration=True)
-            .batch(batch)
-            .map(rows)
-            .prefetch(2)
-            .repeat()
-        )
-        val = _Validation(chosen.val_features, self.y[1])
+        data = row_batches(x, self.y[0], batch, self.finetune.seed)
+        val = Validation(chosen.val_features, self.y[1])
         callbacks = kwargs.pop("callbacks", [])
         kwargs["shuffle"] = False  # the pipeline reshuffles itself every epoch (Keras warns otherwise)
         return model.fit(
@@ -110,15 +89,42 @@ class _Heads(kt.HyperModel):
         )
 
 
-class _Validation(keras.callbacks.Callback):
-    """`val_loss` and `val_accuracy` in each epoch's logs, from one forward pass on arrays."""
+def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int) -> Any:
+    """An endless `tf.data` pipeline of (rows of `x`, labels) batches, reshuffled every epoch,
+    gathered by index from `x` (a memmap of the cache: only a batch is read at a time, whatever
+    the number of images)."""
+    import tensorflow as tf
 
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+    labels = tf.constant(np.asarray(y, dtype=np.int64))
+
+    @tf.autograph.experimental.do_not_convert
+    def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        taken = tf.numpy_function(
+            lambda i: np.asarray(x[np.sort(i)], dtype="float32"), [index], tf.float32, stateful=False
+        )
+        taken.set_shape((None, x.shape[1]))
+        return taken, tf.gather(labels, tf.sort(index))
+
+    return (
+        tf.data.Dataset.range(len(x))
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch)
+        .map(rows)
+        .prefetch(2)
+        .repeat()
+    )
+
+
+class Validation(keras.callbacks.Callback):
+    """`val_loss` and `val_accuracy` in each epoch's logs, from one forward pass on arrays
+    (`chunk` rows at a time, so a large val split is never loaded whole)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, chunk: int = 4096) -> None:
         super().__init__()
-        self.x, self.y = x, y
+        self.x, self.y, self.chunk = x, y, chunk
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        chunk = 4096  # rows at a time, so a large val split's features are never loaded whole
+        chunk = self.chunk
         probabilities = np.concatenate(
             [
                 np.asarray(self.model(np.asarray(self.x[i : i + chunk], "float32"), training=False))

@@ -5,6 +5,8 @@ to `factor` epochs, and so on up to `max_epochs`, while the epochs they spend to
 within `budget_epochs`. Each configuration is one model built once and trained on across
 rungs. The state after each rung (weights, epochs, curves) is written to the checkpoints
 folder; a killed search starts again after its last finished rung (Adam's moments restart).
+With `cached_top` (the default), a `top` trial trains on the activations below its top layers,
+computed once, without augmentation (tasks/search/cut.py): its epochs cost the top layers only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from tasks.core import progress
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.data.datasets import Split
 from tasks.models.trainer import Trainer, build_trainer
+from tasks.search.cut import Cut, activations, cut, trainer_on_cut
+from tasks.search.heads import Validation, row_batches
 from tasks.search.records import SearchBackbone, TrialRecord, noise, past, say
 
 
@@ -30,10 +34,12 @@ class _Config:
     """A fine-tune configuration being trained across rungs."""
 
     record: TrialRecord
-    trainer: Trainer
+    trainer: Trainer  # its classifier is the trial's
     best: list[np.ndarray] = field(default_factory=list)  # the classifier's weights at its best epoch
     since_best: int = 0  # epochs since its val_accuracy last improved
     stopped: bool = False  # early stopping (patience) ended it
+    cut: Cut | None = None  # a `top` trial on cached activations below its top layers (tasks/search/cut.py)
+    trainer_on_cut: Trainer | None = None
 
 
 class _Curve(keras.callbacks.Callback):
@@ -51,7 +57,7 @@ class _Curve(keras.callbacks.Callback):
         score = float(logs.get("val_accuracy", float("nan")))
         if not config.best or score > config.record.score:
             config.record.score, config.since_best = score, 0
-            config.best = self.model.classifier.get_weights()
+            config.best = config.trainer.classifier.get_weights()
         else:
             config.since_best += 1
             if config.since_best >= self.patience:
@@ -98,6 +104,8 @@ def fine_tune_rungs(
         trainer = build_trainer(values, models, num_classes, finetune, augment, {backbone.name: head[1]})
         name = f"{values['strategy']}-{values['unfreeze_layers']}" if "unfreeze_layers" in values else "full"
         configs.append(_Config(TrialRecord(name, values, float("nan")), trainer))
+        if values["strategy"] == "top" and params.cached_top:
+            configs[-1].cut = cut(trainer.backbone, values["unfreeze_layers"])
     if not configs:
         return []
     stream = train.batches(backbone.pixels, finetune.batch_size, shuffle_seed=finetune.seed)
@@ -121,16 +129,37 @@ def fine_tune_rungs(
             epochs = min(target, config.record.epochs + params.budget_epochs - spent)
             if epochs <= config.record.epochs or past(deadline):
                 continue
-            progress.say(f"search: {config.record.trial_id} of {backbone.name}, epochs to {epochs}")
-            config.trainer.fit(
-                stream,
-                validation_data=val_stream,
-                initial_epoch=config.record.epochs,
-                epochs=epochs,
-                callbacks=[_Curve(config, finetune.patience), *callbacks],
-                shuffle=False,  # the stream reshuffles itself every epoch
-                verbose=0,
+            progress.say(
+                f"search: {config.record.trial_id} of {backbone.name}, epochs to {epochs}"
+                + (" (on cached activations)" if config.cut else "")
             )
+            curve = _Curve(config, finetune.patience)
+            if config.cut is not None:
+                x, x_val = activations(
+                    config.cut, backbone.name, (train, val), backbone.pixels, folder / "cut"
+                )
+                config.trainer_on_cut = config.trainer_on_cut or trainer_on_cut(
+                    config.trainer, config.cut, config.record.hyperparameters, finetune
+                )
+                config.trainer_on_cut.fit(
+                    row_batches(x, train.y, finetune.batch_size, finetune.seed),
+                    steps_per_epoch=-(-len(x) // finetune.batch_size),
+                    initial_epoch=config.record.epochs,
+                    epochs=epochs,
+                    callbacks=[Validation(x_val, val.y, chunk=512), curve, *callbacks],
+                    shuffle=False,  # the pipeline reshuffles itself every epoch
+                    verbose=0,
+                )
+            else:
+                config.trainer.fit(
+                    stream,
+                    validation_data=val_stream,
+                    initial_epoch=config.record.epochs,
+                    epochs=epochs,
+                    callbacks=[curve, *callbacks],
+                    shuffle=False,  # the stream reshuffles itself every epoch
+                    verbose=0,
+                )
             spent = sum(c.record.epochs for c in configs)
             say(config.record)
         _save(folder, configs)

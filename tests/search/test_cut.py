@@ -1,0 +1,62 @@
+"""`top-n` trials on cached activations (tasks/search/cut.py): the backbone cut below its top n
+layers gives the same output as the whole; a trial trained on the cut trains the classifier that
+is kept, and leaves every layer below the cut as it was."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from test_strategy import PIXELS, images, pretrained_backbone
+
+from tasks.core.config import AugmentParams, FinetuneParams
+from tasks.models.backbones import build_backbone
+from tasks.models.trainer import build_trainer
+from tasks.search import cut, heads
+
+
+def test_the_backbone_cut_below_its_top_layers_is_the_backbone():
+    backbone = build_backbone(32, 4, seed=1)
+    x = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3)).astype("float32")
+    whole = backbone.predict(x, verbose=0)
+    for n in (1, 2, 4, 6):  # the stand-in has 6 convolutions
+        where = cut.cut(backbone, n)
+        assert where is not None and where.depth == n
+        below = where.bottom.predict(x, verbose=0)
+        np.testing.assert_allclose(where.top.predict(below, verbose=0), whole, rtol=1e-5, atol=1e-5)
+        unfrozen = [
+            layer.name for layer in where.top.layers[-1].layers if layer.weights and "bn" not in layer.name
+        ]
+        assert len(unfrozen) == n  # exactly the top n weighted layers are above the cut
+    assert cut.cut(backbone, 7) is None and cut.cut(backbone, 0) is None
+
+
+def test_a_residual_connection_across_the_cut_is_not_cut():
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same")(a)
+    added = keras.layers.Add()([a, keras.layers.Conv2D(4, 1)(b)])
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(added))
+    assert cut.cut(model, 1) is None  # above the 1x1 convolution, `a` is needed too
+    assert cut.cut(model, 2) is not None  # above `a`: everything comes from its output
+
+
+def test_a_trial_on_the_cut_trains_the_kept_classifier_and_nothing_below(tmp_path, on_disk):
+    backbone = pretrained_backbone()
+    values = {"strategy": "top", "learning_rate": 1e-2, "unfreeze_layers": 2}
+    full = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), AugmentParams())
+    where = cut.cut(full.backbone, 2)
+    train, val = on_disk(*images(48, seed=1)), on_disk(*images(24, seed=2))
+    x, x_val = cut.activations(where, "b", (train, val), PIXELS, tmp_path)
+    assert x.shape == (48, where.top.input_shape[-1]) and isinstance(x, np.memmap)  # on disk
+    below = [layer.get_weights() for layer in where.bottom.layers if layer.weights]
+    top_before = [w.copy() for w in full.backbone.get_layer("conv2_1").get_weights()]
+    small = cut.trainer_on_cut(full, where, values, FinetuneParams())
+    small.fit(heads.row_batches(x, train.y, 16, 0), steps_per_epoch=3, epochs=2, shuffle=False, verbose=0)
+    assert not np.allclose(top_before[0], full.backbone.get_layer("conv2_1").get_weights()[0])
+    after = [layer.get_weights() for layer in where.bottom.layers if layer.weights]
+    for old, new in zip(below, after, strict=True):
+        for a, b in zip(old, new, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # the kept classifier, on images, is the trained trial on the activations
+    on_images = full.classifier.predict(val.images(PIXELS).astype("float32"), verbose=0)
+    np.testing.assert_allclose(small.classifier.predict(np.asarray(x_val), verbose=0), on_images, atol=1e-5)
