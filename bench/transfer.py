@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="keep the earlier results' runs of other label counts (a long benchmark in parts)",
+        help="keep the earlier results' runs of other label counts, tasks, arms (a benchmark in parts)",
     )
     args = parser.parse_args(argv)
 
@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs, taus = kept["runs"], kept["logme"]
     for per_class in args.per_class:
         train = subsample(full.train, per_class) if per_class else full.train
-        runs = [r for r in runs if (r["n_train"], r["task"]) not in {(len(train), t) for t in args.tasks}]
+        again = {(len(train), task, arm) for task in args.tasks for arm in args.arms}
+        runs = [r for r in runs if (r["n_train"], r["task"], r["arm"]) not in again]
         if not args.no_logme:
             taus = [t for t in taus if t["n_train"] != len(train)]
         data = {"train": train, "val": full.val, "test": full.test, "names": full.class_names}
