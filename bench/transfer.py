@@ -19,7 +19,8 @@ Arms, each timed from the images on disk to a trained model (features included):
   a new head trained 20 epochs with Adam at its default rate, then every layer unfrozen and 10
   epochs at 1e-5; the model as it ends, no early stopping.
 - `scratch`: the stand-in's architecture, fresh weights, augmented, to convergence (up to
-  `scratch_epochs`, stopped `scratch_patience` after val_accuracy last improved) at 32 px:
+  `scratch_epochs`, stopped `scratch_patience` epochs after val_accuracy last improved, at
+  every size: the search's own scratch counts patience in steps too) at 32 px:
   the images' own resolution, so the best scratch there is for both tasks.
 - `linear_probe`: logistic regression (scikit-learn, L-BFGS) on the task's best backbone's frozen
   features (Lite0's on `fmnist-224`, the stand-in's on `fmnist-32`).
@@ -133,7 +134,8 @@ def run_arm(
     elif arm == "scratch":
         none = np.zeros((0, 1), dtype="float32")  # scratch needs no features
         architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
-        record, model = strategy.train_scratch(architecture, train, val, n, search, ft, params.augment)
+        patient = search.model_copy(update={"scratch_patience_steps": 10**9})  # 20 epochs at every size
+        record, model = strategy.train_scratch(architecture, train, val, n, patient, ft, params.augment)
         ran = record.epochs
     else:
         return probe(arm, candidates, data, start)

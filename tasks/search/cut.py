@@ -22,7 +22,7 @@ import numpy as np
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
-from tasks.models.features import features
+from tasks.models.features import FEATURES_DIR, features, key
 from tasks.models.trainer import Trainer
 
 
@@ -34,6 +34,8 @@ class Cut:
     bottom: keras.Model
     top: keras.Model
     depth: int  # the top n layers above the cut
+    layer: str  # the lowest of them: the cut is its input
+    backbone: keras.Model
 
 
 def cut(backbone: keras.Model, n: int) -> Cut | None:
@@ -57,25 +59,64 @@ def cut(backbone: keras.Model, n: int) -> Cut | None:
     flat = keras.Input((int(np.prod(shape)),), name="activations")
     top = keras.Model(flat, above(keras.layers.Reshape(shape)(flat), training=False), name="top")
     bottom = keras.Model(backbone.input, keras.layers.Flatten()(tensor), name="bottom")
-    return Cut(bottom, top, n)
+    return Cut(bottom, top, n, weighted[-n].name, backbone)
 
 
 def activations(
-    where: Cut, name: str, splits: tuple[Split, Split], pixels: Pixels, folder: Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """The train and val splits' activations at the cut, computed once (one frozen pass) and
-    memory-mapped from `folder`."""
-    return tuple(  # type: ignore[return-value]
-        features(
-            where.bottom,
-            f"{name}-cut-{where.depth}",
-            split,
-            pixels,
-            folder,
-            f"{what} below top-{where.depth}",
-        )
-        for split, what in zip(splits, ("train", "val"), strict=True)
+    cuts: list[Cut], name: str, splits: tuple[Split, Split], pixels: Pixels, folder: Path
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each cut's train and val activations (by depth), memory-mapped from `folder`: the
+    deepest cut's from the images (one frozen pass of the backbone), each other one's from the
+    one below it, where only the layers between the two run."""
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    below: Cut | None = None
+    for where in sorted(cuts, key=lambda c: -c.depth):
+        if where.depth in found:
+            continue
+        derived = []
+        for split, what, i in zip(splits, ("train", "val"), (0, 1), strict=True):
+            path = folder / FEATURES_DIR / f"{key(f'{name}-cut-{where.depth}', split, pixels)}.npy"
+            rows = None if below is None else _from_below(where, below, found[below.depth][i], path)
+            if rows is None:
+                rows = features(
+                    where.bottom,
+                    f"{name}-cut-{where.depth}",
+                    split,
+                    pixels,
+                    folder,
+                    f"{what} below top-{where.depth}",
+                )
+            derived.append(rows)
+        found[where.depth] = (derived[0], derived[1])
+        below = where
+    return found
+
+
+def _from_below(where: Cut, below: Cut, rows: np.ndarray, path: Path) -> np.ndarray | None:
+    """`where`'s activations from those at `below`, a cut further down a copy of the same
+    backbone (the layers between are frozen and pretrained in both), 256 rows at a time;
+    None when those layers need a tensor from below `below`'s cut."""
+    if path.is_file():
+        return None  # computed before (a resumed search): `features` finds it
+    start = where.backbone.get_layer(below.layer).input
+    shape = tuple(int(d) for d in start.shape[1:])
+    try:
+        between = keras.Model(start, keras.layers.Flatten()(where.backbone.get_layer(where.layer).input))
+    except ValueError:
+        return None
+    flat = keras.Input((int(np.prod(shape)),))
+    middle = keras.Model(flat, between(keras.layers.Reshape(shape)(flat), training=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}")
+    out = np.lib.format.open_memmap(
+        partial, mode="w+", dtype="float32", shape=(len(rows), middle.output_shape[-1])
     )
+    for i in range(0, len(rows), 256):
+        out[i : i + 256] = np.asarray(middle(np.asarray(rows[i : i + 256], "float32"), training=False))
+    out.flush()
+    del out
+    partial.replace(path)  # whole or not at all: a killed search computes it again
+    return np.load(path, mmap_mode="r")
 
 
 def trainer_on_cut(full: Trainer, where: Cut, values: dict[str, Any], finetune: FinetuneParams) -> Trainer:

@@ -124,6 +124,7 @@ def fine_tune_rungs(
             ]
     spent = sum(c.record.epochs for c in configs)
     alive, target = [c for c in configs if not c.stopped], 1
+    cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cut depth -> train, val activations
     while alive and spent < params.budget_epochs and not past(deadline):
         for config in alive:  # the leader first: what is left of the budget goes to it
             epochs = min(target, config.record.epochs + params.budget_epochs - spent)
@@ -135,9 +136,10 @@ def fine_tune_rungs(
             )
             curve = _Curve(config, finetune.patience)
             if config.cut is not None:
-                x, x_val = activations(
-                    config.cut, backbone.name, (train, val), backbone.pixels, folder / "cut"
-                )
+                if not cached:  # every cut's, once, when the first of them trains
+                    cuts = [c.cut for c in configs if c.cut is not None]
+                    cached = activations(cuts, backbone.name, (train, val), backbone.pixels, folder / "cut")
+                x, x_val = cached[config.cut.depth]
                 config.trainer_on_cut = config.trainer_on_cut or trainer_on_cut(
                     config.trainer, config.cut, config.record.hyperparameters, finetune
                 )

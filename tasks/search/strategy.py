@@ -103,6 +103,15 @@ class Deadline(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def scratch_patience(params: SearchParams, n_train: int, batch_size: int) -> int:
+    """Epochs without a better val accuracy before scratch stops: `scratch_patience`, or fewer
+    when that many epochs are more than `scratch_patience_steps` optimizer steps (never under 5).
+    Whether training has stalled is a matter of updates: 20 epochs of 2 steps (10 labels per
+    class) are 40 updates, 20 epochs of 22 steps (the demo) are 440."""
+    steps = max(1, -(-n_train // batch_size))
+    return min(params.scratch_patience, max(5, -(-params.scratch_patience_steps // steps)))
+
+
 def train_scratch(
     architecture: SearchBackbone,
     train: Split,
@@ -116,7 +125,7 @@ def train_scratch(
     deadline: float | None = None,
 ) -> tuple[TrialRecord, keras.Model]:
     """The scratch baseline: `architecture` with fresh weights, every layer trained on augmented,
-    streamed batches for up to `scratch_epochs`, stopped `scratch_patience` epochs after
+    streamed batches for up to `scratch_epochs`, stopped `scratch_patience(...)` epochs after
     val_accuracy last improved; the classifier of its best epoch. `backup` makes a killed run
     resume at its last epoch (Keras BackupAndRestore; the best-epoch memory restarts there)."""
     values = {"strategy": SCRATCH, "learning_rate": params.scratch_learning_rate}
@@ -124,7 +133,9 @@ def train_scratch(
     trainer = build_trainer(values, {architecture.name: architecture.model}, num_classes, finetune, augment)
     callbacks: list[keras.callbacks.Callback] = [  # Keras restores the best epoch at the end, stopped or not
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=params.scratch_patience, restore_best_weights=True
+            monitor="val_accuracy",
+            patience=scratch_patience(params, len(train), finetune.batch_size),
+            restore_best_weights=True,
         ),
         Deadline(deadline),
     ]

@@ -46,7 +46,7 @@ def test_a_trial_on_the_cut_trains_the_kept_classifier_and_nothing_below(tmp_pat
     full = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), AugmentParams())
     where = cut.cut(full.backbone, 2)
     train, val = on_disk(*images(48, seed=1)), on_disk(*images(24, seed=2))
-    x, x_val = cut.activations(where, "b", (train, val), PIXELS, tmp_path)
+    x, x_val = cut.activations([where], "b", (train, val), PIXELS, tmp_path)[2]
     assert x.shape == (48, where.top.input_shape[-1]) and isinstance(x, np.memmap)  # on disk
     below = [layer.get_weights() for layer in where.bottom.layers if layer.weights]
     top_before = [w.copy() for w in full.backbone.get_layer("conv2_1").get_weights()]
@@ -60,3 +60,32 @@ def test_a_trial_on_the_cut_trains_the_kept_classifier_and_nothing_below(tmp_pat
     # the kept classifier, on images, is the trained trial on the activations
     on_images = full.classifier.predict(val.images(PIXELS).astype("float32"), verbose=0)
     np.testing.assert_allclose(small.classifier.predict(np.asarray(x_val), verbose=0), on_images, atol=1e-5)
+
+
+def test_a_shallower_cut_is_computed_from_the_deeper_one(tmp_path, on_disk, monkeypatch):
+    """Two top-n trials (their own copies of the backbone): the deeper cut's activations come
+    from the images, the shallower one's from those, and equal what the images would give."""
+    backbone = pretrained_backbone()
+    copies = [
+        build_trainer(
+            {"strategy": "top", "learning_rate": 1e-3, "unfreeze_layers": n},
+            {"b": backbone},
+            3,
+            FinetuneParams(),
+            AugmentParams(),
+        )
+        for n in (2, 4)
+    ]
+    cuts = [cut.cut(copy.backbone, n) for copy, n in zip(copies, (2, 4), strict=True)]
+    train, val = on_disk(*images(20, seed=1)), on_disk(*images(10, seed=2))
+    passes = []  # which cuts' activations came from a pass over the images
+    real = cut.features
+    monkeypatch.setattr(
+        cut, "features", lambda model, name, *rest: passes.append(name) or real(model, name, *rest)
+    )
+    found = cut.activations(cuts, "b", (train, val), PIXELS, tmp_path)
+    assert sorted(found) == [2, 4] and passes == ["b-cut-4", "b-cut-4"]  # train and val, once each
+    for split, rows in zip((train, val), found[2], strict=True):
+        direct = cuts[0].bottom.predict(split.images(PIXELS).astype("float32"), verbose=0)
+        np.testing.assert_allclose(rows, direct, rtol=1e-4, atol=1e-4)
+    assert len(list((tmp_path / ".transferops" / "features").glob("*.npy"))) == 4  # both kept on disk

@@ -342,3 +342,10 @@ def test_the_simplest_trial_within_one_standard_error_is_chosen():
     wrong["logistic-b"] = [*range(5), *range(100, 107)]
     correct = {k: ~np.isin(np.arange(160), v) for k, v in wrong.items()}
     assert records.choose(tried, 160, correct).trial_id == "logistic-b"
+
+
+def test_scratch_patience_counts_updates_as_well_as_epochs():
+    params = SearchParams()  # 20 epochs, or 200 steps, never under 5 epochs
+    assert strategy.scratch_patience(params, 50, 32) == 20  # 2 steps an epoch: 40 updates
+    assert strategy.scratch_patience(params, 701, 32) == 10  # 22 steps an epoch: 220 updates
+    assert strategy.scratch_patience(params, 50_000, 32) == 5
