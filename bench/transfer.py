@@ -282,10 +282,11 @@ def verdicts(rows: dict[str, dict[str, Any]], task: str, n_train: int) -> list[s
 
 def markdown(report: dict[str, Any]) -> str:
     rows = report["summary"]
+    commands = "`, then `".join(report.get("commands", [report["command"]]))
     lines = [
         f"# Transfer benchmark ({report['date']})",
         "",
-        f"`{report['command']}` on {report['machine']}. Test split: {report['n_test']} images, "
+        f"`{commands}` on {report['machine']}. Test split: {report['n_test']} images, "
         f"{len(report['classes'])} classes; seeds {report['seeds']}; mean ± std over seeds. Every arm "
         "is timed from the files to a trained model (its frozen features included).",
         "",
@@ -327,9 +328,16 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def report(
-    argv: list[str] | None, seeds: int, params: Params, full: Any, runs: list[dict], taus: list[dict]
+    argv: list[str] | None,
+    seeds: int,
+    params: Params,
+    full: Any,
+    runs: list[dict],
+    taus: list[dict],
+    earlier: list[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """The JSON report (every run, and mean and std per task, label count and arm) and its table."""
+    """The JSON report (every run, and mean and std per task, label count and arm) and its
+    table; `earlier`: the commands of the runs it keeps (`--keep`)."""
     summary: dict[str, dict[str, Any]] = {}
     for task, n_train, arm in dict.fromkeys((r["task"], r["n_train"], r["arm"]) for r in runs):
         mine = [r for r in runs if (r["task"], r["n_train"], r["arm"]) == (task, n_train, arm)]
@@ -343,9 +351,11 @@ def report(
             }
             | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
         )
+    header = results_io.header("bench.transfer", argv, f"Keras {keras.__version__}")
     found = {
-        **results_io.header("bench.transfer", argv, f"Keras {keras.__version__}"),
+        **header,
         "seeds": seeds,
+        "commands": [*dict.fromkeys([*(earlier or []), header["command"]])],
         "search": params.search.model_dump(mode="json"),
         "classes": full.class_names,
         "n_test": len(full.test),
@@ -393,10 +403,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     runs: list[dict[str, Any]] = []
     taus: list[dict[str, Any]] = []
-    earlier = args.out / "transfer.json"
+    earlier, commands = args.out / "transfer.json", []
     if args.keep and earlier.is_file():
         kept = json.loads(earlier.read_text())
         runs, taus = kept["runs"], kept["logme"]
+        commands = kept.get("commands", [kept["command"]])
     for per_class in args.per_class:
         train = subsample(full.train, per_class) if per_class else full.train
         again = {(len(train), task, arm) for task in args.tasks for arm in args.arms}
@@ -416,13 +427,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     )
             # written after each seed: a run cut short still leaves what it measured
             written = results_io.write(
-                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus)
+                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus, commands)
             )
         if not args.no_logme and "fmnist-224" in args.tasks:
             candidates = tau_candidates(source_data, params, stand_in, lite0)
             taus.append(logme_tau(candidates, data, params, args.seeds))
             written = results_io.write(
-                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus)
+                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus, commands)
             )
 
     return written
