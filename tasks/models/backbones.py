@@ -90,6 +90,17 @@ def build_classifier(
     return keras.Model(inputs, dense(x), name="classifier")
 
 
+def weighted_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
+    """The layers a fine-tune can unfreeze, bottom to top: those with weights, BatchNorm
+    excluded (it stays frozen, in inference mode: Keras' fine-tuning guide). `top-n` trains the
+    last n of them."""
+    return [
+        layer
+        for layer in backbone.layers
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
 def single(classifier: keras.Model) -> keras.Model:
     """The classifier itself, or for an ensemble of whole members (tasks/search/ensemble.py) its
     best member, `member_0`. An ensemble of backbones and heads answers for its best member

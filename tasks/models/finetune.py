@@ -22,7 +22,7 @@ from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
 from tasks.models import features
-from tasks.models.backbones import build_classifier, build_head, glorot
+from tasks.models.backbones import build_classifier, build_head, glorot, weighted_layers
 from tasks.models.checkpoints import callback, finished, resumed_epoch
 from tasks.models.epochs import BatchBar, EpochLines
 
@@ -70,12 +70,7 @@ def _early_stopping(patience: int) -> keras.callbacks.Callback:
 def unfreeze_top(backbone: keras.Model, n_layers: int) -> list[str]:
     """Make the top `n_layers` layers that have weights trainable, BatchNorm excluded."""
     backbone.trainable = True
-    weighted = [layer for layer in backbone.layers if layer.weights]
-    chosen = (
-        [layer for layer in weighted if not isinstance(layer, keras.layers.BatchNormalization)][-n_layers:]
-        if n_layers > 0
-        else []
-    )
+    chosen = weighted_layers(backbone)[-n_layers:] if n_layers > 0 else []
     for layer in backbone.layers:
         layer.trainable = layer in chosen
     return [layer.name for layer in chosen]

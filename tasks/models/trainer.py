@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tasks.core.config import AugmentParams, FinetuneParams
-from tasks.models.backbones import glorot, reseed
+from tasks.models.backbones import glorot, reseed, weighted_layers
 
 
 def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
@@ -103,16 +103,12 @@ def build_trainer(
         reseed(backbone, seed)
     else:
         backbone.set_weights(source.get_weights())
-    weighted = [layer for layer in backbone.layers if layer.weights]
     if strategy == "scratch":  # every layer: a clone keeps each layer's own trainable=False
         for layer in backbone.layers:
             layer.trainable = True
     else:
-        chosen = {
-            "head": [],
-            "top": [w for w in weighted if not isinstance(w, keras.layers.BatchNormalization)][-unfreeze:],
-            "full": [w for w in weighted if not isinstance(w, keras.layers.BatchNormalization)],
-        }[strategy]
+        weighted = weighted_layers(backbone)
+        chosen = {"head": [], "top": weighted[-unfreeze:] if unfreeze > 0 else [], "full": weighted}[strategy]
         backbone.trainable = True
         for layer in backbone.layers:
             layer.trainable = layer in chosen

@@ -22,6 +22,7 @@ import numpy as np
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
+from tasks.models.backbones import weighted_layers
 from tasks.models.features import FEATURES_DIR, features, key
 from tasks.models.trainer import Trainer
 
@@ -41,11 +42,7 @@ class Cut:
 def cut(backbone: keras.Model, n: int) -> Cut | None:
     """`backbone` cut below its top `n` layers with weights (BatchNorm excluded, as `top`
     trials count them); None where it cannot be cut there."""
-    weighted = [
-        layer
-        for layer in backbone.layers
-        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    weighted = weighted_layers(backbone)
     if not 0 < n <= len(weighted):
         return None
     tensor = weighted[-n].input
