@@ -1,5 +1,5 @@
 """Ensembles (模型融合): the best search trials averaged, weighted by val accuracy, as one Keras
-model of built-in layers, kept only when it beats the best single trial on val."""
+model of built-in layers, kept only when it really leads the chosen trial on val (`records.leads`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 import keras
 import numpy as np
+
+from tasks.search.records import leads
 
 
 def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
@@ -94,22 +96,24 @@ def _layer_ids(model: keras.Model) -> set[int]:
     return found
 
 
-def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    return float((probabilities.argmax(axis=1) == labels).mean())
+def _correct(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return probabilities.argmax(axis=1) == labels
 
 
 def fuse(
     members: list[keras.Model], probabilities: list[np.ndarray], y_val: np.ndarray, weighted: bool
 ) -> tuple[keras.Model, float, dict[str, Any] | None]:
-    """The best member, or the ensemble of all when it is more accurate on validation (given
-    each member's val `probabilities`): (model, its val accuracy, what the ensemble was if kept)."""
-    single = [_accuracy(p, y_val) for p in probabilities]
+    """Member 0 (the chosen trial), or the ensemble of all when it really leads member 0 on
+    validation (`records.leads`, paired per image), given each member's val `probabilities`:
+    (model, its val accuracy, what the ensemble was if kept)."""
+    correct = [_correct(p, y_val) for p in probabilities]
+    single = [float(c.mean()) for c in correct]
     if len(members) < 2:
         return members[0], single[0], None
     raw = single if weighted and sum(single) > 0 else [1.0] * len(members)
     weights = [w / sum(raw) for w in raw]
-    fused = _accuracy(sum(w * p for w, p in zip(weights, probabilities, strict=True)), y_val)
-    if fused <= single[0]:
+    fused = _correct(sum(w * p for w, p in zip(weights, probabilities, strict=True)), y_val)
+    if not leads(fused, correct[0]):
         return members[0], single[0], None
-    info = {"weights": weights, "member_val_accuracy": single, "val_accuracy": fused}
-    return ensemble(members, weights), fused, info
+    info = {"weights": weights, "member_val_accuracy": single, "val_accuracy": float(fused.mean())}
+    return ensemble(members, weights), float(fused.mean()), info

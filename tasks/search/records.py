@@ -82,25 +82,34 @@ def simplicity(record: TrialRecord) -> tuple[int, int]:
     return SIMPLICITY.get(kind, len(SIMPLICITY)), int(hp.get("unfreeze_layers", 0))
 
 
+Z = 2.0  # standard errors a lead must exceed to count (bench/results/next/transfer-paired-z2.md)
+
+
+def leads(mine: np.ndarray, theirs: np.ndarray, z: float = Z) -> bool:
+    """Whether a model right on the val images `mine` (booleans, one per image) is really
+    better than one right on `theirs`, paired per image as McNemar's test pairs them: of the
+    images only one of the two gets right, the first's `b` and the second's `c`, b - c exceeds
+    z standard errors of the difference, z * sqrt(b + c). Two models that err on the same
+    images differ by little noise (5 images better and never worse is a real lead); two that
+    err on different ones by more."""
+    b, c = int(np.sum(mine & ~theirs)), int(np.sum(theirs & ~mine))
+    return b - c > z * math.sqrt(b + c)
+
+
 def choose(
     records: list[TrialRecord], n_val: int, correct: dict[str, np.ndarray] | None = None
 ) -> TrialRecord:
-    """The simplest trial within one standard error of the best one (the one-standard-error
-    rule): the best of many trials on a few hundred val images is partly the luckiest.
+    """The simplest trial the best one does not really lead (the standard-error rule, at `Z`
+    paired standard errors): the best of many trials on a few hundred val images is partly
+    the luckiest.
 
     With each trial's per-image val correctness (`correct`, by trial id) the comparison is
-    paired, as McNemar's test pairs it: of the images only one of the two gets right, the
-    leader's `b` and the other's `c`, the other is within the noise when b - c <= sqrt(b + c).
-    Two models that err on the same images differ by little noise (3 images better and never
-    worse is a real lead); two that err on different ones by more. Without it, the binomial
-    error of the best score on `n_val` images."""
+    paired (`leads`). Without it, the binomial error of the best score on `n_val` images."""
     leader = max(records, key=lambda r: r.score)
 
     def near(record: TrialRecord) -> bool:
         if correct is not None and record.trial_id in correct and leader.trial_id in correct:
-            mine, theirs = correct[leader.trial_id], correct[record.trial_id]
-            b, c = int(np.sum(mine & ~theirs)), int(np.sum(theirs & ~mine))
-            return b - c <= math.sqrt(b + c)
-        return leader.score - record.score <= noise(leader.score, n_val)
+            return not leads(correct[leader.trial_id], correct[record.trial_id])
+        return leader.score - record.score <= Z * noise(leader.score, n_val)
 
     return min((r for r in records if near(r)), key=lambda r: (simplicity(r), -r.score))

@@ -26,7 +26,7 @@ from tasks.data.datasets import Split
 from tasks.models.trainer import Trainer, build_trainer
 from tasks.search.cut import Cut, activations, cut, trainer_on_cut
 from tasks.search.heads import Validation, row_batches
-from tasks.search.records import SearchBackbone, TrialRecord, noise, past, say
+from tasks.search.records import SearchBackbone, TrialRecord, Z, noise, past, say
 
 
 @dataclass
@@ -170,7 +170,7 @@ def fine_tune_rungs(
             key=lambda c: -c.record.score,
         )
         best = max((c.record.score for c in configs if c.best), default=0.0)
-        if head[0].score - best > 2 * noise(head[0].score, len(val)):
+        if head[0].score - best > Z * noise(head[0].score, len(val)):
             progress.say("search: the head leads every fine-tune trial by more than the val noise")
             break
         alive = alive[: max(1, len(alive) // params.factor)]

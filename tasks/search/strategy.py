@@ -20,9 +20,11 @@ Unfrozen backbone layers learn at `backbone_rate` times the head's rate (two opt
 settings and per-epoch curve are returned for the flow to log (one nested MLflow run each).
 
 Ensembles (模型融合): the best `ensemble_size` trials of the winner's input size, their
-probabilities averaged (weighted by validation accuracy), are kept instead of the best trial
-when they score higher on the validation split. The ensemble is one Keras model
-(`ensemble.ensemble`: built-in layers only), so it is registered and served like any other.
+probabilities averaged (weighted by validation accuracy), are kept instead of the chosen trial
+only when they really lead it on the validation split (`records.leads`, the paired test of the
+choice rule): an ensemble of near-equal heads that is two images better on val is noise. The
+ensemble is one Keras model (`ensemble.ensemble`: built-in layers only), so it is registered
+and served like any other.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from tasks.models.finetune import FinetuneResult
 from tasks.models.trainer import build_trainer
 from tasks.search.ensemble import fuse
 from tasks.search.heads import LOGISTIC_BYTES, head_trials, logistic_head
-from tasks.search.records import SearchBackbone, TrialRecord, choose, past, say
+from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past, say
 from tasks.search.rungs import fine_tune_rungs
 
 STRATEGIES = ("head", "top", "full", "scratch", "pixels")
@@ -76,8 +78,9 @@ class SearchResult:
         scratch = next((t for t in self.trials if t.trial_id == SCRATCH), None)
         pixels = any(t.hyperparameters.get("strategy") == "pixels" for t in self.trials)
         words = (
-            f"{self.best.words()} was kept on val_accuracy {self.best.score:.4f} (the simplest within "
-            f"one paired standard error of the best) over {heads} head trials on cached features, "
+            f"{self.best.words()} was kept on val_accuracy {self.best.score:.4f} (the simplest the "
+            f"best does not lead by {Z:g} paired standard errors) over {heads} head trials on cached "
+            f"features, "
             f"{len(tuned)} fine-tune trials ({sum(t.epochs for t in tuned)} epochs)"
             + (", the raw-pixel baseline" if pixels else "")
             + (f" and the scratch baseline ({scratch.epochs} epochs)" if scratch else "")

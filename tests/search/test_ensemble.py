@@ -90,18 +90,25 @@ def member(rows: list[list[float]]) -> keras.Model:
     return keras.Model(inputs, Fixed(np.asarray(rows, dtype="float32"))(inputs))
 
 
-def test_the_ensemble_is_kept_only_when_it_beats_the_best_member_on_validation():
-    y = np.array([0, 1, 0])
-    x = np.zeros((3, 2), dtype="float32")
-    # each member gets 2 of 3 right, on different images; averaged they get all 3
-    a = member([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
-    b = member([[0.4, 0.6], [0.1, 0.9], [0.9, 0.1]])
+def test_the_ensemble_is_kept_only_when_it_really_leads_the_chosen_member_on_validation():
+    y = np.array([0, 1] * 10)
+    x = np.zeros((20, 2), dtype="float32")
+    right, unsure_wrong = [[0.9, 0.1], [0.1, 0.9]], [[0.4, 0.6], [0.6, 0.4]]  # two rows: labels 0, 1
+    # each member gets 14 of 20 right and 6 others wrong (unsure of them); averaged, all 20
+    a = member(right * 7 + unsure_wrong * 3)
+    b = member(unsure_wrong * 3 + right * 7)
     val = [np.asarray(m.predict(x, verbose=0)) for m in (a, b)]
     model, accuracy, info = ensemble.fuse([a, b], val, y, weighted=False)
-    assert accuracy == 1.0 and info["member_val_accuracy"] == [2 / 3, 2 / 3]
+    assert accuracy == 1.0 and info["member_val_accuracy"] == [0.7, 0.7]  # 6 better: 6 > 2 sqrt 6
     assert model.name == "ensemble" and info["weights"] == [0.5, 0.5]
-    # a member as good as the ensemble: the single best member is kept (simpler, as accurate)
-    perfect = member([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1]])
+    # right on all 20 as well, but 4 better than the chosen member is noise (4 <= 2 sqrt 4)
+    c = member(right * 8 + unsure_wrong * 2)
+    val = [np.asarray(m.predict(x, verbose=0)) for m in (c, b)]
+    assert ((val[0] + val[1]).argmax(axis=1) == y).all()
+    model, accuracy, info = ensemble.fuse([c, b], val, y, weighted=False)
+    assert model is c and accuracy == 0.8 and info is None
+    # a member as good as the ensemble: the chosen member is kept (simpler, as accurate)
+    perfect = member(right * 10)
     val = [np.asarray(m.predict(x, verbose=0)) for m in (perfect, a)]
     model, accuracy, info = ensemble.fuse([perfect, a], val, y, weighted=True)
     assert model is perfect and accuracy == 1.0 and info is None
