@@ -180,7 +180,8 @@ class SearchParams(Section):
     # the scratch baseline (strategy `scratch`) trains outside the bracket, on its own budget
     scratch_epochs: int = Field(200, ge=1)
     scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops, at most
-    scratch_patience_steps: int = Field(200, ge=1)  # or as many epochs as make this many steps (at least 5)
+    # or as many epochs as make this many steps (at least 5); None: `scratch_patience` epochs always
+    scratch_patience_steps: int | None = Field(200, ge=1)
     scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy

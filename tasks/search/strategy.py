@@ -49,7 +49,7 @@ from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
 from tasks.models.trainer import build_trainer
 from tasks.search.ensemble import fuse
-from tasks.search.heads import LOGISTIC_BYTES, head_trials, logistic_head
+from tasks.search.heads import LOGISTIC_BYTES, head_probabilities, head_trials, logistic_head
 from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past, say
 from tasks.search.rungs import fine_tune_rungs
 
@@ -112,6 +112,8 @@ def scratch_patience(params: SearchParams, n_train: int, batch_size: int) -> int
     Whether training has stalled is a matter of updates: 20 epochs of 2 steps (10 labels per
     class) are 40 updates, 20 epochs of 22 steps (the demo) are 440."""
     steps = max(1, -(-n_train // batch_size))
+    if params.scratch_patience_steps is None:
+        return params.scratch_patience
     return min(params.scratch_patience, max(5, -(-params.scratch_patience_steps // steps)))
 
 
@@ -194,17 +196,11 @@ def val_probabilities(
     record: TrialRecord, model: keras.Model, backbone: SearchBackbone, val: Split
 ) -> np.ndarray:
     """A trial's probabilities on the val split: a head on a frozen backbone (head trials, the
-    raw-pixel baseline) from the backbone's cached val features, 4,096 rows at a time (no
-    forward pass of the backbone); any other trial's model over the streamed images."""
+    raw-pixel baseline) from the backbone's cached val features (no forward pass of the
+    backbone); any other trial's model over the streamed images."""
     if record.hyperparameters.get("strategy") not in ("head", "pixels"):
         return np.asarray(model.predict(val.batches(backbone.pixels, 64, labels=False), verbose=0))
-    kernel, bias = model.get_layer("head").get_weights()
-    rows = []
-    for i in range(0, len(backbone.val_features), 4096):
-        logits = np.asarray(backbone.val_features[i : i + 4096], "float64") @ kernel + bias
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        rows.append(exp / exp.sum(axis=1, keepdims=True))
-    return np.concatenate(rows) if rows else np.zeros((0, kernel.shape[1]))
+    return head_probabilities(backbone.val_features, *model.get_layer("head").get_weights())
 
 
 def search(

@@ -356,3 +356,4 @@ def test_scratch_patience_counts_updates_as_well_as_epochs():
     assert strategy.scratch_patience(params, 50, 32) == 20  # 2 steps an epoch: 40 updates
     assert strategy.scratch_patience(params, 701, 32) == 10  # 22 steps an epoch: 220 updates
     assert strategy.scratch_patience(params, 50_000, 32) == 5
+    assert strategy.scratch_patience(SearchParams(scratch_patience_steps=None), 50_000, 32) == 20
