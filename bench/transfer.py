@@ -107,7 +107,7 @@ def run_arm(
     ft = params.finetune.model_copy(update={"seed": seed})
     search = params.search.model_copy(update={"time_budget_minutes": 0})
     start = time.perf_counter()
-    chosen, pixels = "", candidates[STAND_IN][1]
+    chosen, why, pixels = "", "", candidates[STAND_IN][1]
     if arm in ("default", "fixed"):
         backbones = [frozen(k, copy_of(m), p, train, val) for k, (m, p) in candidates.items()]
         backbones = ranked_by_logme(backbones, train.y)
@@ -116,7 +116,7 @@ def run_arm(
             model, ran = found.model, sum(t.epochs for t in found.trials)
             pixels = found.pixels
             ensemble = f" + ensemble of {len(found.ensemble['members'])}" if found.ensemble else ""
-            chosen = found.best.words() + ensemble
+            chosen, why = found.best.words() + ensemble, found.explanation()
         else:
             best = backbones[0]
             result = finetune(
@@ -137,7 +137,7 @@ def run_arm(
         architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
         patient = search.model_copy(update={"scratch_patience_steps": None})  # 20 epochs at every size
         record, model = strategy.train_scratch(architecture, train, val, n, patient, ft, params.augment)
-        ran = record.epochs
+        ran, why = record.epochs, f"val_accuracy {record.score:.4f}"
     else:
         return probe(arm, candidates, data, start)
     seconds = time.perf_counter() - start
@@ -146,6 +146,7 @@ def run_arm(
         "seconds": seconds,
         "epochs_run": ran,
         "chosen": chosen,
+        "why": why,  # the search's explanation (its val scores per strategy)
         **evaluate.metrics(test.y, probabilities),
     }
 
