@@ -225,11 +225,16 @@ def pipelines(folder: Path, side: int, work: Path) -> dict[str, Any]:
     return out
 
 
+def commands(report: dict[str, Any]) -> str:
+    """The command(s) behind a report: a benchmark in parts (`--keep`) lists each one."""
+    return ", then ".join(f"`{c}`" for c in report.get("commands", [report["command"]]))
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Scale benchmark ({report['date']})",
         "",
-        f"`{report['command']}` on {report['machine']}. Photos: 8 classes of 640x480 JPEG "
+        f"{commands(report)} on {report['machine']}. Photos: 8 classes of 640x480 JPEG "
         "(1% 3000x2000, 5% greyscale, 5% PNG). transferops: `transferops train` (1 fine-tune epoch, top 4 "
         "layers), its own process; pipelines: the same files and model in one fresh process each.",
         "",
@@ -274,8 +279,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "transferops-photos")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the earlier results' runs of other cases (a benchmark in parts)",
+    )
     args = parser.parse_args(argv)
-    runs = []
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="transferops-scale-") as tmp:
         work = Path(tmp)
         cases = (
@@ -292,7 +302,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run["pipelines"] = pipelines(folder, side, work)
             runs.append(run)
             print(json.dumps(run), flush=True)
-    report = {**results_io.header("bench.scale", argv), "runs": runs}
+    header, earlier, kept = results_io.header("bench.scale", argv), args.out / "scale.json", []
+    done = {(r["n"], r["px"]) for r in runs}
+    if args.keep and earlier.is_file():
+        old = json.loads(earlier.read_text())
+        kept = [r for r in old["runs"] if (r["n"], r["px"]) not in done]
+        header["commands"] = [*dict.fromkeys([*old.get("commands", [old["command"]]), header["command"]])]
+    runs = sorted(kept + runs, key=lambda r: (r["px"], r["n"]))
+    report = {**header, "runs": runs}
     return results_io.write(args.out, "scale", report, markdown(report))
 
 
