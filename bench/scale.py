@@ -131,8 +131,9 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict[
     }
 
 
-def transferops(folder: Path, n: int, side: int, work: Path) -> dict[str, Any]:
-    """`transferops train`, the unchanged rerun and `predict` in a fresh project folder."""
+def transferops(folder: Path, n: int, side: int, work: Path, predict: bool = True) -> dict[str, Any]:
+    """`transferops train`, the unchanged rerun and (with `predict`) `predict` in a fresh
+    project folder."""
     root = work / f"project-{n}-{side}"
     settings = {"data.raw": str(folder), "select.candidates": MODELS[side], **EPOCH_SETTINGS}
     args = [sys.executable, "-m", "flows.cli", "--root", str(root)]
@@ -143,7 +144,11 @@ def transferops(folder: Path, n: int, side: int, work: Path) -> dict[str, Any]:
     rerun = run_measured([*args, "train"], env)
     results = root / ".transferops" / "results"
     largest = max((p.stat().st_size for p in results.rglob("*") if p.is_file()), default=0)
-    predicted = run_measured([*args, "predict", str(folder), "--out", str(work / "labels.parquet")])
+    predicted = (
+        run_measured([*args, "predict", str(folder), "--out", str(work / "labels.parquet")])
+        if predict
+        else {"wall_s": None, "peak_rss_mb": None}
+    )
     epoch = [line for line in first["stderr"].splitlines() if line.startswith("finetune epoch 1/1")]
     images = report["images"]
     seconds = report["stage_seconds"]
@@ -160,7 +165,7 @@ def transferops(folder: Path, n: int, side: int, work: Path) -> dict[str, Any]:
         "largest_cached_result_mb": largest / 2**20,
         "predict_wall_s": predicted["wall_s"],
         "predict_peak_rss_mb": predicted["peak_rss_mb"],
-        "predict_img_s": n / predicted["wall_s"],
+        "predict_img_s": n / predicted["wall_s"] if predicted["wall_s"] else None,
         "test_accuracy": report["test"]["accuracy"],
     }
 
@@ -230,6 +235,10 @@ def commands(report: dict[str, Any]) -> str:
     return ", then ".join(f"`{c}`" for c in report.get("commands", [report["command"]]))
 
 
+def figure(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Scale benchmark ({report['date']})",
@@ -247,8 +256,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['n']} | {r['px']} | {t['train_peak_rss_mb']:.0f} | {t['train_peak_tree_rss_mb']:.0f} "
             f"| {t['validate_img_s']:.0f} | {t['train_wall_s']:.0f} | {t['rerun_wall_s']:.1f} "
-            f"| {t['largest_cached_result_mb']:.2f} | {t['predict_peak_rss_mb']:.0f} "
-            f"| {t['predict_img_s']:.1f} "
+            f"| {t['largest_cached_result_mb']:.2f} | {figure(t['predict_peak_rss_mb'], '.0f')} "
+            f"| {figure(t['predict_img_s'], '.1f')} "
             f"| {t['test_accuracy']:.3f} |"
         )
     lines += [
@@ -257,7 +266,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| frozen features img/s: ours / Keras predict (ratio) | pipeline peak RSS MB: ours / Keras |",
         "|---|---|---|---|---|",
     ]
-    for r in report["runs"]:
+    for r in (r for r in report["runs"] if "pipelines" in r):
         ours, keras = r["pipelines"]["ours"], r["pipelines"]["keras"]
         lines.append(
             f"| {r['n']} | {r['px']} "
@@ -284,6 +293,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="keep the earlier results' runs of other cases (a benchmark in parts)",
     )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="only `transferops train` and its rerun, no predict or pipelines (50,000 photos at 224 px: "
+        "about an hour on 2 cores instead of about three)",
+    )
     args = parser.parse_args(argv)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="transferops-scale-") as tmp:
@@ -298,8 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if side not in MODELS:
                 parser.error(f"--cases {n}:{side}: px must be one of {sorted(MODELS)}")
             print(f"scale: {n} photos at {side} px", flush=True)
-            run = {"n": n, "px": side, "transferops": transferops(folder, n, side, work)}
-            run["pipelines"] = pipelines(folder, side, work)
+            run = {"n": n, "px": side, "transferops": transferops(folder, n, side, work, not args.train_only)}
+            if not args.train_only:
+                run["pipelines"] = pipelines(folder, side, work)
             runs.append(run)
             print(json.dumps(run), flush=True)
     header, earlier, kept = results_io.header("bench.scale", argv), args.out / "scale.json", []
