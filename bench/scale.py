@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,16 +219,29 @@ PIPELINES = textwrap.dedent(
 )
 
 
-def pipelines(folder: Path, side: int, work: Path) -> dict[str, Any]:
-    """Our stream and plain Keras on the same files and model, each in a fresh process."""
+def pipelines(folder: Path, side: int, work: Path, repeats: int = 1) -> dict[str, Any]:
+    """Our stream and plain Keras on the same files and model, each in a fresh process,
+    `repeats` times, interleaved (ours first, then Keras first, ...): img/s is the median of
+    the repeats (one measurement each swung 0.6x-1.6x on this shared machine), peak RSS the
+    largest."""
     uri = "lite0:imagenet" if side == 224 else "keras:MobileNetV3Small"
-    out = {}
-    for which in ("ours", "keras"):
-        done = run_measured(
-            [sys.executable, "-c", PIPELINES, str(folder), str(side), which, uri, str(work / "backbones")]
-        )
-        out[which] = json.loads(done["stdout"].strip().splitlines()[-1])
-    return out
+    found: dict[str, list[dict[str, Any]]] = {"ours": [], "keras": []}
+    for repeat in range(repeats):
+        for which in ("ours", "keras") if repeat % 2 == 0 else ("keras", "ours"):
+            done = run_measured(
+                [sys.executable, "-c", PIPELINES, str(folder), str(side), which, uri, str(work / "backbones")]
+            )
+            found[which].append(json.loads(done["stdout"].strip().splitlines()[-1]))
+    return {
+        which: {
+            "images": runs[0]["images"],
+            "extract_img_s": statistics.median(r["extract_img_s"] for r in runs),
+            "epoch_img_s": statistics.median(r["epoch_img_s"] for r in runs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "repeats": [{k: r[k] for k in ("extract_img_s", "epoch_img_s")} for r in runs],
+        }
+        for which, runs in found.items()
+    }
 
 
 def commands(report: dict[str, Any]) -> str:
@@ -294,6 +308,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="keep the earlier results' runs of other cases (a benchmark in parts)",
     )
     parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each pipeline, interleaved; img/s is their median"
+    )
+    parser.add_argument(
         "--train-only",
         action="store_true",
         help="only `transferops train` and its rerun, no predict or pipelines (50,000 photos at 224 px: "
@@ -315,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"scale: {n} photos at {side} px", flush=True)
             run = {"n": n, "px": side, "transferops": transferops(folder, n, side, work, not args.train_only)}
             if not args.train_only:
-                run["pipelines"] = pipelines(folder, side, work)
+                run["pipelines"] = pipelines(folder, side, work, args.repeats)
             runs.append(run)
             print(json.dumps(run), flush=True)
     header, earlier, kept = results_io.header("bench.scale", argv), args.out / "scale.json", []
