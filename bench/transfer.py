@@ -146,7 +146,7 @@ def run_arm(
         "seconds": seconds,
         "epochs_run": ran,
         "chosen": chosen,
-        "why": why,  # the search's explanation (its val scores per strategy)
+        "why": why,  # default: the search's explanation (val scores per strategy); scratch: its val score
         **evaluate.metrics(test.y, probabilities),
     }
 

@@ -115,16 +115,16 @@ def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int) -> Any:
     )
 
 
-def head_probabilities(
+def head_log_probabilities(
     features: np.ndarray, kernel: np.ndarray, bias: np.ndarray, chunk: int = 4096
 ) -> np.ndarray:
-    """A softmax head's probabilities, softmax(x W + b), on cached `features` in float64,
-    `chunk` rows at a time (a memory-mapped split is never loaded whole)."""
+    """A softmax head's log-probabilities, log softmax(x W + b), on cached `features` in
+    float64, `chunk` rows at a time (a memory-mapped split is never loaded whole)."""
     rows = []
     for i in range(0, len(features), chunk):
         logits = np.asarray(features[i : i + chunk], "float64") @ kernel + bias
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        rows.append(exp / exp.sum(axis=1, keepdims=True))
+        logits -= logits.max(axis=1, keepdims=True)
+        rows.append(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))
     return np.concatenate(rows) if rows else np.zeros((0, kernel.shape[1]))
 
 
@@ -207,10 +207,9 @@ def logistic_head(
         bias[classes] = fitted.intercept_
     curve = {}  # one "epoch": the converged fit, measured like a trained head's epoch
     for prefix, features, labels in (("", x, y[0]), ("val_", backbone.val_features, y[1])):
-        p = head_probabilities(features, kernel, bias)
-        picked = np.maximum(p[np.arange(len(labels)), labels], 1e-300)
-        curve[f"{prefix}loss"] = [float(-np.log(picked).mean())]
-        curve[f"{prefix}accuracy"] = [float((p.argmax(axis=1) == labels).mean())]
+        log_p = head_log_probabilities(features, kernel, bias)
+        curve[f"{prefix}loss"] = [float(-log_p[np.arange(len(labels)), labels].mean())]
+        curve[f"{prefix}accuracy"] = [float((log_p.argmax(axis=1) == labels).mean())]
     score = curve["val_accuracy"][0]
     values = {"backbone": backbone.name, "strategy": strategy, "solver": "logistic"}
     record = TrialRecord(f"logistic-{backbone.name}", values, score, curve, 1)

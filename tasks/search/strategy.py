@@ -49,7 +49,7 @@ from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
 from tasks.models.trainer import build_trainer
 from tasks.search.ensemble import fuse
-from tasks.search.heads import LOGISTIC_BYTES, head_probabilities, head_trials, logistic_head
+from tasks.search.heads import LOGISTIC_BYTES, head_log_probabilities, head_trials, logistic_head
 from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past, say
 from tasks.search.rungs import fine_tune_rungs
 
@@ -111,9 +111,9 @@ def scratch_patience(params: SearchParams, n_train: int, batch_size: int) -> int
     when that many epochs are more than `scratch_patience_steps` optimizer steps (never under 5).
     Whether training has stalled is a matter of updates: 20 epochs of 2 steps (10 labels per
     class) are 40 updates, 20 epochs of 22 steps (the demo) are 440."""
-    steps = max(1, -(-n_train // batch_size))
     if params.scratch_patience_steps is None:
         return params.scratch_patience
+    steps = max(1, -(-n_train // batch_size))
     return min(params.scratch_patience, max(5, -(-params.scratch_patience_steps // steps)))
 
 
@@ -200,7 +200,7 @@ def val_probabilities(
     backbone); any other trial's model over the streamed images."""
     if record.hyperparameters.get("strategy") not in ("head", "pixels"):
         return np.asarray(model.predict(val.batches(backbone.pixels, 64, labels=False), verbose=0))
-    return head_probabilities(backbone.val_features, *model.get_layer("head").get_weights())
+    return np.exp(head_log_probabilities(backbone.val_features, *model.get_layer("head").get_weights()))
 
 
 def search(
