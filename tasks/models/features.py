@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -52,3 +53,32 @@ def features(
             return found
     stream = split.batches(pixels, BATCH_SIZE, labels=False)
     return extract_features(backbone, stream.as_numpy_iterator(), len(split), description, out=path)
+
+
+def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> Any:
+    """A `tf.data` pipeline of (rows of `x`, labels) batches gathered by index from `x` (a
+    memmap of the cache: only a batch is read at a time, whatever the number of images).
+    With a `seed`: endless, reshuffled every epoch (fit with `steps_per_epoch`); without: one
+    pass in order (validation)."""
+    import tensorflow as tf
+
+    labels = tf.constant(np.asarray(y, dtype=np.int64))
+
+    @tf.autograph.experimental.do_not_convert
+    def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        taken = tf.numpy_function(
+            lambda i: np.asarray(x[np.sort(i)], dtype="float32"), [index], tf.float32, stateful=False
+        )
+        taken.set_shape((None, x.shape[1]))
+        return taken, tf.gather(labels, tf.sort(index))
+
+    indices = tf.data.Dataset.range(len(x))
+    if seed is None:
+        return indices.batch(batch).map(rows).prefetch(2)
+    return (
+        indices.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch)
+        .map(rows)
+        .prefetch(2)
+        .repeat()
+    )

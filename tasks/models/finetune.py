@@ -98,12 +98,12 @@ def train_head(
         metrics=["accuracy"],
     )
     if params.head_epochs > 0:
-        fitted = head_model.fit(
-            np.asarray(train[0]),
-            train[1],
-            validation_data=(np.asarray(val[0]), val[1]),
+        fitted = head_model.fit(  # streamed from the (memory-mapped) features: flat in N
+            features.row_batches(train[0], train[1], params.batch_size, params.seed),
+            validation_data=features.row_batches(val[0], val[1], params.batch_size, None),
+            steps_per_epoch=_steps(len(train[0]), params.batch_size),
             epochs=params.head_epochs,
-            batch_size=params.batch_size,
+            shuffle=False,  # the stream reshuffles itself every epoch
             callbacks=[
                 _early_stopping(params.patience),
                 EpochLines("head", params.head_epochs),

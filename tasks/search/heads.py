@@ -19,6 +19,7 @@ import numpy as np
 
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.models.backbones import build_head
+from tasks.models.features import row_batches
 from tasks.search.records import SearchBackbone, TrialRecord, say
 
 
@@ -87,32 +88,6 @@ class _Heads(kt.HyperModel):
             callbacks=[val, *callbacks],
             **kwargs,
         )
-
-
-def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int) -> Any:
-    """An endless `tf.data` pipeline of (rows of `x`, labels) batches, reshuffled every epoch,
-    gathered by index from `x` (a memmap of the cache: only a batch is read at a time, whatever
-    the number of images)."""
-    import tensorflow as tf
-
-    labels = tf.constant(np.asarray(y, dtype=np.int64))
-
-    @tf.autograph.experimental.do_not_convert
-    def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        taken = tf.numpy_function(
-            lambda i: np.asarray(x[np.sort(i)], dtype="float32"), [index], tf.float32, stateful=False
-        )
-        taken.set_shape((None, x.shape[1]))
-        return taken, tf.gather(labels, tf.sort(index))
-
-    return (
-        tf.data.Dataset.range(len(x))
-        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch)
-        .map(rows)
-        .prefetch(2)
-        .repeat()
-    )
 
 
 def head_log_probabilities(

@@ -23,9 +23,10 @@ import numpy as np
 from tasks.core import progress
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.data.datasets import Split
+from tasks.models.features import row_batches
 from tasks.models.trainer import Trainer, build_trainer
 from tasks.search.cut import Cut, activations, cut, trainer_on_cut
-from tasks.search.heads import Validation, row_batches
+from tasks.search.heads import Validation
 from tasks.search.records import SearchBackbone, TrialRecord, Z, noise, past, say
 
 

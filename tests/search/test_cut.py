@@ -10,8 +10,9 @@ from test_strategy import PIXELS, images, pretrained_backbone
 
 from tasks.core.config import AugmentParams, FinetuneParams
 from tasks.models.backbones import build_backbone
+from tasks.models.features import row_batches
 from tasks.models.trainer import build_trainer
-from tasks.search import cut, heads
+from tasks.search import cut
 
 
 def test_the_backbone_cut_below_its_top_layers_is_the_backbone():
@@ -51,7 +52,7 @@ def test_a_trial_on_the_cut_trains_the_kept_classifier_and_nothing_below(tmp_pat
     below = [layer.get_weights() for layer in where.bottom.layers if layer.weights]
     top_before = [w.copy() for w in full.backbone.get_layer("conv2_1").get_weights()]
     small = cut.trainer_on_cut(full, where, values, FinetuneParams())
-    small.fit(heads.row_batches(x, train.y, 16, 0), steps_per_epoch=3, epochs=2, shuffle=False, verbose=0)
+    small.fit(row_batches(x, train.y, 16, 0), steps_per_epoch=3, epochs=2, shuffle=False, verbose=0)
     assert not np.allclose(top_before[0], full.backbone.get_layer("conv2_1").get_weights()[0])
     after = [layer.get_weights() for layer in where.bottom.layers if layer.weights]
     for old, new in zip(below, after, strict=True):
