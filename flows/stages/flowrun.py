@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed, Failed, State
 
 from flows.stages import caching  # noqa: F401 - whole-file result writes (see there)
-from tasks.core import progress
+from tasks.core import progress, runner
 from tasks.core.config import (
     Params,
     Paths,
@@ -86,7 +86,11 @@ def tracked_flow(
         **lineage.environment(),
         **(extra_tags or {}),
     }
-    with tracking.flow_run(name, tags, params.as_dict()) as parent:
+    setup = tracking.WorkerSetup.current(params.reproducibility.deterministic)
+    with (
+        runner.using(runner.from_params(params.runner, paths.root, setup)),
+        tracking.flow_run(name, tags, params.as_dict()) as parent,
+    ):
         yield FlowRun(paths, parent.info.run_id, tags, force=force, flow=name)
 
 

@@ -242,6 +242,16 @@ class ReproducibilityParams(Section):
     deterministic: bool = True
 
 
+class RunnerParams(Section):
+    # Where fan-out work (each candidate's features and LogME) runs (tasks/core/runner.py):
+    # `local` in the flow's process; `dask` on a Dask cluster: the scheduler at `address`
+    # (tcp://host:8786), or without one a local cluster of `workers` processes for the run.
+    kind: Literal["local", "dask"] = "local"
+    address: str | None = None
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+
+
 # Two section names are also attributes of pydantic's BaseModel (the deprecated classmethod
 # `validate`) and of its ABCMeta (`register`); on an instance the field wins, so the warning
 # pydantic gives for them is noise.
@@ -262,6 +272,7 @@ with warnings.catch_warnings():
         retrain: RetrainParams = RetrainParams()
         retention: RetentionParams = RetentionParams()
         reproducibility: ReproducibilityParams = ReproducibilityParams()
+        runner: RunnerParams = RunnerParams()
 
         def as_dict(self) -> dict[str, Any]:
             """Plain JSON-able values, keyed as in params.yaml."""

@@ -56,6 +56,29 @@ def _patch_sqlite_busy_timeout() -> None:
         event.listen(Engine, "before_cursor_execute", _wait_longer_for_sqlite, retval=True)
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a runner's worker process (tasks.core.runner) needs before it computes for a flow:
+    the flow's MLflow store (registry candidates load from it) and its determinism. Picklable,
+    and nothing in it talks to Prefect: a worker never needs its API."""
+
+    tracking_uri: str
+    registry_uri: str
+    deterministic: bool
+
+    @classmethod
+    def current(cls, deterministic: bool) -> WorkerSetup:
+        return cls(mlflow.get_tracking_uri(), mlflow.get_registry_uri(), deterministic)
+
+    def __call__(self) -> None:
+        from tasks.models import determinism
+
+        _patch_sqlite_busy_timeout()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)
+        determinism.configure(self.deterministic)
+
+
 def configure(mlflow_dir: Path, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at $MLFLOW_TRACKING_URI, else the local store in `mlflow_dir`
     (SQLite database + artifact folder). Returns the experiment id."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tasks.core import runner
 from tasks.core.config import Candidate
 from tasks.data import lineage
 from tasks.data.datasets import Split
@@ -110,6 +112,39 @@ def backbone_id(candidate: Candidate, seed: int) -> str:
     return lineage.digest([candidate.uri, candidate_lineage(candidate), candidate.image_size, seed])
 
 
+@dataclass
+class Scored:
+    """One candidate's LogME score (what a runner's worker sends back: no arrays)."""
+
+    candidate: Candidate
+    score: float
+    dimension: int  # features per image
+    pixels: Pixels
+    backbone_id: str
+    lineage: dict[str, str]
+    model: keras.Model | None = None  # kept when scored in this process
+
+
+def score_candidate(
+    candidate: Candidate,
+    sample: Split,
+    seed: int,
+    resize: str,
+    max_pixels: int,
+    root: Path | None,
+    keep_model: bool = False,
+) -> Scored:
+    """LogME of one candidate on its frozen features of `sample` (kept under `root`)."""
+    cache = root / ".transferops" / "backbones" if root is not None else None
+    model = backbones.load_candidate(candidate, seed, cache)
+    pixels = Pixels(backbones.input_size(model, candidate.uri), resize, max_pixels)
+    found = backbone_id(candidate, seed)
+    features = frozen.features(model, found, sample, pixels, root, f"features {candidate_name(candidate)}")
+    score = logme(np.asarray(features), sample.y)
+    kept = model if keep_model else None
+    return Scored(candidate, score, features.shape[1], pixels, found, candidate_lineage(candidate), kept)
+
+
 def score_candidates(
     candidates: tuple[Candidate, ...],
     train: Split,
@@ -123,30 +158,41 @@ def score_candidates(
     """LogME of every candidate on frozen features of (a sample of) the training split, each
     backbone at its own input size; the best one is chosen, the next `top_k - 1` kept as
     runners-up. The features are kept under `root` (tasks.models.features): when the sample is
-    the whole split, the head phase of fine-tuning reads them instead of computing them again."""
+    the whole split, the head phase of fine-tuning reads them instead of computing them again.
+    Candidates are scored on the flow's runner (tasks.core.runner): in this process, or one per
+    Dask worker at a time."""
     sample = train.subset(sample_indices(len(train), max_samples, seed))
-    scores: dict[str, float] = {}
-    loaded: dict[str, Selection] = {}
-    for candidate in candidates:
-        name = candidate_name(candidate)
-        cache = root / ".transferops" / "backbones" if root is not None else None
-        model = backbones.load_candidate(candidate, seed, cache)
-        pixels = Pixels(backbones.input_size(model, candidate.uri), resize, max_pixels)
-        found = backbone_id(candidate, seed)
-        features = frozen.features(model, found, sample, pixels, root, f"features {name}")
-        scores[name] = logme(np.asarray(features), sample.y)
-        loaded[name] = Selection(candidate.uri, model, candidate_lineage(candidate), pixels, found)
-        log.info(
-            "LogME %s = %.4f (%d features at %d px)",
-            candidate.uri,
-            scores[name],
-            features.shape[1],
-            pixels.size,
-        )
-    ranked = sorted(scores, key=scores.__getitem__, reverse=True)  # stable: ties keep params' order
-    return replace(
-        loaded[ranked[0]], scores=scores, samples=len(sample), runners_up=[loaded[n] for n in ranked[1:top_k]]
+    on = runner.current()
+    scored = on.map(
+        partial(
+            score_candidate,
+            sample=sample,
+            seed=seed,
+            resize=resize,
+            max_pixels=max_pixels,
+            root=root,
+            keep_model=on.in_process,
+        ),
+        candidates,
     )
+    for s in scored:
+        log.info(
+            "LogME %s = %.4f (%d features at %d px)", s.candidate.uri, s.score, s.dimension, s.pixels.size
+        )
+    scores = {candidate_name(s.candidate): s.score for s in scored}
+    ranked = sorted(scored, key=lambda s: s.score, reverse=True)  # stable: ties keep params' order
+    cache = root / ".transferops" / "backbones" if root is not None else None
+    kept = [
+        Selection(
+            s.candidate.uri,
+            s.model if s.model is not None else backbones.load_candidate(s.candidate, seed, cache),
+            s.lineage,
+            s.pixels,
+            s.backbone_id,
+        )
+        for s in ranked[:top_k]
+    ]
+    return replace(kept[0], scores=scores, samples=len(sample), runners_up=kept[1:])
 
 
 def candidate_lineage(candidate: Candidate) -> dict[str, str]:

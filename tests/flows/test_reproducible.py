@@ -76,6 +76,29 @@ def test_pretrain_and_train_repeat_bit_for_bit(twins):
         assert sa["test"] == sb["test"] and sa["logme"] == sb["logme"], report
 
 
+def test_a_train_on_two_dask_workers_gets_the_model_in_process_gets(twins, tmp_path_factory):
+    """runner.kind: dask, a local cluster of 2 worker processes (1 thread each): the candidates
+    are scored on the workers (features written to the project's cache, the stand-in loaded
+    from the project's registry there) and the flow goes on in its process."""
+    root = tmp_path_factory.mktemp("dask")
+    make_image_folder(root / "data" / "source", ["ant", "bee", "cat"], per_class=40, seed=1)
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=30, seed=2)
+    args = ["--root", str(root), *FAST]
+    assert main([*args, "pretrain"]) == 0
+    assert main([*args, *sets({"runner.kind": "dask", "runner.workers": 2}), "train"]) == 0
+    local, dask = (json.loads((r / "reports" / "train.json").read_text()) for r in (twins[1], root))
+    assert dask["backbone"] == local["backbone"]
+    assert dask["logme"].keys() == local["logme"].keys()
+    # one thread per worker against two here: the features agree to float32 rounding, not bits
+    assert all(abs(dask["logme"][k] - v) < 1e-5 for k, v in local["logme"].items())
+    assert dask["test"] == local["test"]
+    uri = f"models:/{MODEL}@champion"
+    assert all(
+        np.allclose(x, y, atol=1e-4) for x, y in zip(weights(twins[1], uri), weights(root, uri), strict=True)
+    )
+    assert not list((root / ".transferops" / "runner").iterdir())  # the shared-folder check cleaned up
+
+
 def test_a_version_records_what_rebuilds_it(twins):
     root = twins[0]
     tags = use_store(root).get_model_version(MODEL, "1").tags

@@ -1,0 +1,168 @@
+"""Where fan-out work runs: in the flow's process (`runner.kind: local`, the default) or on a
+Dask cluster (`dask`): an existing scheduler by `runner.address`, or a `LocalCluster` of
+`runner.workers` processes started on first use and closed with the flow.
+
+What fans out is work whose result is small: each candidate backbone's frozen features (written
+to the feature cache under the project root) and its LogME score. Results travel back as values
+and file references, never as arrays, so every worker must see the project root at the same
+path; that is checked before the first task, and a worker that cannot see it stops the run with
+one line that says so. A worker that dies mid-task loses nothing: Dask runs its task again on
+another worker (up to 3 times).
+
+The flow's stages themselves stay in its process: they hand Keras models to each other, which
+would otherwise be pickled through the cluster at every stage boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tasks.core.config import RunnerParams
+from tasks.core.errors import UserError
+
+T = TypeVar("T")
+R = TypeVar("R")
+CONNECT_TIMEOUT = "20s"  # a scheduler that does not answer in this long is not there
+
+
+class RunnerError(UserError):
+    """The cluster cannot be reached or cannot see the shared folder."""
+
+
+class Runner:
+    """In the flow's process: `map` is a plain loop."""
+
+    in_process = True
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        return [fn(item) for item in items]
+
+    def close(self) -> None:
+        pass
+
+
+def _on_worker(setup: Callable[[], None] | None, fn: Callable[[T], R], item: T) -> R:
+    if setup is not None:
+        setup()
+    return fn(item)
+
+
+def _sees(token: str) -> bool:
+    return Path(token).is_file()
+
+
+class DaskRunner(Runner):
+    """On a Dask cluster; connects (or starts a local one) on the first `map`. `setup` runs on
+    the worker before each task (a process that joined late gets it too): the flow's MLflow
+    store and determinism."""
+
+    in_process = False
+
+    def __init__(
+        self,
+        address: str | None,
+        workers: int,
+        threads_per_worker: int,
+        shared: Path,
+        setup: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.workers = workers
+        self.threads = threads_per_worker
+        self.shared = shared
+        self.setup = setup
+        self._client: Any = None
+        self._cluster: Any = None
+
+    def client(self) -> Any:
+        """The connected `distributed.Client` (checked to see the shared folder)."""
+        if self._client is None:
+            from distributed import Client, LocalCluster
+
+            logging.getLogger("distributed").setLevel(logging.WARNING)  # not its every step
+            if self.address:
+                try:
+                    self._client = Client(self.address, timeout=CONNECT_TIMEOUT)
+                except OSError as e:
+                    raise RunnerError(
+                        f"runner: no Dask scheduler answers at {self.address} ({e}); start one "
+                        "(`dask scheduler`, then `dask worker ADDRESS`) or set runner.kind: local"
+                    ) from None
+            else:
+                threads = str(self.threads)
+                self._cluster = LocalCluster(
+                    n_workers=self.workers,
+                    threads_per_worker=self.threads,
+                    processes=True,
+                    dashboard_address=":0",  # any free port: two runs at once never clash
+                    # each worker's TensorFlow and BLAS keep to the worker's threads
+                    env={"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
+                    | {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+                )
+                self._client = Client(self._cluster)
+            self._check_shared()
+        return self._client
+
+    def _check_shared(self) -> None:
+        """Every worker sees `shared`: a token file written here is found there."""
+        folder = self.shared / ".transferops" / "runner"
+        folder.mkdir(parents=True, exist_ok=True)
+        token = folder / uuid.uuid4().hex
+        token.touch()
+        try:
+            seen = self._client.run(_sees, str(token))
+        finally:
+            token.unlink()
+        blind = sorted(worker for worker, ok in seen.items() if not ok)
+        if not seen:
+            raise RunnerError(f"runner: the Dask scheduler at {self.address} has no workers; start some")
+        if blind:
+            raise RunnerError(
+                f"runner: Dask worker {blind[0]} cannot see {self.shared} (the project folder): "
+                "every worker needs it at the same path (a shared mount), or set runner.kind: local"
+            )
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        client = self.client()
+        futures = [client.submit(_on_worker, self.setup, fn, item, pure=False) for item in items]
+        return client.gather(futures)
+
+    def close(self) -> None:
+        with suppress(Exception):  # closing a cluster that lost its workers may raise
+            if self._client is not None:
+                self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+        self._client = self._cluster = None
+
+
+_active: Runner = Runner()
+
+
+def current() -> Runner:
+    """The runner of the flow in progress (in-process outside a flow)."""
+    return _active
+
+
+@contextmanager
+def using(runner: Runner) -> Iterator[Runner]:
+    """Make `runner` current for the duration; closed at the end."""
+    global _active
+    before, _active = _active, runner
+    try:
+        yield runner
+    finally:
+        _active = before
+        runner.close()
+
+
+def from_params(params: RunnerParams, shared: Path, setup: Callable[[], None]) -> Runner:
+    """The runner that `runner:` in params names; `shared`: the project folder every worker must see."""
+    if params.kind == "local":
+        return Runner()
+    return DaskRunner(params.address, params.workers, params.threads_per_worker, shared, setup)
