@@ -71,7 +71,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"`{report['command']}` on {report['machine']}. Candidate scoring: frozen features of "
         f"{report['train_images']} training photos at 224 px and LogME, for {len(CANDIDATES)} backbones "
-        f"({', '.join(c['uri'].split(':')[1] for c in CANDIDATES)}); median of {report['repeats']} "
+        f"({', '.join(c['uri'] for c in CANDIDATES)}); median of {report['repeats']} "
         "interleaved runs, each from an empty feature cache.",
         "",
         "| runner | wall (s) | speedup over 1 Dask worker | cluster start + TensorFlow import (s) |",

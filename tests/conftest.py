@@ -122,9 +122,10 @@ def sets(values: dict[str, object]) -> list[str]:
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
-def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
-    """A real `mlflow server` on 127.0.0.1:`port` (SQLite store and proxied artifacts under
-    `store`), in its own process group (a test can kill it with everything it started). Without
+def start_mlflow_server(store: Path, port: int, backend: str | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` (`backend`, by default an SQLite store under
+    `store`; proxied artifacts under `store`), in its own process group (a test can kill it
+    with everything it started). Without
     MLflow's job execution (GenAI jobs transferops never runs): it starts a dozen huey worker
     processes that would take a 2-core machine's CPU from the tests."""
     process = subprocess.Popen(
@@ -138,7 +139,7 @@ def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{store / 'server.db'}",
+            backend or f"sqlite:///{store / 'server.db'}",
             "--artifacts-destination",
             str(store / "artifacts"),
             "--workers",

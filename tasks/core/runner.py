@@ -16,6 +16,7 @@ would otherwise be pickled through the cluster at every stage boundary.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -46,7 +47,28 @@ class Runner:
         pass
 
 
+_threads: int | None = None  # a Dask worker's thread count, once it ran a task
+
+
+def threads() -> int:
+    """The cores this process may use: every one, or a Dask worker's `--nthreads` (two workers
+    of one thread each on 2 cores must not each decode and compute on both)."""
+    return _threads or os.cpu_count() or 1
+
+
 def _on_worker(setup: Callable[[], None] | None, fn: Callable[[T], R], item: T) -> R:
+    global _threads
+    if _threads is None:
+        from distributed import get_worker
+
+        _threads = get_worker().state.nthreads
+        import tensorflow as tf
+
+        try:  # before TensorFlow's first op in this process; after it, already set
+            tf.config.threading.set_intra_op_parallelism_threads(_threads)
+            tf.config.threading.set_inter_op_parallelism_threads(_threads)
+        except RuntimeError:
+            pass
     if setup is not None:
         setup()
     return fn(item)
@@ -100,9 +122,8 @@ class DaskRunner(Runner):
                     threads_per_worker=self.threads,
                     processes=True,
                     dashboard_address=":0",  # any free port: two runs at once never clash
-                    # each worker's TensorFlow and BLAS keep to the worker's threads
-                    env={"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
-                    | {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+                    # each worker's BLAS keeps to the worker's threads (TensorFlow: `_on_worker`)
+                    env={"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
                 )
                 self._client = Client(self._cluster)
             self._check_shared()

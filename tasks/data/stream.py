@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tasks.core import runner
 from tasks.data import ingest
 from tasks.data.images import RESIZE_POLICIES, decode
 
@@ -115,5 +116,5 @@ def batches(
         if shuffle_seed is not None:  # the same order as shuffling the indices with this seed
             stream = stream.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
-    options.threading.private_threadpool_size = os.cpu_count() or 1
+    options.threading.private_threadpool_size = runner.threads()  # a Dask worker: its share
     return stream.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
