@@ -241,10 +241,24 @@ def champion_version(name: str) -> str | None:
 _MOVED_SERVING_MODULES = {"tasks.serving": "tasks.registry.serving", "tasks.images": "tasks.data.images"}
 
 
-def load_version(name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
+def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """A registered classifier, loaded in this process without changing its import path.
+
+    MLflow puts a model's code folder (the serving-only copy of `tasks`) first on `sys.path` and
+    leaves it there. In this process `tasks` is already the checkout's package, so the copy is
+    never needed; left on the path it shadows the checkout for every process started later
+    (a Dask worker inherits `sys.path` and then cannot import `tasks.selection`)."""
     for old, new in _MOVED_SERVING_MODULES.items():
         sys.modules.setdefault(old, importlib.import_module(new))
-    return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    path = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    finally:
+        sys.path[:] = path
+
+
+def load_version(name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
+    return load_pyfunc(f"models:/{name}/{version}")
 
 
 def find_version(name: str, tag: str, value: str) -> ModelVersion | None:

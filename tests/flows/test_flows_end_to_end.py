@@ -22,6 +22,7 @@ from flows.cli import main
 from tasks.data.ingest import scan
 from tasks.data.lineage import dvc_dir_hash
 from tasks.registry.serving import files_frame
+from tasks.registry.versions import load_pyfunc
 
 pytestmark = pytest.mark.slow
 
@@ -249,7 +250,7 @@ def test_the_logged_model_carries_only_what_serving_needs(project):
 def test_the_registered_model_serves_class_names_and_probabilities(project):
     root, _ = project
     client_for(root)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    model = load_pyfunc(f"models:/{MODEL}@champion")
     paths = sorted(str(p) for p in (root / "data" / "raw" / "eel").glob("*.png"))[:5]
     out = model.predict(files_frame(paths))
     assert list(out.columns) == ["label", "confidence", "p:dog", "p:eel", "p:fox", "error"]

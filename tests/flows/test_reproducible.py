@@ -16,6 +16,7 @@ from conftest import clear_mlflow_env, dvc, make_image_folder, sets, use_store
 from mlflow import MlflowClient
 
 from flows.cli import main
+from tasks.registry.versions import load_pyfunc
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def weights(root, uri: str) -> list[np.ndarray]:
     use_store(root)
     if uri.startswith("models:/transferops-backbone"):
         return mlflow.keras.load_model(uri).get_weights()
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model.get_weights()
+    return load_pyfunc(uri).unwrap_python_model().model.get_weights()
 
 
 @pytest.fixture(scope="module")

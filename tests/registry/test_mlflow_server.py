@@ -9,6 +9,7 @@ from conftest import free_port, make_image_folder, start_mlflow_server
 
 from flows.cli import main
 from tasks.registry.serving import files_frame
+from tasks.registry.versions import load_pyfunc
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def test_train_registers_through_a_tracking_server(tmp_path, mlflow_server, pref
     assert version.tags["backbone"] == "keras:MobileNetV3Small"
     assert not (root / "mlflow").exists()  # nothing went to the local store
     assert list(artifact_root.rglob("MLmodel"))  # artifacts landed behind the server
-    model = mlflow.pyfunc.load_model("models:/transferops-classifier@champion")
+    model = load_pyfunc("models:/transferops-classifier@champion")
     paths = [str(p) for p in sorted((root / "data" / "raw" / "dog").glob("*.png"))[:3]]
     out = model.predict(files_frame(paths))
     assert set(out["label"]) <= {"dog", "eel"} and len(out) == 3

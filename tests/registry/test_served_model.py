@@ -58,7 +58,17 @@ def logged_model(tmp_path_factory) -> tuple[str, Path]:
 
 @pytest.fixture(scope="module")
 def pyfunc(logged_model):
-    return mlflow.pyfunc.load_model(logged_model[0])
+    return versions.load_pyfunc(logged_model[0])
+
+
+def test_loading_a_version_leaves_the_import_path_as_it_was(logged_model):
+    """MLflow puts the model's code folder first on sys.path for good; a process started
+    afterwards (a Dask worker inherits sys.path) would import that serving-only copy of
+    `tasks` instead of the checkout's."""
+    before = list(sys.path)
+    served = versions.load_pyfunc(logged_model[0])
+    assert served.metadata.flavors["python_function"].get("code")  # the model does carry code
+    assert sys.path == before
 
 
 def png(width: int, height: int) -> bytes:
