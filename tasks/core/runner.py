@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -29,6 +30,8 @@ from tasks.core.errors import UserError
 T = TypeVar("T")
 R = TypeVar("R")
 CONNECT_TIMEOUT = "20s"  # a scheduler that does not answer in this long is not there
+POLL_SECONDS = 5.0  # how often a waiting `map` looks at the cluster
+NO_WORKER_SECONDS = 120.0  # a cluster without any worker for this long ends the run
 
 
 class RunnerError(UserError):
@@ -149,9 +152,43 @@ class DaskRunner(Runner):
             )
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        from distributed import KilledWorker
+
         client = self.client()
         futures = [client.submit(_on_worker, self.setup, fn, item, pure=False) for item in items]
-        return client.gather(futures)
+        self._watch(client, futures)
+        try:
+            return client.gather(futures)
+        except KilledWorker as e:
+            raise RunnerError(
+                f"runner: a task killed every Dask worker that ran it ({e}); it needs more memory "
+                "than a worker has or crashes it: give workers more memory or set runner.kind: local"
+            ) from None
+
+    def _watch(self, client: Any, futures: list[Any]) -> None:
+        """Wait for `futures` without hanging: a cluster left without any worker (all died, or
+        none ever started) for `NO_WORKER_SECONDS` ends the wait with one line."""
+        from distributed import wait
+
+        alone_since: float | None = None  # when the cluster was last seen without a worker
+        while True:
+            try:
+                wait(futures, timeout=POLL_SECONDS)
+                return
+            except TimeoutError:
+                if any(f.status == "error" for f in futures):
+                    return  # gather raises it
+            if client.scheduler_info(n_workers=-1)["workers"]:
+                alone_since = None
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > NO_WORKER_SECONDS:
+                where = self.address or "the local Dask cluster"
+                raise RunnerError(
+                    f"runner: {where} has had no worker for {NO_WORKER_SECONDS:.0f} s with "
+                    f"{sum(not f.done() for f in futures)} task(s) waiting (the workers died or never "
+                    "started: see their logs); start workers or set runner.kind: local"
+                )
 
     def close(self) -> None:
         with suppress(Exception):  # closing a cluster that lost its workers may raise
