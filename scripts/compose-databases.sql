@@ -1,0 +1,3 @@
+-- docker-compose.yml: the databases of MLflow's backend store and Prefect's server
+CREATE DATABASE mlflow;
+CREATE DATABASE prefect;
