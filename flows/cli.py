@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from flows.runtime import apply_env_defaults, start_prefect_server, wait_for_prefect_server
+from flows.runtime import (
+    apply_env_defaults,
+    silence_prefect_server,
+    start_prefect_server,
+    wait_for_prefect_server,
+)
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -363,12 +368,14 @@ def main(argv: list[str] | None = None) -> int:
             if not summary.ok:
                 return 1
     except KeyboardInterrupt:
+        silence_prefect_server()
         print("transferops: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         message = errors.explain(exc)
         if message is None or args.debug:
             raise
+        silence_prefect_server()  # this line is the last one
         print(f"transferops: {message}", file=sys.stderr)
         if errors.disk_full(exc):  # a file that failed to close (HDF5) can crash the interpreter's exit
             sys.stdout.flush()

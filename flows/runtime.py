@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from typing import Any
 
 ENV_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ start-up chatter
@@ -82,6 +83,23 @@ runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
 """
 
 
+# The temporary server's output (errors only) goes to this process's stderr while the run
+# goes on; once the run has said why it ends (its last line), what the server says while it is
+# stopped (uvicorn's "Application shutdown failed") is dropped, so that line stays the last.
+_server_quiet = threading.Event()
+
+
+def _forward(stream: Any) -> None:
+    for line in iter(stream.readline, b""):
+        if not _server_quiet.is_set():
+            sys.stderr.write(line.decode(errors="replace"))
+
+
+def silence_prefect_server() -> None:
+    """Nothing more from the temporary server on stderr (the run is about to end)."""
+    _server_quiet.set()
+
+
 def _server_class() -> type:
     """Prefect's temporary-server class, whose process dies with the run that started it."""
     from prefect.server.api.server import SubprocessASGIServer
@@ -95,7 +113,7 @@ def _server_class() -> type:
             app = ["--app-dir", str(prefect.__module_path__.parent), "--factory"]
             app += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
             app += ["--log-level", "error", "--lifespan", "on"]
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-c", _WATCH_PARENT, str(os.getpid()), *app],
                 env={
                     **os.environ,
@@ -104,7 +122,14 @@ def _server_class() -> type:
                     "PREFECT__SERVER_FINAL": "1",
                     **get_current_settings().to_environment_variables(exclude_unset=True),
                 },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
+            # ours to read: Prefect reads a server's stdout to its end when it fails to answer in
+            # time, which never comes while the server is alive
+            output, process.stdout = process.stdout, None
+            threading.Thread(target=_forward, args=(output,), daemon=True).start()
+            return process
 
     return ServerOfThisRun
 
