@@ -61,7 +61,7 @@ from tasks.models.backbones import build_backbone  # noqa: E402
 from tasks.models.finetune import finetune  # noqa: E402
 from tasks.models.lite0 import lite0_backbone  # noqa: E402
 from tasks.models.pretraining import pretrain  # noqa: E402
-from tasks.search import strategy  # noqa: E402
+from tasks.search import scratch, strategy  # noqa: E402
 from tasks.search.records import SearchBackbone  # noqa: E402
 from tasks.selection.logme import logme  # noqa: E402
 
@@ -136,7 +136,7 @@ def run_arm(
         none = np.zeros((0, 1), dtype="float32")  # scratch needs no features
         architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
         patient = search.model_copy(update={"scratch_patience_steps": None})  # 20 epochs at every size
-        record, model = strategy.train_scratch(architecture, train, val, n, patient, ft, params.augment)
+        record, model = scratch.train_scratch(architecture, train, val, n, patient, ft, params.augment)
         ran, why = record.epochs, f"val_accuracy {record.score:.4f}"
     else:
         return probe(arm, candidates, data, start)

@@ -38,6 +38,17 @@ class RunnerError(UserError):
     """The cluster cannot be reached or cannot see the shared folder."""
 
 
+class Pending:
+    """Work handed to a runner with `submit`: `result()` waits for it (in the flow's process:
+    runs it then, so the flow's order of work is what it was without a runner)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+
+    def result(self) -> Any:
+        return self._fn()
+
+
 class Runner:
     """In the flow's process: `map` is a plain loop."""
 
@@ -45,6 +56,10 @@ class Runner:
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         return [fn(item) for item in items]
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Pending:
+        """`fn(item)` to run while the flow goes on; `.result()` is its value."""
+        return Pending(lambda: fn(item))
 
     def close(self) -> None:
         pass
@@ -152,10 +167,14 @@ class DaskRunner(Runner):
             )
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        client = self.client()
+        return self._gather(
+            client, [client.submit(_on_worker, self.setup, fn, item, pure=False) for item in items]
+        )
+
+    def _gather(self, client: Any, futures: list[Any]) -> list[Any]:
         from distributed import KilledWorker
 
-        client = self.client()
-        futures = [client.submit(_on_worker, self.setup, fn, item, pure=False) for item in items]
         self._watch(client, futures)
         try:
             return client.gather(futures)
@@ -164,6 +183,12 @@ class DaskRunner(Runner):
                 f"runner: a task killed every Dask worker that ran it ({e}); it needs more memory "
                 "than a worker has or crashes it: give workers more memory or set runner.kind: local"
             ) from None
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Pending:
+        """Starts `fn(item)` on a worker now; the flow goes on until it asks for the result."""
+        client = self.client()
+        future = client.submit(_on_worker, self.setup, fn, item, pure=False)
+        return Pending(lambda: self._gather(client, [future])[0])
 
     def _watch(self, client: Any, futures: list[Any]) -> None:
         """Wait for `futures` without hanging: a cluster left without any worker (all died, or

@@ -214,7 +214,7 @@ def train_from_scratch(
     histogram_freq: int = 0,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train a classifier end to end, every layer trainable (pretraining; the scratch baseline
-    of the strategy search, with augmentation, is strategy.train_scratch).
+    of the strategy search, with augmentation, is scratch.train_scratch).
 
     Unlike fine-tuning, BatchNorm here learns its statistics (training=True in fit)."""
     keras.utils.set_random_seed(seed)

@@ -9,6 +9,7 @@ fine-tuning strategies of the backbones `select` kept (LogME's top k), on by def
   trained (BatchNorm too): the baseline that always competes, so plentiful labels can prefer it.
   It trains once on its own budget (`scratch_epochs`, early stopping on val_accuracy after
   `scratch_patience`), not in the bracket: a fresh network cannot compete after a rung's epoch.
+  On a Dask runner it trains on a worker while this process runs the rest (tasks/search/scratch.py).
 
 `top` and `full` fine-tune the backbone of the best head trial, from that head (a random head
 would send large gradients into the backbone: Keras' fine-tuning guide), as one bracket of
@@ -39,6 +40,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.core import runner
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
@@ -47,14 +49,14 @@ from tasks.models.backbones import PIXELS_URI, build_classifier, build_head, pix
 from tasks.models.checkpoints import finished
 from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
-from tasks.models.trainer import build_trainer
+from tasks.search import scratch
 from tasks.search.ensemble import fuse
 from tasks.search.heads import LOGISTIC_BYTES, head_log_probabilities, head_trials, logistic_head
-from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past, say
+from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past
 from tasks.search.rungs import fine_tune_rungs
+from tasks.search.scratch import SCRATCH, Deadline
 
 STRATEGIES = ("head", "top", "full", "scratch", "pixels")
-SCRATCH = "scratch"  # the scratch baseline's trial id
 
 
 @dataclass
@@ -92,76 +94,6 @@ class SearchResult:
                 f"{self.ensemble['val_accuracy']:.4f} on val and is kept"
             )
         return words
-
-
-class Deadline(keras.callbacks.Callback):
-    """Stops training after `deadline` (time.monotonic()), at the end of an epoch."""
-
-    def __init__(self, deadline: float | None) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if past(self.deadline):
-            self.model.stop_training = True
-
-
-def scratch_patience(params: SearchParams, n_train: int, batch_size: int) -> int:
-    """Epochs without a better val accuracy before scratch stops: `scratch_patience`, or fewer
-    when that many epochs are more than `scratch_patience_steps` optimizer steps (never under 5).
-    Whether training has stalled is a matter of updates: 20 epochs of 2 steps (10 labels per
-    class) are 40 updates, 20 epochs of 22 steps (the demo) are 440."""
-    if params.scratch_patience_steps is None:
-        return params.scratch_patience
-    steps = max(1, -(-n_train // batch_size))
-    return min(params.scratch_patience, max(5, -(-params.scratch_patience_steps // steps)))
-
-
-def train_scratch(
-    architecture: SearchBackbone,
-    train: Split,
-    val: Split,
-    num_classes: int,
-    params: SearchParams,
-    finetune: FinetuneParams,
-    augment: AugmentParams,
-    backup: Path | None = None,
-    events: Path | None = None,
-    deadline: float | None = None,
-) -> tuple[TrialRecord, keras.Model]:
-    """The scratch baseline: `architecture` with fresh weights, every layer trained on augmented,
-    streamed batches for up to `scratch_epochs`, stopped `scratch_patience(...)` epochs after
-    val_accuracy last improved; the classifier of its best epoch. `backup` makes a killed run
-    resume at its last epoch (Keras BackupAndRestore; the best-epoch memory restarts there)."""
-    values = {"strategy": SCRATCH, "learning_rate": params.scratch_learning_rate}
-    values["backbone"] = architecture.name
-    trainer = build_trainer(values, {architecture.name: architecture.model}, num_classes, finetune, augment)
-    callbacks: list[keras.callbacks.Callback] = [  # Keras restores the best epoch at the end, stopped or not
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy",
-            patience=scratch_patience(params, len(train), finetune.batch_size),
-            restore_best_weights=True,
-        ),
-        Deadline(deadline),
-    ]
-    if backup is not None:
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
-    if events is not None:
-        callbacks.append(keras.callbacks.TensorBoard(str(events), write_graph=False))
-    fitted = trainer.fit(
-        train.batches(architecture.pixels, finetune.batch_size, shuffle_seed=finetune.seed),
-        validation_data=val.batches(architecture.pixels, finetune.batch_size),
-        epochs=params.scratch_epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the stream reshuffles itself every epoch
-        verbose=0,
-    )
-    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
-    epochs = len(history.get("val_accuracy", []))
-    score = max(history["val_accuracy"]) if epochs else float("nan")
-    record = TrialRecord(SCRATCH, values, score, history, epochs)
-    say(record)
-    return record, trainer.classifier
 
 
 def _head_classifier(
@@ -244,6 +176,19 @@ def search(
             record.trial_id: probabilities[record.trial_id].argmax(axis=1) == val.y for record, _ in trials
         }
 
+    smallest = min(backbones, key=lambda b: b.pixels.size)
+
+    def scratch_job() -> scratch.ScratchJob:
+        board = events / "search" / SCRATCH if events is not None else None
+        left = None if deadline is None else deadline - time.monotonic()
+        return scratch.ScratchJob(
+            smallest, train, val, num_classes, params, finetune, augment, folder, board, left
+        )
+
+    # on a Dask runner the scratch baseline trains on a worker while this process runs the rest
+    elsewhere = None
+    if SCRATCH in params.strategies and not runner.current().in_process:
+        elsewhere = scratch.start_on_runner(scratch_job())
     try:
         if "head" in params.strategies or {"top", "full"} & set(params.strategies):
             heads = head_trials(
@@ -282,28 +227,21 @@ def search(
             )
             records += [record for record, _ in tuned]
             ranked += tuned
-        smallest = min(backbones, key=lambda b: b.pixels.size)
         if "pixels" in params.strategies and not past(deadline):
             found = pixel_baseline(smallest, train, val, num_classes, finetune)
             if found is not None:
                 by_name[PIXELS_URI] = found[0]
                 records.append(found[1][0])
                 ranked.append(found[1])
-        if SCRATCH in params.strategies and not past(deadline):
-            baseline = train_scratch(
-                smallest,
-                train,
-                val,
-                num_classes,
-                params,
-                finetune,
-                augment,
-                backup=folder / SCRATCH,
-                events=events / "search" / SCRATCH if events is not None else None,
-                deadline=deadline,
-            )
-            records.append(baseline[0])
-            ranked.append(baseline)
+        if elsewhere is not None:
+            scratched: tuple[TrialRecord, keras.Model] | None = elsewhere.result()
+        elif SCRATCH in params.strategies and not past(deadline):
+            scratched = scratch.train_job(scratch_job())
+        else:
+            scratched = None
+        if scratched is not None:
+            records.append(scratched[0])
+            ranked.append(scratched)
     except BaseException:
         if checkpoints is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -17,7 +17,7 @@ from tasks.data.stream import Pixels
 from tasks.models import features
 from tasks.models.backbones import PIXELS_URI, build_backbone
 from tasks.models.trainer import augmentation, build_trainer
-from tasks.search import heads, records, rungs, strategy
+from tasks.search import heads, records, rungs, scratch, strategy
 
 pytestmark = pytest.mark.slow
 PIXELS = Pixels(32)
@@ -353,7 +353,7 @@ def test_the_simplest_trial_the_best_does_not_really_lead_is_chosen():
 
 def test_scratch_patience_counts_updates_as_well_as_epochs():
     params = SearchParams()  # 20 epochs, or 200 steps, never under 5 epochs
-    assert strategy.scratch_patience(params, 50, 32) == 20  # 2 steps an epoch: 40 updates
-    assert strategy.scratch_patience(params, 701, 32) == 10  # 22 steps an epoch: 220 updates
-    assert strategy.scratch_patience(params, 50_000, 32) == 5
-    assert strategy.scratch_patience(SearchParams(scratch_patience_steps=None), 50_000, 32) == 20
+    assert scratch.scratch_patience(params, 50, 32) == 20  # 2 steps an epoch: 40 updates
+    assert scratch.scratch_patience(params, 701, 32) == 10  # 22 steps an epoch: 220 updates
+    assert scratch.scratch_patience(params, 50_000, 32) == 5
+    assert scratch.scratch_patience(SearchParams(scratch_patience_steps=None), 50_000, 32) == 20
