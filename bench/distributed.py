@@ -1,4 +1,4 @@
-"""Distributed: candidate scoring on Dask local clusters of 1 and 2 worker processes.
+"""Distributed: candidate scoring and the strategy search on Dask local clusters of 1 and 2 workers.
 
 Candidate scoring is what `select` does: each candidate backbone's frozen features of the
 training split (written to the feature cache) and its LogME score. Four backbones at 224 px
@@ -8,6 +8,12 @@ scored:
 
 - in this process (`runner.kind: local`: TensorFlow on every core);
 - on a Dask `LocalCluster` of 1 and of 2 worker processes, 1 thread each (`runner.kind: dask`).
+
+The strategy search (the defaults of `search:`: head trials, the fine-tune bracket and the scratch
+baseline) on the same photos at 32 px with MobileNetV3Small (untrained: its cost is what counts),
+on the same three runners. On a Dask runner the scratch baseline trains on a worker while the
+flow's process runs the other trials (tasks/search/scratch.py); nothing else of the search fans
+out yet, so a second worker has nothing to do there.
 
 Each run starts from an empty feature cache; runs are interleaved `--repeats` times and the
 median wall time is reported; starting a cluster (and TensorFlow in its workers) is timed apart,
@@ -33,6 +39,7 @@ CANDIDATES = [
     {"uri": "keras:MobileNetV3Large", "weights": "none", "image_size": 224},
     {"uri": "keras:EfficientNetB0", "weights": "none", "image_size": 224},
 ]
+SEARCH_CANDIDATE = {"uri": "keras:MobileNetV3Small", "weights": "none", "image_size": 32}
 RUNNERS = {"local": 0, "dask-1": 1, "dask-2": 2}  # name -> Dask worker processes (0: in process)
 
 
@@ -51,17 +58,63 @@ def score_once(data: Any, workers: int, work: Path, started: dict[str, float]) -
     candidates = tuple(Candidate(**c) for c in CANDIDATES)
     root = work / "shared"  # the project folder: the feature cache, seen by every worker
     root.mkdir()
-    on: runner.Runner = runner.Runner()
-    if workers:
-        on = runner.DaskRunner(None, workers, 1, root)
-        start = time.perf_counter()
-        on.client().run(_warm)
-        started[f"dask-{workers}"] = round(time.perf_counter() - start, 1)
-    with runner.using(on):
+    with runner.using(runner_for(workers, root, started, f"dask-{workers}")):
         start = time.perf_counter()
         chosen = score_candidates(candidates, data.train, 2000, 0, top_k=1, root=root)
         seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 1), "scores": chosen.scores, "chosen": chosen.uri}
+
+
+def runner_for(workers: int, root: Path, started: dict[str, float], key: str) -> Any:
+    """In process (0 workers) or a started local cluster (its start timed into `started`)."""
+    from tasks.core import runner
+
+    if not workers:
+        return runner.Runner()
+    on = runner.DaskRunner(None, workers, 1, root)
+    start = time.perf_counter()
+    on.client().run(_warm)
+    started[key] = round(time.perf_counter() - start, 1)
+    return on
+
+
+def search_once(data: Any, workers: int, work: Path, started: dict[str, float]) -> dict[str, Any]:
+    """One strategy search (frozen features computed before the clock starts); wall time and
+    what it chose."""
+    from tasks.core import runner
+    from tasks.core.config import AugmentParams, Candidate, FinetuneParams, SearchParams
+    from tasks.data.stream import Pixels
+    from tasks.models import features
+    from tasks.models.backbones import load_candidate
+    from tasks.search import strategy
+    from tasks.search.records import SearchBackbone
+
+    root = work / "shared"
+    root.mkdir(exist_ok=True)
+    model, pixels = load_candidate(Candidate(**SEARCH_CANDIDATE), 0), Pixels(32)
+    x = [features.features(model, "mnv3s", split, pixels, root) for split in (data.train, data.val)]
+    backbone = SearchBackbone("mnv3s", model, pixels, *x)
+    with runner.using(runner_for(workers, root, started, f"search dask-{workers}")):
+        start = time.perf_counter()
+        found = strategy.search(
+            [backbone],
+            data.train,
+            data.val,
+            len(data.class_names),
+            SearchParams(),
+            FinetuneParams(),
+            AugmentParams(),
+            checkpoints=root / "checkpoints",
+        )
+        seconds = time.perf_counter() - start
+    scratch = next((t for t in found.trials if t.trial_id == "scratch"), None)
+    return {
+        "seconds": round(seconds, 1),
+        "trials": len(found.trials),
+        "chosen": found.best.words(),
+        "val_accuracy": round(found.val_accuracy, 4),
+        "scratch_epochs": scratch.epochs if scratch else None,
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -83,8 +136,28 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Same scores in every run (to 1e-6): {report['same_scores']}; chosen: {report['chosen']}.",
-        f"Speedup, 2 workers over 1: scoring {report['speedup']['scoring']:.2f}x; "
-        "search: not yet distributed (null).",
+    ]
+    searched = report.get("search_median_seconds")
+    if searched:
+        lines += [
+            "",
+            f"Strategy search (search: defaults) on the same {report['train_images']} training photos at "
+            f"32 px, {SEARCH_CANDIDATE['uri']} untrained; median of {report['repeats']} interleaved runs:",
+            "",
+            "| runner | wall (s) | over in process | trials | scratch epochs | chosen (val accuracy) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in RUNNERS:
+            last = report["search_runs"][name][-1]
+            lines.append(
+                f"| {name} | {searched[name]} | {searched['local'] / searched[name]:.2f}x | {last['trials']} "
+                f"| {last['scratch_epochs']} | {last['chosen']} ({last['val_accuracy']}) |"
+            )
+    search = report["speedup"]["search"]
+    lines += [
+        "",
+        f"Speedup, 2 workers over 1: scoring {report['speedup']['scoring']:.2f}x; search "
+        + (f"{search:.2f}x." if search is not None else "not measured (null)."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -103,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     folder = make_photos(args.data / f"photos-{args.photos}", args.photos)
     data = load_folder(folder, SplitParams(), 40_000_000)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNNERS}
+    searched: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNNERS}
     started: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="transferops-distributed-") as tmp:
         for repeat in range(args.repeats):
@@ -112,7 +186,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 work.mkdir()
                 runs[name].append(score_once(data, workers, work, started))
                 print(name, runs[name][-1], flush=True)
+                searched[name].append(search_once(data, workers, work, started))
+                print("search", name, searched[name][-1], flush=True)
     median = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
+    search_median = {name: statistics.median(r["seconds"] for r in rs) for name, rs in searched.items()}
     first = runs["local"][0]["scores"]
     same = all(
         r["scores"].keys() == first.keys() and all(abs(r["scores"][k] - v) < 1e-6 for k, v in first.items())
@@ -128,7 +205,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cluster_start_seconds": started,
         "same_scores": same,
         "chosen": runs["local"][0]["chosen"],
-        "speedup": {"scoring": round(median["dask-1"] / median["dask-2"], 2), "search": None},
+        "search_runs": searched,
+        "search_median_seconds": search_median,
+        "speedup": {
+            "scoring": round(median["dask-1"] / median["dask-2"], 2),
+            "search": round(search_median["dask-1"] / search_median["dask-2"], 2),
+        },
     }
     return results_io.write(args.out, "distributed", report, markdown(report))
 
