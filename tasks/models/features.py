@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.data import lineage
+from tasks.data import lineage, stream
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
 from tasks.models.backbones import extract_features
@@ -43,16 +43,16 @@ def features(
     """The frozen features of `split` (memory-mapped, read-only), from the cache under `root`
     or computed now and kept there. `root=None` computes them in memory and keeps nothing."""
     if root is None:
-        stream = split.batches(pixels, BATCH_SIZE, labels=False)
-        return extract_features(backbone, stream.as_numpy_iterator(), len(split), description)
+        images = split.batches(pixels, BATCH_SIZE, labels=False)
+        return extract_features(backbone, images.as_numpy_iterator(), len(split), description)
     path = Path(root) / FEATURES_DIR / f"{key(backbone_id, split, pixels)}.npy"
     if path.is_file():
         found = np.load(path, mmap_mode="r")
         if found.shape == (len(split), backbone.output_shape[-1]):
             os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))  # used now: gc keeps it
             return found
-    stream = split.batches(pixels, BATCH_SIZE, labels=False)
-    return extract_features(backbone, stream.as_numpy_iterator(), len(split), description, out=path)
+    images = split.batches(pixels, BATCH_SIZE, labels=False)
+    return extract_features(backbone, images.as_numpy_iterator(), len(split), description, out=path)
 
 
 def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> Any:
@@ -74,11 +74,12 @@ def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> A
 
     indices = tf.data.Dataset.range(len(x))
     if seed is None:
-        return indices.batch(batch).map(rows).prefetch(2)
+        return indices.batch(batch).map(rows).prefetch(2).with_options(stream.options())
     return (
         indices.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         .batch(batch)
         .map(rows)
         .prefetch(2)
         .repeat()
+        .with_options(stream.options())
     )

@@ -132,3 +132,22 @@ def test_streaming_memory_does_not_grow_with_the_number_of_files(tmp_path):
     small, large = map(int, done.stdout.split()[-2:])
     # 12,000 decoded 64-px images would be 147 MB held at once; the stream holds a few batches
     assert large - small < 40_000, (small, large)  # KB
+
+
+def test_no_pipeline_of_ours_runs_the_tf_data_autotuner(tmp_path):
+    """The autotuner's thread sleeps 10 ms, 20 ms, ... 5.12 s between wake-ups, and a pass over a
+    `numpy_function` map could wait for its next wake-up at the end of the data, up to doubling
+    the pass (bench/results/scale.md, 224 px): every pipeline we build turns it off."""
+    from tasks.models.features import row_batches
+
+    folder = make_image_folder(tmp_path / "raw", ["a", "b"], per_class=3, size=8)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*"))
+    built = [
+        batches(folder, files, Pixels(8), 2),
+        batches(folder, files, Pixels(8), 2, labels=np.zeros(len(files)), shuffle_seed=1),
+        row_batches(np.zeros((6, 4), "float32"), np.zeros(6), 2, seed=None),
+        row_batches(np.zeros((6, 4), "float32"), np.zeros(6), 2, seed=3),
+    ]
+    for pipeline in built:
+        assert pipeline.options().autotune.enabled is False
+        assert pipeline.options().threading.private_threadpool_size == os.cpu_count()
