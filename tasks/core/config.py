@@ -150,6 +150,9 @@ class FinetuneParams(Section):
     patience: int = Field(4, ge=1)  # early stopping on validation loss
     seed: int = 0
     histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
+    # phase 2 of the fixed recipe under tf.distribute (tasks/models/distribute.py)
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    distribute_workers: int = Field(2, ge=1)  # multi_worker: processes on this machine
 
     @model_validator(mode="after")
     def _trains_something(self) -> FinetuneParams:
@@ -273,6 +276,15 @@ with warnings.catch_warnings():
         retention: RetentionParams = RetentionParams()
         reproducibility: ReproducibilityParams = ReproducibilityParams()
         runner: RunnerParams = RunnerParams()
+
+        @model_validator(mode="after")
+        def _distribute_what_runs(self) -> Params:
+            if self.finetune.distribute != "none" and self.search.enabled:
+                raise ValueError(
+                    "finetune.distribute applies to the fixed recipe's phase 2: set search.enabled: false "
+                    "with it, or finetune.distribute: none"
+                )
+            return self
 
         def as_dict(self) -> dict[str, Any]:
             """Plain JSON-able values, keyed as in params.yaml."""

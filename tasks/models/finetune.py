@@ -18,10 +18,11 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.core import progress
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
-from tasks.models import features
+from tasks.models import distribute, features
 from tasks.models.backbones import build_classifier, build_head, glorot, weighted_layers
 from tasks.models.checkpoints import callback, finished, resumed_epoch
 from tasks.models.epochs import BatchBar, EpochLines
@@ -169,26 +170,19 @@ def finetune(
     unfrozen: list[str] = []
     if params.finetune_epochs > 0 and params.unfreeze_layers > 0:
         unfrozen = unfreeze_top(backbone, params.unfreeze_layers)
-        classifier.compile(
-            optimizer=keras.optimizers.Adam(params.finetune_learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        h2 = classifier.fit(
-            train.batches(pixels, params.batch_size, shuffle_seed=params.seed),
-            validation_data=val.batches(pixels, params.batch_size),
-            epochs=params.finetune_epochs,
-            shuffle=False,  # the stream reshuffles itself every epoch
-            callbacks=[
-                _early_stopping(params.patience),
+        job = distribute.Job(train, val, pixels, params)
+        history["finetune"] = distribute.run(
+            classifier,
+            job,
+            checkpoints / "distribute" if checkpoints is not None else None,
+            [
                 BatchBar("finetune", _steps(len(train), params.batch_size)),
                 EpochLines("finetune", params.finetune_epochs),
                 *_resumable(checkpoints, "finetune", resumed),
                 *_tensorboard(events, "finetune", params.histogram_freq),
             ],
-            verbose=0,
+            progress.say,
         )
-        history["finetune"] = {k: [float(v) for v in vs] for k, vs in h2.history.items()}
     backbone.trainable = False
     finished(checkpoints)
     return FinetuneResult(
