@@ -198,3 +198,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     and the short ones fill in around them, instead of one long file starting last."""
     slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
     items.sort(key=lambda item: (item.path.name not in LONGEST_FILES, item.path not in slow))
+
+
+@pytest.fixture(scope="module")
+def dask(tmp_path_factory):
+    """A real Dask LocalCluster of 2 worker processes, 1 thread each, for a test module."""
+    from tasks.core import runner
+
+    on = runner.DaskRunner(None, workers=2, threads_per_worker=1, shared=tmp_path_factory.mktemp("shared"))
+    on.client()
+    yield on
+    on.close()

@@ -40,13 +40,24 @@ class RunnerError(UserError):
 
 class Pending:
     """Work handed to a runner with `submit`: `result()` waits for it (in the flow's process:
-    runs it then, so the flow's order of work is what it was without a runner)."""
+    runs it then, so the flow's order of work is what it was without a runner). On a cluster,
+    `failed()` says whether it has failed for good (its error, in words) and `cancel()` drops it
+    (a task that has started runs to its end on its worker; its result is dropped)."""
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self._fn = fn
+    def __init__(self, fn: Callable[[], Any], future: Any = None) -> None:
+        self._fn, self._future = fn, future
 
     def result(self) -> Any:
         return self._fn()
+
+    def failed(self) -> str | None:
+        if self._future is None or self._future.status != "error":
+            return None
+        return f"{type(self._future.exception()).__name__}: {self._future.exception()}"
+
+    def cancel(self) -> None:
+        if self._future is not None:
+            self._future.cancel()
 
 
 class Runner:
@@ -60,6 +71,10 @@ class Runner:
     def submit(self, fn: Callable[[T], R], item: T) -> Pending:
         """`fn(item)` to run while the flow goes on; `.result()` is its value."""
         return Pending(lambda: fn(item))
+
+    def worker_count(self) -> int:
+        """The processes that take submitted work (none but this one here)."""
+        return 0
 
     def close(self) -> None:
         pass
@@ -90,6 +105,11 @@ def _on_worker(setup: Callable[[], None] | None, fn: Callable[[T], R], item: T) 
     if setup is not None:
         setup()
     return fn(item)
+
+
+def _key(fn: Callable[..., Any]) -> str:
+    """A task's name on the cluster (its dashboard, task stream): the function it runs, unique."""
+    return f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
 
 
 def _sees(token: str) -> bool:
@@ -169,7 +189,7 @@ class DaskRunner(Runner):
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         client = self.client()
         return self._gather(
-            client, [client.submit(_on_worker, self.setup, fn, item, pure=False) for item in items]
+            client, [client.submit(_on_worker, self.setup, fn, item, key=_key(fn)) for item in items]
         )
 
     def _gather(self, client: Any, futures: list[Any]) -> list[Any]:
@@ -187,8 +207,11 @@ class DaskRunner(Runner):
     def submit(self, fn: Callable[[T], R], item: T) -> Pending:
         """Starts `fn(item)` on a worker now; the flow goes on until it asks for the result."""
         client = self.client()
-        future = client.submit(_on_worker, self.setup, fn, item, pure=False)
-        return Pending(lambda: self._gather(client, [future])[0])
+        future = client.submit(_on_worker, self.setup, fn, item, key=_key(fn))
+        return Pending(lambda: self._gather(client, [future])[0], future)
+
+    def worker_count(self) -> int:
+        return len(self.client().scheduler_info(n_workers=-1)["workers"])
 
     def _watch(self, client: Any, futures: list[Any]) -> None:
         """Wait for `futures` without hanging: a cluster left without any worker (all died, or

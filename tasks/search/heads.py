@@ -17,9 +17,11 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from tasks.core import runner
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.models.backbones import build_head
 from tasks.models.features import row_batches
+from tasks.search import tuner_workers
 from tasks.search.records import SearchBackbone, TrialRecord, say
 
 
@@ -127,7 +129,11 @@ class Validation(keras.callbacks.Callback):
 
 class _HeadTuner(kt.GridSearch):
     """Keras Tuner's grid search that keeps each trial's per-epoch curve (`curve.json` in its
-    folder: Keras Tuner keeps only the best epoch) and says each finished trial in one line."""
+    folder: Keras Tuner keeps only the best epoch) and says each finished trial in one line
+    (`speak`; a distributed search's chief says them instead). `ran`: the trials it ran."""
+
+    speak = True
+    ran = 0
 
     def _try_build(self, hp: kt.HyperParameters) -> keras.Model:
         """The hypermodel's build alone: Keras Tuner's own clears the Keras session and collects
@@ -151,7 +157,9 @@ class _HeadTuner(kt.GridSearch):
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)
-        say(self.record(trial))
+        self.ran += 1
+        if self.speak:
+            say(self.record(trial))
 
 
 LOGISTIC_BYTES = 512 * 2**20  # features a logistic-regression head may load (it fits in memory)
@@ -203,21 +211,15 @@ def head_trials(
 ) -> list[tuple[TrialRecord, list[np.ndarray]]]:
     """Every (backbone, head learning rate) of the grid trained on frozen features, early
     stopped on val_loss, then a logistic regression head per backbone: (record, head weights of
-    its best epoch) per trial, in trial order."""
+    its best epoch) per trial, in trial order. On a Dask runner the grid's trials run on its
+    workers and here at once (tasks/search/tuner_workers.py: Keras Tuner's chief and workers)."""
     heads = _Heads(backbones, y, num_classes, params, finetune)
-    tuner = _HeadTuner(
-        heads,
-        objective="val_accuracy",
-        seed=finetune.seed,
-        directory=str(folder),
-        project_name="heads",
-        overwrite=not resume,
-    )
-    keras.utils.set_random_seed(finetune.seed)
-    tuner.search(
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=finetune.patience)],
-        verbose=0,
-    )
+    if runner.current().in_process:
+        tuner = tuner_workers.head_tuner(heads, finetune, folder, overwrite=not resume)
+        keras.utils.set_random_seed(finetune.seed)
+        tuner.search(callbacks=tuner_workers.early_stopping(finetune), verbose=0)
+    else:
+        tuner = tuner_workers.search(heads, backbones, y, num_classes, params, finetune, folder, resume)
     found = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         if trial.score is None:
