@@ -22,10 +22,26 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_flags() -> str:
+    """The vector instruction sets the CPU has (one model name covers machines with and without
+    AVX-512, and oneDNN's kernels differ between them)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(flag for flag in VECTOR_FLAGS if flag in have)
+    except OSError:
+        pass
+    return "flags unknown"
+
+
 def header(module: str, argv: list[str] | None, machine_extra: str = "") -> dict[str, Any]:
     """Date, the exact command, and the machine, for the top of a report."""
     args = sys.argv[1:] if argv is None else argv
-    machine = f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores" + (
+    machine = f"{cpu_model()} ({cpu_flags()}), {platform.machine()}, {os.cpu_count()} cores" + (
         f", {machine_extra}" if machine_extra else ""
     )
     return {

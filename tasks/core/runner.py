@@ -50,6 +50,10 @@ class Pending:
     def result(self) -> Any:
         return self._fn()
 
+    def then(self, fn: Callable[[Any], Any]) -> Pending:
+        """The same work, its result passed through `fn` when asked for."""
+        return Pending(lambda: fn(self.result()), self._future)
+
     def failed(self) -> str | None:
         if self._future is None or self._future.status != "error":
             return None

@@ -145,10 +145,9 @@ def start_on_runner(job: ScratchJob) -> runner.Pending:
     its classifier: (record, classifier)."""
     empty = np.empty((0, 0), dtype=np.float32)
     light = replace(job, architecture=replace(job.architecture, train_features=empty, val_features=empty))
-    pending = runner.current().submit(run_scratch, light)
 
-    def loaded() -> tuple[TrialRecord, keras.Model]:
-        record, saved = pending.result()
+    def loaded(done: tuple[TrialRecord, str]) -> tuple[TrialRecord, keras.Model]:
+        record, saved = done
         return record, keras.saving.load_model(saved, compile=False, safe_mode=True)
 
-    return runner.Pending(loaded)
+    return runner.current().submit(run_scratch, light).then(loaded)

@@ -243,6 +243,8 @@ def search(
             records.append(scratched[0])
             ranked.append(scratched)
     except BaseException:
+        if elsewhere is not None:
+            elsewhere.cancel()  # not left training on its worker for a search that has ended
         if checkpoints is None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
