@@ -54,6 +54,10 @@ class Pending:
         """The same work, its result passed through `fn` when asked for."""
         return Pending(lambda: fn(self.result()), self._future)
 
+    def finished(self) -> bool:
+        """Whether it has ended, one way or another (in the flow's process: not started yet)."""
+        return self._future is not None and self._future.done()
+
     def failed(self) -> str | None:
         if self._future is None or self._future.status != "error":
             return None

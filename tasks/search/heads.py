@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,9 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from tasks.core import runner
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.models.backbones import build_head
 from tasks.models.features import row_batches
-from tasks.search import tuner_workers
 from tasks.search.records import SearchBackbone, TrialRecord, say
 
 
@@ -162,6 +161,26 @@ class _HeadTuner(kt.GridSearch):
             say(self.record(trial))
 
 
+def early_stopping(finetune: FinetuneParams) -> list[keras.callbacks.Callback]:
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=finetune.patience)]
+
+
+def head_tuner(
+    heads: _Heads, finetune: FinetuneParams, folder: Path, overwrite: bool, **oracle: Any
+) -> _HeadTuner:
+    """The grid-search tuner of `heads` kept in `folder/heads` (chief, worker or in-process:
+    which one the KERASTUNER_* environment decides)."""
+    return _HeadTuner(
+        heads,
+        objective="val_accuracy",
+        seed=finetune.seed,
+        directory=str(folder),
+        project_name="heads",
+        overwrite=overwrite,
+        **oracle,
+    )
+
+
 LOGISTIC_BYTES = 512 * 2**20  # features a logistic-regression head may load (it fits in memory)
 
 
@@ -208,18 +227,19 @@ def head_trials(
     finetune: FinetuneParams,
     folder: Path,
     resume: bool,
+    elsewhere: Callable[..., Any] | None = None,
 ) -> list[tuple[TrialRecord, list[np.ndarray]]]:
     """Every (backbone, head learning rate) of the grid trained on frozen features, early
     stopped on val_loss, then a logistic regression head per backbone: (record, head weights of
-    its best epoch) per trial, in trial order. On a Dask runner the grid's trials run on its
-    workers and here at once (tasks/search/tuner_workers.py: Keras Tuner's chief and workers)."""
+    its best epoch) per trial, in trial order. `elsewhere` runs the grid on other processes and
+    returns the chief's tuner (on a Dask runner: tasks.search.tuner_workers.search)."""
     heads = _Heads(backbones, y, num_classes, params, finetune)
-    if runner.current().in_process:
-        tuner = tuner_workers.head_tuner(heads, finetune, folder, overwrite=not resume)
+    if elsewhere is None:
+        tuner = head_tuner(heads, finetune, folder, overwrite=not resume)
         keras.utils.set_random_seed(finetune.seed)
-        tuner.search(callbacks=tuner_workers.early_stopping(finetune), verbose=0)
+        tuner.search(callbacks=early_stopping(finetune), verbose=0)
     else:
-        tuner = tuner_workers.search(heads, backbones, y, num_classes, params, finetune, folder, resume)
+        tuner = elsewhere(heads, backbones, y, num_classes, params, finetune, folder, resume)
     found = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         if trial.score is None:

@@ -61,6 +61,18 @@ def past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
+class Deadline(keras.callbacks.Callback):
+    """Stops training after `deadline` (time.monotonic()), at the end of an epoch."""
+
+    def __init__(self, deadline: float | None) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if past(self.deadline):
+            self.model.stop_training = True
+
+
 def say(record: TrialRecord) -> None:
     progress.say(f"search trial {record.trial_id}: {record.words()}  val_accuracy {record.score:.4f}")
 

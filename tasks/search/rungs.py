@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from tasks.core import progress
+from tasks.core import progress, runner
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.data.datasets import Split
 from tasks.models.features import row_batches
 from tasks.models.trainer import Trainer, build_trainer
 from tasks.search.cut import Cut, activations, cut, trainer_on_cut
 from tasks.search.heads import Validation
-from tasks.search.records import SearchBackbone, TrialRecord, Z, noise, past, say
+from tasks.search.records import Deadline, SearchBackbone, TrialRecord, Z, noise, past, say
 
 
 @dataclass
@@ -201,3 +202,52 @@ def _save(folder: Path, configs: list[_Config]) -> None:
     partial = folder / ".rungs.json"
     partial.write_text(json.dumps(state))
     partial.replace(folder / "rungs.json")
+
+
+@dataclass
+class RungsJob:
+    """What a worker needs to run the bracket: the backbone without its cached features, the
+    chosen head, the splits as file lists, the time left rather than a clock reading."""
+
+    backbone: SearchBackbone
+    head: tuple[TrialRecord, list[np.ndarray]]
+    train: Split
+    val: Split
+    num_classes: int
+    params: SearchParams
+    finetune: FinetuneParams
+    augment: AugmentParams
+    folder: Path  # the bracket's state (rungs.json, weights): a killed run resumes from it
+    events: Path | None
+    seconds_left: float | None
+
+
+def bracket(job: RungsJob) -> list[tuple[TrialRecord, keras.Model]]:
+    """The bracket of `job` in this process: (record, classifier) per configuration that trained."""
+    deadline = None if job.seconds_left is None else time.monotonic() + job.seconds_left
+    callbacks: list[keras.callbacks.Callback] = [Deadline(deadline)]
+    if job.events is not None:
+        callbacks.append(keras.callbacks.TensorBoard(str(job.events), write_graph=False))
+    return fine_tune_rungs(
+        job.backbone, job.head, job.train, job.val, job.num_classes, job.params, job.finetune,
+        job.augment, job.folder, callbacks, deadline,
+    )  # fmt: skip
+
+
+def run_rungs(job: RungsJob) -> list[tuple[TrialRecord, str]]:
+    """A worker's task: the bracket, each classifier saved beside its state; (record, file)."""
+    saved = []
+    for record, classifier in bracket(job):
+        path = job.folder / f"{record.trial_id}.keras"
+        classifier.save(path)
+        saved.append((record, str(path)))
+    return saved
+
+
+def rungs_on_runner(job: RungsJob) -> list[tuple[TrialRecord, keras.Model]]:
+    """The bracket on a worker of the flow's Dask runner (one task: its configurations train on
+    across rungs in one process); the classifiers come back as files in the shared folder."""
+    empty = np.empty((0, 0), dtype=np.float32)
+    light = replace(job, backbone=replace(job.backbone, train_features=empty, val_features=empty))
+    done = runner.current().submit(run_rungs, light).result()
+    return [(record, keras.saving.load_model(path, compile=False, safe_mode=True)) for record, path in done]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -24,21 +23,9 @@ from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.data.datasets import Split
 from tasks.models import checkpoints
 from tasks.models.trainer import build_trainer
-from tasks.search.records import SearchBackbone, TrialRecord, past, say
+from tasks.search.records import Deadline, SearchBackbone, TrialRecord, say
 
 SCRATCH = "scratch"  # the scratch baseline's trial id
-
-
-class Deadline(keras.callbacks.Callback):
-    """Stops training after `deadline` (time.monotonic()), at the end of an epoch."""
-
-    def __init__(self, deadline: float | None) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if past(self.deadline):
-            self.model.stop_training = True
 
 
 def scratch_patience(params: SearchParams, n_train: int, batch_size: int) -> int:

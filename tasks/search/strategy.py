@@ -49,12 +49,12 @@ from tasks.models.backbones import PIXELS_URI, build_classifier, build_head, pix
 from tasks.models.checkpoints import finished
 from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
-from tasks.search import scratch
+from tasks.search import scratch, tuner_workers
 from tasks.search.ensemble import fuse
 from tasks.search.heads import LOGISTIC_BYTES, head_log_probabilities, head_trials, logistic_head
 from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past
-from tasks.search.rungs import fine_tune_rungs
-from tasks.search.scratch import SCRATCH, Deadline
+from tasks.search.rungs import RungsJob, bracket, rungs_on_runner
+from tasks.search.scratch import SCRATCH
 
 STRATEGIES = ("head", "top", "full", "scratch", "pixels")
 
@@ -192,7 +192,14 @@ def search(
     try:
         if "head" in params.strategies or {"top", "full"} & set(params.strategies):
             heads = head_trials(
-                backbones, (train.y, val.y), num_classes, params, finetune, folder, checkpoints is not None
+                backbones,
+                (train.y, val.y),
+                num_classes,
+                params,
+                finetune,
+                folder,
+                checkpoints is not None,
+                None if runner.current().in_process else tuner_workers.search,  # Keras Tuner workers
             )
             records += [record for record, _ in heads]
             classifiers = [
@@ -208,11 +215,8 @@ def search(
             best_head = next(pair for pair in heads if pair[0] is start)
             if "head" in params.strategies:
                 ranked += classifiers
-            callbacks: list[keras.callbacks.Callback] = [Deadline(deadline)]
-            if events is not None:
-                board = keras.callbacks.TensorBoard(str(events / "search" / "fine-tune"), write_graph=False)
-                callbacks.append(board)
-            tuned = fine_tune_rungs(
+            board = events / "search" / "fine-tune" if events is not None else None
+            job = RungsJob(
                 by_name[best_head[0].hyperparameters["backbone"]],
                 best_head,
                 train,
@@ -222,9 +226,11 @@ def search(
                 finetune,
                 augment,
                 folder / "rungs",
-                callbacks,
-                deadline,
+                board,
+                None if deadline is None else deadline - time.monotonic(),
             )
+            # on a Dask runner the bracket trains on a worker too: this process only coordinates
+            tuned = bracket(job) if runner.current().in_process else rungs_on_runner(job)
             records += [record for record, _ in tuned]
             ranked += tuned
         if "pixels" in params.strategies and not past(deadline):

@@ -1,9 +1,9 @@
 """Head trials on several processes through Keras Tuner's own distributed mode (on a Dask
 runner, tasks.core.runner): a chief oracle served over gRPC from the flow's process (Keras
-Tuner's `OracleServicer`), a tuner on each Dask worker and one in the flow's process, each asking
-the chief for the next grid point (`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`,
-`KERASTUNER_ORACLE_PORT`) until the grid is done. The flow's process tunes too, so the trials go
-on when every worker is busy (the scratch baseline trains on one).
+Tuner's `OracleServicer`), a tuner on each Dask worker, each asking the chief for the next grid
+point (`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT`) until the grid is
+done. On a cluster every trial runs on the workers: the flow's process serves the chief and
+tunes itself only when no worker task is left (or when asked to, `tune_here`).
 
 What a worker needs travels as file references: the cached features (the project folder every
 worker sees), the trial folders where each trial's checkpoint and curve go; the labels and
@@ -13,12 +13,11 @@ params are small. Nothing is lost to a dying worker:
   same trial back to it (Keras Tuner keeps each tuner id's ongoing trial), so the trial reruns;
 - failed for good (its task errors, or the cluster has had no worker for
   `runner.NO_WORKER_SECONDS`), the chief ends its trial as INVALID, which puts it back in the
-  queue: the flow's tuner runs it;
-- the chief never waits on a worker (keras-tuner#915: a worker's gRPC error stalls the chief):
-  it serves while the flow's own tuner runs, and stops when that tuner has been told the grid is
-  done, which happens only once no trial is ongoing. Tasks still queued are cancelled; a worker
-  that asks after the chief has gone finds the `DONE` mark and returns (or gives up after
-  `CLIENT_TIMEOUT` seconds instead of Keras Tuner's hour).
+  queue: another worker's tuner (or the flow's) runs it;
+- the chief never waits on a lost worker (keras-tuner#915: a worker's gRPC error stalls the
+  chief): it serves until every grid point has ended, and tunes here when no worker task is
+  left. Tasks still queued are then cancelled; a worker that asks after the chief has gone finds
+  the `DONE` mark and returns (or gives up after `CLIENT_TIMEOUT` seconds, not Keras Tuner's hour).
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import numpy as np
 from tasks.core import progress, runner
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.core.errors import UserError
+from tasks.search.heads import _Heads, early_stopping, head_tuner
 from tasks.search.records import SearchBackbone
 
 DONE = "search-done"  # in the tuner's project folder once the chief has stopped
@@ -59,26 +59,6 @@ class HeadsJob:
     folder: str  # the search's checkpoints folder (shared)
     chief: str  # host:port of the oracle
     tuner_id: str
-
-
-def early_stopping(finetune: FinetuneParams) -> list[keras.callbacks.Callback]:
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=finetune.patience)]
-
-
-def head_tuner(heads: Any, finetune: FinetuneParams, folder: Path, overwrite: bool, **oracle: Any) -> Any:
-    """The grid-search tuner of `heads` kept in `folder/heads` (chief, worker or in-process:
-    which one the KERASTUNER_* environment decides)."""
-    from tasks.search.heads import _HeadTuner
-
-    return _HeadTuner(
-        heads,
-        objective="val_accuracy",
-        seed=finetune.seed,
-        directory=str(folder),
-        project_name="heads",
-        overwrite=overwrite,
-        **oracle,
-    )
 
 
 @contextmanager
@@ -119,8 +99,6 @@ def tune(job: HeadsJob) -> int:
     """A Dask worker's task: trials from the chief until the grid is done; how many it ran."""
     import grpc
     from keras_tuner.src.distribute import oracle_client
-
-    from tasks.search.heads import _Heads
 
     folder = Path(job.folder)
     if (folder / "heads" / DONE).exists():
@@ -233,7 +211,7 @@ def search(
     finetune: FinetuneParams,
     folder: Path,
     resume: bool,
-    tune_here: bool = True,
+    tune_here: bool = False,
 ) -> Any:
     """The head-trial grid on the current (Dask) runner's workers and, with `tune_here`, in this
     process: the chief's tuner, every trial in its oracle."""
@@ -263,6 +241,12 @@ def search(
     }
     watcher = _Chief(chief, dict(pending), on)
     try:
+        while not tune_here and not _grid_done(chief.oracle):
+            watcher.watch()
+            if all(task.finished() for task in pending.values()):  # no worker left to ask
+                progress.say("search: every head-trial worker has ended; the rest run in this process")
+                tune_here = True
+            time.sleep(IDLE_PAUSE)
         if tune_here:
             with _as_tuner("flow", address):
                 mine = head_tuner(heads, finetune, folder, overwrite=False)
@@ -270,10 +254,6 @@ def search(
                 _pause_when_idle(mine, watcher.watch)
                 keras.utils.set_random_seed(finetune.seed)
                 mine.search(callbacks=early_stopping(finetune), verbose=0)
-        else:
-            while not _grid_done(chief.oracle):
-                watcher.watch()
-                time.sleep(IDLE_PAUSE)
         watcher.say_finished()
     finally:
         done.touch()

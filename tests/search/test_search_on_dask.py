@@ -53,6 +53,36 @@ def test_scratch_trains_on_a_worker_and_gives_what_it_gives_in_process(tmp_path,
     assert len(scratched.history["val_accuracy"]) == scratched.epochs == 4
 
 
+def test_every_trial_runs_on_the_workers_and_gives_what_it_gives_in_process(
+    tmp_path, on_disk, dask, monkeypatch
+):
+    """Head trials (Keras Tuner workers), the fine-tune bracket and scratch all on the cluster:
+    the flow's process only coordinates; the same trials and epochs as in process."""
+    backbone = pretrained_backbone()
+    train, val = on_disk(*images(45, seed=1)), on_disk(*images(15, seed=2))
+    params = SearchParams(
+        strategies=["head", "top", "full", "scratch"],
+        head_trials=2,
+        unfreeze_layers=[2],
+        max_epochs=3,
+        budget_epochs=4,
+        scratch_epochs=3,
+        scratch_patience=3,
+    )
+    here = search(backbone, train, val, params, tmp_path / "here")
+    monkeypatch.setattr(runner, "_active", dask)
+    with get_task_stream(dask.client()) as stream:
+        there = search(backbone, train, val, params, tmp_path / "there")
+    ran = sorted(task["key"].split("-")[0] for task in stream.data)
+    assert ran.count("run_rungs") == ran.count("run_scratch") == 1 and "tune" in ran
+    by_id = {t.trial_id: t for t in here.trials}
+    assert sorted(by_id) == sorted(t.trial_id for t in there.trials)
+    for trial in there.trials:  # 1 thread against 2: float rounding
+        assert trial.epochs == by_id[trial.trial_id].epochs, trial.trial_id
+        assert abs(trial.score - by_id[trial.trial_id].score) <= 1 / len(val), trial.trial_id
+    assert there.best.trial_id == here.best.trial_id
+
+
 def test_a_worker_killed_mid_scratch_costs_a_rerun_not_the_search(tmp_path, on_disk, dask, monkeypatch):
     """SIGKILL to the worker training scratch once it has backed up an epoch: Dask runs the task
     again on the other worker, which resumes from the backup; every trial is recorded."""
