@@ -11,9 +11,14 @@ scored:
 
 The strategy search (the defaults of `search:`: head trials, the fine-tune bracket and the scratch
 baseline) on the same photos at 32 px with MobileNetV3Small (untrained: its cost is what counts),
-on the same three runners. On a Dask runner the scratch baseline trains on a worker while the
-flow's process runs the other trials (tasks/search/scratch.py); nothing else of the search fans
-out yet, so a second worker has nothing to do there.
+on the same three runners. On a Dask runner every trial runs on the workers and the flow's process
+only coordinates (tasks/search/strategy.py): the scratch baseline and the fine-tune bracket are a
+task each, the head trials go to Keras Tuner workers (one per Dask worker) against the chief
+oracle the flow serves.
+
+A train against servers on a real database: `transferops train` (search off, a few epochs: the
+share of tracking and orchestration is what counts) against an `mlflow server` and a `prefect
+server` on SQLite files, then on PostgreSQL (bench/servers.py).
 
 Each run starts from an empty feature cache; runs are interleaved `--repeats` times and the
 median wall time is reported; starting a cluster (and TensorFlow in its workers) is timed apart,
@@ -41,6 +46,7 @@ CANDIDATES = [
 ]
 SEARCH_CANDIDATE = {"uri": "keras:MobileNetV3Small", "weights": "none", "image_size": 32}
 RUNNERS = {"local": 0, "dask-1": 1, "dask-2": 2}  # name -> Dask worker processes (0: in process)
+DATABASES = ("sqlite", "postgresql")
 
 
 def _warm() -> None:
@@ -117,6 +123,48 @@ def search_once(data: Any, workers: int, work: Path, started: dict[str, float]) 
     }
 
 
+TRAIN_SETS = {
+    "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+    "finetune.head_epochs": 5,
+    "finetune.finetune_epochs": 2,
+    "search.enabled": "false",
+}
+
+
+def train_once(folder: Path, database: str, work: Path) -> dict[str, Any]:
+    """`transferops train` as a user runs it against an `mlflow server` and a `prefect server`
+    on `database` ("sqlite": each its own SQLite file; "postgresql": a fresh PostgreSQL cluster);
+    the CLI's wall time (servers started before the clock)."""
+    import contextlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from bench import servers
+
+    root = work / f"train-{database}"
+    shutil.copytree(folder, root / "data" / "raw")
+    with contextlib.ExitStack() as stack:
+        start = time.perf_counter()
+        url = stack.enter_context(servers.postgres()) if database == "postgresql" else None
+        tracking, api = stack.enter_context(servers.tracking_and_orchestration(work / database, url))
+        started = time.perf_counter() - start
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PREFECT_API_URL": api}
+        options = [arg for key, value in TRAIN_SETS.items() for arg in ("--set", f"{key}={value}")]
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "--root", str(root), *options, "train"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"train against {database} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return {"seconds": round(seconds, 1), "servers_start_seconds": round(started, 1)}
+
+
 def markdown(report: dict[str, Any]) -> str:
     med = report["median_seconds"]
     lines = [
@@ -155,11 +203,28 @@ def markdown(report: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "On a Dask runner the flow's process keeps computing: it runs the fine-tune bracket, and "
-            "head trials beside the workers' (Keras Tuner workers); the scratch baseline trains on a "
-            "worker. So one worker already works in parallel with the flow, and a second has only "
-            "head trials to take.",
+            "On a Dask runner every trial runs on a worker (the scratch baseline and the fine-tune "
+            "bracket as a task each, head trials on the Keras Tuner workers); the flow's process only "
+            "serves the oracle and waits.",
         ]
+    trained = report.get("train_median_seconds")
+    if trained:
+        lines += [
+            "",
+            f"`transferops train` ({', '.join(f'{k}={v}' for k, v in TRAIN_SETS.items())}) on the same "
+            f"{report['photos']} photos, against an `mlflow server` and a `prefect server` on SQLite files "
+            "or on PostgreSQL (a fresh cluster each run, servers started before the clock); median of "
+            f"{report['repeats']} interleaved runs:",
+            "",
+            "| database | train wall (s) | over SQLite | servers start (s) |",
+            "|---|---|---|---|",
+        ]
+        for name in DATABASES:
+            last = report["train_runs"][name][-1]
+            lines.append(
+                f"| {name} | {trained[name]:.1f} | {trained[name] / trained['sqlite']:.2f}x "
+                f"| {last['servers_start_seconds']} |"
+            )
     search = report["speedup"]["search"]
     lines += [
         "",
@@ -184,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = load_folder(folder, SplitParams(), 40_000_000)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNNERS}
     searched: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNNERS}
+    trained: dict[str, list[dict[str, Any]]] = {name: [] for name in DATABASES}
     started: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="transferops-distributed-") as tmp:
         for repeat in range(args.repeats):
@@ -195,8 +261,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(name, runs[name][-1], flush=True)
                 searched[name].append(search_once(data, workers, work, started))
                 print("search", name, searched[name][-1], flush=True)
+            for database in DATABASES:
+                work = Path(tmp) / f"{database}-{repeat}"
+                work.mkdir()
+                trained[database].append(train_once(folder, database, work))
+                print("train", database, trained[database][-1], flush=True)
     median = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
     search_median = {name: statistics.median(r["seconds"] for r in rs) for name, rs in searched.items()}
+    train_median = {name: statistics.median(r["seconds"] for r in rs) for name, rs in trained.items()}
     first = runs["local"][0]["scores"]
     same = all(
         r["scores"].keys() == first.keys() and all(abs(r["scores"][k] - v) < 1e-6 for k, v in first.items())
@@ -205,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     report = {
         **results_io.header("bench.distributed", argv),
+        "photos": args.photos,
         "train_images": len(data.train),
         "repeats": args.repeats,
         "runs": runs,
@@ -214,6 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "chosen": runs["local"][0]["chosen"],
         "search_runs": searched,
         "search_median_seconds": search_median,
+        "train_runs": trained,
+        "train_median_seconds": train_median,
+        "postgresql_over_sqlite": round(train_median["postgresql"] / train_median["sqlite"], 2),
         "speedup": {
             "scoring": round(median["dask-1"] / median["dask-2"], 2),
             "search": round(search_median["dask-1"] / search_median["dask-2"], 2),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.servers import free_port, start_mlflow_server, wait_until_up  # noqa: F401 (tests import them from here)
 from flows.runtime import apply_env_defaults
 
 apply_env_defaults()
@@ -78,33 +78,6 @@ def prefect_harness():
         yield
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, process, timeout: float = 180) -> None:
-    """Poll `url` until it answers 200; fail the test if the process dies or time runs out."""
-    import time
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"server did not start on {url}")
-            time.sleep(1)
-
-
 def clear_mlflow_env(mp: pytest.MonkeyPatch) -> None:
     """No MLflow URI from the environment: MLflow exports every URI a test sets (tracking and
     registry) to os.environ, where the next test would take it for the user's."""
@@ -120,38 +93,6 @@ def _no_mlflow_uri_from_an_earlier_test(monkeypatch):
 def sets(values: dict[str, object]) -> list[str]:
     """CLI overrides: {"finetune.head_epochs": 3} -> ["--set", "finetune.head_epochs=3"]."""
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
-
-
-def start_mlflow_server(store: Path, port: int, backend: str | None = None) -> subprocess.Popen:
-    """A real `mlflow server` on 127.0.0.1:`port` (`backend`, by default an SQLite store under
-    `store`; proxied artifacts under `store`), in its own process group (a test can kill it
-    with everything it started). Without
-    MLflow's job execution (GenAI jobs transferops never runs): it starts a dozen huey worker
-    processes that would take a 2-core machine's CPU from the tests."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            backend or f"sqlite:///{store / 'server.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    wait_until_up(f"http://127.0.0.1:{port}/health", process)
-    return process
 
 
 def checkpointed_epochs(root: Path) -> int:

@@ -6,68 +6,29 @@ new data (a challenger through the gate)."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_image_folder, sets, start_mlflow_server, wait_until_up
+from conftest import make_image_folder, sets
+
+from bench import servers as real
 
 pytestmark = pytest.mark.slow
 
 MODEL = "transferops-classifier"
 
 
-def postgres_binary(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """A PostgreSQL server on 127.0.0.1 with databases `mlflow` and `prefect`; its URL."""
-    initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
-    if not initdb or not pg_ctl:
+    if not real.postgres_binary("initdb") or not real.postgres_binary("pg_ctl"):
         pytest.skip("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
-    import psycopg2
-
-    folder = Path(tempfile.mkdtemp(prefix="transferops-pg-"))
-    owner: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: its own user owns the cluster
-        user = pwd.getpwnam("postgres")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        owner = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = folder / "data"
-    subprocess.run(
-        [*owner, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*owner, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-o", options, "start"],
-        check=True,
-        capture_output=True,
-    )
-    url = f"postgresql://postgres@127.0.0.1:{port}"
-    try:
-        connection = psycopg2.connect(f"{url}/postgres")
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            for database in ("mlflow", "prefect"):
-                cursor.execute(f"CREATE DATABASE {database}")
-        connection.close()
+    with real.postgres() as url:
         yield url
-    finally:
-        subprocess.run([*owner, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def count(url: str, query: str) -> int:
@@ -81,41 +42,8 @@ def count(url: str, query: str) -> int:
 @pytest.fixture(scope="module")
 def servers(postgres, tmp_path_factory):
     """`mlflow server` and `prefect server` on the PostgreSQL databases; their URLs."""
-    home = tmp_path_factory.mktemp("servers")
-    mlflow_port, prefect_port = free_port(), free_port()
-    # SQLAlchemy's driver names: psycopg2 for MLflow, asyncpg for Prefect
-    psycopg2 = postgres.replace("postgresql:", "postgresql+psycopg2:")
-    tracking = start_mlflow_server(home, mlflow_port, backend=f"{psycopg2}/mlflow")
-    asyncpg = postgres.replace("postgresql:", "postgresql+asyncpg:")
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"{asyncpg}/prefect",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    orchestration = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(prefect_port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_until_up(f"http://127.0.0.1:{prefect_port}/api/health", orchestration)
-    yield f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}/api"
-    for process in (tracking, orchestration):
-        process.terminate()
-        process.wait(timeout=60)
+    with real.tracking_and_orchestration(tmp_path_factory.mktemp("servers"), postgres) as urls:
+        yield urls
 
 
 def transferops(root: Path, servers: tuple[str, str], *args: str) -> dict:
