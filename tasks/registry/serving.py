@@ -35,6 +35,7 @@ from tasks.data.images import ImageError, decode
 KERAS_ARTIFACT = "keras_model"
 META_ARTIFACT = "meta"
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # per row, decoded
+BATCH = 64  # rows per forward pass: a request of any size runs in bounded memory
 
 
 def image_bytes(value: Any) -> bytes:
@@ -104,6 +105,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.image_size: int = meta["image_size"]
         self.max_pixels: int = meta.get("max_pixels", 40_000_000)
         self.resize: str = meta.get("resize", "squash")  # versions logged before policies: squash
+        self.forward = forward_function(self.model)
+        self.forward(np.zeros((1, *self.model.input_shape[1:]), "float32"))  # traced now, not on a request
+        self._pool: ThreadPoolExecutor | None = None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
@@ -126,14 +130,31 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             return str(exc)
 
     def _predict_rows(self, values: list[Any]) -> pd.DataFrame:
-        # decoded on every core: PIL releases the GIL while it decodes and resizes
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            decoded = list(pool.map(self._decode, values))
+        if len(values) == 1:  # one image: no hand-off to a thread
+            decoded = [self._decode(values[0])]
+        else:  # on every core: PIL releases the GIL while it decodes and resizes
+            if self._pool is None:  # one pool per loaded model, not one per request
+                self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+            decoded = list(self._pool.map(self._decode, values))
         arrays = [d for d in decoded if isinstance(d, np.ndarray)]
         errors: list[str | None] = [d if isinstance(d, str) else None for d in decoded]
         good = [i for i, e in enumerate(errors) if e is None]
         probabilities = np.zeros((len(values), len(self.class_names)))
         if arrays:
-            batch = np.stack(arrays).astype("float32")
-            probabilities[good] = np.asarray(self.model.predict(batch, verbose=0))
+            probabilities[good] = np.concatenate(
+                [
+                    np.asarray(self.forward(np.stack(arrays[i : i + BATCH]).astype("float32")))
+                    for i in range(0, len(arrays), BATCH)
+                ]
+            )
         return predictions_frame(probabilities, self.class_names, errors)
+
+
+def forward_function(model: Any) -> Any:
+    """The model's forward pass (inference mode) as one traced graph function for any batch
+    size: what `model.predict` would set up again on every call (its data adapter, callbacks
+    and step function) is paid once per process."""
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)]
+    return tf.function(lambda x: model(x, training=False), input_signature=signature)

@@ -107,6 +107,24 @@ def test_in_process_callers_opt_in_to_files(pyfunc, logged_model):
     assert out["error"].isna().all() and len(out) == 3
 
 
+def test_served_probabilities_are_the_keras_models_in_batches_of_any_size(pyfunc, logged_model):
+    """The traced forward pass gives what `model.predict` gives, one row or more rows than
+    one forward batch (serving.BATCH), in order."""
+    from tasks.data.images import decode
+    from tasks.registry.serving import BATCH
+
+    files = sorted(logged_model[1].rglob("*.png"))[: BATCH + 7]
+    served = pyfunc.unwrap_python_model()
+    expected = served.model.predict(
+        np.stack([decode(p.read_bytes(), 16, 100_000) for p in files]).astype("float32"), verbose=0
+    )
+    many = pyfunc.predict(files_frame(files))
+    assert many["error"].isna().all() and len(many) == len(files) > BATCH
+    np.testing.assert_allclose(many[PROBABILITIES].astype(float).to_numpy(), expected, atol=1e-5)
+    one = pyfunc.predict(files_frame(files[-1:]))
+    np.testing.assert_allclose(one[PROBABILITIES].astype(float).to_numpy(), expected[-1:], atol=1e-5)
+
+
 def test_a_missing_column_or_no_rows_is_one_clear_message(pyfunc):
     with pytest.raises(MlflowException, match="image"):  # MLflow's schema check, in front
         pyfunc.predict(pd.DataFrame({"picture": ["x"]}))
