@@ -244,10 +244,14 @@ def run_rungs(job: RungsJob) -> list[tuple[TrialRecord, str]]:
     return saved
 
 
-def rungs_on_runner(job: RungsJob) -> list[tuple[TrialRecord, keras.Model]]:
-    """The bracket on a worker of the flow's Dask runner (one task: its configurations train on
-    across rungs in one process); the classifiers come back as files in the shared folder."""
+def rungs_on_runner(job: RungsJob) -> runner.Pending:
+    """The bracket started now on a worker of the flow's Dask runner (one task: its
+    configurations train on across rungs in one process); `.result()` waits for it and loads
+    the classifiers, which come back as files in the shared folder: [(record, classifier)]."""
     empty = np.empty((0, 0), dtype=np.float32)
     light = replace(job, backbone=replace(job.backbone, train_features=empty, val_features=empty))
-    done = runner.current().submit(run_rungs, light).result()
-    return [(record, keras.saving.load_model(path, compile=False, safe_mode=True)) for record, path in done]
+
+    def loaded(done: list[tuple[TrialRecord, str]]) -> list[tuple[TrialRecord, keras.Model]]:
+        return [(r, keras.saving.load_model(path, compile=False, safe_mode=True)) for r, path in done]
+
+    return runner.current().submit(run_rungs, light).then(loaded)

@@ -185,8 +185,11 @@ def search(
             smallest, train, val, num_classes, params, finetune, augment, folder, board, left
         )
 
-    # on a Dask runner the scratch baseline trains on a worker while this process runs the rest
-    elsewhere = None
+    # on a Dask runner the scratch baseline trains on a worker from the start, the bracket once the
+    # head trials have chosen its start; this process only coordinates
+    elsewhere: runner.Pending | None = None
+    rungs: runner.Pending | None = None
+    bracketed: list[tuple[TrialRecord, keras.Model]] = []
     if SCRATCH in params.strategies and not runner.current().in_process:
         elsewhere = scratch.start_on_runner(scratch_job())
     try:
@@ -229,16 +232,21 @@ def search(
                 board,
                 None if deadline is None else deadline - time.monotonic(),
             )
-            # on a Dask runner the bracket trains on a worker too: this process only coordinates
-            tuned = bracket(job) if runner.current().in_process else rungs_on_runner(job)
-            records += [record for record, _ in tuned]
-            ranked += tuned
+            if runner.current().in_process:
+                bracketed = bracket(job)
+            else:  # on a worker, while this process fits the raw-pixel baseline
+                rungs = rungs_on_runner(job)
+        found = None
         if "pixels" in params.strategies and not past(deadline):
             found = pixel_baseline(smallest, train, val, num_classes, finetune)
-            if found is not None:
-                by_name[PIXELS_URI] = found[0]
-                records.append(found[1][0])
-                ranked.append(found[1])
+        if rungs is not None:
+            bracketed = rungs.result()
+        records += [record for record, _ in bracketed]
+        ranked += bracketed
+        if found is not None:
+            by_name[PIXELS_URI] = found[0]
+            records.append(found[1][0])
+            ranked.append(found[1])
         if elsewhere is not None:
             scratched: tuple[TrialRecord, keras.Model] | None = elsewhere.result()
         elif SCRATCH in params.strategies and not past(deadline):
@@ -249,8 +257,9 @@ def search(
             records.append(scratched[0])
             ranked.append(scratched)
     except BaseException:
-        if elsewhere is not None:
-            elsewhere.cancel()  # not left training on its worker for a search that has ended
+        for pending in (elsewhere, rungs):
+            if pending is not None:
+                pending.cancel()  # not left training on its worker for a search that has ended
         if checkpoints is None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
