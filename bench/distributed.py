@@ -228,10 +228,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "On a Dask runner every trial runs on a worker (the scratch baseline and the fine-tune "
-            "bracket as a task each, head trials on the Keras Tuner workers); the flow's process only "
-            "serves the oracle and waits. No number of workers ends the search before its longest "
-            "task (the scratch baseline's training, one process): with 2 workers the search takes "
-            "at least that long, so 2 over 1 is at most (all tasks' seconds) / (the longest).",
+            "bracket as a task each, head trials on the Keras Tuner workers); the flow's process "
+            "serves the oracle, fits the raw-pixel baseline (a logistic regression) and waits. "
+            "No number of workers ends the search before its longest task (the scratch baseline's "
+            "training, one process): with 2 workers the search takes at least that long, so 2 over "
+            "1 is at most (all tasks' seconds) / (the longest); on this 2-core machine two "
+            "single-threaded workers also slow each other (compare run_scratch on 1 and 2 workers).",
         ]
     trained = report.get("train_median_seconds")
     if trained:
