@@ -157,4 +157,6 @@ def forward_function(model: Any) -> Any:
     import tensorflow as tf
 
     signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)]
-    return tf.function(lambda x: model(x, training=False), input_signature=signature)
+    # autograph off: a plain call has no Python control flow to convert, and autograph would
+    # write its converted source to the temp folder (a file left behind by every load)
+    return tf.function(lambda x: model(x, training=False), input_signature=signature, autograph=False)
