@@ -7,7 +7,11 @@ as the pyfunc transferops registers (tasks/registry/serving.py) in a throwaway M
   the bare forward pass of one decoded image through a traced function; `model.predict` on it
   (what the pyfunc called before); the pyfunc's `predict` on one base64 row (decode + forward);
 - served by `mlflow models serve` on 127.0.0.1 with 1 and 2 uvicorn workers: one client's
-  request latency (median, p95) and the throughput of 1 and of 8 concurrent clients.
+  request latency (median, p95) and the throughput of 1 and of 8 concurrent clients;
+- each export format (`transferops export`, tasks/registry/export.py) of a trained classifier
+  (Lite0 with its ImageNet weights, a head fitted on `--export-photos` photos of the scale
+  benchmark): parity with Keras on the test split in the format's own runtime, file size,
+  single-image latency, conversion time.
 
 Results: bench/results/serving.{json,md}. One command: `python -m bench.serving`.
 """
@@ -87,8 +91,45 @@ def summary(ms: list[float]) -> dict[str, float]:
     }
 
 
+EXPORTS = ("savedmodel", "tflite", "tflite-float16", "tflite-int8", "onnx")
+
+
+def exports(work: Path, photos: int) -> dict[str, Any]:
+    """Every export format of a trained Lite0 classifier, checked on its test split."""
+    import keras
+
+    from bench.scale import make_photos
+    from tasks.core.config import Candidate, SplitParams
+    from tasks.data.datasets import load_folder
+    from tasks.data.stream import Pixels
+    from tasks.models.backbones import build_classifier, build_head, load_candidate
+    from tasks.registry import export
+
+    folder = make_photos(work / "export-photos", photos)
+    splits = load_folder(folder, SplitParams(), 40_000_000)
+    pixels = Pixels(224)
+    keras.utils.set_random_seed(0)
+    backbone = load_candidate(Candidate(uri="lite0:imagenet"), 0, work / "backbones")
+    # the head on frozen features, as the pipeline's head phase trains it
+    features = backbone.predict(splits.train.batches(pixels, 32, labels=False), verbose=0)
+    head, dense = build_head(features.shape[-1], len(splits.class_names), 0.2)
+    head.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    head.fit(features, splits.train.y, batch_size=64, epochs=60, verbose=0)
+    model = build_classifier(backbone, dense, 0.2)
+    report: dict[str, Any] = {"photos": photos, "test_images": len(splits.test)}
+    for name in EXPORTS:
+        start = time.perf_counter()
+        # max_accuracy_drop 1: every format is measured and kept, none refused
+        _, parity = export.export_checked(
+            model, splits.class_names, pixels, splits.test, splits.train, name, work / "exports", 1.0
+        )
+        report[name] = {**vars(parity), "seconds": round(time.perf_counter() - start, 1)}
+    return report
+
+
 def in_process(model_dir: Path, jpeg: Path, n: int) -> dict[str, Any]:
     import numpy as np
+    import pandas as pd
 
     from tasks.data.images import decode
     from tasks.registry import versions
@@ -98,8 +139,6 @@ def in_process(model_dir: Path, jpeg: Path, n: int) -> dict[str, Any]:
     served = pyfunc.unwrap_python_model()
     pixels = decode(data, 224, 40_000_000, "squash")
     batch = pixels[None].astype("float32")
-    import pandas as pd
-
     frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")]})
     return {
         "decode": summary(timed(lambda: decode(data, 224, 40_000_000, "squash"), n)),
@@ -184,13 +223,40 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {workers} worker(s) | {r['one_client']['median_ms']} | {r['one_client']['p95_ms']} "
             f"| {r['one_client_rps']} | {r['eight_clients_rps']} | {r['eight_clients']['median_ms']} |"
         )
+    if "exports" in report:
+        lines += export_lines(report["exports"])
     return "\n".join(lines) + "\n"
+
+
+def export_lines(found: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"Exports (`transferops export`) of Lite0 (ImageNet weights, frozen) with a head fitted on "
+        f"{found['photos']} photos, each checked in its own runtime on the {found['test_images']} "
+        "test images:",
+        "",
+        "| format | size (MiB) | top-1 agreement with Keras | max abs prob diff | test accuracy (Keras) "
+        "| 1 image (ms) | Keras forward (ms) | convert + check (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in EXPORTS:
+        r = found[name]
+        lines.append(
+            f"| {name} | {r['size_bytes'] / 2**20:.2f} | {r['agreement']:.2%} "
+            f"| {r['max_abs_difference']:.2g} "
+            f"| {r['accuracy']:.4f} ({r['keras_accuracy']:.4f}) | {r['latency_ms']:.2f} "
+            f"| {r['keras_latency_ms']:.2f} | {r['seconds']} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--export-photos", type=int, default=1000, help="photos for the export arms (0: none)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="transferops-serving-") as tmp:
         work = Path(tmp)
@@ -202,6 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "in_process": in_process(model_dir, jpeg, args.requests),
             "served": {str(w): served(model_dir, jpeg, w, args.requests, work) for w in (1, 2)},
         }
+        if args.export_photos:
+            report["exports"] = exports(work, args.export_photos)
     return results_io.write(args.out, "serving", report, markdown(report))
 
 

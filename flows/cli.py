@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 apply_env_defaults()  # before TensorFlow or Prefect are imported
 
 from flows.housekeeping import cmd_gc  # noqa: E402
-from flows.registry_cli import cmd_history, cmd_predict, cmd_promote, cmd_rollback, cmd_status  # noqa: E402
+from flows.registry_cli import add_registry_commands  # noqa: E402
 from tasks.core import runlock  # noqa: E402
 from tasks.core.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
 from tasks.core.errors import UserError  # noqa: E402
@@ -282,51 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.set_defaults(func=cmd_reproduce)
 
-    status = sub.add_parser(
-        "status", parents=after, help="champion and challenger with metrics and data versions"
-    )
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(func=cmd_status)
-
-    history = sub.add_parser(
-        "history", parents=after, help="every move of the champion alias: when, from, to, why"
-    )
-    history.add_argument("--model", help="registered model (default: register.model_name)")
-    history.add_argument("--json", action="store_true")
-    history.set_defaults(func=cmd_history)
-
-    promote = sub.add_parser("promote", parents=after, help="make a version the champion by hand (recorded)")
-    promote.add_argument("version", help="version number of the registered model")
-    promote.add_argument("--reason", required=True, help="why (recorded in the registry)")
-    promote.add_argument("--model", help="registered model (default: register.model_name)")
-    promote.set_defaults(func=cmd_promote)
-
-    rollback = sub.add_parser(
-        "rollback", parents=after, help="champion back to the one it replaced (recorded)"
-    )
-    rollback.add_argument("--reason", default="", help="why (recorded in the registry)")
-    rollback.add_argument("--model", help="registered model (default: register.model_name)")
-    rollback.set_defaults(func=cmd_rollback)
-
-    predict = sub.add_parser(
-        "predict",
-        parents=after,
-        help="label images with a registered version (its pyfunc): files, or folders of them",
-    )
-    predict.add_argument("images", nargs="+", type=Path, help="image files and folders (walked recursively)")
-    predict.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="write one row per file (path, label, confidence, error) to FILE.parquet or FILE.csv, "
-        "streamed; without it, a line per file on stdout",
-    )
-    predict.add_argument(
-        "--model",
-        default="@champion",
-        help="@ALIAS, VERSION or NAME@ALIAS (default: @champion of register.model_name)",
-    )
-    predict.set_defaults(func=cmd_predict)
+    add_registry_commands(sub, after)
 
     gc = sub.add_parser(
         "gc", parents=after, help="delete what params `retention` does not keep (caches, old versions, runs)"

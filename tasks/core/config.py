@@ -255,6 +255,12 @@ class RunnerParams(Section):
     threads_per_worker: int = Field(1, ge=1)
 
 
+class ExportParams(Section):  # `transferops export` (tasks/registry/export.py)
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1)  # more test accuracy lost in its runtime: refused
+    representative_images: int = Field(100, ge=1)  # int8: train images that calibrate activations
+    latency_calls: int = Field(30, ge=1)  # single-image calls timed for the recorded median
+
+
 # Two section names are also attributes of pydantic's BaseModel (the deprecated classmethod
 # `validate`) and of its ABCMeta (`register`); on an instance the field wins, so the warning
 # pydantic gives for them is noise.
@@ -276,6 +282,7 @@ with warnings.catch_warnings():
         retention: RetentionParams = RetentionParams()
         reproducibility: ReproducibilityParams = ReproducibilityParams()
         runner: RunnerParams = RunnerParams()
+        export: ExportParams = ExportParams()
 
         @model_validator(mode="after")
         def _distribute_what_runs(self) -> Params:

@@ -331,6 +331,12 @@ def version_tags(name: str, version: str) -> dict[str, str]:
         return {}
 
 
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
 PREDICT_BATCH = 64  # files read and predicted at once: memory stays flat in the number of files
 
 

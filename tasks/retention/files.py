@@ -1,6 +1,7 @@
 """What retention deletes on disk, in the project: the caches under `.transferops/` that no kept
-run used, Data Docs beyond the last few validations, folders `transferops data --force` set
-aside, and the DVC cache entries that no commit, no workspace file and no kept version needs.
+run used, Data Docs beyond the last few validations, the exports of deleted versions, folders
+`transferops data --force` set aside, and the DVC cache entries that no commit, no workspace
+file and no kept version needs.
 
 Every path comes from the project's own layout (never from a tag or a client), and nothing
 outside the project's `.transferops/` or the data folders' parents is touched.
@@ -28,7 +29,8 @@ KEEP_POINTERS = ".transferops-keep"  # DVC pointers of kept data versions, only 
 class Doomed:
     """One file or folder retention deletes."""
 
-    kind: str  # cached result, checkpoint, Data Docs, TensorBoard, features, reproduce scratch, old data
+    kind: str  # cached result, checkpoint, Data Docs, TensorBoard, features, reproduce scratch, export,
+    # old data folder
     path: Path
     size: int  # bytes
 
@@ -54,10 +56,12 @@ def doomed(
     features_since_s: float | None,
     data_folders: list[Path],
     kept_data_paths: set[str],
+    kept_versions: dict[str, set[str]] | None = None,
 ) -> list[Doomed]:
     """What to delete under `root`, given the cached results the kept runs used (`result_keys`),
     the start of the oldest kept flow run (`features_since_s`: feature files not used since go),
-    and the data folders whose `*.old-*` siblings `data --force` left."""
+    the data folders whose `*.old-*` siblings `data --force` left, and the versions kept of
+    each model this project registers (`kept_versions`: the exports of the others go)."""
     work, now = root / WORK, time.time()
     min_age = retention.min_age_minutes * 60
 
@@ -91,6 +95,10 @@ def doomed(
     for path in _entries(work / "reproduce"):
         if old(path):
             add("reproduce scratch", path)
+    for model, versions in (kept_versions or {}).items():
+        for path in _entries(work / "exports" / model):  # v<N>: `transferops export`
+            if path.name.removeprefix("v") not in versions and old(path):
+                add("export", path)
     kept = {str(Path(p).resolve()) for p in kept_data_paths}
     for folder in data_folders:
         for path in sorted(folder.parent.glob(f"{folder.name}.old-*")):

@@ -467,6 +467,45 @@ def test_predict_streams_a_folder_to_parquet_and_csv(project, capsys, tmp_path):
     assert "write .parquet or .csv" in capsys.readouterr().err
 
 
+def test_export_checks_the_version_on_its_test_split_and_records_the_parity(project, capsys):
+    """The challenger (the retrain's version: its data is the folder as it is now) as TFLite
+    float16, checked in the LiteRT interpreter on its test split; a bad flag and a version whose
+    data is gone end in one line."""
+    root, args = project
+    version = client_for(root).get_model_version_by_alias(MODEL, "challenger").version
+    capsys.readouterr()
+    assert main([*args, "export", "@challenger", "--format", "tflite", "--quantize", "float16"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert (
+        said[0]
+        == f"{MODEL} v{version} ({MODEL}@challenger): export tflite-float16, checked on its test split"
+    )
+    path = root / ".transferops" / "exports" / MODEL / f"v{version}" / "model-float16.tflite"
+    assert said[1].startswith(f"wrote {path}: ") and path.stat().st_size > 0
+    tags = client_for(root).get_model_version(MODEL, version).tags
+    tested = json.loads((root / "reports" / "retrain.json").read_text())["images"]["test"]
+    assert int(tags["export.tflite-float16.images"]) == tested
+    assert float(tags["export.tflite-float16.agreement"]) >= 0.995
+    assert tags["export.tflite-float16.status"] == "exported"
+    assert abs(float(tags["export.tflite-float16.accuracy_drop"])) <= 0.01
+    assert tags["export.tflite-float16.path"] == str(path)
+
+    assert main([*args, "export", "@challenger", "--format", "onnx", "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the params notice)
+    assert err == (
+        "transferops: export: --quantize int8 applies to --format tflite only "
+        "(float16, int8); SavedModel and ONNX keep float32 weights"
+    )
+    # v1's folder has changed since (the retrain added images) and was never `dvc add`-ed
+    assert main([*args, "export", "1", "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1].startswith("transferops: data version ") and "transferops-classifier v1 is not at" in err[-1]
+    )
+    assert "Traceback" not in "\n".join(err)
+    assert "export.onnx.status" not in client_for(root).get_model_version(MODEL, "1").tags
+
+
 SEARCH = sets(
     {
         "search.enabled": "true",

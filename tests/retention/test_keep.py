@@ -89,6 +89,9 @@ def test_only_what_no_kept_run_used_is_deleted_on_disk(tmp_path):
         ("checkpoints", "finetune-keepme"),
         ("checkpoints", "finetune-dropme"),
         *(("data_docs", f"docs{i}") for i in range(4)),
+        ("exports/clf", "v1"),
+        ("exports/clf", "v2"),
+        ("exports/other", "v1"),  # a model this project does not register (now): not ours to judge
     ]:
         (work / sub / name).mkdir(parents=True, exist_ok=True)
         (work / sub / name / "f").write_bytes(b"x" * 10)
@@ -97,13 +100,15 @@ def test_only_what_no_kept_run_used_is_deleted_on_disk(tmp_path):
     (tmp_path / "data" / "raw.old-1").mkdir(parents=True)
     (tmp_path / "data" / "raw").mkdir()
     retention = RetentionParams(keep_validations=2, min_age_minutes=0)
-    doomed = files.doomed(tmp_path, retention, {"keepme"}, None, [tmp_path / "data" / "raw"], set())
-    assert sorted((d.kind, d.path.name) for d in doomed) == [
-        ("Data Docs", "docs0"),
-        ("Data Docs", "docs1"),
-        ("cached result", "dropme"),
-        ("checkpoint", "finetune-dropme"),
-        ("old data folder", "raw.old-1"),
+    kept = {"clf": {"2"}}  # v1 of clf was deleted: its exports go
+    doomed = files.doomed(tmp_path, retention, {"keepme"}, None, [tmp_path / "data" / "raw"], set(), kept)
+    assert sorted((d.kind, str(d.path.relative_to(tmp_path))) for d in doomed) == [
+        ("Data Docs", ".transferops/data_docs/docs0"),
+        ("Data Docs", ".transferops/data_docs/docs1"),
+        ("cached result", ".transferops/results/dropme"),
+        ("checkpoint", ".transferops/checkpoints/finetune-dropme"),
+        ("export", ".transferops/exports/clf/v1"),
+        ("old data folder", "data/raw.old-1"),
     ]
     # a file newer than min_age_minutes may belong to a run in progress: spared
     assert files.doomed(tmp_path, RetentionParams(), {"keepme"}, None, [], set()) == []
