@@ -127,6 +127,36 @@ def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSumm
         return _run(train_flow, data_dir, params, paths.root, force=args.force)
 
 
+def cmd_distill(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
+    """Train `--student` on the soft targets of the registered version `teacher` (the fixed
+    recipe's head phase, tasks/models/distill.py; phase 2 off unless --set), then evaluate and
+    register it through the gate like any challenger; the version records its teacher."""
+    from flows.registry_cli import version_ref
+    from tasks.registry import versions
+    from tasks.reporting import tracking
+
+    tracking.configure(paths.mlflow_dir)
+    ref = version_ref(params, args.teacher)
+    name, version = versions.resolve(ref)
+    if version is None:
+        raise UserError(f"distill: {ref} is not a registered version; `transferops status` shows what is")
+    params = distill_params(params, f"{name}/{version}", args.student, args.set_before + args.set_after)
+    print(f"distill {name} v{version} ({ref}) into {args.student}")
+    return cmd_train(argparse.Namespace(data=None, force=args.force), params, paths)
+
+
+def distill_params(params: Params, teacher: str, student: str, sets: list[str]) -> Params:
+    """A train's params that distil version `teacher` (NAME/N) into backbone `student`: the
+    fixed recipe, the student the only candidate, phase 2 off unless `sets` (--set) set it."""
+    from tasks.core.config import parse_params
+
+    finetune: dict[str, Any] = {"distill_from": teacher}
+    if not any(s.startswith("finetune.finetune_epochs=") for s in sets):
+        finetune["finetune_epochs"] = 0
+    overrides = {"finetune": finetune, "select": {"candidates": [student]}, "search": {"enabled": False}}
+    return parse_params(params.as_dict(), "transferops distill", overrides)
+
+
 def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     with runlock.exclusive(paths.root, params.register.model_name):
         start_prefect_server()
@@ -249,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data", type=Path, help="image folder <data>/<class>/<image>")
     train.set_defaults(func=cmd_train)
+
+    distill = sub.add_parser(
+        "distill",
+        parents=[*after, force],
+        help="train a student on a registered version's soft targets, then gate it like any challenger",
+    )
+    distill.add_argument("teacher", help="VERSION, @ALIAS or NAME@ALIAS of the teacher (an ensemble, say)")
+    distill.add_argument(
+        "--student",
+        required=True,
+        help="the student's backbone, a candidate URI (registry:, keras:, lite0:, file:)",
+    )
+    distill.set_defaults(func=cmd_distill)
 
     retrain = sub.add_parser(
         "retrain", parents=[*after, force], help="train warm-started from the champion, if data changed"

@@ -23,8 +23,10 @@ from tasks.core.config import (
     ReproducibilityParams,
     SearchParams,
 )
+from tasks.core.errors import UserError
 from tasks.data import datasets
-from tasks.models import checkpoints, features, finetune
+from tasks.data.stream import Pixels
+from tasks.models import checkpoints, distill, features, finetune
 from tasks.reporting.tracking import log_history
 from tasks.search import strategy
 from tasks.selection import candidates
@@ -34,6 +36,7 @@ from tasks.selection import candidates
     "finetune",
     code=(
         "models.finetune",
+        "models.distill",
         "search.strategy",
         "search.records",
         "search.heads",
@@ -102,10 +105,38 @@ def finetune_model(
             val_features=frozen["val"],
             checkpoints=folder,
             events=events,
+            teacher=teacher_targets(params.distill_from, data, start.pixels) if params.distill_from else None,
         )
     say_resumed(result.resumed)
     result.fingerprint = key
     return result
+
+
+def teacher_targets(ref: str, data: datasets.SplitData, pixels: Pixels) -> tuple[Any, Any]:
+    """The distillation targets (arrays) of the train and val splits from registered version
+    `ref` (NAME/N), which must know the same classes and take the student's input."""
+    from tasks.registry import versions
+
+    name, _, version = ref.partition("/")
+    if versions.resolve(ref)[1] is None:
+        raise UserError(f"finetune.distill_from {ref}: no such registered version")
+    served = versions.load_version(name, version)
+    teacher, classes = versions.champion_keras_model(served)
+    if classes != data.class_names:
+        raise UserError(
+            f"distill: teacher {name} v{version} knows classes {classes}, this data {data.class_names}"
+        )
+    taken = versions.pixels_of(served).key()
+    if taken != pixels.key():
+        raise UserError(
+            f"distill: teacher {name} v{version} takes {taken} images, the student {pixels.key()}: "
+            "choose a student backbone of the teacher's input size"
+        )
+    train, val = (
+        distill.targets(teacher, split, pixels, f"teacher on {what}")
+        for split, what in ((data.train, "train"), (data.val, "val"))
+    )
+    return train, val
 
 
 def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> str:

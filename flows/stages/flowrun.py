@@ -245,4 +245,5 @@ def version_tags(
         **backbone,
         "mlflow_run_id": run.run_id,
         "params": json.dumps(params.as_dict(), sort_keys=True),
+        **({"distilled_from": params.finetune.distill_from} if params.finetune.distill_from else {}),
     }

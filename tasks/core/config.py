@@ -150,9 +150,12 @@ class FinetuneParams(Section):
     patience: int = Field(4, ge=1)  # early stopping on validation loss
     seed: int = 0
     histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
-    # phase 2 of the fixed recipe under tf.distribute (tasks/models/distribute.py)
-    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"  # phase 2 (tasks/models/distribute.py)
     distribute_workers: int = Field(2, ge=1)  # multi_worker: processes on this machine
+    # `transferops distill` (tasks/models/distill.py): the head learns version NAME/N's soft targets
+    distill_from: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[0-9]+$")
+    distill_temperature: float = Field(3.0, gt=0)
+    distill_soft_weight: float = Field(0.5, ge=0, le=1)  # the teacher's share of the loss; the rest: labels
 
     @model_validator(mode="after")
     def _trains_something(self) -> FinetuneParams:
@@ -162,9 +165,8 @@ class FinetuneParams(Section):
 
 
 class SearchParams(Section):
-    """How `finetune` chooses its strategy (tasks/search/strategy.py): head trials on cached
-    features, one budgeted bracket of fine-tune trials, the scratch and raw-pixel baselines, on
-    the validation split. Off, `finetune` runs its fixed recipe (head, then the top layers)."""
+    """How `finetune` chooses its strategy on the val split (tasks/search/strategy.py): head trials,
+    a budgeted bracket of fine-tune trials, scratch and raw-pixel baselines. Off: the fixed recipe."""
 
     enabled: bool = True
     strategies: tuple[Literal["head", "top", "full", "scratch", "pixels"], ...] = Field(
@@ -180,8 +182,7 @@ class SearchParams(Section):
     factor: int = Field(3, ge=2)  # each rung keeps 1/factor of the trials, for factor x the epochs
     budget_epochs: int = Field(3, ge=0)  # epochs over the training split all fine-tune trials share
     time_budget_minutes: float = Field(30, ge=0)  # no trial or epoch starts after it (0: none)
-    # the scratch baseline (strategy `scratch`) trains outside the bracket, on its own budget
-    scratch_epochs: int = Field(200, ge=1)
+    scratch_epochs: int = Field(200, ge=1)  # the scratch baseline: outside the bracket, on its own budget
     scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops, at most
     # or as many epochs as make this many steps (at least 5); None: `scratch_patience` epochs always
     scratch_patience_steps: int | None = Field(200, ge=1)
@@ -200,8 +201,7 @@ class SearchParams(Section):
 
 
 class AugmentParams(Section):
-    """Training-time augmentation (Keras preprocessing layers; never at inference). Horizontal
-    flips are off by default: they change what text, digits or left/right classes mean."""
+    """Training-time augmentation (never at inference); flips off: they change what text or digits mean."""
 
     flip: bool = False
     shift: float = Field(0.1, ge=0, lt=1)  # fraction of the height/width
@@ -213,16 +213,14 @@ class RegisterParams(Section):
     model_name: Annotated[str, AfterValidator(check_model_name)] = "transferops-classifier"
     metric: str = Field("macro_f1", pattern=r"^(accuracy|macro_f1)$")  # what the promotion gate compares
     min_delta: float = Field(0.0, ge=0, le=1)  # the challenger must beat the champion by more than this
-    # The paired gate (tasks/evaluation/gate.py): significance of the improvement on the same test images.
-    alpha: float = Field(0.05, gt=0, lt=1)  # McNemar p below it; the (1 - alpha) interval above 0
+    alpha: float = Field(0.05, gt=0, lt=1)  # paired gate (evaluation/gate.py): McNemar p < it, (1-it) CI > 0
     bootstrap_resamples: int = Field(1000, ge=100)
     max_recall_drop: float = Field(0.10, ge=0, le=1)  # no class may lose more recall than this
     min_metric: float = Field(0.0, ge=0, le=1)  # a floor on the challenger's metric
 
 
 class RetrainParams(Section):
-    # The drift test of `retrain` (tasks/promotion/drift.py): MMD² on the champion's backbone features.
-    drift_alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the permutation test
+    drift_alpha: float = Field(0.05, gt=0, lt=1)  # the drift test's (promotion/drift.py: MMD², permutations)
     drift_samples: int = Field(300, ge=10)  # images per side
     drift_permutations: int = Field(200, ge=10)
     require_drift: bool = False  # true: changed data without significant drift is not retrained
@@ -286,6 +284,8 @@ with warnings.catch_warnings():
 
         @model_validator(mode="after")
         def _distribute_what_runs(self) -> Params:
+            if self.finetune.distill_from and self.search.enabled:
+                raise ValueError("finetune.distill_from trains the fixed recipe: set search.enabled: false")
             if self.finetune.distribute != "none" and self.search.enabled:
                 raise ValueError(
                     "finetune.distribute applies to the fixed recipe's phase 2: set search.enabled: false "

@@ -58,11 +58,13 @@ def features(
 def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> Any:
     """A `tf.data` pipeline of (rows of `x`, labels) batches gathered by index from `x` (a
     memmap of the cache: only a batch is read at a time, whatever the number of images).
-    With a `seed`: endless, reshuffled every epoch (fit with `steps_per_epoch`); without: one
-    pass in order (validation)."""
+    `y`: class indices, or float rows of targets (tasks.models.distill). With a `seed`:
+    endless, reshuffled every epoch (fit with `steps_per_epoch`); without: one pass in order
+    (validation)."""
     import tensorflow as tf
 
-    labels = tf.constant(np.asarray(y, dtype=np.int64))
+    y = np.asarray(y)
+    labels = tf.constant(y.astype("float32") if y.dtype.kind == "f" else y.astype(np.int64))
 
     @tf.autograph.experimental.do_not_convert
     def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -22,7 +22,7 @@ from tasks.core import progress
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
-from tasks.models import distribute, features
+from tasks.models import distill, distribute, features
 from tasks.models.backbones import build_classifier, build_head, glorot, weighted_layers
 from tasks.models.checkpoints import callback, finished, resumed_epoch
 from tasks.models.epochs import BatchBar, EpochLines
@@ -87,21 +87,28 @@ def train_head(
     events: Path | None = None,
     history: dict[str, dict[str, list[float]]] | None = None,
     resumed: dict[str, int] | None = None,
+    teacher: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> keras.layers.Layer:
     """Phase 1: the softmax head alone on (frozen features, labels); returns its Dense layer.
-    Its curve goes to `history["head"]`, a resumed checkpoint to `resumed`."""
+    Its curve goes to `history["head"]`, a resumed checkpoint to `resumed`. With `teacher`
+    (the train and val targets of tasks.models.distill), it learns the teacher's soft targets
+    mixed with the labels (params `distill_temperature`, `distill_soft_weight`)."""
     head_model, dense = build_head(train[0].shape[1], num_classes, params.dropout, params.seed)
     if init_head is not None:
         dense.set_weights(init_head)
+    loss: Any = "sparse_categorical_crossentropy"
+    metric: Any = "accuracy"
+    y_train, y_val = train[1], val[1]
+    if teacher is not None:
+        loss = distill.loss(params.distill_temperature, params.distill_soft_weight)
+        metric, (y_train, y_val) = distill.accuracy(), teacher
     head_model.compile(
-        optimizer=keras.optimizers.Adam(params.head_learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        optimizer=keras.optimizers.Adam(params.head_learning_rate), loss=loss, metrics=[metric]
     )
     if params.head_epochs > 0:
         fitted = head_model.fit(  # streamed from the (memory-mapped) features: flat in N
-            features.row_batches(train[0], train[1], params.batch_size, params.seed),
-            validation_data=features.row_batches(val[0], val[1], params.batch_size, None),
+            features.row_batches(train[0], y_train, params.batch_size, params.seed),
+            validation_data=features.row_batches(val[0], y_val, params.batch_size, None),
             steps_per_epoch=_steps(len(train[0]), params.batch_size),
             epochs=params.head_epochs,
             shuffle=False,  # the stream reshuffles itself every epoch
@@ -130,6 +137,7 @@ def finetune(
     val_features: np.ndarray | None = None,
     checkpoints: Path | None = None,
     events: Path | None = None,
+    teacher: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FinetuneResult:
     """Fine-tune `backbone` on the images of `train` (decoded as `pixels` says); returns the
     classifier and its history.
@@ -139,6 +147,8 @@ def finetune(
     them (the feature cache); computed here otherwise.
     `checkpoints`: a folder for per-epoch checkpoints (tasks.models.checkpoints); a killed run resumes.
     `events`: a folder for TensorBoard event files, one subfolder per phase.
+    `teacher`: distillation targets of the train and val splits (tasks.models.distill) for the
+    head phase; phase 2, when on, fine-tunes on the labels.
     """
     keras.utils.set_random_seed(params.seed)
     backbone.trainable = False
@@ -164,6 +174,7 @@ def finetune(
         events,
         history,
         resumed,
+        teacher,
     )
 
     classifier = build_classifier(backbone, dense, params.dropout, params.seed)

@@ -75,13 +75,17 @@ def model_id_of(version: ModelVersion) -> str | None:
 
 def parents_of(name: str, tags: dict[str, str]) -> list[tuple[str, str]]:
     """The registered versions version `tags` of model `name` was made from: the one it started
-    from (warm start or pretrained backbone) and the champion that competed in its search."""
+    from (warm start or pretrained backbone), the champion that competed in its search, and the
+    teacher it was distilled from (NAME/N)."""
     backbone, pinned = tags.get("backbone", ""), tags.get("backbone_version", "")
     found = []
     if backbone.startswith("registry:") and pinned:
         found.append((registry_ref(backbone.removeprefix("registry:"))[0], pinned))
     if tags.get("warm_start_version"):
         found.append((name, tags["warm_start_version"]))
+    if tags.get("distilled_from"):
+        teacher, _, version = tags["distilled_from"].partition("/")
+        found.append((teacher, version))
     return found
 
 

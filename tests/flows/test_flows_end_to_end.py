@@ -605,3 +605,34 @@ def test_a_search_that_keeps_the_raw_pixel_baseline_registers_and_serves_it(proj
     assert main([*args, "predict", str(image), "--model", str(version.version)]) == 0
     path, label, confidence = capsys.readouterr().out.splitlines()[1].split("  ")
     assert path == str(image) and label in {"dog", "eel", "fox"} and 0 < float(confidence) <= 1
+
+
+def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(project, capsys):
+    """`distill`: the student (the stand-in backbone, at the teacher's input size) learns the
+    newest version's soft targets in its head phase, then is registered through the gate like
+    any challenger, its teacher in its lineage (and kept by gc as its parent)."""
+    from tasks.retention.keep import parents_of
+
+    root, args = project
+    client = client_for(root)
+    teacher = max(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+    student = "registry:transferops-backbone@pretrained"
+    capsys.readouterr()
+    assert main([*args, "distill", str(teacher), "--student", student]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"distill {MODEL} v{teacher} ({MODEL}/{teacher}) into {student}\n")
+    summary = json.loads((root / "reports" / "distill.json").read_text())
+    version = client.get_model_version(MODEL, summary["registered"]["version"])
+    assert int(version.version) == teacher + 1 and summary["backbone"] == student
+    assert version.tags["distilled_from"] == f"{MODEL}/{teacher}"
+    recorded = json.loads(version.tags["params"])
+    assert recorded["finetune"]["distill_from"] == f"{MODEL}/{teacher}"
+    # phase 2 is off in a distillation unless set, as this project's FAST params set it
+    assert recorded["finetune"]["finetune_epochs"] == 2 and recorded["search"]["enabled"] is False
+    assert version.tags["compared_with"] == str(champion)  # the gate, as for any challenger
+    assert (MODEL, str(teacher)) in parents_of(MODEL, dict(version.tags))
+    assert main([*args, "distill", "999", "--student", student]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"transferops: distill: {MODEL}/999 is not a registered version; `transferops status` shows what is"
+    )
