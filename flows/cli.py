@@ -129,8 +129,8 @@ def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSumm
 
 def cmd_distill(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     """Train `--student` on the soft targets of the registered version `teacher` (the fixed
-    recipe's head phase, tasks/models/distill.py; phase 2 off unless --set), then evaluate and
-    register it through the gate like any challenger; the version records its teacher."""
+    recipe, tasks/models/distill.py), then evaluate and register it through the gate like any
+    challenger; the version records its teacher."""
     from flows.registry_cli import version_ref
     from tasks.registry import versions
     from tasks.reporting import tracking
@@ -140,20 +140,21 @@ def cmd_distill(args: argparse.Namespace, params: Params, paths: Paths) -> RunSu
     name, version = versions.resolve(ref)
     if version is None:
         raise UserError(f"distill: {ref} is not a registered version; `transferops status` shows what is")
-    params = distill_params(params, f"{name}/{version}", args.student, args.set_before + args.set_after)
+    params = distill_params(params, f"{name}/{version}", args.student)
     print(f"distill {name} v{version} ({ref}) into {args.student}")
     return cmd_train(argparse.Namespace(data=None, force=args.force), params, paths)
 
 
-def distill_params(params: Params, teacher: str, student: str, sets: list[str]) -> Params:
+def distill_params(params: Params, teacher: str, student: str) -> Params:
     """A train's params that distil version `teacher` (NAME/N) into backbone `student`: the
-    fixed recipe, the student the only candidate, phase 2 off unless `sets` (--set) set it."""
+    fixed recipe (both phases learn the teacher's targets), the student the only candidate."""
     from tasks.core.config import parse_params
 
-    finetune: dict[str, Any] = {"distill_from": teacher}
-    if not any(s.startswith("finetune.finetune_epochs=") for s in sets):
-        finetune["finetune_epochs"] = 0
-    overrides = {"finetune": finetune, "select": {"candidates": [student]}, "search": {"enabled": False}}
+    overrides = {
+        "finetune": {"distill_from": teacher},
+        "select": {"candidates": [student]},
+        "search": {"enabled": False},
+    }
     return parse_params(params.as_dict(), "transferops distill", overrides)
 
 

@@ -152,9 +152,8 @@ class FinetuneParams(Section):
     histogram_freq: int = Field(0, ge=0)  # TensorBoard weight histograms every N epochs (0: none)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"  # phase 2 (tasks/models/distribute.py)
     distribute_workers: int = Field(2, ge=1)  # multi_worker: processes on this machine
-    # `transferops distill` (tasks/models/distill.py): the head learns version NAME/N's soft targets
     distill_from: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[0-9]+$")
-    distill_temperature: float = Field(3.0, gt=0)
+    distill_temperature: float = Field(3.0, gt=0)  # distill_from NAME/N: learn its soft targets
     distill_soft_weight: float = Field(0.5, ge=0, le=1)  # the teacher's share of the loss; the rest: labels
 
     @model_validator(mode="after")
@@ -284,8 +283,9 @@ with warnings.catch_warnings():
 
         @model_validator(mode="after")
         def _distribute_what_runs(self) -> Params:
-            if self.finetune.distill_from and self.search.enabled:
-                raise ValueError("finetune.distill_from trains the fixed recipe: set search.enabled: false")
+            unfit = self.search.enabled or self.finetune.distribute == "multi_worker"
+            if self.finetune.distill_from and unfit:
+                raise ValueError("finetune.distill_from needs search.enabled: false and no multi_worker")
             if self.finetune.distribute != "none" and self.search.enabled:
                 raise ValueError(
                     "finetune.distribute applies to the fixed recipe's phase 2: set search.enabled: false "

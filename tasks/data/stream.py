@@ -104,7 +104,8 @@ def batches(
     if labels is None:
         stream = indices.map(image, num_parallel_calls=runner.threads(), deterministic=True)
     else:
-        y = tf.constant(np.asarray(labels, dtype=np.int64))
+        labels = np.asarray(labels)  # class indices, or float rows of targets (tasks.models.distill)
+        y = tf.constant(labels.astype("float32") if labels.dtype.kind == "f" else labels.astype(np.int64))
 
         @tf.autograph.experimental.do_not_convert
         def labelled(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -56,13 +56,19 @@ class Job:
     val: Split
     pixels: Pixels
     params: FinetuneParams
+    distilled: bool = False  # the splits' `y` are distillation targets (tasks.models.distill)
 
 
-def compile_for_phase2(classifier: keras.Model, params: FinetuneParams) -> None:
+def compile_for_phase2(classifier: keras.Model, params: FinetuneParams, distilled: bool = False) -> None:
+    if distilled:
+        from tasks.models import distill
+
+        loss: Any = distill.loss(params.distill_temperature, params.distill_soft_weight)
+        metric: Any = distill.accuracy()
+    else:
+        loss, metric = "sparse_categorical_crossentropy", "accuracy"
     classifier.compile(
-        optimizer=keras.optimizers.Adam(params.finetune_learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        optimizer=keras.optimizers.Adam(params.finetune_learning_rate), loss=loss, metrics=[metric]
     )
 
 
@@ -98,7 +104,7 @@ def mirrored(
     classifier.save(folder / START)
     with tf.distribute.MirroredStrategy().scope():
         replica = keras.saving.load_model(folder / START, compile=False, safe_mode=True)
-        compile_for_phase2(replica, job.params)
+        compile_for_phase2(replica, job.params, job.distilled)
     history = fit_phase2(replica, job, callbacks)
     classifier.set_weights(replica.get_weights())
     return history
@@ -266,7 +272,7 @@ def run(
     `folder` holds what the strategy's processes share (a temporary one when None)."""
     kind = job.params.distribute
     if kind == "none":
-        compile_for_phase2(classifier, job.params)
+        compile_for_phase2(classifier, job.params, job.distilled)
         return fit_phase2(classifier, job, callbacks)
     with tempfile.TemporaryDirectory(prefix="transferops-distribute-") as scratch:
         where = folder if folder is not None else Path(scratch)

@@ -147,8 +147,8 @@ def finetune(
     them (the feature cache); computed here otherwise.
     `checkpoints`: a folder for per-epoch checkpoints (tasks.models.checkpoints); a killed run resumes.
     `events`: a folder for TensorBoard event files, one subfolder per phase.
-    `teacher`: distillation targets of the train and val splits (tasks.models.distill) for the
-    head phase; phase 2, when on, fine-tunes on the labels.
+    `teacher`: distillation targets of the train and val splits (tasks.models.distill): both
+    phases learn the teacher's soft targets mixed with the labels.
     """
     keras.utils.set_random_seed(params.seed)
     backbone.trainable = False
@@ -181,7 +181,13 @@ def finetune(
     unfrozen: list[str] = []
     if params.finetune_epochs > 0 and params.unfreeze_layers > 0:
         unfrozen = unfreeze_top(backbone, params.unfreeze_layers)
-        job = distribute.Job(train, val, pixels, params)
+        if teacher is None:
+            job = distribute.Job(train, val, pixels, params)
+        else:  # the same images, the teacher's targets in place of the labels
+            targets = (
+                Split(s.root, s.files, t, s.sha256) for s, t in ((train, teacher[0]), (val, teacher[1]))
+            )
+            job = distribute.Job(*targets, pixels, params, distilled=True)
         history["finetune"] = distribute.run(
             classifier,
             job,

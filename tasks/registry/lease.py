@@ -63,7 +63,9 @@ def held(name: str, wait_s: float = 300.0, stale_s: float = 600.0) -> Iterator[N
             )
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # RESOURCE_DOES_NOT_EXIST: a create that raced the last holder's delete on the server
+            # (seen in CI, `mlflow server` on SQLite, the two at once): look again, as when it exists
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         now = time.monotonic()
         current = _holder(client, lock)

@@ -468,9 +468,9 @@ def test_predict_streams_a_folder_to_parquet_and_csv(project, capsys, tmp_path):
 
 
 def test_export_checks_the_version_on_its_test_split_and_records_the_parity(project, capsys):
-    """The challenger (the retrain's version: its data is the folder as it is now) as TFLite
-    float16, checked in the LiteRT interpreter on its test split; a bad flag and a version whose
-    data is gone end in one line."""
+    """The challenger (its data folder is as it was) as TFLite float16, checked in the LiteRT
+    interpreter on all its test images; a bad flag and a version whose data is gone end in one
+    line."""
     root, args = project
     version = client_for(root).get_model_version_by_alias(MODEL, "challenger").version
     capsys.readouterr()
@@ -482,8 +482,11 @@ def test_export_checks_the_version_on_its_test_split_and_records_the_parity(proj
     )
     path = root / ".transferops" / "exports" / MODEL / f"v{version}" / "model-float16.tflite"
     assert said[1].startswith(f"wrote {path}: ") and path.stat().st_size > 0
-    tags = client_for(root).get_model_version(MODEL, version).tags
-    tested = json.loads((root / "reports" / "retrain.json").read_text())["images"]["test"]
+    client = client_for(root)
+    tags = client.get_model_version(MODEL, version).tags
+    inputs = client.get_run(tags["mlflow_run_id"]).inputs.dataset_inputs  # the splits its run recorded
+    test = next(i for i in inputs if {t.key: t.value for t in i.tags}["mlflow.data.context"] == "test")
+    tested = sum(json.loads(next(t.value for t in test.tags if t.key == "class_counts")).values())
     assert int(tags["export.tflite-float16.images"]) == tested
     assert float(tags["export.tflite-float16.agreement"]) >= 0.995
     assert tags["export.tflite-float16.status"] == "exported"
@@ -609,8 +612,8 @@ def test_a_search_that_keeps_the_raw_pixel_baseline_registers_and_serves_it(proj
 
 def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(project, capsys):
     """`distill`: the student (the stand-in backbone, at the teacher's input size) learns the
-    newest version's soft targets in its head phase, then is registered through the gate like
-    any challenger, its teacher in its lineage (and kept by gc as its parent)."""
+    newest version's soft targets in both phases, then is registered through the gate like any
+    challenger, its teacher in its lineage (and kept by gc as its parent)."""
     from tasks.retention.keep import parents_of
 
     root, args = project
@@ -628,7 +631,6 @@ def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(projec
     assert version.tags["distilled_from"] == f"{MODEL}/{teacher}"
     recorded = json.loads(version.tags["params"])
     assert recorded["finetune"]["distill_from"] == f"{MODEL}/{teacher}"
-    # phase 2 is off in a distillation unless set, as this project's FAST params set it
     assert recorded["finetune"]["finetune_epochs"] == 2 and recorded["search"]["enabled"] is False
     assert version.tags["compared_with"] == str(champion)  # the gate, as for any challenger
     assert (MODEL, str(teacher)) in parents_of(MODEL, dict(version.tags))

@@ -76,21 +76,52 @@ def test_a_distilled_head_answers_like_its_teacher():
     assert (soft.argmax(1) == y[test]).mean() >= (hard.argmax(1) == y[test]).mean() - 0.02
 
 
-def test_a_distillation_trains_the_student_alone_with_its_head_phase_unless_told():
+def test_a_distillation_is_the_fixed_recipe_on_the_student_alone():
     from flows.cli import distill_params
     from tasks.core.config import ConfigError, Params, parse_params
 
-    params = distill_params(Params(), "clf/3", "lite0:imagenet", [])
-    assert params.finetune.distill_from == "clf/3" and params.finetune.finetune_epochs == 0
-    assert [c.uri for c in params.select.candidates] == ["lite0:imagenet"] and not params.search.enabled
     told = Params.model_validate({"finetune": {"finetune_epochs": 2}})
-    assert (
-        distill_params(
-            told, "clf/3", "lite0:imagenet", ["finetune.finetune_epochs=2"]
-        ).finetune.finetune_epochs
-        == 2
-    )
+    params = distill_params(told, "clf/3", "lite0:imagenet")
+    assert params.finetune.distill_from == "clf/3" and params.finetune.finetune_epochs == 2
+    assert [c.uri for c in params.select.candidates] == ["lite0:imagenet"] and not params.search.enabled
     with pytest.raises(ConfigError, match="a candidate is registry:"):
-        distill_params(Params(), "clf/3", "resnet", [])
-    with pytest.raises(ConfigError, match=r"set search\.enabled: false"):
+        distill_params(Params(), "clf/3", "resnet")
+    with pytest.raises(ConfigError, match=r"needs search\.enabled: false and no multi_worker"):
         parse_params({"finetune": {"distill_from": "clf/3"}}, "params.yaml")
+
+
+def test_phase_two_learns_the_soft_targets_too(on_disk):
+    """With a teacher and phase 2 on, the fine-tuned classifier is the one that minimised the
+    distillation loss on val (its best val_loss is that loss of its own predictions)."""
+    from conftest import pattern_image
+
+    from tasks.models.backbones import build_backbone
+    from tasks.models.finetune import finetune
+
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 3
+    images = np.stack([pattern_image(int(k), rng, 16) for k in y])
+    train, val = on_disk(images[:60], y[:60]), on_disk(images[60:], y[60:])
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    teacher = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    pixels = Pixels(16)
+    packed = tuple(distill.targets(teacher, s, pixels, "teacher") for s in (train, val))
+    params = FinetuneParams(
+        head_epochs=3,
+        finetune_epochs=3,
+        unfreeze_layers=2,
+        batch_size=32,
+        patience=3,
+        distill_temperature=2.0,
+        distill_soft_weight=0.7,
+    )
+    keras.utils.set_random_seed(0)
+    result = finetune(build_backbone(16, width=4), train, val, 3, params, pixels, teacher=packed)
+    curve = result.history["finetune"]
+    assert set(curve) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    predicted = result.model.predict(val.images(pixels).astype("float32"), verbose=0)
+    own = float(
+        distill.loss(2.0, 0.7)(keras.ops.convert_to_tensor(packed[1]), keras.ops.convert_to_tensor(predicted))
+    )
+    assert own == pytest.approx(min(curve["val_loss"]), rel=1e-3)

@@ -1,0 +1,172 @@
+"""Distillation (知识蒸馏): a single student against the ensemble it learns from.
+
+The demo's task (Fashion-MNIST classes 5-9 at 32 px, `--per-class` images each, the stand-in
+backbone pretrained on classes 0-4), per seed:
+
+- the teacher: an ensemble (tasks/search/ensemble.py, equal weights) of `--members` fixed-recipe
+  fine-tunes of the stand-in, each with its own seed: what the search keeps as 模型融合;
+- the student alone: the same recipe and architecture (the best single member's), one more
+  seed, on the labels;
+- the student distilled: the same seed, learning the teacher's soft targets mixed with the
+  labels in both phases (`finetune.distill_*` at their defaults, tasks/models/distill.py).
+
+Test accuracy of each, the share of the teacher's lead over the student alone that the
+distilled student recovers, and the median single-image forward time of teacher and student.
+Results: bench/results/distill.{json,md}. One command: `python -m bench.distill`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import results_io
+from bench.transfer import copy_of
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def accuracy(model: Any, split: Any, pixels: Any) -> float:
+    from tasks.evaluation.evaluate import predict
+
+    probabilities = predict(model, split.batches(pixels, 128, labels=False), len(split), "test")
+    return float((probabilities.argmax(axis=1) == split.y).mean())
+
+
+def latency_ms(model: Any, pixels: Any, calls: int = 50) -> float:
+    """Median of single-image calls of the traced forward pass (as served)."""
+    import numpy as np
+
+    from tasks.registry.serving import forward_function
+
+    forward = forward_function(model)
+    image = np.zeros((1, pixels.size, pixels.size, 3), "float32")
+    forward(image)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        np.asarray(forward(image))
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def one_seed(seed: int, stand_in: Any, data: Any, pixels: Any, members: int) -> dict[str, Any]:
+    import keras
+
+    from tasks.core.config import FinetuneParams
+    from tasks.models import distill, finetune
+    from tasks.search.ensemble import ensemble
+
+    def fine_tune(run_seed: int, teacher: Any = None) -> Any:
+        params = FinetuneParams(seed=run_seed)
+        keras.utils.set_random_seed(run_seed)
+        classes = len(data.class_names)
+        return finetune.finetune(
+            copy_of(stand_in), data.train, data.val, classes, params, pixels, teacher=teacher
+        ).model
+
+    start = time.perf_counter()
+    trained = [fine_tune(10 * seed + m) for m in range(members)]
+    teacher = ensemble(trained, [1 / members] * members)
+    targets = tuple(distill.targets(teacher, s, pixels, "teacher") for s in (data.train, data.val))
+    alone = fine_tune(10 * seed + members)
+    distilled = fine_tune(10 * seed + members, targets)
+    row = {
+        "seed": seed,
+        "members": [accuracy(m, data.test, pixels) for m in trained],
+        "teacher": accuracy(teacher, data.test, pixels),
+        "alone": accuracy(alone, data.test, pixels),
+        "distilled": accuracy(distilled, data.test, pixels),
+        "teacher_ms": latency_ms(teacher, pixels),
+        "student_ms": latency_ms(distilled, pixels),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(row, flush=True)
+    return row
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean_std(key: str) -> tuple[float, float]:
+        values = [r[key] for r in rows]
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    out = {key: mean_std(key) for key in ("teacher", "alone", "distilled", "teacher_ms", "student_ms")}
+    lead = out["teacher"][0] - out["alone"][0]
+    out["recovered"] = (out["distilled"][0] - out["alone"][0]) / lead if lead > 0 else None
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = [
+        f"# Distillation benchmark ({report['date']})",
+        "",
+        f"`{report['command']}` on {report['machine']}. Fashion-MNIST classes 5-9 at 32 px, "
+        f"{report['per_class']} images per class ({report['images']['train']} train, "
+        f"{report['images']['val']} val, {report['images']['test']} test), the stand-in pretrained on "
+        "classes 0-4; teacher: an "
+        f"ensemble of {report['members']} fixed-recipe fine-tunes; student: one more, alone or distilled "
+        "(same seed).",
+        "",
+        "| seed | members (test acc) | teacher | student alone | student distilled | teacher ms "
+        "| student ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        members = ", ".join(f"{a:.4f}" for a in r["members"])
+        lines.append(
+            f"| {r['seed']} | {members} | {r['teacher']:.4f} | {r['alone']:.4f} | {r['distilled']:.4f} "
+            f"| {r['teacher_ms']:.2f} | {r['student_ms']:.2f} |"
+        )
+    recovered = "-" if s["recovered"] is None else f"{s['recovered']:.2f}"
+    lines += [
+        "",
+        f"Mean ± std over seeds: teacher {s['teacher'][0]:.4f} ± {s['teacher'][1]:.4f}, student alone "
+        f"{s['alone'][0]:.4f} ± {s['alone'][1]:.4f}, distilled {s['distilled'][0]:.4f} "
+        f"± {s['distilled'][1]:.4f}; "
+        f"share of the teacher's lead recovered: {recovered}; single-image forward "
+        f"{s['student_ms'][0]:.2f} ms (student) against {s['teacher_ms'][0]:.2f} ms (teacher). "
+        f"One test image is {1 / report['images']['test']:.4f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=600, help="target-task images per class")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--members", type=int, default=3, help="fine-tunes in the teacher ensemble")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from tasks.core.config import FashionMnistParams, Params
+    from tasks.data import fashion_mnist
+    from tasks.data.datasets import load_folder
+    from tasks.data.stream import Pixels
+    from tasks.models.pretraining import pretrain
+
+    params = Params()
+    with tempfile.TemporaryDirectory(prefix="transferops-distill-") as tmp:
+        source, raw = Path(tmp) / "source", Path(tmp) / "raw"
+        fashion_mnist.write_demo_data(source, raw, FashionMnistParams(raw_per_class=args.per_class))
+        stand_in = pretrain(load_folder(source, params.split, 40_000_000), params.pretrain, 32).backbone
+        data = load_folder(raw, params.split, 40_000_000)
+        pixels = Pixels(32, params.data.resize)
+        rows = [one_seed(seed, stand_in, data, pixels, args.members) for seed in range(args.seeds)]
+    report = {
+        **results_io.header("bench.distill", argv),
+        "per_class": args.per_class,
+        "members": args.members,
+        "images": data.sizes(),
+        "runs": rows,
+        "summary": summary(rows),
+    }
+    return results_io.write(args.out, "distill", report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()
