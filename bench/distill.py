@@ -79,6 +79,8 @@ def one_seed(seed: int, stand_in: Any, data: Any, pixels: Any, members: int) -> 
         "seed": seed,
         "members": [accuracy(m, data.test, pixels) for m in trained],
         "teacher": accuracy(teacher, data.test, pixels),
+        # how often the soft targets' top class is the label on the images the student learns
+        "teacher_on_train": float((targets[0][:, 1:].argmax(axis=1) == data.train.y).mean()),
         "alone": accuracy(alone, data.test, pixels),
         "distilled": accuracy(distilled, data.test, pixels),
         "teacher_ms": latency_ms(teacher, pixels),
@@ -112,14 +114,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"ensemble of {report['members']} fixed-recipe fine-tunes; student: one more, alone or distilled "
         "(same seed).",
         "",
-        "| seed | members (test acc) | teacher | student alone | student distilled | teacher ms "
-        "| student ms |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | members (test acc) | teacher | teacher on train | student alone | student distilled "
+        "| teacher ms | student ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         members = ", ".join(f"{a:.4f}" for a in r["members"])
         lines.append(
-            f"| {r['seed']} | {members} | {r['teacher']:.4f} | {r['alone']:.4f} | {r['distilled']:.4f} "
+            f"| {r['seed']} | {members} | {r['teacher']:.4f} | {r['teacher_on_train']:.4f} "
+            f"| {r['alone']:.4f} | {r['distilled']:.4f} "
             f"| {r['teacher_ms']:.2f} | {r['student_ms']:.2f} |"
         )
     recovered = "-" if s["recovered"] is None else f"{s['recovered']:.2f}"
