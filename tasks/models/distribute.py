@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,5 +282,20 @@ def run(
         return multi_worker(classifier, job, where / "multi_worker", job.params.distribute_workers, say)
 
 
+def main(argv: list[str]) -> None:
+    """A worker process: it ends with its exit code even when TensorFlow's collective threads,
+    still waiting on a peer that failed (or on one this worker failed), would keep a normal
+    interpreter exit waiting for ever (seen in CI: a worker printed its error and never exited)."""
+    code = 0
+    try:
+        worker(Path(argv[0]), int(argv[1]), argv[2].split(","))
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(","))
+    main(sys.argv[1:])
