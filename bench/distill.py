@@ -41,17 +41,13 @@ def latency_ms(model: Any, pixels: Any, calls: int = 50) -> float:
     """Median of single-image calls of the traced forward pass (as served)."""
     import numpy as np
 
+    from tasks.registry.export import median_ms
     from tasks.registry.serving import forward_function
 
     forward = forward_function(model)
-    image = np.zeros((1, pixels.size, pixels.size, 3), "float32")
-    forward(image)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        np.asarray(forward(image))
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return median_ms(
+        lambda x: np.asarray(forward(x)), np.zeros((1, pixels.size, pixels.size, 3), "float32"), calls
+    )
 
 
 def one_seed(seed: int, stand_in: Any, data: Any, pixels: Any, members: int) -> dict[str, Any]:

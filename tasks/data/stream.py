@@ -104,8 +104,7 @@ def batches(
     if labels is None:
         stream = indices.map(image, num_parallel_calls=runner.threads(), deterministic=True)
     else:
-        labels = np.asarray(labels)  # class indices, or float rows of targets (tasks.models.distill)
-        y = tf.constant(labels.astype("float32") if labels.dtype.kind == "f" else labels.astype(np.int64))
+        y = label_tensor(labels)
 
         @tf.autograph.experimental.do_not_convert
         def labelled(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -117,6 +116,15 @@ def batches(
         if shuffle_seed is not None:  # the same order as shuffling the indices with this seed
             stream = stream.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
     return stream.batch(batch_size).prefetch(2).with_options(options())
+
+
+def label_tensor(labels: np.ndarray) -> tf.Tensor:
+    """Labels as a tensor to gather batches from: class indices (int64), or float rows of
+    targets (tasks.models.distill: the label, then a teacher's log-probabilities)."""
+    import tensorflow as tf
+
+    labels = np.asarray(labels)
+    return tf.constant(labels.astype("float32") if labels.dtype.kind == "f" else labels.astype(np.int64))
 
 
 def options() -> tf.data.Options:

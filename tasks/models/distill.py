@@ -4,7 +4,7 @@ The way back from an ensemble (模型融合), which costs k times one model at i
 model trained to answer as the ensemble does. The teacher (any registered version) runs once
 over the train and val splits; its log-probabilities are kept beside the labels as the targets,
 n x (1 + k) floats whatever the image size. The student's head phase (on its frozen features,
-tasks.models.finetune.train_head) then minimises, per batch,
+tasks.models.finetune.train_head) and phase 2 (tasks.models.distribute) then minimise, per batch,
 
     (1 - soft_weight) * cross-entropy(label, p_student)
     + soft_weight * T^2 * KL(softmax(log p_teacher / T) || softmax(log p_student / T))
@@ -62,3 +62,11 @@ def accuracy() -> keras.metrics.Metric:
     """Accuracy against the label column of packed targets, logged as `accuracy` like the
     undistilled head's."""
     return keras.metrics.MeanMetricWrapper(_label_accuracy, name="accuracy")
+
+
+def objective(params: Any, distilled: bool) -> tuple[Any, Any]:
+    """(loss, metric) to compile a phase with (`params`: FinetuneParams): on labels, or on the
+    packed targets of a distillation."""
+    if not distilled:
+        return "sparse_categorical_crossentropy", "accuracy"
+    return loss(params.distill_temperature, params.distill_soft_weight), accuracy()

@@ -61,13 +61,9 @@ class Job:
 
 
 def compile_for_phase2(classifier: keras.Model, params: FinetuneParams, distilled: bool = False) -> None:
-    if distilled:
-        from tasks.models import distill
+    from tasks.models import distill
 
-        loss: Any = distill.loss(params.distill_temperature, params.distill_soft_weight)
-        metric: Any = distill.accuracy()
-    else:
-        loss, metric = "sparse_categorical_crossentropy", "accuracy"
+    loss, metric = distill.objective(params, distilled)
     classifier.compile(
         optimizer=keras.optimizers.Adam(params.finetune_learning_rate), loss=loss, metrics=[metric]
     )

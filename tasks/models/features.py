@@ -63,8 +63,7 @@ def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> A
     (validation)."""
     import tensorflow as tf
 
-    y = np.asarray(y)
-    labels = tf.constant(y.astype("float32") if y.dtype.kind == "f" else y.astype(np.int64))
+    labels = stream.label_tensor(y)
 
     @tf.autograph.experimental.do_not_convert
     def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -96,12 +96,8 @@ def train_head(
     head_model, dense = build_head(train[0].shape[1], num_classes, params.dropout, params.seed)
     if init_head is not None:
         dense.set_weights(init_head)
-    loss: Any = "sparse_categorical_crossentropy"
-    metric: Any = "accuracy"
-    y_train, y_val = train[1], val[1]
-    if teacher is not None:
-        loss = distill.loss(params.distill_temperature, params.distill_soft_weight)
-        metric, (y_train, y_val) = distill.accuracy(), teacher
+    loss, metric = distill.objective(params, teacher is not None)
+    y_train, y_val = teacher if teacher is not None else (train[1], val[1])
     head_model.compile(
         optimizer=keras.optimizers.Adam(params.head_learning_rate), loss=loss, metrics=[metric]
     )

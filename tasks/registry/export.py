@@ -189,6 +189,8 @@ class Parity:
 
 
 def size_of(path: Path) -> int:
+    """Bytes of the artifact (a SavedModel is a folder). The registry may not import retention's
+    own helper: imports go one way (tests/test_layout.py)."""
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return path.stat().st_size
