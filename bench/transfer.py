@@ -115,7 +115,8 @@ def run_arm(
             found = strategy.search(backbones, train, val, n, search, ft, params.augment)
             model, ran = found.model, sum(t.epochs for t in found.trials)
             pixels = found.pixels
-            ensemble = f" + ensemble of {len(found.ensemble['members'])}" if found.ensemble else ""
+            kept = found.ensemble and not found.ensemble.get("distilled", {}).get("kept")
+            ensemble = f" + ensemble of {len(found.ensemble['members'])}" if kept else ""
             chosen, why = found.best.words() + ensemble, found.explanation()
         else:
             best = backbones[0]

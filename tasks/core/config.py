@@ -183,11 +183,11 @@ class SearchParams(Section):
     time_budget_minutes: float = Field(30, ge=0)  # no trial or epoch starts after it (0: none)
     scratch_epochs: int = Field(200, ge=1)  # the scratch baseline: outside the bracket, on its own budget
     scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops, at most
-    # or as many epochs as make this many steps (at least 5); None: `scratch_patience` epochs always
-    scratch_patience_steps: int | None = Field(200, ge=1)
+    scratch_patience_steps: int | None = Field(200, ge=1)  # or this many steps' epochs (>= 5); None: off
     scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy
+    distill_ensemble: bool = True  # a kept ensemble of k backbones: distilled into one (ensemble.distil)
 
     @model_validator(mode="after")
     def _positive(self) -> SearchParams:

@@ -1,5 +1,6 @@
 """Ensembles (模型融合): the best search trials averaged, weighted by val accuracy, as one Keras
-model of built-in layers, kept only when it really leads the chosen trial on val (`records.leads`)."""
+model of built-in layers, kept only when it really leads the chosen trial on val (`records.leads`);
+and the way back (知识蒸馏): an ensemble of several backbones distilled into one (`distil`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.search.records import leads
+from tasks.core.config import FinetuneParams
+from tasks.data.datasets import Split
+from tasks.search.records import SearchBackbone, leads
 
 
 def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
@@ -117,3 +120,48 @@ def fuse(
         return members[0], single[0], None
     info = {"weights": weights, "member_val_accuracy": single, "val_accuracy": float(fused.mean())}
     return ensemble(members, weights), float(fused.mean()), info
+
+
+def backbone_passes(model: keras.Model) -> int:
+    """How many backbones one forward pass of `model` runs (what it costs to serve): 1 for a
+    classifier or an ensemble of heads on one backbone, k for an ensemble of k fine-tunes."""
+    return max(1, sum(isinstance(layer, keras.Model) for layer in model.layers))
+
+
+def distil(
+    teacher: keras.Model,
+    architecture: SearchBackbone,
+    train: Split,
+    val: Split,
+    num_classes: int,
+    params: FinetuneParams,
+) -> keras.Model:
+    """One copy of `architecture` (its pretrained weights) fine-tuned by the fixed recipe
+    (`params`) on the ensemble `teacher`'s soft targets mixed with the labels, both phases
+    (tasks.models.distill), the head phase on the architecture's cached frozen features."""
+    from tasks.models import distill, finetune
+
+    on_train, on_val = (
+        distill.targets(teacher, split, architecture.pixels, f"ensemble on {what}")
+        for split, what in ((train, "train"), (val, "val"))
+    )
+    backbone = keras.models.clone_model(architecture.model)
+    backbone.set_weights(architecture.model.get_weights())
+    return finetune.finetune(
+        backbone,
+        train,
+        val,
+        num_classes,
+        params,
+        architecture.pixels,
+        train_features=architecture.train_features,
+        val_features=architecture.val_features,
+        teacher=(on_train, on_val),
+    ).model
+
+
+def student_kept(teacher_val: np.ndarray, student_val: np.ndarray, y_val: np.ndarray) -> bool:
+    """Whether a distilled student replaces its ensemble: when the ensemble does not really lead
+    it on val (`records.leads`, paired per image), as the search prefers the simpler of two
+    models the better does not lead."""
+    return not leads(_correct(teacher_val, y_val), _correct(student_val, y_val))

@@ -25,7 +25,10 @@ probabilities averaged (weighted by validation accuracy), are kept instead of th
 only when they really lead it on the validation split (`records.leads`, the paired test of the
 choice rule): an ensemble of near-equal heads that is two images better on val is noise. The
 ensemble is one Keras model (`ensemble.ensemble`: built-in layers only), so it is registered
-and served like any other.
+and served like any other. An ensemble of k distinct backbones costs k forward passes an image;
+with `distill_ensemble` it is distilled (知识蒸馏) into one copy of the chosen trial's architecture
+(`ensemble.distil`: the fixed recipe on the ensemble's soft targets), and that student is kept
+instead unless the ensemble really leads it on val.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from tasks.models.checkpoints import finished
 from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
 from tasks.search import scratch, tuner_workers
-from tasks.search.ensemble import fuse
+from tasks.search.ensemble import backbone_passes, distil, fuse, student_kept
 from tasks.search.heads import LOGISTIC_BYTES, head_log_probabilities, head_trials, logistic_head
 from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past
 from tasks.search.rungs import RungsJob, bracket, rungs_on_runner
@@ -89,10 +92,23 @@ class SearchResult:
             + f" (best per strategy: {ranked})"
         )
         if self.ensemble:
+            distilled = self.ensemble.get("distilled")
             words += (
                 f"; an ensemble of the best {len(self.ensemble['members'])} scored "
-                f"{self.ensemble['val_accuracy']:.4f} on val and is kept"
+                f"{self.ensemble['val_accuracy']:.4f} on val"
             )
+            if distilled is None:
+                words += " and is kept"
+            else:
+                words += (
+                    f" ({distilled['backbone_passes'][0]} backbone passes an image); distilled into one "
+                    f"{distilled['architecture']}, which scored {distilled['val_accuracy']:.4f}: "
+                    + (
+                        "the ensemble does not lead it, the student is kept"
+                        if distilled["kept"]
+                        else "the ensemble leads it and is kept"
+                    )
+                )
         return words
 
 
@@ -277,7 +293,41 @@ def search(
     )
     if fused is not None:
         fused["members"] = [record.words() for record, _ in top]
+        if params.distill_ensemble and backbone_passes(model) > 1 and not past(deadline):
+            teacher_val = sum(
+                w * probabilities[r.trial_id] for w, (r, _) in zip(fused["weights"], top, strict=True)
+            )
+            student = distilled(model, teacher_val, backbone, fused, train, val, num_classes, finetune)
+            if student is not None:  # one backbone pass an image instead of k
+                model, val_accuracy = student, fused["distilled"]["val_accuracy"]
     return SearchResult(model, best_record, records, val_accuracy, fused, backbone.name, backbone.pixels)
+
+
+def distilled(
+    teacher: keras.Model,
+    teacher_val: np.ndarray,
+    architecture: SearchBackbone,
+    fused: dict[str, Any],
+    train: Split,
+    val: Split,
+    num_classes: int,
+    finetune: FinetuneParams,
+) -> keras.Model | None:
+    """The kept ensemble `teacher` (val probabilities `teacher_val`) distilled into one
+    `architecture` (the chosen trial's; `ensemble.distil`): the student when the ensemble does not
+    really lead it on val, else None. What happened goes in `fused["distilled"]`."""
+    if architecture.name == PIXELS_URI:  # a logistic regression on pixels: nothing to distil into
+        return None
+    student = distil(teacher, architecture, train, val, num_classes, finetune)
+    student_val = np.asarray(student.predict(val.batches(architecture.pixels, 64, labels=False), verbose=0))
+    kept = student_kept(teacher_val, student_val, val.y)
+    fused["distilled"] = {
+        "architecture": architecture.name,
+        "val_accuracy": float((student_val.argmax(axis=1) == val.y).mean()),
+        "backbone_passes": [backbone_passes(teacher), 1],
+        "kept": kept,
+    }
+    return student if kept else None
 
 
 def as_finetune_result(found: SearchResult, events: Path | None = None) -> FinetuneResult:

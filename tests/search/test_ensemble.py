@@ -22,6 +22,7 @@ def test_an_ensemble_is_the_weighted_mean_and_round_trips_as_a_keras_file(tmp_pa
     members = [classifier(1, width=2), classifier(2)]
     x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("float32")
     fused = ensemble.ensemble(members, [0.25, 0.75])
+    assert ensemble.backbone_passes(fused) == 2 and ensemble.backbone_passes(members[0]) == 1
     expected = 0.25 * members[0].predict(x, verbose=0) + 0.75 * members[1].predict(x, verbose=0)
     np.testing.assert_allclose(fused.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     fused.save(tmp_path / "ensemble.keras")
@@ -48,6 +49,7 @@ def test_members_that_share_a_backbone_save_and_load(tmp_path):
     fused = ensemble.ensemble(members, [0.5, 0.5])
     # one forward pass of the backbone for both heads: it is in the ensemble once
     assert [layer.name for layer in fused.layers if isinstance(layer, keras.Model)] == [backbone.name]
+    assert ensemble.backbone_passes(fused) == 1  # nothing to distil: it costs one backbone
     fused.save(tmp_path / "shared.keras")
     loaded = keras.models.load_model(tmp_path / "shared.keras", compile=False, safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
@@ -112,3 +114,13 @@ def test_the_ensemble_is_kept_only_when_it_really_leads_the_chosen_member_on_val
     val = [np.asarray(m.predict(x, verbose=0)) for m in (perfect, a)]
     model, accuracy, info = ensemble.fuse([perfect, a], val, y, weighted=True)
     assert model is perfect and accuracy == 1.0 and info is None
+
+
+def test_a_student_replaces_its_ensemble_unless_the_ensemble_really_leads_it():
+    y = np.array([0, 1] * 10)
+    right = np.eye(2)[y]
+    wrong_on = lambda k: np.concatenate([1 - right[:k], right[k:]])  # noqa: E731 (wrong on the first k)
+    # the ensemble right on all 20: a student wrong on 6 is really behind (6 > 2 sqrt 6), on 4 it is not
+    assert not ensemble.student_kept(right, wrong_on(6), y)
+    assert ensemble.student_kept(right, wrong_on(4), y)
+    assert ensemble.student_kept(wrong_on(3), right, y)  # a student better than its teacher

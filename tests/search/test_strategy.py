@@ -14,10 +14,10 @@ from conftest import pattern_image
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.stream import Pixels
-from tasks.models import features
+from tasks.models import features, finetune
 from tasks.models.backbones import PIXELS_URI, build_backbone
 from tasks.models.trainer import augmentation, build_trainer
-from tasks.search import heads, records, rungs, scratch, strategy
+from tasks.search import ensemble, heads, records, rungs, scratch, strategy
 
 pytestmark = pytest.mark.slow
 PIXELS = Pixels(32)
@@ -237,6 +237,39 @@ def test_the_search_chooses_among_logmes_best_backbones(on_disk):
     assert found.backbone == found.best.hyperparameters["backbone"]
     assert f" of {found.backbone} " in found.explanation()
     assert found.best in found.trials
+
+
+def test_an_ensemble_of_two_backbones_is_distilled_into_one(on_disk):
+    """The way back from an ensemble of k backbones (k forward passes an image): one copy of the
+    chosen architecture learns the ensemble's soft targets; it is kept, and recorded, when the
+    ensemble does not really lead it on val. The architecture's pretrained weights stay as they were."""
+    train, val = on_disk(*images(60, seed=1)), on_disk(*images(30, seed=2))
+    chosen = candidate("pretrained", pretrained_backbone(), train, val)
+    other = candidate("other", build_backbone(32, 4, seed=7), train, val)
+    before = [w.copy() for w in chosen.model.get_weights()]
+    params = FinetuneParams(batch_size=16, head_epochs=20, head_learning_rate=1e-2, finetune_epochs=1, seed=3)
+    members = [finetune.finetune(copy(c.model), train, val, 3, params, PIXELS).model for c in (chosen, other)]
+    teacher = ensemble.ensemble(members, [0.5, 0.5])
+    teacher_val = teacher.predict(val.batches(PIXELS, 16, labels=False), verbose=0)
+    assert (teacher_val.argmax(axis=1) == val.y).mean() >= 0.9
+    fused = {"weights": [0.5, 0.5]}
+    student = strategy.distilled(teacher, teacher_val, chosen, fused, train, val, 3, params)
+    record = fused["distilled"]
+    assert record["architecture"] == "pretrained" and record["backbone_passes"] == [2, 1]
+    # on this learnable task the student matches the ensemble: it is kept
+    assert student is not None and record["kept"]
+    assert ensemble.backbone_passes(student) == 1 and student.input_shape == teacher.input_shape
+    student_val = student.predict(val.batches(PIXELS, 16, labels=False), verbose=0)
+    measured = float((student_val.argmax(axis=1) == val.y).mean())
+    assert record["val_accuracy"] == pytest.approx(measured) and measured >= 0.9
+    for got, want in zip(chosen.model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def copy(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def test_a_spent_deadline_trains_only_the_head_trials(on_disk):
