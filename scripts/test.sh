@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-auto}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-auto}" --dist loadfile --durations=25 "$@"
