@@ -55,6 +55,62 @@ def _warm() -> None:
     import tensorflow  # noqa: F401
 
 
+CEILING_WORK = {"features": (224, 100), "training": (32, 300)}  # kind -> (pixels, batches of 32)
+
+
+def _busy(kind: str, ready: Any, seconds: Any) -> None:
+    """One process's share of `ceiling`: a fixed amount of single-threaded TensorFlow work like a
+    worker's ("features": forward passes at 224 px, as scoring runs; "training": train steps at
+    32 px, as the search runs), timed from when every copy is ready; its seconds into `seconds`."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    size, batches = CEILING_WORK[kind]
+    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(size, size, 3), classes=8)
+    x, y = tf.zeros((32, size, size, 3)), tf.zeros((32,), "int32")
+    if kind == "features":
+        forward = tf.function(lambda: model(x, training=False))
+        step: Any = forward
+    else:
+        model.compile("adam", "sparse_categorical_crossentropy")
+        step = lambda: model.train_on_batch(x, y)  # noqa: E731
+    step()  # traced before the clock
+    ready.wait()
+    start = time.perf_counter()
+    for _ in range(batches):
+        step()
+    seconds.put(time.perf_counter() - start)
+
+
+def ceiling(kind: str) -> dict[str, Any]:
+    """The most 2 single-threaded worker processes can give on this machine: the same fixed work
+    in one process alone, then in two at once (cores, caches and memory bandwidth shared);
+    throughput of 2 over 1 = 2 x alone / the slower of the two."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+
+    def run(copies: int) -> list[float]:
+        ready, seconds = context.Barrier(copies), context.Queue()
+        processes = [context.Process(target=_busy, args=(kind, ready, seconds)) for _ in range(copies)]
+        for process in processes:
+            process.start()
+        out = [seconds.get() for _ in processes]
+        for process in processes:
+            process.join()
+        return out
+
+    alone, together = run(1)[0], run(2)
+    return {
+        "alone_seconds": round(alone, 2),
+        "together_seconds": [round(t, 2) for t in together],
+        "throughput_2_over_1": round(2 * alone / max(together), 2),
+    }
+
+
 def score_once(data: Any, workers: int, work: Path, started: dict[str, float]) -> dict[str, Any]:
     """One scoring of every candidate from an empty cache; wall time and scores."""
     from tasks.core import runner
@@ -187,6 +243,12 @@ def train_once(folder: Path, database: str, work: Path) -> dict[str, Any]:
     return {"seconds": round(seconds, 1), "servers_start_seconds": round(started, 1)}
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose throughput ratio is the median (the lower middle of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["throughput_2_over_1"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def markdown(report: dict[str, Any]) -> str:
     med = report["median_seconds"]
     lines = [
@@ -253,6 +315,31 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {trained[name]:.1f} | {trained[name] / trained['sqlite']:.2f}x "
                 f"| {last['servers_start_seconds']} |"
             )
+    ceilings = report.get("ceiling")
+    if ceilings:
+        lines += [
+            "",
+            "What 2 workers can give on this machine at most (`ceiling`): the same fixed single-threaded "
+            "TensorFlow work (MobileNetV3Small, batches of 32) in one process alone, then in two at once "
+            "(median of the repeats):",
+            "",
+            "| work | alone (s) | two at once (s) | throughput, 2 over 1 |",
+            "|---|---|---|---|",
+        ]
+        for kind, (size, batches) in CEILING_WORK.items():
+            c = ceilings[kind]
+            work = f"{kind}: {batches} batches at {size} px"
+            together = " / ".join(f"{t:.2f}" for t in c["together_seconds"])
+            lines.append(
+                f"| {work} | {c['alone_seconds']:.2f} | {together} | {c['throughput_2_over_1']:.2f}x |"
+            )
+    bound = report.get("search_bound")
+    if bound:
+        lines += [
+            "",
+            f"The search's own bound on 2 workers: its tasks' seconds on 1 worker, summed, over its longest "
+            f"task = {bound:.2f}x (before any slowdown of two processes sharing 2 cores).",
+        ]
     search = report["speedup"]["search"]
     lines += [
         "",
@@ -279,8 +366,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     searched: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNNERS}
     trained: dict[str, list[dict[str, Any]]] = {name: [] for name in DATABASES}
     started: dict[str, float] = {}
+    ceilings: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CEILING_WORK}
     with tempfile.TemporaryDirectory(prefix="transferops-distributed-") as tmp:
         for repeat in range(args.repeats):
+            for kind in CEILING_WORK:
+                ceilings[kind].append(ceiling(kind))
+                print("ceiling", kind, ceilings[kind][-1], flush=True)
             for name, workers in RUNNERS.items():
                 # a fresh shared cache per run: nothing scored before is read back
                 work = Path(tmp) / f"{name}-{repeat}"
@@ -303,6 +394,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rs in runs.values()
         for r in rs
     )
+    one_worker = searched["dask-1"][-1].get("task_seconds", {})
+    spent = [seconds for task in one_worker.values() for seconds in task]
     report = {
         **results_io.header("bench.distributed", argv),
         "photos": args.photos,
@@ -318,6 +411,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_runs": trained,
         "train_median_seconds": train_median,
         "postgresql_over_sqlite": round(train_median["postgresql"] / train_median["sqlite"], 2),
+        "ceiling": {kind: median_run(runs) for kind, runs in ceilings.items()},
+        "search_bound": round(sum(spent) / max(spent), 2) if spent else None,
         "speedup": {
             "scoring": round(median["dask-1"] / median["dask-2"], 2),
             "search": round(search_median["dask-1"] / search_median["dask-2"], 2),

@@ -42,16 +42,18 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_fashion_mnist(directory: Path = DEBIAN_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """The 60,000 training images (28x28 uint8) and labels."""
-    images = directory / "train-images-idx3-ubyte.gz"
-    labels = directory / "train-labels-idx1-ubyte.gz"
+def load_fashion_mnist(directory: Path = DEBIAN_DIR, part: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The 60,000 training images (28x28 uint8) and labels, or with `part="t10k"` the 10,000
+    test images (never in the demo's folders: the benchmarks' held-out set)."""
+    images = directory / f"{part}-images-idx3-ubyte.gz"
+    labels = directory / f"{part}-labels-idx1-ubyte.gz"
     if images.exists() and labels.exists():
         return _read_idx(images), _read_idx(labels)
     import keras
 
     try:
-        (x, y), _ = keras.datasets.fashion_mnist.load_data()
+        train, test = keras.datasets.fashion_mnist.load_data()
+        x, y = train if part == "train" else test
     except Exception as e:  # no internet: urllib's error, wrapped by Keras
         raise UserError(
             f"Fashion-MNIST: not in {directory} and the download failed ({type(e).__name__}): "

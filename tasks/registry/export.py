@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -92,6 +93,22 @@ def _quiet_converters() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """LiteRT's C++ writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to
+    file descriptor 2 when it prepares a model, past Python's logging: noise beside the check's
+    one line. Errors still reach the user as the exceptions they raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def write(
     model: Any,
     name: str,
@@ -137,14 +154,16 @@ def load_runtime(path: Path, name: str) -> Runtime:
         return lambda x: np.asarray(session.run(None, {input_name: x})[0])
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    with _native_stderr_quiet():
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     shape: list[int] = []
 
     def run(x: np.ndarray) -> np.ndarray:
         if list(x.shape) != shape:  # the batch dimension is dynamic: size it to this batch
             interpreter.resize_tensor_input(source["index"], list(x.shape))
-            interpreter.allocate_tensors()
+            with _native_stderr_quiet():
+                interpreter.allocate_tensors()
             shape[:] = list(x.shape)
         interpreter.set_tensor(source["index"], x)
         interpreter.invoke()

@@ -40,11 +40,14 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["savedmodel", "tflite", "tflite-float16", "onnx"])
-def test_each_format_answers_as_keras_on_the_test_split(trained, tmp_path, name):
+def test_each_format_answers_as_keras_on_the_test_split(trained, tmp_path, name, capfd):
     model, classes, splits = trained
+    capfd.readouterr()
     path, parity = export.export_checked(
         model, classes, PIXELS, splits.test, splits.train, name, tmp_path, 0.0, latency_calls=3
     )
+    # the runtimes' own C++ logging stays off the terminal (LiteRT's XNNPACK line among it)
+    assert "XNNPACK" not in capfd.readouterr().err
     assert path.exists() and parity.size_bytes > 0
     assert parity.images == len(splits.test) > 10
     assert parity.agreement >= 0.995
