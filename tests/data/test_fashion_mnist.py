@@ -63,3 +63,14 @@ def test_without_the_debian_copy_a_failed_download_is_one_clear_line(tmp_path, m
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist(tmp_path)
+
+
+def test_the_test_file_is_read_apart_from_the_training_file(tmp_path):
+    from tasks.data.fashion_mnist import load_fashion_mnist
+
+    for part, value in (("train", 1), ("t10k", 2)):
+        write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", np.full((3, 28, 28), value))
+        write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.full(3, value))
+    for part, value in (("train", 1), ("t10k", 2)):
+        images, labels = load_fashion_mnist(tmp_path, part)
+        assert images.shape == (3, 28, 28) and (images == value).all() and (labels == value).all()
