@@ -187,7 +187,7 @@ class SearchParams(Section):
     scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy
-    distill_ensemble: bool = True  # a kept ensemble of k backbones: distilled into one (ensemble.distil)
+    distill_ensemble: bool = False  # a kept ensemble of k backbones: distilled into one (ensemble.distil)
 
     @model_validator(mode="after")
     def _positive(self) -> SearchParams:
