@@ -9,7 +9,9 @@ test:  ## lint + every test (unit and end-to-end)
 bench:  ## every benchmark -> bench/results/ (hours on 2 cores: bench.transfer at its defaults, 2 tasks x 6 arms x 3 seeds x 3 label counts; its first label count alone took 90 min)
 	scripts/setup.sh && .venv/bin/python -m bench.transfer && .venv/bin/python -m bench.determinism \
 	  && .venv/bin/python -m bench.startup && .venv/bin/python -m bench.operations \
-	  && .venv/bin/python -m bench.scale --cases 2000:32 2000:224 10000:32
+	  && .venv/bin/python -m bench.scale --cases 2000:32 2000:224 10000:32 \
+	  && .venv/bin/python -m bench.serving && .venv/bin/python -m bench.distributed --repeats 3 \
+	  && .venv/bin/python -m bench.distill
 
 lint:
 	scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
