@@ -6,7 +6,8 @@ backbone pretrained on classes 0-4), per seed:
 - the teacher: an ensemble (tasks/search/ensemble.py, equal weights) of `--members` fixed-recipe
   fine-tunes of the stand-in, each with its own seed: what the search keeps as 模型融合;
 - the student alone: the same recipe and architecture (the best single member's), one more
-  seed, on the labels;
+  seed, on the labels; with `--student-width` a narrower stand-in (pretrained the same way),
+  the usual setting of distillation: a cheaper model taught by a better one;
 - the student distilled: the same seed, learning the teacher's soft targets mixed with the
   labels in both phases (`finetune.distill_*` at their defaults, tasks/models/distill.py).
 
@@ -69,7 +70,13 @@ def held_out(folder: Path, class_names: list[str], classes: tuple[int, ...]) -> 
 
 
 def one_seed(
-    seed: int, stand_in: Any, data: Any, test: Any, pixels: Any, members: int, recipe: dict[str, Any]
+    seed: int,
+    stand_ins: tuple[Any, Any],
+    data: Any,
+    test: Any,
+    pixels: Any,
+    members: int,
+    recipe: dict[str, Any],
 ) -> dict[str, Any]:
     import keras
 
@@ -77,20 +84,20 @@ def one_seed(
     from tasks.models import distill, finetune
     from tasks.search.ensemble import ensemble
 
-    def fine_tune(run_seed: int, teacher: Any = None) -> Any:
+    def fine_tune(run_seed: int, teacher: Any = None, student: bool = False) -> Any:
         params = FinetuneParams(seed=run_seed, **recipe)
         keras.utils.set_random_seed(run_seed)
         classes = len(data.class_names)
         return finetune.finetune(
-            copy_of(stand_in), data.train, data.val, classes, params, pixels, teacher=teacher
+            copy_of(stand_ins[student]), data.train, data.val, classes, params, pixels, teacher=teacher
         ).model
 
     start = time.perf_counter()
     trained = [fine_tune(10 * seed + m) for m in range(members)]
     teacher = ensemble(trained, [1 / members] * members)
     targets = tuple(distill.targets(teacher, s, pixels, "teacher") for s in (data.train, data.val))
-    alone = fine_tune(10 * seed + members)
-    distilled = fine_tune(10 * seed + members, targets)
+    alone = fine_tune(10 * seed + members, student=True)
+    distilled = fine_tune(10 * seed + members, targets, student=True)
     row = {
         "seed": seed,
         "members": [accuracy(m, test, pixels) for m in trained],
@@ -131,7 +138,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['images']['val']} val), the stand-in pretrained on classes 0-4, tested on "
         f"{report['held_out']} held-out images (Fashion-MNIST's test file); recipe: "
         f"{report['recipe'] or 'the fixed recipe at its defaults'}; teacher: an "
-        f"ensemble of {report['members']} fixed-recipe fine-tunes; student: one more, alone or distilled "
+        f"ensemble of {report['members']} fine-tunes of the stand-in (width 32); student: one more "
+        f"of a stand-in of width {report.get('student_width', 32)}, alone or distilled "
         "(same seed).",
         "",
         "| seed | members (test acc) | teacher | teacher on train | student alone | student distilled "
@@ -164,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--per-class", type=int, default=600, help="target-task images per class")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--members", type=int, default=3, help="fine-tunes in the teacher ensemble")
+    parser.add_argument(
+        "--student-width", type=int, default=32, help="the student's stand-in: pretrained at this width"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="finetune recipe")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -181,12 +192,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="transferops-distill-") as tmp:
         source, raw = Path(tmp) / "source", Path(tmp) / "raw"
         fashion_mnist.write_demo_data(source, raw, FashionMnistParams(raw_per_class=args.per_class))
-        stand_in = pretrain(load_folder(source, params.split, 40_000_000), params.pretrain, 32).backbone
+        pretraining = load_folder(source, params.split, 40_000_000)
+        stand_in = pretrain(pretraining, params.pretrain, 32).backbone
+        student = stand_in
+        if args.student_width != params.pretrain.width:
+            narrow = params.pretrain.model_copy(update={"width": args.student_width})
+            student = pretrain(pretraining, narrow, 32).backbone
         data = load_folder(raw, params.split, 40_000_000)
         test = held_out(Path(tmp) / "held-out", data.class_names, params.fashion_mnist.raw_classes)
         pixels = Pixels(32, params.data.resize)
         rows = [
-            one_seed(seed, stand_in, data, test, pixels, args.members, recipe) for seed in range(args.seeds)
+            one_seed(seed, (stand_in, student), data, test, pixels, args.members, recipe)
+            for seed in range(args.seeds)
         ]
     report = {
         **results_io.header("bench.distill", argv),
@@ -195,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "images": data.sizes(),
         "held_out": len(test),
         "recipe": recipe,
+        "student_width": args.student_width,
         "runs": rows,
         "summary": summary(rows),
     }
