@@ -264,6 +264,16 @@ def test_an_ensemble_of_two_backbones_is_distilled_into_one(on_disk):
     assert record["val_accuracy"] == pytest.approx(measured) and measured >= 0.9
     for got, want in zip(chosen.model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, want)
+    # what the finetune run's summary says of it
+    best = records.TrialRecord(
+        "head-0", {"strategy": "head", "backbone": "pretrained", "learning_rate": 0.01}, 0.9
+    )
+    fused |= {"members": ["head of pretrained", "head of other"], "val_accuracy": 0.95}
+    words = strategy.SearchResult(student, best, [best], measured, fused, "pretrained", PIXELS).explanation()
+    assert "an ensemble of the best 2 scored 0.9500 on val (2 backbone passes an image)" in words
+    assert (
+        f"distilled into one pretrained, which scored {measured:.4f}: the ensemble does not lead it" in words
+    )
 
 
 def copy(model: keras.Model) -> keras.Model:
