@@ -34,8 +34,13 @@ def targets(teacher: keras.Model, split: Split, pixels: Pixels, description: str
     """(n, 1 + k) float32: each image's label, then the teacher's log-probabilities for it
     (the split streamed once, batch by batch)."""
     probabilities = predict(teacher, split.batches(pixels, 64, labels=False), len(split), description)
+    return pack(split.y, probabilities)
+
+
+def pack(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Labels (n,) and a teacher's probabilities (n, k) as targets: (n, 1 + k) float32."""
     log_p = np.log(np.clip(probabilities, FLOOR, 1.0))
-    return np.concatenate([split.y[:, None].astype("float32"), log_p.astype("float32")], axis=1)
+    return np.concatenate([labels[:, None].astype("float32"), log_p.astype("float32")], axis=1)
 
 
 def loss(temperature: float, soft_weight: float) -> Callable[[Any, Any], Any]:

@@ -130,6 +130,7 @@ def backbone_passes(model: keras.Model) -> int:
 
 def distil(
     teacher: keras.Model,
+    teacher_val: np.ndarray,
     architecture: SearchBackbone,
     train: Split,
     val: Split,
@@ -138,13 +139,12 @@ def distil(
 ) -> keras.Model:
     """One copy of `architecture` (its pretrained weights) fine-tuned by the fixed recipe
     (`params`) on the ensemble `teacher`'s soft targets mixed with the labels, both phases
-    (tasks.models.distill), the head phase on the architecture's cached frozen features."""
+    (tasks.models.distill), the head phase on the architecture's cached frozen features.
+    `teacher_val`: the ensemble's val probabilities, which the search already has."""
     from tasks.models import distill, finetune
 
-    on_train, on_val = (
-        distill.targets(teacher, split, architecture.pixels, f"ensemble on {what}")
-        for split, what in ((train, "train"), (val, "val"))
-    )
+    on_train = distill.targets(teacher, train, architecture.pixels, "ensemble on train")
+    on_val = distill.pack(val.y, teacher_val)
     backbone = keras.models.clone_model(architecture.model)
     backbone.set_weights(architecture.model.get_weights())
     return finetune.finetune(

@@ -140,6 +140,11 @@ def pixel_baseline(
     return backbone, (record, _head_classifier(backbone, weights, num_classes, finetune))
 
 
+def streamed_probabilities(model: keras.Model, pixels: Pixels, split: Split) -> np.ndarray:
+    """`model`'s probabilities on the images of `split`, streamed in batches of 64."""
+    return np.asarray(model.predict(split.batches(pixels, 64, labels=False), verbose=0))
+
+
 def val_probabilities(
     record: TrialRecord, model: keras.Model, backbone: SearchBackbone, val: Split
 ) -> np.ndarray:
@@ -147,7 +152,7 @@ def val_probabilities(
     raw-pixel baseline) from the backbone's cached val features (no forward pass of the
     backbone); any other trial's model over the streamed images."""
     if record.hyperparameters.get("strategy") not in ("head", "pixels"):
-        return np.asarray(model.predict(val.batches(backbone.pixels, 64, labels=False), verbose=0))
+        return streamed_probabilities(model, backbone.pixels, val)
     return np.exp(head_log_probabilities(backbone.val_features, *model.get_layer("head").get_weights()))
 
 
@@ -293,12 +298,16 @@ def search(
     )
     if fused is not None:
         fused["members"] = [record.words() for record, _ in top]
-        if params.distill_ensemble and backbone_passes(model) > 1 and not past(deadline):
+        # an ensemble of k backbones (k passes an image) back to one; not into a pixel regression
+        several = backbone_passes(model) > 1 and backbone.name != PIXELS_URI
+        if params.distill_ensemble and several and not past(deadline):
             teacher_val = sum(
                 w * probabilities[r.trial_id] for w, (r, _) in zip(fused["weights"], top, strict=True)
             )
-            student = distilled(model, teacher_val, backbone, fused, train, val, num_classes, finetune)
-            if student is not None:  # one backbone pass an image instead of k
+            student, fused["distilled"] = distilled(
+                model, teacher_val, backbone, train, val, num_classes, finetune
+            )
+            if student is not None:
                 model, val_accuracy = student, fused["distilled"]["val_accuracy"]
     return SearchResult(model, best_record, records, val_accuracy, fused, backbone.name, backbone.pixels)
 
@@ -307,27 +316,24 @@ def distilled(
     teacher: keras.Model,
     teacher_val: np.ndarray,
     architecture: SearchBackbone,
-    fused: dict[str, Any],
     train: Split,
     val: Split,
     num_classes: int,
     finetune: FinetuneParams,
-) -> keras.Model | None:
+) -> tuple[keras.Model | None, dict[str, Any]]:
     """The kept ensemble `teacher` (val probabilities `teacher_val`) distilled into one
     `architecture` (the chosen trial's; `ensemble.distil`): the student when the ensemble does not
-    really lead it on val, else None. What happened goes in `fused["distilled"]`."""
-    if architecture.name == PIXELS_URI:  # a logistic regression on pixels: nothing to distil into
-        return None
-    student = distil(teacher, architecture, train, val, num_classes, finetune)
-    student_val = np.asarray(student.predict(val.batches(architecture.pixels, 64, labels=False), verbose=0))
+    really lead it on val, else None; and what happened (for `search.json`)."""
+    student = distil(teacher, teacher_val, architecture, train, val, num_classes, finetune)
+    student_val = streamed_probabilities(student, architecture.pixels, val)
     kept = student_kept(teacher_val, student_val, val.y)
-    fused["distilled"] = {
+    record = {
         "architecture": architecture.name,
         "val_accuracy": float((student_val.argmax(axis=1) == val.y).mean()),
         "backbone_passes": [backbone_passes(teacher), 1],
         "kept": kept,
     }
-    return student if kept else None
+    return (student if kept else None), record
 
 
 def as_finetune_result(found: SearchResult, events: Path | None = None) -> FinetuneResult:

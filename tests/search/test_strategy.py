@@ -252,9 +252,7 @@ def test_an_ensemble_of_two_backbones_is_distilled_into_one(on_disk):
     teacher = ensemble.ensemble(members, [0.5, 0.5])
     teacher_val = teacher.predict(val.batches(PIXELS, 16, labels=False), verbose=0)
     assert (teacher_val.argmax(axis=1) == val.y).mean() >= 0.9
-    fused = {"weights": [0.5, 0.5]}
-    student = strategy.distilled(teacher, teacher_val, chosen, fused, train, val, 3, params)
-    record = fused["distilled"]
+    student, record = strategy.distilled(teacher, teacher_val, chosen, train, val, 3, params)
     assert record["architecture"] == "pretrained" and record["backbone_passes"] == [2, 1]
     # on this learnable task the student matches the ensemble: it is kept
     assert student is not None and record["kept"]
@@ -268,7 +266,7 @@ def test_an_ensemble_of_two_backbones_is_distilled_into_one(on_disk):
     best = records.TrialRecord(
         "head-0", {"strategy": "head", "backbone": "pretrained", "learning_rate": 0.01}, 0.9
     )
-    fused |= {"members": ["head of pretrained", "head of other"], "val_accuracy": 0.95}
+    fused = {"members": ["head of pretrained", "head of other"], "val_accuracy": 0.95, "distilled": record}
     words = strategy.SearchResult(student, best, [best], measured, fused, "pretrained", PIXELS).explanation()
     assert "an ensemble of the best 2 scored 0.9500 on val (2 backbone passes an image)" in words
     assert (
