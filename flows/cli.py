@@ -140,18 +140,23 @@ def cmd_distill(args: argparse.Namespace, params: Params, paths: Paths) -> RunSu
     name, version = versions.resolve(ref)
     if version is None:
         raise UserError(f"distill: {ref} is not a registered version; `transferops status` shows what is")
-    params = distill_params(params, f"{name}/{version}", args.student)
+    unlabelled = str(args.unlabelled.resolve()) if args.unlabelled else None
+    params = distill_params(params, f"{name}/{version}", args.student, unlabelled)
+    if unlabelled and not Path(unlabelled).is_dir():
+        raise UserError(f"distill --unlabelled {unlabelled}: not a folder; give a folder of images")
     print(f"distill {name} v{version} ({ref}) into {args.student}")
     return cmd_train(argparse.Namespace(data=None, force=args.force), params, paths)
 
 
-def distill_params(params: Params, teacher: str, student: str) -> Params:
+def distill_params(params: Params, teacher: str, student: str, unlabelled: str | None = None) -> Params:
     """A train's params that distil version `teacher` (NAME/N) into backbone `student`: the
-    fixed recipe (both phases learn the teacher's targets), the student the only candidate."""
+    fixed recipe (both phases learn the teacher's targets), the student the only candidate;
+    `unlabelled`: a folder of images the teacher labels too (the params' own otherwise)."""
     from tasks.core.config import parse_params
 
+    transfer = {"distill_unlabelled": unlabelled} if unlabelled else {}
     overrides = {
-        "finetune": {"distill_from": teacher},
+        "finetune": {"distill_from": teacher, **transfer},
         "select": {"candidates": [student]},
         "search": {"enabled": False},
     }
@@ -291,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--student",
         required=True,
         help="the student's backbone, a candidate URI (registry:, keras:, lite0:, file:)",
+    )
+    distill.add_argument(
+        "--unlabelled",
+        type=Path,
+        metavar="DIR",
+        help="a transfer set: images without labels (any layout) the teacher labels for the student too",
     )
     distill.set_defaults(func=cmd_distill)
 

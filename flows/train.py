@@ -113,6 +113,7 @@ def train_run(
         augment=params.augment,
         reproducibility=params.reproducibility,
         root=run.paths.root,
+        unlabelled=finetune.transfer_folder(run.paths, params.finetune),
     )
     start = select.searched_backbone(run, start, result)
     # an unchanged rerun: the champion is this very training, so its test scores are ours
@@ -141,7 +142,7 @@ def train_run(
             splits,
             start.pixels,
             evaluation,
-            flowrun.version_tags(run, data, params, start),
+            flowrun.version_tags(run, data, params, start, result.transfer_set),
             params.register,
             run,
         )

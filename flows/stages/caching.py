@@ -89,7 +89,9 @@ class StageKey(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         parts = {
-            name: ingest.snapshot(Path(value)) if name in self.folders else fingerprint(value)
+            name: ingest.snapshot(Path(value))
+            if name in self.folders and value is not None
+            else fingerprint(value)
             for name, value in sorted(inputs.items())
             if name not in SKIPPED
         }

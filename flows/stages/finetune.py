@@ -20,6 +20,7 @@ from flows.stages.flowrun import (
 from tasks.core.config import (
     AugmentParams,
     FinetuneParams,
+    Paths,
     ReproducibilityParams,
     SearchParams,
 )
@@ -47,7 +48,10 @@ from tasks.selection import candidates
         "models.features",
         "models.checkpoints",
         "data.stream",
+        "data.datasets",
+        "data.ingest",
     ),
+    folders=("unlabelled",),
 )
 def finetune_model(
     start: candidates.Selection,
@@ -57,13 +61,16 @@ def finetune_model(
     augment: AugmentParams,
     reproducibility: ReproducibilityParams,
     root: Path,
+    unlabelled: Path | None = None,
 ) -> finetune.FinetuneResult:
     """With `search.enabled`, the strategy search chooses the strategy and the backbone among
     LogME's best `select.top_k` and, on a warm start, the champion (its head trials start from
     the champion's head; tasks/search/).
     Otherwise the fixed recipe (from the champion on a warm start): phase 1 head on the frozen
     features (kept on disk under `root`: select computed the training split's), phase 2 top of
-    the backbone at a lower rate on streamed images. Checkpoints under `root`, keyed like the
+    the backbone at a lower rate on streamed images; with `params.distill_from`, both learn that
+    version's soft targets, on the train split and the transfer set `unlabelled` (a folder of
+    images without labels, `transfer_folder`). Checkpoints under `root`, keyed like the
     result, so a killed run resumes. `reproducibility` only keys the cache."""
     key = stage_key()
     folder = checkpoints.folder(root, "finetune", key)
@@ -87,15 +94,21 @@ def finetune_model(
         )
         result = strategy.as_finetune_result(found, events)
     else:
+        train, teacher, transfer = data.train, None, None
+        if params.distill_from:
+            if unlabelled is not None:  # more images for the teacher to label than the split has
+                transfer = datasets.unlabelled(unlabelled, start.pixels.max_pixels)
+                train = datasets.joined(data.train, transfer)
+            teacher = teacher_targets(params.distill_from, data.class_names, train, data.val, start.pixels)
         frozen = {
             name: features.features(
                 start.backbone, start.backbone_id, split, start.pixels, root, f"{name} features"
             )
-            for name, split in (("train", data.train), ("val", data.val))
+            for name, split in (("train", train), ("val", data.val))
         }
         result = finetune.finetune(
             start.backbone,
-            data.train,
+            train,
             data.val,
             len(data.class_names),
             params,
@@ -105,15 +118,37 @@ def finetune_model(
             val_features=frozen["val"],
             checkpoints=folder,
             events=events,
-            teacher=teacher_targets(params.distill_from, data, start.pixels) if params.distill_from else None,
+            teacher=teacher,
         )
+        if transfer is not None:
+            result.transfer_set = {
+                "folder": str(unlabelled),
+                "images": len(transfer),
+                "digest": transfer.digest(),
+            }
     say_resumed(result.resumed)
     result.fingerprint = key
     return result
 
 
-def teacher_targets(ref: str, data: datasets.SplitData, pixels: Pixels) -> tuple[Any, Any]:
-    """The distillation targets (arrays) of the train and val splits from registered version
+def transfer_folder(paths: Paths, params: FinetuneParams) -> Path | None:
+    """The distillation's transfer set (`finetune.distill_unlabelled`, relative to the project
+    root), which must be a folder; None without one."""
+    if not params.distill_unlabelled:
+        return None
+    folder = paths.resolve(params.distill_unlabelled)
+    if not folder.is_dir():
+        raise UserError(
+            f"finetune.distill_unlabelled {folder}: no such folder; point it at a folder of "
+            "unlabelled images, or leave it unset"
+        )
+    return folder
+
+
+def teacher_targets(
+    ref: str, class_names: list[str], train: datasets.Split, val: datasets.Split, pixels: Pixels
+) -> tuple[Any, Any]:
+    """The distillation targets (arrays) of the `train` and `val` splits from registered version
     `ref` (NAME/N), which must know the same classes and take the student's input."""
     from tasks.registry import versions
 
@@ -122,9 +157,9 @@ def teacher_targets(ref: str, data: datasets.SplitData, pixels: Pixels) -> tuple
         raise UserError(f"finetune.distill_from {ref}: no such registered version")
     served = versions.load_version(name, version)
     teacher, classes = versions.champion_keras_model(served)
-    if classes != data.class_names:
+    if classes != class_names:
         raise UserError(
-            f"distill: teacher {name} v{version} knows classes {classes}, this data {data.class_names}"
+            f"distill: teacher {name} v{version} knows classes {classes}, this data {class_names}"
         )
     taken = versions.pixels_of(served).key()
     if taken != pixels.key():
@@ -132,11 +167,10 @@ def teacher_targets(ref: str, data: datasets.SplitData, pixels: Pixels) -> tuple
             f"distill: teacher {name} v{version} takes {taken} images, the student {pixels.key()}: "
             "choose a student backbone of the teacher's input size"
         )
-    train, val = (
-        distill.targets(teacher, split, pixels, f"teacher on {what}")
-        for split, what in ((data.train, "train"), (data.val, "val"))
+    return (
+        distill.targets(teacher, train, pixels, f"teacher on train ({len(train)} images)"),
+        distill.targets(teacher, val, pixels, "teacher on val"),
     )
-    return train, val
 
 
 def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> str:
@@ -145,6 +179,8 @@ def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) ->
     log_history(result.history)
     log_events(result.events)
     mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")
+    if result.transfer_set:
+        mlflow.set_tag("distill_transfer_set", json.dumps(result.transfer_set, sort_keys=True))
     mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
     if result.search is None:
         return training_line(result.history)

@@ -232,10 +232,15 @@ def publish(run: FlowRun, summary: RunSummary, docs: Path | None = None) -> RunS
 
 
 def version_tags(
-    run: FlowRun, data: validation.ValidatedData, params: Params, start: candidates.Selection | None = None
+    run: FlowRun,
+    data: validation.ValidatedData,
+    params: Params,
+    start: candidates.Selection | None = None,
+    transfer_set: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """What a registered version carries to be rebuilt: code and environment, data version,
-    params, the backbone it started from (and that backbone's version and data), its run."""
+    params, the backbone it started from (and that backbone's version and data), its run, and
+    a distillation's teacher and transfer set (its folder, images and content digest)."""
     backbone = {}
     if start is not None:
         backbone = {"backbone": start.uri, **start.lineage, "logme": json.dumps(start.scores)}
@@ -246,4 +251,5 @@ def version_tags(
         "mlflow_run_id": run.run_id,
         "params": json.dumps(params.as_dict(), sort_keys=True),
         **({"distilled_from": params.finetune.distill_from} if params.finetune.distill_from else {}),
+        **({"distill_transfer_set": json.dumps(transfer_set, sort_keys=True)} if transfer_set else {}),
     }

@@ -155,6 +155,7 @@ class FinetuneParams(Section):
     distill_from: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[0-9]+$")
     distill_temperature: float = Field(3.0, gt=0)  # distill_from NAME/N: learn its soft targets
     distill_soft_weight: float = Field(0.5, ge=0, le=1)  # the teacher's share of the loss; the rest: labels
+    distill_unlabelled: str | None = None  # a folder of unlabelled images (any depth) the teacher labels too
 
     @model_validator(mode="after")
     def _trains_something(self) -> FinetuneParams:
@@ -286,6 +287,8 @@ with warnings.catch_warnings():
             unfit = self.search.enabled or self.finetune.distribute == "multi_worker"
             if self.finetune.distill_from and unfit:
                 raise ValueError("finetune.distill_from needs search.enabled: false and no multi_worker")
+            if self.finetune.distill_unlabelled and not self.finetune.distill_from:
+                raise ValueError("finetune.distill_unlabelled is the transfer set of a distill_from teacher")
             if self.finetune.distribute != "none" and self.search.enabled:
                 raise ValueError(
                     "finetune.distribute applies to the fixed recipe's phase 2: set search.enabled: false "
@@ -299,11 +302,7 @@ with warnings.catch_warnings():
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    merged = dict(base)
-    for section, values in overrides.items():
-        current = merged.get(section)
-        merged[section] = {**current, **values} if isinstance(current, dict) else values
-    return merged
+    return base | {s: base[s] | v if isinstance(base.get(s), dict) else v for s, v in overrides.items()}
 
 
 def _describe(error: Any) -> str:

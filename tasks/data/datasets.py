@@ -6,6 +6,7 @@ them, so a cached split (what Prefect pickles) is a few bytes per image whatever
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from tasks.core import progress
 from tasks.core.config import SplitParams
 from tasks.core.errors import UserError
 from tasks.data import ingest, lineage, split, stream
@@ -20,6 +22,9 @@ from tasks.data.stream import Pixels
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+
+UNLABELLED = -1  # the class index of an image without a label (a distillation transfer set)
 
 
 @dataclass
@@ -132,3 +137,31 @@ def prepare_splits(manifest: pd.DataFrame, data_dir: Path, params: SplitParams) 
 def load_folder(data_dir: Path, params: SplitParams, max_pixels: int) -> SplitData:
     """scan -> split, without validation or tracking (benchmarks, notebooks)."""
     return prepare_splits(ingest.scan(data_dir, max_pixels=max_pixels), data_dir, params)
+
+
+def unlabelled(folder: Path, max_pixels: int) -> Split:
+    """Every decodable image under `folder`, at any depth, as a split without labels
+    (`UNLABELLED`): the transfer set a teacher labels for distillation (tasks.models.distill)."""
+    manifest = ingest.scan(folder, max_pixels=max_pixels, anywhere=True)
+    rows = ingest.usable(manifest)
+    if rows.empty:
+        raise UserError(
+            f"{folder}: no decodable image in the transfer set (finetune.distill_unlabelled); "
+            "point it at a folder of images, or leave it unset"
+        )
+    skipped = manifest[manifest["error"].notna()]
+    if len(skipped):
+        first = skipped.iloc[0]
+        progress.say(f"transfer set {folder}: skipped {len(skipped)} file(s) (first: {first.path}: {first.error})")
+    return Split(folder, rows["path"].tolist(), np.full(len(rows), UNLABELLED, np.int64), rows["sha256"].tolist())
+
+
+def joined(first: Split, second: Split) -> Split:
+    """The images of both splits as one, their files relative to the folder that holds both
+    roots (decoding still refuses anything outside it, `stream.decode_file`)."""
+    root = Path(os.path.commonpath([first.root.resolve(), second.root.resolve()]))
+    files = [
+        (split.root.resolve() / f).relative_to(root).as_posix() for split in (first, second) for f in split.files
+    ]
+    sha = first.sha256 + second.sha256 if first.sha256 is not None and second.sha256 is not None else None
+    return Split(root, files, np.concatenate([first.y, second.y]), sha)

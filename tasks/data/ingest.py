@@ -172,7 +172,7 @@ def snapshot(root: Path) -> list[tuple[str, int, int, int]]:
     return found
 
 
-def _row(entry: Entry, max_pixels: int) -> dict[str, object]:
+def _row(entry: Entry, max_pixels: int, anywhere: bool = False) -> dict[str, object]:
     parts = entry.rel.rstrip("/").split("/")  # a skipped folder is named with a trailing /
     row: dict[str, object] = {
         "path": entry.rel,
@@ -205,7 +205,7 @@ def _row(entry: Entry, max_pixels: int) -> dict[str, object]:
     )
     if row["ignored"]:
         return row
-    if len(parts) != 2:
+    if len(parts) != 2 and not anywhere:
         row["error"] = "not directly inside a class folder (<root>/<class>/<image>)"
         return row
     if not data:
@@ -249,8 +249,11 @@ def _inspect_image(data: bytes, max_pixels: int) -> dict[str, object]:
     return out
 
 
-def scan(root: Path | str, max_pixels: int = 40_000_000, workers: int = 4) -> pd.DataFrame:
-    """List, hash and decode every entry under `root`; one manifest row per entry."""
+def scan(
+    root: Path | str, max_pixels: int = 40_000_000, workers: int = 4, anywhere: bool = False
+) -> pd.DataFrame:
+    """List, hash and decode every entry under `root`; one manifest row per entry. `anywhere`:
+    an image at any depth is usable (unlabelled images), not only inside a class folder."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found")
@@ -258,7 +261,7 @@ def scan(root: Path | str, max_pixels: int = 40_000_000, workers: int = 4) -> pd
     with ThreadPoolExecutor(max_workers=workers) as pool:
         rows = list(
             progress.bar(
-                pool.map(lambda e: _row(e, max_pixels), entries), f"ingest {root.name}", len(entries)
+                pool.map(lambda e: _row(e, max_pixels, anywhere), entries), f"ingest {root.name}", len(entries)
             )
         )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)

@@ -13,6 +13,11 @@ the second term as Keras' own `keras.distillation.LogitsDistillation` computes i
 log-probability vector is a logit vector up to a constant, which softmax ignores). Keras'
 `Distiller` would run the teacher on every batch of every epoch; on frozen features the
 teacher's answer never changes, so it runs once here.
+
+Where distillation pays is a transfer set: images without labels (`finetune.distill_unlabelled`,
+`datasets.unlabelled`), often far more than the labelled ones, which the teacher labels with
+the train split. Their label is `UNLABELLED`: the hard term skips them (it averages over the
+labelled rows of a batch) and they learn the soft term alone.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.data.datasets import Split
+from tasks.data.datasets import UNLABELLED, Split
 from tasks.data.stream import Pixels
 from tasks.evaluation.evaluate import predict
 
@@ -51,8 +56,10 @@ def loss(temperature: float, soft_weight: float) -> Callable[[Any, Any], Any]:
     soft = keras.distillation.LogitsDistillation(temperature=temperature, loss=keras.losses.KLDivergence())
 
     def distillation(target: Any, probabilities: Any) -> Any:
-        labels = keras.ops.cast(target[:, 0], "int32")
-        hard = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities))
+        labelled = keras.ops.cast(target[:, 0] != UNLABELLED, "float32")  # no label: soft term only
+        labels = keras.ops.cast(keras.ops.maximum(target[:, 0], 0), "int32")
+        per_row = keras.losses.sparse_categorical_crossentropy(labels, probabilities) * labelled
+        hard = keras.ops.sum(per_row) / keras.ops.maximum(keras.ops.sum(labelled), 1.0)
         student = keras.ops.log(keras.ops.clip(probabilities, FLOOR, 1.0))
         return (1.0 - soft_weight) * hard + soft_weight * soft.compute_loss(target[:, 1:], student)
 
@@ -60,7 +67,10 @@ def loss(temperature: float, soft_weight: float) -> Callable[[Any, Any], Any]:
 
 
 def _label_accuracy(target: Any, probabilities: Any) -> Any:
-    return keras.metrics.sparse_categorical_accuracy(target[:, :1], probabilities)
+    # against the label, or the teacher's top class on an unlabelled row of a transfer set
+    top = keras.ops.cast(keras.ops.argmax(target[:, 1:], axis=1), "float32")
+    truth = keras.ops.where(target[:, 0] == UNLABELLED, top, target[:, 0])
+    return keras.metrics.sparse_categorical_accuracy(truth[:, None], probabilities)
 
 
 def accuracy() -> keras.metrics.Metric:

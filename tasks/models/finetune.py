@@ -37,6 +37,7 @@ class FinetuneResult:
     fingerprint: str = ""  # the key of the stage that made it (flows.stages.caching)
     events: Path | None = None  # its TensorBoard event files (tasks.models.checkpoints.events_folder)
     search: dict[str, Any] | None = None  # the strategy search (tasks/search/): chosen, trials
+    transfer_set: dict[str, Any] | None = None  # distillation's unlabelled images: folder, images, digest
 
 
 def _resumable(

@@ -610,10 +610,13 @@ def test_a_search_that_keeps_the_raw_pixel_baseline_registers_and_serves_it(proj
     assert path == str(image) and label in {"dog", "eel", "fox"} and 0 < float(confidence) <= 1
 
 
-def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(project, capsys):
+def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(project, capsys, tmp_path):
     """`distill`: the student (the stand-in backbone, at the teacher's input size) learns the
-    newest version's soft targets in both phases, then is registered through the gate like any
-    challenger, its teacher in its lineage (and kept by gc as its parent)."""
+    newest version's soft targets in both phases, on the train split and a transfer set of
+    unlabelled images the teacher labels too (any layout; a broken file skipped), then is
+    registered through the gate like any challenger, its teacher and transfer set in its
+    lineage (and kept by gc as its parent)."""
+    from tasks.data.datasets import unlabelled
     from tasks.retention.keep import parents_of
 
     root, args = project
@@ -621,19 +624,30 @@ def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(projec
     teacher = max(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
     champion = client.get_model_version_by_alias(MODEL, "champion").version
     student = "registry:transferops-backbone@pretrained"
+    photos = make_image_folder(tmp_path / "photos", ["2025", "2026"], per_class=9, seed=7)
+    make_image_folder(photos / "2026", ["june"], per_class=4, seed=8)
+    (photos / "2026" / "broken.png").write_bytes(b"not a png")
     capsys.readouterr()
-    assert main([*args, "distill", str(teacher), "--student", student]) == 0
+    assert main([*args, "distill", str(teacher), "--student", student, "--unlabelled", str(photos)]) == 0
     said = capsys.readouterr().out
     assert said.startswith(f"distill {MODEL} v{teacher} ({MODEL}/{teacher}) into {student}\n")
     summary = json.loads((root / "reports" / "distill.json").read_text())
     version = client.get_model_version(MODEL, summary["registered"]["version"])
     assert int(version.version) == teacher + 1 and summary["backbone"] == student
     assert version.tags["distilled_from"] == f"{MODEL}/{teacher}"
+    transfer = json.loads(version.tags["distill_transfer_set"])
+    assert transfer == {"folder": str(photos), "images": 22, "digest": unlabelled(photos, 10**8).digest()}
     recorded = json.loads(version.tags["params"])
     assert recorded["finetune"]["distill_from"] == f"{MODEL}/{teacher}"
+    assert recorded["finetune"]["distill_unlabelled"] == str(photos)
     assert recorded["finetune"]["finetune_epochs"] == 2 and recorded["search"]["enabled"] is False
     assert version.tags["compared_with"] == str(champion)  # the gate, as for any challenger
     assert (MODEL, str(teacher)) in parents_of(MODEL, dict(version.tags))
+    assert main([*args, "distill", str(teacher), "--student", student, "--unlabelled", "nowhere"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"transferops: distill --unlabelled {Path('nowhere').resolve()}: "
+        "not a folder; give a folder of images"
+    )
     assert main([*args, "distill", "999", "--student", student]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"transferops: distill: {MODEL}/999 is not a registered version; `transferops status` shows what is"

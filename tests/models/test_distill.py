@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.core.config import FinetuneParams
+from tasks.data.datasets import UNLABELLED
 from tasks.data.stream import Pixels
 from tasks.models import distill
 from tasks.models.finetune import train_head
@@ -31,6 +32,23 @@ def test_the_loss_mixes_labels_and_the_tempered_teacher():
     expected = (1 - w) * hard + w * t**2 * kl
     got = float(distill.loss(t, w)(keras.ops.convert_to_tensor(packed), keras.ops.convert_to_tensor(student)))
     assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_an_unlabelled_row_learns_the_teacher_alone():
+    """A transfer-set image (no label) adds only the soft term: the hard term averages over the
+    labelled rows; its accuracy is judged against the teacher's top class."""
+    teacher = softmax(np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.2]]))
+    student = softmax(np.array([[1.2, 1.0, 0.0], [-0.5, 2.0, 0.5]])).astype("float32")
+    packed = np.concatenate([[[0], [UNLABELLED]], np.log(teacher)], axis=1).astype("float32")
+    t, w = 2.0, 0.3
+    pt, ps = softmax(np.log(teacher) / t), softmax(np.log(student) / t)
+    kl = np.mean(np.sum(pt * np.log(pt / ps), axis=1))
+    expected = (1 - w) * -np.log(student[0, 0]) + w * t**2 * kl
+    target, predicted = keras.ops.convert_to_tensor(packed), keras.ops.convert_to_tensor(student)
+    assert float(distill.loss(t, w)(target, predicted)) == pytest.approx(expected, rel=1e-4)
+    metric = distill.accuracy()
+    metric.update_state(target, predicted)
+    assert float(metric.result()) == 1.0  # row 1: the teacher's class 1, which the student answers
 
 
 def test_targets_are_the_labels_and_the_teachers_log_probabilities(on_disk):

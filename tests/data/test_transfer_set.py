@@ -1,0 +1,55 @@
+"""A distillation's transfer set: a folder of images without labels, at any depth, checked as
+any data folder is (what cannot be decoded is skipped), and joined to the train split so that
+one stream reads both, each image exactly as its own split would."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_folder
+
+from tasks.core.config import SplitParams
+from tasks.core.errors import UserError
+from tasks.data.datasets import UNLABELLED, joined, load_folder, unlabelled
+from tasks.data.stream import Pixels
+
+
+def test_every_decodable_image_at_any_depth_is_taken_without_a_label(tmp_path):
+    folder = make_image_folder(tmp_path / "photos", ["2024", "2025"], per_class=3, size=16)
+    make_image_folder(folder / "2025" / "june", ["day1"], per_class=2, size=16)
+    (folder / "loose.png").write_bytes((folder / "2024" / "2024_0_000.png").read_bytes())
+    (folder / "2024" / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / ".DS_Store").write_bytes(b"junk")
+
+    split = unlabelled(folder, 40_000_000)
+
+    assert sorted(split.files) == sorted(
+        [f"2024/2024_0_00{i}.png" for i in range(3)]
+        + [f"2025/2025_0_00{i}.png" for i in range(3)]
+        + ["2025/june/day1/day1_0_000.png", "2025/june/day1/day1_0_001.png", "loose.png"]
+    )
+    assert (split.y == UNLABELLED).all() and len(split.sha256) == len(split) == 9
+
+
+def test_a_folder_without_an_image_is_one_clear_error(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(UserError, match=r"empty: no decodable image in the transfer set"):
+        unlabelled(tmp_path / "empty", 40_000_000)
+
+
+def test_a_joined_split_streams_both_splits_images_and_labels(tmp_path):
+    data = load_folder(make_image_folder(tmp_path / "data" / "raw", ["a", "b"], per_class=8), SplitParams(), 10**8)
+    transfer = unlabelled(make_image_folder(tmp_path / "elsewhere" / "photos", ["x"], per_class=5), 10**8)
+
+    both = joined(data.train, transfer)
+
+    assert both.root == tmp_path.resolve()
+    assert both.files[0] == f"data/raw/{data.train.files[0]}" and both.files[-1].startswith("elsewhere/photos/x/")
+    assert np.array_equal(both.y, np.concatenate([data.train.y, np.full(5, UNLABELLED)]))
+    assert both.sha256 == data.train.sha256 + transfer.sha256
+    pixels = Pixels(16)
+    expected = np.concatenate([data.train.images(pixels), transfer.images(pixels)])
+    streamed = np.concatenate([x for x, _ in both.batches(pixels, 4).as_numpy_iterator()])
+    assert np.array_equal(streamed, expected)
+    assert both.digest() not in (data.train.digest(), transfer.digest())
