@@ -70,11 +70,14 @@ def finetune_model(
     features (kept on disk under `root`: select computed the training split's), phase 2 top of
     the backbone at a lower rate on streamed images; with `params.distill_from`, both learn that
     version's soft targets, on the train split and the transfer set `unlabelled` (a folder of
-    images without labels, `transfer_folder`). Checkpoints under `root`, keyed like the
-    result, so a killed run resumes. `reproducibility` only keys the cache."""
+    images without labels, `transfer_folder`), as the search's distillation of an ensemble
+    does. Checkpoints under `root`, keyed like the result, so a killed run resumes.
+    `reproducibility` only keys the cache."""
     key = stage_key()
     folder = checkpoints.folder(root, "finetune", key)
     events = checkpoints.events_folder(root, "finetune", key)
+    # more images for a teacher to label than the split has
+    transfer = datasets.unlabelled(unlabelled, start.pixels.max_pixels) if unlabelled is not None else None
     if search.enabled:
         backbones = [
             strategy.SearchBackbone(
@@ -90,15 +93,22 @@ def finetune_model(
             for choice in (start, *start.runners_up)
         ]
         found = strategy.search(
-            backbones, data.train, data.val, len(data.class_names), search, params, augment, folder, events
+            backbones,
+            data.train,
+            data.val,
+            len(data.class_names),
+            search,
+            params,
+            augment,
+            folder,
+            events,
+            unlabelled=transfer,
         )
         result = strategy.as_finetune_result(found, events)
     else:
-        train, teacher, transfer = data.train, None, None
+        train, teacher = data.train, None
         if params.distill_from:
-            if unlabelled is not None:  # more images for the teacher to label than the split has
-                transfer = datasets.unlabelled(unlabelled, start.pixels.max_pixels)
-                train = datasets.joined(data.train, transfer)
+            train = datasets.joined(data.train, transfer) if transfer is not None else data.train
             teacher = teacher_targets(params.distill_from, data.class_names, train, data.val, start.pixels)
         frozen = {
             name: features.features(
@@ -120,12 +130,12 @@ def finetune_model(
             events=events,
             teacher=teacher,
         )
-        if transfer is not None:
-            result.transfer_set = {
-                "folder": str(unlabelled),
-                "images": len(transfer),
-                "digest": transfer.digest(),
-            }
+    if transfer is not None:
+        result.transfer_set = {
+            "folder": str(unlabelled),
+            "images": len(transfer),
+            "digest": transfer.digest(),
+        }
     say_resumed(result.resumed)
     result.fingerprint = key
     return result

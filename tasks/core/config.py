@@ -287,8 +287,9 @@ with warnings.catch_warnings():
             unfit = self.search.enabled or self.finetune.distribute == "multi_worker"
             if self.finetune.distill_from and unfit:
                 raise ValueError("finetune.distill_from needs search.enabled: false and no multi_worker")
-            if self.finetune.distill_unlabelled and not self.finetune.distill_from:
-                raise ValueError("finetune.distill_unlabelled is the transfer set of a distill_from teacher")
+            teaches = self.finetune.distill_from or self.search.distill_ensemble
+            if self.finetune.distill_unlabelled and not teaches:
+                raise ValueError("finetune.distill_unlabelled needs distill_from or search.distill_ensemble")
             if self.finetune.distribute != "none" and self.search.enabled:
                 raise ValueError(
                     "finetune.distribute applies to the fixed recipe's phase 2: set search.enabled: false "

@@ -4,13 +4,15 @@ and the way back (知识蒸馏): an ensemble of several backbones distilled into
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
 from tasks.core.config import FinetuneParams
-from tasks.data.datasets import Split
+from tasks.data.datasets import Split, joined
 from tasks.search.records import SearchBackbone, leads
 
 
@@ -136,28 +138,40 @@ def distil(
     val: Split,
     num_classes: int,
     params: FinetuneParams,
+    unlabelled: Split | None = None,
 ) -> keras.Model:
     """One copy of `architecture` (its pretrained weights) fine-tuned by the fixed recipe
     (`params`) on the ensemble `teacher`'s soft targets mixed with the labels, both phases
     (tasks.models.distill), the head phase on the architecture's cached frozen features.
-    `teacher_val`: the ensemble's val probabilities, which the search already has."""
-    from tasks.models import distill, finetune
+    `teacher_val`: the ensemble's val probabilities, which the search already has.
+    `unlabelled`: a transfer set the ensemble labels too (its features on disk while it trains)."""
+    from tasks.models import distill, features, finetune
 
-    on_train = distill.targets(teacher, train, architecture.pixels, "ensemble on train")
+    if unlabelled is not None:
+        train = joined(train, unlabelled)
+    on_train = distill.targets(
+        teacher, train, architecture.pixels, f"ensemble on train ({len(train)} images)"
+    )
     on_val = distill.pack(val.y, teacher_val)
     backbone = keras.models.clone_model(architecture.model)
     backbone.set_weights(architecture.model.get_weights())
-    return finetune.finetune(
-        backbone,
-        train,
-        val,
-        num_classes,
-        params,
-        architecture.pixels,
-        train_features=architecture.train_features,
-        val_features=architecture.val_features,
-        teacher=(on_train, on_val),
-    ).model
+    with tempfile.TemporaryDirectory(prefix="transferops-distil-") as scratch:
+        train_features = architecture.train_features
+        if unlabelled is not None:  # memory-mapped from a file, whatever the number of images
+            train_features = features.features(
+                backbone, architecture.name, train, architecture.pixels, Path(scratch), "student features"
+            )
+        return finetune.finetune(
+            backbone,
+            train,
+            val,
+            num_classes,
+            params,
+            architecture.pixels,
+            train_features=train_features,
+            val_features=architecture.val_features,
+            teacher=(on_train, on_val),
+        ).model
 
 
 def student_kept(teacher_val: np.ndarray, student_val: np.ndarray, y_val: np.ndarray) -> bool:

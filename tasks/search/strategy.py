@@ -100,9 +100,12 @@ class SearchResult:
             if distilled is None:
                 words += " and is kept"
             else:
+                transfer = distilled.get("unlabelled_images")
                 words += (
                     f" ({distilled['backbone_passes'][0]} backbone passes an image); distilled into one "
-                    f"{distilled['architecture']}, which scored {distilled['val_accuracy']:.4f}: "
+                    f"{distilled['architecture']}"
+                    + (f" with {transfer} unlabelled images" if transfer else "")
+                    + f", which scored {distilled['val_accuracy']:.4f}: "
                     + (
                         "the ensemble does not lead it, the student is kept"
                         if distilled["kept"]
@@ -167,13 +170,15 @@ def search(
     checkpoints: Path | None = None,
     events: Path | None = None,
     deadline: float | None = None,
+    unlabelled: Split | None = None,
 ) -> SearchResult:
     """Head trials on every backbone's frozen features, fine-tune trials of the best one, the
     scratch baseline if `params.strategies` has them; the best on val (or the ensemble of the
     best `ensemble_size`). The search keeps its state in `checkpoints/search` (a killed search
     resumes after its last finished trial or rung; removed when done) or in a temporary folder;
     TensorBoard event files of the trials go to `events/search/<trial>`. No trial starts and no
-    training goes on after `deadline` (time.monotonic(); `time_budget_minutes` sets one)."""
+    training goes on after `deadline` (time.monotonic(); `time_budget_minutes` sets one).
+    `unlabelled`: the transfer set of a distillation of the kept ensemble (`distill_ensemble`)."""
     if deadline is None and params.time_budget_minutes > 0:
         deadline = time.monotonic() + 60 * params.time_budget_minutes
     keras.utils.set_random_seed(finetune.seed)
@@ -305,7 +310,7 @@ def search(
                 w * probabilities[r.trial_id] for w, (r, _) in zip(fused["weights"], top, strict=True)
             )
             student, fused["distilled"] = distilled(
-                model, teacher_val, backbone, train, val, num_classes, finetune
+                model, teacher_val, backbone, train, val, num_classes, finetune, unlabelled
             )
             if student is not None:
                 model, val_accuracy = student, fused["distilled"]["val_accuracy"]
@@ -320,11 +325,12 @@ def distilled(
     val: Split,
     num_classes: int,
     finetune: FinetuneParams,
+    unlabelled: Split | None = None,
 ) -> tuple[keras.Model | None, dict[str, Any]]:
     """The kept ensemble `teacher` (val probabilities `teacher_val`) distilled into one
     `architecture` (the chosen trial's; `ensemble.distil`): the student when the ensemble does not
     really lead it on val, else None; and what happened (for `search.json`)."""
-    student = distil(teacher, teacher_val, architecture, train, val, num_classes, finetune)
+    student = distil(teacher, teacher_val, architecture, train, val, num_classes, finetune, unlabelled)
     student_val = streamed_probabilities(student, architecture.pixels, val)
     kept = student_kept(teacher_val, student_val, val.y)
     record = {
@@ -332,6 +338,7 @@ def distilled(
         "val_accuracy": float((student_val.argmax(axis=1) == val.y).mean()),
         "backbone_passes": [backbone_passes(teacher), 1],
         "kept": kept,
+        "unlabelled_images": 0 if unlabelled is None else len(unlabelled),
     }
     return (student if kept else None), record
 

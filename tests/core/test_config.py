@@ -88,6 +88,10 @@ def test_candidates_accept_strings_and_mappings(tmp_path):
         ("select:\n  candidates: []\n", "select.candidates: "),
         ("select:\n  candidates: [hub:x]\n", "select.candidates.0.uri: a candidate is registry:"),
         ("register:\n  metric: loss\n", "register.metric: String should match pattern"),
+        (
+            "finetune:\n  distill_unlabelled: photos\n",
+            "distill_unlabelled needs distill_from or search.distill",
+        ),
     ],
 )
 def test_bad_params_name_the_file_and_the_key(tmp_path, text, fragment):

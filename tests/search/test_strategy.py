@@ -13,6 +13,7 @@ from conftest import pattern_image
 
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
+from tasks.data.datasets import unlabelled
 from tasks.data.stream import Pixels
 from tasks.models import features, finetune
 from tasks.models.backbones import PIXELS_URI, build_backbone
@@ -262,6 +263,11 @@ def test_an_ensemble_of_two_backbones_is_distilled_into_one(on_disk):
     assert record["val_accuracy"] == pytest.approx(measured) and measured >= 0.9
     for got, want in zip(chosen.model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, want)
+    # with a transfer set of unlabelled images, which the ensemble labels too
+    transfer = unlabelled(on_disk(*images(40, seed=4)).root, 10**8)
+    taught, with_transfer = strategy.distilled(teacher, teacher_val, chosen, train, val, 3, params, transfer)
+    assert record["unlabelled_images"] == 0 and with_transfer["unlabelled_images"] == 40
+    assert taught is not None and with_transfer["kept"] and with_transfer["val_accuracy"] >= 0.9
     # what the finetune run's summary says of it
     best = records.TrialRecord(
         "head-0", {"strategy": "head", "backbone": "pretrained", "learning_rate": 0.01}, 0.9
@@ -272,6 +278,9 @@ def test_an_ensemble_of_two_backbones_is_distilled_into_one(on_disk):
     assert (
         f"distilled into one pretrained, which scored {measured:.4f}: the ensemble does not lead it" in words
     )
+    fused["distilled"] = with_transfer
+    words = strategy.SearchResult(student, best, [best], measured, fused, "pretrained", PIXELS).explanation()
+    assert "distilled into one pretrained with 40 unlabelled images, which scored" in words
 
 
 def copy(model: keras.Model) -> keras.Model:
