@@ -18,6 +18,7 @@ from tasks.core import progress
 from tasks.core.config import SplitParams
 from tasks.core.errors import UserError
 from tasks.data import ingest, lineage, split, stream
+from tasks.data.images import printable
 from tasks.data.stream import Pixels
 
 if TYPE_CHECKING:
@@ -146,13 +147,14 @@ def unlabelled(folder: Path, max_pixels: int) -> Split:
     rows = ingest.usable(manifest)
     if rows.empty:
         raise UserError(
-            f"{folder}: no decodable image in the transfer set (finetune.distill_unlabelled); "
+            f"{printable(str(folder))}: no decodable image in the transfer set (finetune.distill_unlabelled); "
             "point it at a folder of images, or leave it unset"
         )
     skipped = manifest[manifest["error"].notna()]
     if len(skipped):
         first = skipped.iloc[0]
-        progress.say(f"transfer set {folder}: skipped {len(skipped)} file(s) (first: {first.path}: {first.error})")
+        what = f"{printable(first.path)}: {first.error}"
+        progress.say(f"transfer set {printable(str(folder))}: skipped {len(skipped)} file(s) (first: {what})")
     return Split(folder, rows["path"].tolist(), np.full(len(rows), UNLABELLED, np.int64), rows["sha256"].tolist())
 
 

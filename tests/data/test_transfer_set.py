@@ -14,14 +14,19 @@ from tasks.data.datasets import UNLABELLED, joined, load_folder, unlabelled
 from tasks.data.stream import Pixels
 
 
-def test_every_decodable_image_at_any_depth_is_taken_without_a_label(tmp_path):
+def test_every_decodable_image_at_any_depth_is_taken_without_a_label(tmp_path, monkeypatch, capsys):
     folder = make_image_folder(tmp_path / "photos", ["2024", "2025"], per_class=3, size=16)
     make_image_folder(folder / "2025" / "june", ["day1"], per_class=2, size=16)
     (folder / "loose.png").write_bytes((folder / "2024" / "2024_0_000.png").read_bytes())
-    (folder / "2024" / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "2024" / "\x1b[31mbroken.png").write_bytes(b"\x89PNG not really")
     (folder / ".DS_Store").write_bytes(b"junk")
+    monkeypatch.setenv("TRANSFEROPS_PROGRESS", "1")
 
     split = unlabelled(folder, 40_000_000)
+
+    said = capsys.readouterr().err
+    assert f"transfer set {folder}: skipped 1 file(s) (first: 2024/\\x1b[31mbroken.png: not an image PIL can identify)" in said
+    assert "\x1b" not in said
 
     assert sorted(split.files) == sorted(
         [f"2024/2024_0_00{i}.png" for i in range(3)]
