@@ -193,7 +193,9 @@ def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) ->
         mlflow.set_tag("distill_transfer_set", json.dumps(result.transfer_set, sort_keys=True))
     mlflow.log_metrics({f"epochs.{phase}": len(h["loss"]) for phase, h in result.history.items()})
     if result.search is None:
-        return training_line(result.history)
+        taught = result.transfer_set
+        extra = f"; the teacher also labelled {taught['images']} unlabelled images" if taught else ""
+        return training_line(result.history) + extra
     log_search(result.search, run)
     return result.search["explanation"]
 
