@@ -36,6 +36,7 @@ class Split:
     files: list[str]
     y: np.ndarray  # (n,) int class indices into class_names
     sha256: list[str] | None = None  # each file's content hash (from the manifest), same order
+    parts: tuple[Path, ...] = ()  # a joined split's folders under `root`: no file leaves its own
 
     def digest(self) -> str:
         """Which images, by content when known (a key for what is computed from them)."""
@@ -52,20 +53,19 @@ class Split:
     def subset(self, rows: np.ndarray | list[int]) -> Split:
         rows = np.asarray(rows, dtype=np.int64)
         sha = [self.sha256[i] for i in rows] if self.sha256 is not None else None
-        return Split(self.root, [self.files[i] for i in rows], self.y[rows], sha)
+        return Split(self.root, [self.files[i] for i in rows], self.y[rows], sha, self.parts)
 
     def batches(
         self, pixels: Pixels, batch_size: int, labels: bool = True, shuffle_seed: int | None = None
     ) -> tf.data.Dataset:
         """The split as a `tf.data` pipeline of uint8 batches (with labels by default)."""
-        return stream.batches(
-            self.root, self.files, pixels, batch_size, self.y if labels else None, shuffle_seed
-        )
+        y = self.y if labels else None
+        return stream.batches(self.root, self.files, pixels, batch_size, y, shuffle_seed, parts=self.parts)
 
     def images(self, pixels: Pixels) -> np.ndarray:
         """Every image of the split decoded into one array: only for small splits (tests,
         thumbnails, the benchmarks' label subsets), never in the pipeline."""
-        return stream.decode_files(self.root, self.files, pixels)
+        return stream.decode_files(self.root, self.files, pixels, self.parts)
 
 
 @dataclass
@@ -160,10 +160,13 @@ def unlabelled(folder: Path, max_pixels: int) -> Split:
 
 def joined(first: Split, second: Split) -> Split:
     """The images of both splits as one, their files relative to the folder that holds both
-    roots (decoding still refuses anything outside it, `stream.decode_file`)."""
-    root = Path(os.path.commonpath([first.root.resolve(), second.root.resolve()]))
+    roots; decoding refuses a file that leaves its own split's folder (`parts`)."""
+    if first.parts or second.parts:
+        raise ValueError("joined: join splits of one folder each")
+    parts = (first.root.resolve(), second.root.resolve())
+    root = Path(os.path.commonpath(parts))
     files = [
         (split.root.resolve() / f).relative_to(root).as_posix() for split in (first, second) for f in split.files
     ]
     sha = first.sha256 + second.sha256 if first.sha256 is not None and second.sha256 is not None else None
-    return Split(root, files, np.concatenate([first.y, second.y]), sha)
+    return Split(root, files, np.concatenate([first.y, second.y]), sha, parts)

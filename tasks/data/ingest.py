@@ -105,9 +105,16 @@ def resolve_inside(root: Path, rel: str) -> Path:
     return path
 
 
-def read_inside(root: Path, rel: str) -> bytes:
-    """The bytes of `rel` under `root`, only if it is (or links to) a regular file inside it."""
-    return open_regular(resolve_inside(root, rel))
+def read_inside(root: Path, rel: str, parts: tuple[Path, ...] = ()) -> bytes:
+    """The bytes of `rel` under `root`, only if it is (or links to) a regular file inside it.
+    With `parts` (a split joined from folders under `root`), inside the part `rel` names."""
+    if not parts:
+        return open_regular(resolve_inside(root, rel))
+    path = root / rel
+    for part in parts:
+        if path.is_relative_to(part):  # by name; resolve_inside then follows links and `..`
+            return open_regular(resolve_inside(part, path.relative_to(part).as_posix()))
+    raise UnsafePathError(f"{rel}: outside the folders of its split")
 
 
 def _link_entry(root: Path, real_root: Path, path: Path, rel: str) -> Entry:

@@ -52,16 +52,18 @@ class Pixels:
         return f"{self.key()}-{self.max_pixels}"
 
 
-def decode_file(root: Path, relative: str, pixels: Pixels) -> np.ndarray:
-    """One file under `root` (never outside it: `ingest.read_inside`) as model input."""
-    return decode(ingest.read_inside(root, relative), pixels.size, pixels.max_pixels, pixels.resize)
+def decode_file(root: Path, relative: str, pixels: Pixels, parts: tuple[Path, ...] = ()) -> np.ndarray:
+    """One file under `root` (never outside it, nor outside its part of a joined split:
+    `ingest.read_inside`) as model input."""
+    data = ingest.read_inside(root, relative, parts)
+    return decode(data, pixels.size, pixels.max_pixels, pixels.resize)
 
 
-def decode_files(root: Path, files: Sequence[str], pixels: Pixels) -> np.ndarray:
+def decode_files(root: Path, files: Sequence[str], pixels: Pixels, parts: tuple[Path, ...] = ()) -> np.ndarray:
     """A few files as one (n, size, size, 3) array: thumbnails, a served batch, a test."""
     out = np.empty((len(files), pixels.size, pixels.size, 3), dtype=np.uint8)
     for i, relative in enumerate(files):
-        out[i] = decode_file(root, relative, pixels)
+        out[i] = decode_file(root, relative, pixels, parts)
     return out
 
 
@@ -73,8 +75,9 @@ def batches(
     labels: np.ndarray | None = None,
     shuffle_seed: int | None = None,
     cache_bytes: int = CACHE_BYTES,
+    parts: tuple[Path, ...] = (),
 ) -> tf.data.Dataset:
-    """A `tf.data` pipeline over `files` (relative to `root`): decoded in parallel, in order
+    """A `tf.data` pipeline over `files` (relative to `root`; `parts`: `decode_file`): decoded in parallel, in order
     (or reshuffled every epoch with `shuffle_seed`), batched, prefetched. Yields uint8 image
     batches, or (images, labels) with `labels`. Decoded pixels are kept between epochs when
     the whole split fits `cache_bytes`."""
@@ -84,7 +87,7 @@ def batches(
     root = Path(root)
 
     def load(index: np.ndarray) -> np.ndarray:
-        return decode_file(root, files[int(index)], pixels)
+        return decode_file(root, files[int(index)], pixels, parts)
 
     # Plain graph code: autograph would convert these (writing its generated source to the
     # temp folder, left there until the process exits) for nothing.

@@ -11,7 +11,7 @@ Both phases stop early on validation loss and keep their best weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +181,7 @@ def finetune(
         if teacher is None:
             job = distribute.Job(train, val, pixels, params)
         else:  # the same images, the teacher's targets in place of the labels
-            targets = (
-                Split(s.root, s.files, t, s.sha256) for s, t in ((train, teacher[0]), (val, teacher[1]))
-            )
+            targets = (replace(s, y=t) for s, t in ((train, teacher[0]), (val, teacher[1])))
             job = distribute.Job(*targets, pixels, params, distilled=True)
         history["finetune"] = distribute.run(
             classifier,

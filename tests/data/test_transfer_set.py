@@ -11,6 +11,7 @@ from conftest import make_image_folder
 from tasks.core.config import SplitParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import UNLABELLED, joined, load_folder, unlabelled
+from tasks.data.ingest import UnsafePathError, read_inside
 from tasks.data.stream import Pixels
 
 
@@ -58,3 +59,23 @@ def test_a_joined_split_streams_both_splits_images_and_labels(tmp_path):
     streamed = np.concatenate([x for x, _ in both.batches(pixels, 4).as_numpy_iterator()])
     assert np.array_equal(streamed, expected)
     assert both.digest() not in (data.train.digest(), transfer.digest())
+
+
+def test_no_file_of_a_joined_split_leaves_its_own_folder(tmp_path):
+    """The joined split's root holds both folders, and so does anything beside them: a transfer
+    image swapped for a link after the scan is refused when it points out of the transfer
+    folder, even to a file under the common root."""
+    data = load_folder(make_image_folder(tmp_path / "data" / "raw", ["a", "b"], per_class=4), SplitParams(), 10**8)
+    photos = make_image_folder(tmp_path / "photos", ["x"], per_class=2)
+    both = joined(data.train, unlabelled(photos, 10**8))
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((photos / both.files[-1].removeprefix("photos/")).read_bytes())
+    swapped = tmp_path / both.files[-1]
+    swapped.unlink()
+    swapped.symlink_to(secret)
+
+    with pytest.raises(UnsafePathError, match="resolves outside the data folder"):
+        both.images(Pixels(16))
+    with pytest.raises(UnsafePathError, match="outside the folders of its split"):
+        read_inside(both.root, "secret.png", both.parts)
+    assert len(both.subset([0, len(both) - 2]).images(Pixels(16))) == 2  # the rest still reads
