@@ -132,6 +132,7 @@ def cmd_distill(args: argparse.Namespace, params: Params, paths: Paths) -> RunSu
     recipe, tasks/models/distill.py), then evaluate and register it through the gate like any
     challenger; the version records its teacher."""
     from flows.registry_cli import version_ref
+    from flows.stages.finetune import transfer_folder
     from tasks.registry import versions
     from tasks.reporting import tracking
 
@@ -142,8 +143,7 @@ def cmd_distill(args: argparse.Namespace, params: Params, paths: Paths) -> RunSu
         raise UserError(f"distill: {ref} is not a registered version; `transferops status` shows what is")
     unlabelled = str(args.unlabelled.resolve()) if args.unlabelled else None
     params = distill_params(params, f"{name}/{version}", args.student, unlabelled)
-    if unlabelled and not Path(unlabelled).is_dir():
-        raise UserError(f"distill --unlabelled {unlabelled}: not a folder; give a folder of images")
+    transfer_folder(paths, params.finetune)  # a mistyped folder: said now, not after select
     print(f"distill {name} v{version} ({ref}) into {args.student}")
     return cmd_train(argparse.Namespace(data=None, force=args.force), params, paths)
 

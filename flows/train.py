@@ -79,6 +79,7 @@ def train_run(
     """select -> finetune -> evaluate -> register on validated, split data, in the flow's run;
     `retrain` (the drift measured and the decision to train) goes into the summary."""
     version = data.lineage["data_version"]
+    transfer = finetune.transfer_folder(run.paths, params.finetune)  # checked before any training
     start = flowrun.run_stage(
         run,
         select.select_backbone,
@@ -113,7 +114,7 @@ def train_run(
         augment=params.augment,
         reproducibility=params.reproducibility,
         root=run.paths.root,
-        unlabelled=finetune.transfer_folder(run.paths, params.finetune),
+        unlabelled=transfer,
     )
     start = select.searched_backbone(run, start, result)
     # an unchanged rerun: the champion is this very training, so its test scores are ours

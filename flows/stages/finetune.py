@@ -26,6 +26,7 @@ from tasks.core.config import (
 )
 from tasks.core.errors import UserError
 from tasks.data import datasets
+from tasks.data.images import printable
 from tasks.data.stream import Pixels
 from tasks.models import checkpoints, distill, features, finetune
 from tasks.reporting.tracking import log_history
@@ -130,7 +131,7 @@ def finetune_model(
             events=events,
             teacher=teacher,
         )
-    if transfer is not None:
+    if used_transfer_set(params, result) and transfer is not None:
         result.transfer_set = {
             "folder": str(unlabelled),
             "images": len(transfer),
@@ -141,6 +142,14 @@ def finetune_model(
     return result
 
 
+def used_transfer_set(params: FinetuneParams, result: finetune.FinetuneResult) -> bool:
+    """Whether the model learnt from the transfer set: a distillation of the fixed recipe, or the
+    student the search distilled from the ensemble it kept, when that student replaced it."""
+    if result.search is None:
+        return params.distill_from is not None
+    return bool(((result.search["ensemble"] or {}).get("distilled") or {}).get("kept"))
+
+
 def transfer_folder(paths: Paths, params: FinetuneParams) -> Path | None:
     """The distillation's transfer set (`finetune.distill_unlabelled`, relative to the project
     root), which must be a folder; None without one."""
@@ -149,8 +158,8 @@ def transfer_folder(paths: Paths, params: FinetuneParams) -> Path | None:
     folder = paths.resolve(params.distill_unlabelled)
     if not folder.is_dir():
         raise UserError(
-            f"finetune.distill_unlabelled {folder}: no such folder; point it at a folder of "
-            "unlabelled images, or leave it unset"
+            f"transfer set {printable(str(folder))}: no such folder (distill --unlabelled, "
+            "finetune.distill_unlabelled); point it at a folder of unlabelled images"
         )
     return folder
 

@@ -287,7 +287,7 @@ with warnings.catch_warnings():
             unfit = self.search.enabled or self.finetune.distribute == "multi_worker"
             if self.finetune.distill_from and unfit:
                 raise ValueError("finetune.distill_from needs search.enabled: false and no multi_worker")
-            teaches = self.finetune.distill_from or self.search.distill_ensemble
+            teaches = self.finetune.distill_from or (self.search.enabled and self.search.distill_ensemble)
             if self.finetune.distill_unlabelled and not teaches:
                 raise ValueError("finetune.distill_unlabelled needs distill_from or search.distill_ensemble")
             if self.finetune.distribute != "none" and self.search.enabled:

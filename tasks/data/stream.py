@@ -77,10 +77,10 @@ def batches(
     cache_bytes: int = CACHE_BYTES,
     parts: tuple[Path, ...] = (),
 ) -> tf.data.Dataset:
-    """A `tf.data` pipeline over `files` (relative to `root`; `parts`: `decode_file`): decoded in parallel, in order
-    (or reshuffled every epoch with `shuffle_seed`), batched, prefetched. Yields uint8 image
-    batches, or (images, labels) with `labels`. Decoded pixels are kept between epochs when
-    the whole split fits `cache_bytes`."""
+    """A `tf.data` pipeline over `files` (relative to `root`; `parts`: see `decode_file`):
+    decoded in parallel, in order (or reshuffled every epoch with `shuffle_seed`), batched,
+    prefetched. Yields uint8 image batches, or (images, labels) with `labels`. Decoded pixels
+    are kept between epochs when the whole split fits `cache_bytes`."""
     import tensorflow as tf
 
     files = list(files)

@@ -92,6 +92,10 @@ def test_candidates_accept_strings_and_mappings(tmp_path):
             "finetune:\n  distill_unlabelled: photos\n",
             "distill_unlabelled needs distill_from or search.distill",
         ),
+        (  # the fixed recipe without a teacher: nothing would learn from the transfer set
+            "search:\n  enabled: false\n  distill_ensemble: true\nfinetune:\n  distill_unlabelled: photos\n",
+            "distill_unlabelled needs distill_from or search.distill",
+        ),
     ],
 )
 def test_bad_params_name_the_file_and_the_key(tmp_path, text, fragment):

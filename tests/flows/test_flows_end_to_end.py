@@ -645,8 +645,8 @@ def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(projec
     assert (MODEL, str(teacher)) in parents_of(MODEL, dict(version.tags))
     assert main([*args, "distill", str(teacher), "--student", student, "--unlabelled", "nowhere"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"transferops: distill --unlabelled {Path('nowhere').resolve()}: "
-        "not a folder; give a folder of images"
+        f"transferops: transfer set {Path('nowhere').resolve()}: no such folder (distill --unlabelled, "
+        "finetune.distill_unlabelled); point it at a folder of unlabelled images"
     )
     assert main([*args, "distill", "999", "--student", student]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
