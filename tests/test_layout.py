@@ -158,3 +158,28 @@ def test_status_and_help_import_no_tensorflow_or_great_expectations(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def dynamic_importers() -> set[str]:
+    """Modules that import by a name computed at run time (`importlib.import_module`, `__import__`)."""
+    found = set()
+    for top in ("tasks", "flows"):
+        for path in source_files(top):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call):
+                    called = node.func
+                    name = called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", "")
+                    if name in ("import_module", "__import__"):
+                        found.add(module_name(path))
+    return found
+
+
+def test_every_dynamic_import_is_named_for_the_cache_keys():
+    """A stage's cache key follows imports the syntax shows; the others must be named."""
+    from tasks.core import codekey
+
+    importers = dynamic_importers()
+    assert "tasks.registry.versions" in importers  # the check sees one
+    assert importers <= set(codekey.DYNAMIC_IMPORTS), importers - set(codekey.DYNAMIC_IMPORTS)
+    for module, targets in codekey.DYNAMIC_IMPORTS.items():
+        assert all(codekey.module_path(t) is not None for t in (module, *targets)), module

@@ -7,8 +7,14 @@ Prefect cache policy that says what that is, stage by stage:
   by its values, a folder by a stat snapshot of its files (names, sizes, mtimes, inodes: what
   DVC's stat cache uses), an upstream result by its own `fingerprint` (the validated manifest
   and the split table by content; trained things by the key of the stage that made them);
-- the source of the `tasks/` modules that compute the stage, and of the task itself;
-- the environment (lock file, Python, TensorFlow and Keras versions).
+- the code: the syntax tree (without comments and docstrings) of the stage's own module and of
+  every project module it can reach through its imports, found from the code
+  (`tasks.core.codekey`: the import closure, never a list kept by hand);
+- the environment (the installed transferops and whether it is editable, the lock file,
+  Python, TensorFlow and Keras versions).
+
+The epoch checkpoints of a training are keyed by the same key (`stage_key`), so a resume never
+continues from weights that other code produced.
 
 Prefect's default key includes the flow-run id, so it never hits across runs. Results are
 pickled under `<root>/.transferops/results/`, each written whole or not at all
@@ -26,16 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CachePolicy, TaskSource
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
 from prefect.transactions import get_transaction
 from prefect.utilities.hashing import hash_objects
 from pydantic import BaseModel
 
+from tasks.core import codekey
 from tasks.data import ingest, lineage
 
-TASKS_DIR = Path(lineage.__file__).parents[1]
 SKIPPED = ("run",)  # bookkeeping inputs that never decide a result
 
 
@@ -58,10 +64,10 @@ def fingerprint(value: Any) -> Any:
 
 
 @cache
-def code_version(modules: tuple[str, ...]) -> str:
-    """A hash of the source of each module, named relative to `tasks` (`data.ingest` is
-    tasks/data/ingest.py)."""
-    return lineage.digest({m: lineage.file_sha256(TASKS_DIR / f"{m.replace('.', '/')}.py") for m in modules})
+def code_version(module: str) -> str:
+    """The digest of the code stage module `module` can run (once per process: the code a
+    process runs is the code it imported)."""
+    return codekey.code_digest((module,))
 
 
 @cache
@@ -71,7 +77,7 @@ def environment_version() -> str:
 
 @dataclass
 class StageKey(CachePolicy):
-    code: tuple[str, ...] = ()  # modules of tasks/ whose source decides the result (`data.ingest`)
+    module: str = ""  # the stage's module (`flows.stages.finetune`): its import closure keys it
     folders: tuple[str, ...] = ()  # inputs that are folders: keyed by a stat snapshot
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
@@ -98,8 +104,7 @@ class StageKey(CachePolicy):
         return hash_objects(
             task_ctx.task.name,
             parts,
-            code_version(self.code),
-            TaskSource().compute_key(task_ctx, inputs, flow_parameters),
+            code_version(self.module),
             environment_version(),
             raise_on_failure=True,
         )
@@ -138,14 +143,19 @@ LocalFileSystem.write_path = _write_path  # type: ignore[method-assign,assignmen
 LocalFileSystem.awrite_path = _awrite_path  # type: ignore[method-assign,assignment]
 
 
-def cached_stage(name: str, code: tuple[str, ...], folders: tuple[str, ...] = ()) -> Callable:
-    """A Prefect task whose result is persisted and reused under `StageKey`."""
-    return task(
-        name=name,
-        cache_policy=StageKey(code=code, folders=folders),
-        persist_result=True,
-        result_serializer="pickle",
-    )
+def cached_stage(name: str, folders: tuple[str, ...] = ()) -> Callable[[Callable], Any]:
+    """A decorator: the function as a Prefect task whose result is persisted and reused under
+    `StageKey`, keyed by the code of the function's module and all it imports."""
+
+    def decorate(function: Callable) -> Any:
+        return task(
+            name=name,
+            cache_policy=StageKey(module=function.__module__, folders=folders),
+            persist_result=True,
+            result_serializer="pickle",
+        )(function)
+
+    return decorate
 
 
 def stage_key() -> str:

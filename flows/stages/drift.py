@@ -19,7 +19,7 @@ from tasks.promotion import drift
 from tasks.reporting.tracking import scratch_dir
 
 
-@cached_stage("drift", code=("promotion.drift", "models.backbones", "registry.versions"))
+@cached_stage("drift")
 def measure_drift(
     data: datasets.SplitData, model_name: str, champion: str, params: RetrainParams
 ) -> drift.Measurement | None:

@@ -19,18 +19,7 @@ from tasks.promotion import promote
 from tasks.reporting.tracking import scratch_dir
 
 
-@cached_stage(
-    "evaluate",
-    code=(
-        "promotion.promote",
-        "evaluation.evaluate",
-        "evaluation.gate",
-        "registry.versions",
-        "registry.serving",
-        "data.images",
-        "data.stream",
-    ),
-)
+@cached_stage("evaluate")
 def evaluate_model(
     result: finetune.FinetuneResult,
     data: datasets.SplitData,

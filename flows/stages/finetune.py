@@ -34,26 +34,7 @@ from tasks.search import strategy
 from tasks.selection import candidates
 
 
-@cached_stage(
-    "finetune",
-    code=(
-        "models.finetune",
-        "models.distill",
-        "search.strategy",
-        "search.records",
-        "search.heads",
-        "search.rungs",
-        "search.ensemble",
-        "models.trainer",
-        "models.backbones",
-        "models.features",
-        "models.checkpoints",
-        "data.stream",
-        "data.datasets",
-        "data.ingest",
-    ),
-    folders=("unlabelled",),
-)
+@cached_stage("finetune", folders=("unlabelled",))
 def finetune_model(
     start: candidates.Selection,
     data: datasets.SplitData,
@@ -137,7 +118,7 @@ def finetune_model(
             "images": len(transfer),
             "digest": transfer.digest(),
         }
-    say_resumed(result.resumed)
+    say_resumed(result.resumed, (result.search or {}).get("resumed"))
     result.fingerprint = key
     return result
 
@@ -195,6 +176,8 @@ def teacher_targets(
 def log_training(result: finetune.FinetuneResult, run: FlowRun, reused: bool) -> str:
     if result.resumed and not reused:
         mlflow.set_tag("resumed_from_epoch", json.dumps(result.resumed))
+    if result.search and result.search.get("resumed") and not reused:
+        mlflow.set_tag("resumed_search", json.dumps(result.search["resumed"]))
     log_history(result.history)
     log_events(result.events)
     mlflow.log_dict({"unfrozen_layers": result.unfrozen}, "unfrozen_layers.json")

@@ -199,9 +199,13 @@ def log_events(events: Path | None) -> None:
         mlflow.set_tag("tensorboard_logdir", str(events))
 
 
-def say_resumed(resumed: dict[str, int]) -> None:
+def say_resumed(resumed: dict[str, int], search: list[str] | None = None) -> None:
+    """What a training went on from: each phase's checkpointed epoch, and what of a killed
+    strategy search it kept (`search`: its trials, rungs, scratch epochs in words)."""
     for phase, epoch in resumed.items():
         get_run_logger().warning("%s: resumed from the checkpoint after epoch %d", phase, epoch)
+    if search:
+        get_run_logger().warning("search: resumed from the killed run's %s", " and ".join(search))
 
 
 def publish(run: FlowRun, summary: RunSummary, docs: Path | None = None) -> RunSummary:

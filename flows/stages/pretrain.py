@@ -29,17 +29,7 @@ from tasks.registry import versions
 from tasks.reporting.tracking import log_history
 
 
-@cached_stage(
-    "pretrain",
-    code=(
-        "models.pretraining",
-        "models.finetune",
-        "models.backbones",
-        "models.checkpoints",
-        "evaluation.evaluate",
-        "data.stream",
-    ),
-)
+@cached_stage("pretrain")
 def pretrain_backbone(
     data: datasets.SplitData,
     params: PretrainParams,

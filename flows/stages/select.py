@@ -20,18 +20,7 @@ from tasks.models import finetune
 from tasks.selection import candidates
 
 
-@cached_stage(
-    "select",
-    code=(
-        "selection.candidates",
-        "selection.logme",
-        "models.backbones",
-        "models.features",
-        "models.lite0",
-        "registry.versions",
-        "data.stream",
-    ),
-)
+@cached_stage("select")
 def select_backbone(
     params: SelectParams,
     top_k: int,

@@ -36,7 +36,7 @@ def splits(
     )
 
 
-@cached_stage("split", code=("data.datasets", "data.split", "data.ingest", "data.images"))
+@cached_stage("split")
 def split_data(data: validation.ValidatedData, data_dir: Path, params: SplitParams) -> datasets.SplitData:
     """Assign splits by content hash: which file goes where (no image is read)."""
     return datasets.prepare_splits(data.manifest, data_dir, params)

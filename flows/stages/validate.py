@@ -28,11 +28,7 @@ def validated(run: FlowRun, data_dir: Path, params: Params) -> validation.Valida
     )
 
 
-@cached_stage(
-    "validate",
-    code=("data.ingest", "data.validate", "data.lineage", "data.images", "data.data_docs"),
-    folders=("data_dir",),
-)
+@cached_stage("validate", folders=("data_dir",))
 def validate_data(data_dir: Path, params: ValidateParams, docs_root: Path) -> validation.ValidatedData:
     """Ingest (hash + decode every file) and run the Great Expectations suites; the Data Docs
     go to `docs_root/<key>`."""

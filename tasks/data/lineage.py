@@ -116,9 +116,25 @@ def cpu_kind() -> str:
     return f"{model or platform.processor() or platform.machine()} [{isa}]"
 
 
+def installed_transferops() -> str:
+    """The installed transferops: its version, and whether this code runs from a source tree (an
+    editable install or a checkout) rather than an installed copy. An upgrade changes it, so
+    every cached result is recomputed even where a module moved."""
+    import sysconfig
+    from importlib import metadata
+
+    try:
+        version = metadata.version("transferops")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    installed = Path(sysconfig.get_paths()["purelib"]).resolve()
+    editable = not Path(__file__).resolve().is_relative_to(installed)
+    return f"{version} ({'editable' if editable else 'installed'})"
+
+
 def environment(code_root: Path = CODE_ROOT) -> dict[str, str]:
-    """What a version needs beyond code, data and params to be rebuilt: the hash of the lock
-    file transferops was installed from, and the versions of the interpreter and the libraries
+    """What a version needs beyond code, data and params to be rebuilt: the installed
+    transferops, the hash of the lock file it was installed from, and the versions of the interpreter and the libraries
     that compute."""
     import platform
     from importlib import metadata
@@ -130,6 +146,7 @@ def environment(code_root: Path = CODE_ROOT) -> dict[str, str]:
             return "absent"
 
     return {
+        "transferops_version": installed_transferops(),
         "lock_sha256": file_sha256(code_root / "requirements.lock"),
         "python_version": platform.python_version(),
         "tensorflow_version": next(

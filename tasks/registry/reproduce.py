@@ -14,8 +14,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from tasks.core.config import Params, registry_ref
 from tasks.core.errors import UserError
 from tasks.data import lineage, versioning
@@ -87,23 +85,14 @@ def restore_data(record: Recorded, root: Path, scratch: Path) -> Path:
     if original.is_dir() and lineage.dvc_dir_hash(scan(original)) == data_version:
         return original
     scratch.mkdir(parents=True, exist_ok=True)
-    dvc_file = scratch / "data.dvc"
-    dvc_file.write_text(yaml.safe_dump({"outs": [{"md5": data_version, "hash": "md5", "path": "data"}]}))
-    target = str(dvc_file.relative_to(root))
     try:
-        try:
-            versioning.dvc(root, "checkout", "--quiet", target)  # from the local cache
-        except RuntimeError:
-            versioning.dvc(root, "pull", "--quiet", target)  # fetched from the remote first
-    except RuntimeError as exc:
+        versioning.restore(root, data_version, scratch / "data")
+    except versioning.DvcError as exc:
         raise ReproduceError(
             f"data version {data_version} of {record.model} v{record.version} is not at {original} "
-            "and DVC could not restore it from its cache or remote (was the folder `dvc add`-ed and "
-            f"pushed?): {str(exc).splitlines()[-1] if str(exc) else exc}"
+            f"and DVC could not restore it from its cache or remote ({exc}): was the folder "
+            "`dvc add`-ed and pushed?"
         ) from None
-    finally:  # the data stays; the pointer must not join the project's DVC files
-        dvc_file.unlink(missing_ok=True)
-        (scratch / ".gitignore").unlink(missing_ok=True)
     return scratch / "data"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from tasks.core.config import RetentionParams
+from tasks.data import versioning
 
 WORK = ".transferops"
 KEEP_POINTERS = ".transferops-keep"  # DVC pointers of kept data versions, only while `dvc gc` runs
@@ -115,10 +115,6 @@ def delete(items: list[Doomed]) -> None:
             item.path.unlink(missing_ok=True)
 
 
-def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
-
-
 def dvc_gc(root: Path, data_versions: set[str], dry_run: bool) -> tuple[int, str | None]:
     """`dvc gc` of the project's cache (never a remote) keeping every commit's data (in a git
     repository), the workspace's, and each kept version's `data_versions`. Returns (objects
@@ -137,12 +133,11 @@ def dvc_gc(root: Path, data_versions: set[str], dry_run: bool) -> tuple[int, str
             out = {"md5": data_version, "hash": "md5", "path": f"data-{number}"}
             (pointers / f"data-{number}.dvc").write_text(yaml.safe_dump({"outs": [out]}))
         scope = ["--workspace", "--all-commits"] if in_git else ["--workspace"]
-        done = _dvc(root, "gc", *scope, "--force", *(["--dry"] if dry_run else []))
+        done = versioning.run(root, "gc", *scope, "--force", *(["--dry"] if dry_run else []))
     finally:
         shutil.rmtree(pointers, ignore_errors=True)
     if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()
-        return 0, f"dvc gc failed: {last[-1] if last else 'no output'}"
+        return 0, f"dvc gc failed: {versioning.reason(done)}"
     lines = done.stdout.splitlines()
     removed = sum(1 for line in lines if line.startswith("Removing "))
     said = [int(w[1]) for w in (line.split() for line in lines) if w[:1] == ["Removed"] and w[1].isdigit()]

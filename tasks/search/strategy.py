@@ -33,6 +33,7 @@ instead unless the ensemble really leads it on val.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -43,13 +44,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.core import runner
+from tasks.core import progress, runner
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
 from tasks.models.backbones import PIXELS_URI, build_classifier, build_head, pixel_backbone
-from tasks.models.checkpoints import finished
+from tasks.models.checkpoints import finished, resumed_epoch
 from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
 from tasks.search import scratch, tuner_workers
@@ -71,6 +72,7 @@ class SearchResult:
     ensemble: dict[str, Any] | None = None  # members, weights, val accuracy: when it was kept
     backbone: str = ""  # the name of the backbone `best` trained (scratch: the architecture's)
     pixels: Pixels | None = None  # how `model` takes images
+    resumed: list[str] | None = None  # what a killed run of this search left and this one kept
 
     def explanation(self) -> str:
         by_strategy: dict[str, float] = {}
@@ -91,6 +93,8 @@ class SearchResult:
             + (f" and the scratch baseline ({scratch.epochs} epochs)" if scratch else "")
             + f" (best per strategy: {ranked})"
         )
+        if self.resumed:
+            words = f"resumed the killed search's {' and '.join(self.resumed)}; " + words
         if self.ensemble:
             distilled = self.ensemble.get("distilled")
             words += (
@@ -159,6 +163,31 @@ def val_probabilities(
     return np.exp(head_log_probabilities(backbone.val_features, *model.get_layer("head").get_weights()))
 
 
+def restored(folder: Path) -> list[str]:
+    """What a killed search left in its state `folder` for this run to go on from, in words:
+    its finished head trials, the fine-tune bracket's trained configurations (their epochs) and
+    the scratch baseline's last checkpointed epoch. Empty when it starts afresh."""
+    found = []
+    finished_trials = 0
+    for trial in (folder / "heads").glob("trial_*/trial.json"):  # Keras Tuner's record of each
+        try:
+            finished_trials += json.loads(trial.read_text()).get("status") == "COMPLETED"
+        except (OSError, ValueError, AttributeError):
+            continue  # cut off by the kill: the tuner runs it again
+    if finished_trials:
+        found.append(f"{finished_trials} head trial{'s' * (finished_trials != 1)}")
+    try:
+        rungs = json.loads((folder / "rungs" / "rungs.json").read_text())
+        epochs = sum(saved["record"]["epochs"] for saved in rungs.values())
+        found.append(f"{len(rungs)} fine-tune configurations ({epochs} epochs)")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    epoch = resumed_epoch(folder / SCRATCH)
+    if epoch:
+        found.append(f"scratch baseline after epoch {epoch}")
+    return found
+
+
 def search(
     backbones: list[SearchBackbone],
     train: Split,
@@ -182,8 +211,12 @@ def search(
     if deadline is None and params.time_budget_minutes > 0:
         deadline = time.monotonic() + 60 * params.time_budget_minutes
     keras.utils.set_random_seed(finetune.seed)
+    resumed = []
     if checkpoints is not None:
         folder = checkpoints / "search"
+        resumed = restored(folder)
+        if resumed:
+            progress.say(f"search: resuming a killed run's {' and '.join(resumed)}")
         folder.mkdir(parents=True, exist_ok=True)
     else:
         folder = Path(tempfile.mkdtemp(prefix="transferops-search-"))
@@ -314,7 +347,9 @@ def search(
             )
             if student is not None:
                 model, val_accuracy = student, fused["distilled"]["val_accuracy"]
-    return SearchResult(model, best_record, records, val_accuracy, fused, backbone.name, backbone.pixels)
+    return SearchResult(
+        model, best_record, records, val_accuracy, fused, backbone.name, backbone.pixels, resumed
+    )
 
 
 def distilled(
@@ -357,5 +392,6 @@ def as_finetune_result(found: SearchResult, events: Path | None = None) -> Finet
             "val_accuracy": found.val_accuracy,
             "ensemble": found.ensemble,
             "trials": [vars(t) for t in found.trials],
+            "resumed": found.resumed or [],
         },
     )

@@ -10,14 +10,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import mlflow
 import psutil
 import pytest
-from conftest import checkpointed_epochs, make_image_folder, wait_for_checkpoint
+from conftest import checkpointed_epochs, make_image_folder, sets, use_store, wait_for_checkpoint
 from mlflow import MlflowClient
 
 from tasks.core import runlock
+from tasks.models.checkpoints import resumed_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +145,56 @@ def test_a_run_that_loses_its_prefect_server_stops_before_registering(tmp_path):
     assert client.search_model_versions("name = 'transferops-classifier'") == []
     experiment_id = client.get_experiment_by_name("transferops").experiment_id
     assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
+
+
+def search_state(root) -> tuple[int, int]:
+    """(finished head trials, scratch epochs checkpointed) of the search a run has going."""
+    state = root / ".transferops" / "checkpoints"
+    heads = sum(
+        '"COMPLETED"' in path.read_text(errors="replace")
+        for path in state.glob("finetune-*/search/heads/trial_*/trial.json")
+    )
+    epochs = [resumed_epoch(folder) or 0 for folder in state.glob("finetune-*/search/scratch")]
+    return heads, max(epochs, default=0)
+
+
+def test_a_search_killed_mid_way_resumes_and_says_what_it_kept(tmp_path):
+    root = tmp_path / "project"
+    make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
+        env.pop(variable, None)
+    search = sets(
+        {
+            "search.strategies": "[head, scratch]",  # head trials, then the scratch baseline's epochs
+            "search.head_trials": 2,
+            "search.scratch_epochs": 30,
+            "search.scratch_patience": 30,
+            "search.scratch_patience_steps": "null",
+            "finetune.head_epochs": 3,
+        }
+    )
+    victim = subprocess.Popen(
+        cli(root, "train", *search), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while search_state(root)[1] < 3:  # every head trial finished, the scratch baseline 3 epochs in
+        assert victim.poll() is None, "the run ended before the search was 3 scratch epochs in"
+        assert time.time() < deadline, "the search never reached its scratch baseline"
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    heads, epochs = search_state(root)
+    assert heads == 2
+
+    done = subprocess.run(cli(root, "train", *search), env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept = f"2 head trials and scratch baseline after epoch {epochs}"
+    assert f"search: resumed from the killed run's {kept}" in done.stderr
+    assert (
+        f"resumed the killed search's {kept}"
+        in json.loads((root / "reports" / "train.json").read_text())["strategy"]
+    )
+    client = use_store(root)
+    assert len(client.search_model_versions("name='transferops-classifier'")) == 1
+    assert not list((root / ".transferops" / "checkpoints").glob("finetune-*"))

@@ -8,6 +8,8 @@ after the folder changed."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import mlflow
 import numpy as np
@@ -16,6 +18,7 @@ from conftest import clear_mlflow_env, dvc, make_image_folder, sets, use_store
 from mlflow import MlflowClient
 
 from flows.cli import main
+from tasks.data import versioning
 from tasks.registry.versions import load_pyfunc
 
 pytestmark = pytest.mark.slow
@@ -47,7 +50,8 @@ def weights(root, uri: str) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory, prefect_harness):
-    """Two projects, same data and params; the first versions its data with DVC."""
+    """Two projects, same data and params, each versioning its data with DVC: the first
+    without git (`--no-scm`), the second a git repository pushing to a DVC remote."""
     roots = []
     with pytest.MonkeyPatch.context() as mp:
         clear_mlflow_env(mp)
@@ -58,6 +62,10 @@ def twins(tmp_path_factory, prefect_harness):
             if name == "a":
                 dvc(root, "init", "--no-scm", "-q")
                 dvc(root, "add", "-q", "data/raw")
+            else:  # as `make demo` leaves a project: git, .transferops/ git-ignored
+                subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+                (root / ".gitignore").write_text("/.transferops/\n/mlflow/\n/reports/\n/.dvc-remote/\n")
+                versioning.track(root, [root / "data" / "raw"], root / ".dvc-remote")
             args = ["--root", str(root), *FAST]
             assert main([*args, "pretrain"]) == 0
             assert main([*args, "train"]) == 0
@@ -129,6 +137,23 @@ def test_reproduce_restores_the_data_with_dvc_and_matches(twins, capsys):
         (root / ".transferops" / "reproduce").iterdir()
     )
     assert len(use_store(root).search_model_versions(f"name='{MODEL}'")) == 1
+
+
+def test_reproduce_in_a_git_project_brings_back_an_older_data_version_from_the_remote(twins, capsys):
+    root = twins[1]
+    make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=3, seed=9)  # new data
+    versioning.track(root, [root / "data" / "raw"], root / ".dvc-remote")
+    assert main(["--root", str(root), *FAST, "train"]) == 0
+    assert len(use_store(root).search_model_versions(f"name='{MODEL}'")) == 2  # v2: the new data
+    shutil.rmtree(root / ".dvc" / "cache")  # v1's data is now only in the remote
+    capsys.readouterr()
+    assert main(["--root", str(root), "reproduce", "1"]) == 0
+    assert "verdict       match (tolerance 0)" in capsys.readouterr().out
+    report = json.loads((root / "reports" / "reproduce.json").read_text())
+    assert report["reproduction"]["new"] == report["reproduction"]["recorded"]
+    assert not list(root.glob(".transferops-restore-*"))  # DVC's pointer is gone
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    assert ".transferops" not in status.stdout
 
 
 def test_reproduce_fails_when_the_metrics_differ(twins, capsys):

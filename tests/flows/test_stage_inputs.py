@@ -13,7 +13,7 @@ class Opaque:
 
 
 def test_an_input_without_a_fingerprint_is_refused_before_the_stage_runs():
-    policy = StageKey(code=("data.ingest",), folders=("data_dir",))
+    policy = StageKey(module="flows.stages.validate", folders=("data_dir",))
     policy.check_inputs({"run": Opaque(), "data_dir": "/any/folder", "seed": 3, "names": ["a", "b"]})
     with pytest.raises(TypeError, match="Opaque has no fingerprint"):
         policy.check_inputs({"seed": 3, "model": Opaque()})
