@@ -58,21 +58,6 @@ def latency_ms(model: Any, pixels: Any, calls: int = 50) -> float:
     )
 
 
-def held_out(folder: Path, class_names: list[str], classes: tuple[int, ...]) -> Any:
-    """The task's classes from Fashion-MNIST's test file, written under `folder`, as a Split in
-    the order of `class_names`."""
-    import numpy as np
-
-    from tasks.data import fashion_mnist
-    from tasks.data.datasets import Split
-
-    images, labels = fashion_mnist.load_fashion_mnist(part="t10k")
-    fashion_mnist.write_class_folders(images, labels, classes, 1000, folder, seed=0)
-    files = [f"{name}/{p.name}" for name in class_names for p in sorted((folder / name).iterdir())]
-    y = [class_names.index(f.split("/")[0]) for f in files]
-    return Split(folder, files, np.asarray(y, dtype=np.int64))
-
-
 def transfer_set(folder: Path, labelled: Path, classes: tuple[int, ...], n: int) -> Any:
     """`n` images of `classes` from Fashion-MNIST's train file that are not under `labelled`
     (whose files are named by their index in it), written flat under `folder`, as an
@@ -239,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     recipe = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
 
+    from bench import heldout
     from tasks.core.config import FashionMnistParams, Params
     from tasks.data import fashion_mnist
     from tasks.data.datasets import load_folder
@@ -256,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             narrow = params.pretrain.model_copy(update={"width": args.student_width})
             student = pretrain(pretraining, narrow, 32).backbone
         data = load_folder(raw, params.split, 40_000_000)
-        test = held_out(Path(tmp) / "held-out", data.class_names, params.fashion_mnist.raw_classes)
+        test = heldout.held_out(Path(tmp) / "held-out", data.class_names, params.fashion_mnist.raw_classes)
         pixels = Pixels(32, params.data.resize)
         classes = params.fashion_mnist.raw_classes
         transfer = (

@@ -26,6 +26,14 @@ Arms, each timed from the images on disk to a trained model (features included):
   features (Lite0's on `fmnist-224`, the stand-in's on `fmnist-32`).
 - `raw_pixels`: logistic regression on the 28x28 grey pixels.
 
+Every arm of every seed is tested on the same 5000 held-out images of classes 5-9 from
+Fashion-MNIST's test file (bench/heldout.py); each seed draws its own labelled set (the demo's
+200 a class, split as the pipeline splits them) from the training file, so the std over seeds is
+what a user sees. Per (task, label count) cell: the default minus the best other arm with a 95%
+paired bootstrap interval over seeds and test images, and the default's wall time over the fixed
+recipe's and over that arm's (the default should cost at most max(3x fixed, 1.25x that arm):
+what a user would otherwise run for that accuracy).
+
 Then LogME against fine-tuning on `fmnist-224`'s training split: 5 backbones (the stand-in,
 pretrained 1 epoch, on 2 of the 5 source classes, untrained, and Lite0), weighted Kendall tau
 of the LogME scores with the fixed recipe's test accuracy, per seed. Writes
@@ -51,6 +59,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import weightedtau  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
+from bench import heldout  # noqa: E402
 from tasks.core.config import Params, Paths, load_params  # noqa: E402
 from tasks.data import fashion_mnist  # noqa: E402
 from tasks.data.datasets import Split, SplitData, load_folder  # noqa: E402
@@ -148,7 +157,17 @@ def run_arm(
         "epochs_run": ran,
         "chosen": chosen,
         "why": why,  # default: the search's explanation (val scores per strategy); scratch: its val score
+        **tested(test, probabilities),
+    }
+
+
+def tested(test: Split, probabilities: np.ndarray) -> dict[str, Any]:
+    """A run's test metrics, its number of test images and its prediction of each (as digits:
+    what the paired comparison of two arms needs)."""
+    return {
         **evaluate.metrics(test.y, probabilities),
+        "test_images": len(test),
+        "predictions": heldout.as_digits(probabilities),
     }
 
 
@@ -174,23 +193,28 @@ def keras_guide(
 
 
 def probe(arm: str, candidates: dict, data: dict, start: float) -> dict[str, Any]:
-    """Logistic regression on the best backbone's frozen features, or on raw grey pixels."""
+    """Logistic regression on the best backbone's frozen features, or on raw grey pixels; timed
+    to the trained model (its test features are not part of its time, as for every arm)."""
     train, test = data["train"], data["test"]
     if arm == "linear_probe":
         name = LITE0 if LITE0 in candidates else STAND_IN
         model, pixels = candidates[name]
-        x_train, x_test = (np.asarray(features.features(model, name, s, pixels, None)) for s in (train, test))
+
+        def inputs(split: Split) -> np.ndarray:
+            return np.asarray(features.features(model, name, split, pixels, None))
     else:
-        grey = Pixels(28)
-        x_train, x_test = (s.images(grey)[..., 0].reshape(len(s), -1) / 255.0 for s in (train, test))
-        name = "28x28 pixels"
-    classifier = LogisticRegression(max_iter=3000).fit(x_train, train.y)
+        name, grey = "28x28 pixels", Pixels(28)
+
+        def inputs(split: Split) -> np.ndarray:
+            return split.images(grey)[..., 0].reshape(len(split), -1) / 255.0
+
+    classifier = LogisticRegression(max_iter=3000).fit(inputs(train), train.y)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "epochs_run": 0,
         "chosen": name,
-        **evaluate.metrics(test.y, classifier.predict_proba(x_test)),
+        **tested(test, classifier.predict_proba(inputs(test))),
     }
 
 
@@ -253,33 +277,69 @@ def logme_tau(candidates: dict, data: dict, params: Params, seeds: int) -> dict[
     }
 
 
-def verdicts(rows: dict[str, dict[str, Any]], task: str, n_train: int) -> list[str]:
-    """The default against the best other arm, and ImageNet transfer against scratch."""
-    mine = {r["arm"]: r for r in rows.values() if r["task"] == task and r["n_train"] == n_train}
-    if not {"default", "fixed"} <= set(mine):  # a run of some arms only (--arms)
-        return []
-    default = mine["default"]
+def labels(per_class: int) -> str:
+    """A cell's label count in words: `10 a class`, or `all` (the whole training split)."""
+    return f"{per_class} a class" if per_class else "all"
+
+
+def compare(
+    runs: list[dict[str, Any]], rows: dict[str, dict[str, Any]], task: str, per_class: int, y: np.ndarray
+) -> dict[str, Any] | None:
+    """The default against the best other arm of one cell, paired on seeds and test images: the
+    difference with its 95% interval and the wall-time ratios (the bar: max(3x fixed, 1.25x
+    that arm))."""
+    mine = {r["arm"]: r for r in rows.values() if (r["task"], r["per_class"]) == (task, per_class)}
+    if not {"default", "fixed"} <= set(mine) or len(mine) < 2:  # a run of some arms only (--arms)
+        return None
     rival = max((r for r in mine.values() if r["arm"] != "default"), key=lambda r: r["accuracy_mean"])
-    gap = default["accuracy_mean"] - rival["accuracy_mean"]
-    noise = max(default["accuracy_std"], rival["accuracy_std"])
-    words = "leads" if gap > 0 else ("within one std of" if -gap <= noise else "behind")
-    time_ratio = default["seconds_mean"] / mine["fixed"]["seconds_mean"]
-    lines = [
-        f"{task}, {n_train} images: default {words} the best other arm ({rival['arm']}), "
-        f"{gap:+.4f} (std {noise:.4f}), at {time_ratio:.2f}x the fixed recipe's time"
-    ]
-    if task == "fmnist-224" and {"scratch", "linear_probe"} <= set(mine):
-        transfer = max(
-            (mine[a] for a in ("default", "fixed", "linear_probe")), key=lambda r: r["accuracy_mean"]
+
+    def right(arm: str) -> np.ndarray:
+        chosen = sorted(
+            (r for r in runs if (r["task"], r["per_class"], r["arm"]) == (task, per_class, arm)),
+            key=lambda r: r["seed"],
         )
-        scratch = mine["scratch"]
-        margin = transfer["accuracy_mean"] - scratch["accuracy_mean"]
-        two_std = 2 * max(transfer["accuracy_std"], scratch["accuracy_std"])
+        return np.stack([heldout.correct(r["predictions"], y) for r in chosen])
+
+    default, other = right("default"), right(rival["arm"])
+    seeds = min(len(default), len(other))
+    paired = heldout.paired_difference(default[:seeds], other[:seeds])
+    seconds = mine["default"]["seconds_mean"]
+    bar = max(3 * mine["fixed"]["seconds_mean"], 1.25 * rival["seconds_mean"])
+    return {
+        "rival": rival["arm"],
+        **paired,
+        "within_one_std": paired["difference"]
+        >= -max(mine["default"]["accuracy_std"], rival["accuracy_std"]),
+        "time_vs_fixed": seconds / mine["fixed"]["seconds_mean"],
+        "time_vs_rival": seconds / rival["seconds_mean"],
+        "time_within_bar": seconds <= bar,
+    }
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    """One line per cell (the default against the best other arm), and ImageNet transfer
+    against scratch on `fmnist-224`."""
+    rows, lines = report["summary"], []
+    for key, c in report["comparisons"].items():
+        task, per_class = key.split("/")[0], int(key.split("/")[1])
+        low, high = c["low"], c["high"]
+        words = "ahead of" if low > 0 else ("behind" if high < 0 else "level with")
         lines.append(
-            f"{task}, {n_train} images: ImageNet transfer ({transfer['arm']}) "
-            f"{'beats' if margin > two_std else 'does not beat'} scratch by more than two std: "
-            f"{margin:+.4f} against {two_std:.4f}"
+            f"{task}, {labels(per_class)}: default {words} the best other arm ({c['rival']}): "
+            f"{c['difference']:+.4f} [95% {low:+.4f}, {high:+.4f}]"
+            f"{'' if c['within_one_std'] else ', more than one std behind'}; time {c['time_vs_fixed']:.2f}x "
+            f"fixed, {c['time_vs_rival']:.2f}x {c['rival']} "
+            f"({'within' if c['time_within_bar'] else 'over'} max(3x fixed, 1.25x {c['rival']}))"
         )
+        mine = {r["arm"]: r for r in rows.values() if (r["task"], r["per_class"]) == (task, per_class)}
+        if task == "fmnist-224" and {"scratch", "default"} <= set(mine):
+            margin = mine["default"]["accuracy_mean"] - mine["scratch"]["accuracy_mean"]
+            two_std = 2 * max(mine["default"]["accuracy_std"], mine["scratch"]["accuracy_std"])
+            lines.append(
+                f"{task}, {labels(per_class)}: ImageNet transfer (default) "
+                f"{'beats' if margin > two_std else 'does not beat'} scratch by more than two std: "
+                f"{margin:+.4f} against {two_std:.4f}"
+            )
     return lines
 
 
@@ -289,25 +349,27 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Transfer benchmark ({report['date']})",
         "",
-        f"`{commands}` on {report['machine']}. Test split: {report['n_test']} images, "
-        f"{len(report['classes'])} classes; seeds {report['seeds']}; mean ± std over seeds. Every arm "
-        "is timed from the files to a trained model (its frozen features included).",
+        f"`{commands}` on {report['machine']}. Test: {report['test_images']} held-out images of "
+        f"{len(report['classes'])} classes from Fashion-MNIST's test file, the same for every arm and "
+        f"seed (one image is {1 / report['test_images']:.4f}); each of the {report['seeds']} seeds draws "
+        "its own labelled set from the training file; mean ± std over seeds. Every arm is timed from "
+        "the files to a trained model (its frozen features included).",
         "",
-        "| task | train images | arm | test accuracy | macro-F1 | wall time (s) | time vs fixed "
+        "| task | labels | train images | arm | test accuracy | macro-F1 | wall time (s) | time vs fixed "
         "| epochs run | chosen |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
-        base = rows.get(f"{r['task']}/{r['n_train']}/fixed", r)
+        base = rows.get(f"{r['task']}/{r['per_class']}/fixed", r)
         chosen = "; ".join(dict.fromkeys(r["chosen"]))
         lines.append(
-            f"| {r['task']} | {r['n_train']} | {r['arm']}{' (default)' if r.get('default') else ''} "
+            f"| {r['task']} | {labels(r['per_class'])} | {r['n_train_mean']:.0f} "
+            f"| {r['arm']}{' (default)' if r.get('default') else ''} "
             f"| {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['macro_f1_mean']:.4f} "
             f"| {r['seconds_mean']:.1f} | {r['seconds_mean'] / base['seconds_mean']:.2f}x "
             f"| {r['epochs_run_mean']:.1f} | {chosen} |"
         )
-    cells = dict.fromkeys((r["task"], r["n_train"]) for r in rows.values())
-    lines += ["", *(f"- {line}" for task, n in cells for line in verdicts(rows, task, n))]
+    lines += ["", *(f"- {line}" for line in verdicts(report))]
     for tau in report.get("logme", []):
         seeds = tau["per_seed"]
         lines += [
@@ -334,35 +396,43 @@ def report(
     argv: list[str] | None,
     seeds: int,
     params: Params,
-    full: Any,
+    classes: list[str],
+    test: Split,
     runs: list[dict],
     taus: list[dict],
     earlier: list[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """The JSON report (every run, and mean and std per task, label count and arm) and its
-    table; `earlier`: the commands of the runs it keeps (`--keep`)."""
+    """The JSON report (every run, mean and std per task, label count and arm, and the paired
+    comparison of each cell) and its table; `earlier`: the commands of the runs it keeps."""
     summary: dict[str, dict[str, Any]] = {}
-    for task, n_train, arm in dict.fromkeys((r["task"], r["n_train"], r["arm"]) for r in runs):
-        mine = [r for r in runs if (r["task"], r["n_train"], r["arm"]) == (task, n_train, arm)]
-        summary[f"{task}/{n_train}/{arm}"] = (
-            {"task": task, "n_train": n_train, "arm": arm}
+    for task, per_class, arm in dict.fromkeys((r["task"], r["per_class"], r["arm"]) for r in runs):
+        mine = [r for r in runs if (r["task"], r["per_class"], r["arm"]) == (task, per_class, arm)]
+        summary[f"{task}/{per_class}/{arm}"] = (
+            {"task": task, "per_class": per_class, "arm": arm, "test_images": mine[0]["test_images"]}
             | ({"default": True} if arm == "default" else {})
             | {
                 f"{k}_{agg}": fn([r[k] for r in mine])
-                for k in ("accuracy", "macro_f1", "seconds", "epochs_run")
+                for k in ("accuracy", "macro_f1", "seconds", "epochs_run", "n_train")
                 for agg, fn in (("mean", statistics.mean), ("std", statistics.pstdev))
             }
             | {"chosen": [r["chosen"] for r in mine if r["chosen"]]}
         )
+    cells = dict.fromkeys((r["task"], r["per_class"]) for r in summary.values())
+    comparisons = {
+        f"{task}/{per_class}": c
+        for task, per_class in cells
+        if (c := compare(runs, summary, task, per_class, test.y)) is not None
+    }
     header = results_io.header("bench.transfer", argv, f"Keras {keras.__version__}")
     found = {
         **header,
         "seeds": seeds,
         "commands": [*dict.fromkeys([*(earlier or []), header["command"]])],
         "search": params.search.model_dump(mode="json"),
-        "classes": full.class_names,
-        "n_test": len(full.test),
+        "classes": classes,
+        "test_images": len(test),
         "summary": summary,
+        "comparisons": comparisons,
         "runs": runs,
         "logme": taus,
     }
@@ -392,13 +462,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     paths = Paths.from_root(Path.cwd())
     params = load_params(paths.root / "params.yaml")
-    raw, source = paths.resolve(params.data.raw), paths.resolve(params.data.source)
-    if not raw.is_dir() or not source.is_dir():
-        fashion_mnist.write_demo_data(source, raw, params.fashion_mnist)
+    work = paths.root / ".transferops" / "bench-transfer"  # labelled sets and held-out images
+    source = paths.resolve(params.data.source)
+    if not source.is_dir():
+        fashion_mnist.write_demo_data(source, paths.resolve(params.data.raw), params.fashion_mnist)
     source_data = load_folder(source, params.split, params.validate.max_pixels)
     stand_in = pretrain(source_data, params.pretrain, params.data.image_size).backbone
     lite0 = lite0_backbone(paths.root / ".transferops" / "backbones")
-    full = load_folder(raw, params.split, params.validate.max_pixels)
+    labelled = {seed: heldout.labelled(work / f"labelled-{seed}", params, seed) for seed in range(args.seeds)}
+    classes = labelled[0].class_names
+    test = heldout.held_out(work / "held-out", classes, params.fashion_mnist.raw_classes)
     small = Pixels(params.data.image_size, params.data.resize)
     task_candidates = {
         "fmnist-32": {STAND_IN: (stand_in, small)},
@@ -409,16 +482,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     earlier, commands = args.out / "transfer.json", []
     if args.keep and earlier.is_file():
         kept = json.loads(earlier.read_text())
-        runs, taus = kept["runs"], kept["logme"]
-        commands = kept.get("commands", [kept["command"]])
+        if kept.get("test_images") == len(test):  # runs judged on other test images do not compare
+            runs, taus = kept["runs"], kept["logme"]
+            commands = kept.get("commands", [kept["command"]])
+
+    def write() -> dict[str, Any]:
+        return results_io.write(
+            args.out, "transfer", *report(argv, args.seeds, params, classes, test, runs, taus, commands)
+        )
+
     for per_class in args.per_class:
-        train = subsample(full.train, per_class) if per_class else full.train
-        again = {(len(train), task, arm) for task in args.tasks for arm in args.arms}
-        runs = [r for r in runs if (r["n_train"], r["task"], r["arm"]) not in again]
-        if not args.no_logme:
-            taus = [t for t in taus if t["n_train"] != len(train)]
-        data = {"train": train, "val": full.val, "test": full.test, "names": full.class_names}
+        again = {(per_class, task, arm) for task in args.tasks for arm in args.arms}
+        runs = [r for r in runs if (r["per_class"], r["task"], r["arm"]) not in again]
         for seed in range(args.seeds):
+            full = labelled[seed]
+            train = subsample(full.train, per_class, seed) if per_class else full.train
+            data = {"train": train, "val": full.val, "test": test, "names": classes}
             once: dict[str, dict[str, Any]] = {}  # arms that use the stand-in only: the same in every task
             for task in args.tasks:
                 for arm in args.arms:  # interleaved, so machine noise hits every arm alike
@@ -428,23 +507,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         result = run_arm(arm, task_candidates[task], data, params, seed)
                         if arm in STAND_IN_ONLY:
                             once[arm] = result | {"measured_in": task}
-                    runs.append({"task": task, "arm": arm, "seed": seed, "n_train": len(train), **result})
+                    runs.append(
+                        {
+                            "task": task,
+                            "arm": arm,
+                            "seed": seed,
+                            "per_class": per_class,
+                            "n_train": len(train),
+                        }
+                        | result
+                    )
                     print(
-                        f"{task} n_train {len(train)} seed {seed} {arm:<12} acc {result['accuracy']:.4f} "
+                        f"{task} {labels(per_class)} seed {seed} {arm:<12} acc {result['accuracy']:.4f} "
                         f"{result['seconds']:.1f}s {result['chosen']}",
                         flush=True,
                     )
-            # written after each seed: a run cut short still leaves what it measured
-            written = results_io.write(
-                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus, commands)
-            )
+            written = write()  # after each seed: a run cut short still leaves what it measured
         if not args.no_logme and "fmnist-224" in args.tasks:
+            taus = [t for t in taus if t.get("per_class") != per_class]
+            full = labelled[0]
+            train = subsample(full.train, per_class) if per_class else full.train
+            data = {"train": train, "val": full.val, "test": test, "names": classes}
             candidates = tau_candidates(source_data, params, stand_in, lite0)
-            taus.append(logme_tau(candidates, data, params, args.seeds))
-            written = results_io.write(
-                args.out, "transfer", *report(argv, args.seeds, params, full, runs, taus, commands)
-            )
-
+            taus.append(logme_tau(candidates, data, params, args.seeds) | {"per_class": per_class})
+            written = write()
     return written
 
 
