@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,15 @@ def wait_for_checkpoint(process: subprocess.Popen, root: Path, epochs: int, time
         assert process.poll() is None, "the run ended before it reached the checkpoint"
         assert time.time() < deadline, "finetune never started"
         time.sleep(0.2)
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `transferops` subprocess with its own Prefect home, on the project's
+    own stores: no tracking server or Prefect API from the caller's environment."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
+        env.pop(variable, None)
+    return env
 
 
 def dvc(root: Path, *args: str) -> None:

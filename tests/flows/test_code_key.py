@@ -6,14 +6,13 @@ between runs."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder, sets
+from conftest import isolated_env, make_image_folder, sets
 
 from tasks.core import codekey
 
@@ -125,9 +124,7 @@ def test_an_edit_to_code_a_stage_runs_recomputes_it_and_other_edits_keep_the_cac
         shutil.copytree(ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
     project = tmp_path / "project"
     make_image_folder(project / "data" / "raw", ["dog", "eel"], per_class=10)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
-        env.pop(variable, None)
+    env = isolated_env(tmp_path)
 
     def train() -> list[str]:
         done = subprocess.run(

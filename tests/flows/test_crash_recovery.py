@@ -15,7 +15,14 @@ import time
 import mlflow
 import psutil
 import pytest
-from conftest import checkpointed_epochs, make_image_folder, sets, use_store, wait_for_checkpoint
+from conftest import (
+    checkpointed_epochs,
+    isolated_env,
+    make_image_folder,
+    sets,
+    use_store,
+    wait_for_checkpoint,
+)
 from mlflow import MlflowClient
 
 from tasks.core import runlock
@@ -49,10 +56,7 @@ def running_finetune(db) -> list[str]:
 def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):
     root = tmp_path / "project"
     make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_REGISTRY_URI", None)
-    env.pop("PREFECT_API_URL", None)
+    env = isolated_env(tmp_path)
     victim = subprocess.Popen(
         cli(root, "train", *SLOW_FINETUNE),
         env=env,
@@ -104,10 +108,7 @@ def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):
 
 def test_a_second_run_in_the_same_project_is_refused(tmp_path):
     make_image_folder(tmp_path / "data" / "raw", ["dog", "eel"], per_class=6)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_REGISTRY_URI", None)
-    env.pop("PREFECT_API_URL", None)
+    env = isolated_env(tmp_path)
     with runlock.exclusive(tmp_path, "transferops-classifier"):  # held by this (test) process
         done = subprocess.run(cli(tmp_path, "train"), env=env, capture_output=True, text=True, timeout=600)
     last = [line for line in done.stderr.splitlines() if line.startswith("transferops:")][-1]
@@ -121,9 +122,7 @@ def test_a_second_run_in_the_same_project_is_refused(tmp_path):
 def test_a_run_that_loses_its_prefect_server_stops_before_registering(tmp_path):
     root = tmp_path / "project"
     make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
-        env.pop(variable, None)
+    env = isolated_env(tmp_path)
     epochs = [*FIXED, "--set", "finetune.head_epochs=30", "--set", "finetune.patience=30"]
     run = subprocess.Popen(
         cli(root, "train", *epochs), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -161,9 +160,7 @@ def search_state(root) -> tuple[int, int]:
 def test_a_search_killed_mid_way_resumes_and_says_what_it_kept(tmp_path):
     root = tmp_path / "project"
     make_image_folder(root / "data" / "raw", ["dog", "eel"], per_class=15)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
-        env.pop(variable, None)
+    env = isolated_env(tmp_path)
     search = sets(
         {
             "search.strategies": "[head, scratch]",  # head trials, then the scratch baseline's epochs
