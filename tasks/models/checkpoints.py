@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import keras
@@ -52,9 +53,19 @@ _FAILED_WRITES: list[OSError] = []
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore, but each checkpoint is written to a new file and renamed into
     place: a kill in the middle of a write (seen in the SIGKILL test: a truncated .h5 that
-    failed the resume) leaves the previous checkpoint whole."""
+    failed the resume) leaves the previous checkpoint whole. With `min_seconds`, an epoch ending
+    sooner than that after the last write is not written: a small network's epoch can take less
+    than the write (0.14 s for the stand-in on 2 cores, 75 epochs of the scratch baseline: 10.7 s of
+    its 31.9 s), and a kill then costs at most `min_seconds` of training."""
+
+    def __init__(self, backup_dir: str, min_seconds: float = 0.0) -> None:
+        super().__init__(backup_dir)
+        self.min_seconds = min_seconds
+        self._written = -float("inf")
 
     def _save_model(self) -> None:
+        if time.monotonic() - self._written < self.min_seconds:
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         incoming = os.path.join(self.backup_dir, "incoming.weights.h5")
         try:
@@ -68,10 +79,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         incoming = f"{self._training_metadata_path}.incoming"
         Path(incoming).write_text(json.dumps(metadata))
         os.replace(incoming, self._training_metadata_path)
+        self._written = time.monotonic()
 
 
-def callback(backup_dir: Path) -> keras.callbacks.Callback:
-    return AtomicBackupAndRestore(str(backup_dir))
+def callback(backup_dir: Path, min_seconds: float = 0.0) -> keras.callbacks.Callback:
+    """A checkpoint of the training after each epoch (at most one every `min_seconds`) in `backup_dir`."""
+    return AtomicBackupAndRestore(str(backup_dir), min_seconds)
 
 
 def finished(folder: Path | None) -> None:

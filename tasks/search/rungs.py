@@ -30,6 +30,8 @@ from tasks.search.cut import Cut, activations, cut, trainer_on_cut
 from tasks.search.heads import Validation
 from tasks.search.records import Deadline, SearchBackbone, TrialRecord, Z, noise, past, say
 
+EAGER_STEPS = 32  # a trial on cached activations of at most this many updates in its budget: eager
+
 
 @dataclass
 class _Config:
@@ -142,9 +144,13 @@ def fine_tune_rungs(
                     cuts = [c.cut for c in configs if c.cut is not None]
                     cached = activations(cuts, backbone.name, (train, val), backbone.pixels, folder / "cut")
                 x, x_val = cached[config.cut.depth]
-                config.trainer_on_cut = config.trainer_on_cut or trainer_on_cut(
-                    config.trainer, config.cut, config.record.hyperparameters, finetune
-                )
+                if config.trainer_on_cut is None:
+                    config.trainer_on_cut = trainer_on_cut(
+                        config.trainer, config.cut, config.record.hyperparameters, finetune
+                    )
+                    # a few updates on cached rows run sooner eagerly than traced (0.5 s a trace)
+                    steps = -(-len(x) // finetune.batch_size) * params.budget_epochs
+                    config.trainer_on_cut.run_eagerly = steps <= EAGER_STEPS
                 config.trainer_on_cut.fit(
                     row_batches(x, train.y, finetune.batch_size, finetune.seed),
                     steps_per_epoch=-(-len(x) // finetune.batch_size),

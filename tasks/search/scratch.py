@@ -26,6 +26,7 @@ from tasks.models.trainer import build_trainer
 from tasks.search.records import Deadline, SearchBackbone, TrialRecord, say
 
 SCRATCH = "scratch"  # the scratch baseline's trial id
+BACKUP_SECONDS = 2.0  # its epochs can be shorter than a checkpoint's write: one every 2 s at most
 
 
 def scratch_patience(params: SearchParams, n_train: int, batch_size: int) -> int:
@@ -67,7 +68,7 @@ def train_scratch(
         Deadline(deadline),
     ]
     if backup is not None:
-        callbacks.append(checkpoints.callback(backup))  # atomic: a kill mid-write keeps the last one
+        callbacks.append(checkpoints.callback(backup, BACKUP_SECONDS))  # atomic: a kill keeps the last one
     if events is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(events), write_graph=False))
     fitted = trainer.fit(
