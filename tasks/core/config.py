@@ -184,7 +184,7 @@ class SearchParams(Section):
     time_budget_minutes: float = Field(30, ge=0)  # no trial or epoch starts after it (0: none)
     scratch_epochs: int = Field(200, ge=1)  # the scratch baseline: outside the bracket, on its own budget
     scratch_patience: int = Field(20, ge=1)  # epochs without a better val_accuracy before it stops, at most
-    scratch_patience_steps: int | None = Field(200, ge=1)  # or this many steps' epochs (>= 5); None: off
+    scratch_patience_steps: int | None = Field(1000, ge=1)  # or this many steps' epochs (>= 5); None: off
     scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy
