@@ -111,20 +111,34 @@ def ceiling(kind: str) -> dict[str, Any]:
     }
 
 
-def score_once(data: Any, workers: int, work: Path, started: dict[str, float]) -> dict[str, Any]:
-    """One scoring of every candidate from an empty cache; wall time and scores."""
+def score_once(
+    data: Any, workers: int, work: Path, started: dict[str, float], costs: str | None
+) -> dict[str, Any]:
+    """One scoring of every candidate from an empty feature cache; wall time, scores, the order
+    the candidates started in and the seconds an image each took (`costs`: those of the run
+    before, as a project that scored them before has them: the slowest start first)."""
     from tasks.core import runner
     from tasks.core.config import Candidate
-    from tasks.selection.candidates import score_candidates
+    from tasks.selection.candidates import COSTS, longest_first, score_candidates
 
     candidates = tuple(Candidate(**c) for c in CANDIDATES)
     root = work / "shared"  # the project folder: the feature cache, seen by every worker
     root.mkdir()
+    if costs is not None:
+        (root / COSTS).parent.mkdir(parents=True, exist_ok=True)
+        (root / COSTS).write_text(costs)
+    order = [CANDIDATES[i]["uri"] for i in longest_first(candidates, root)]
     with runner.using(runner_for(workers, root, started, f"dask-{workers}")):
         start = time.perf_counter()
         chosen = score_candidates(candidates, data.train, 2000, 0, top_k=1, root=root)
         seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 1), "scores": chosen.scores, "chosen": chosen.uri}
+    return {
+        "seconds": round(seconds, 1),
+        "scores": chosen.scores,
+        "chosen": chosen.uri,
+        "order": order,
+        "costs": (root / COSTS).read_text(),
+    }
 
 
 def runner_for(workers: int, root: Path, started: dict[str, float], key: str) -> Any:
@@ -243,6 +257,19 @@ def train_once(folder: Path, database: str, work: Path) -> dict[str, Any]:
     return {"seconds": round(seconds, 1), "servers_start_seconds": round(started, 1)}
 
 
+def shares(report: dict[str, Any]) -> dict[str, float]:
+    """Each 2-worker speedup as a share of what this machine can give: scoring against the
+    features ceiling; the search against the lower of the training ceiling and its own bound
+    (its tasks' seconds over its longest)."""
+    ceilings, speedup = report["ceiling"], report["speedup"]
+    found = {"scoring": round(speedup["scoring"] / ceilings["features"]["throughput_2_over_1"], 2)}
+    bound = ceilings["training"]["throughput_2_over_1"]
+    if report.get("search_bound"):
+        bound = min(bound, report["search_bound"])
+    found["search"] = round(speedup["search"] / bound, 2)
+    return found
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run whose throughput ratio is the median (the lower middle of an even count)."""
     ordered = sorted(runs, key=lambda r: r["throughput_2_over_1"])
@@ -340,11 +367,19 @@ def markdown(report: dict[str, Any]) -> str:
             f"The search's own bound on 2 workers: its tasks' seconds on 1 worker, summed, over its longest "
             f"task = {bound:.2f}x (before any slowdown of two processes sharing 2 cores).",
         ]
-    search = report["speedup"]["search"]
+    search, share = report["speedup"]["search"], report.get("share_of_ceiling", {})
     lines += [
         "",
-        f"Speedup, 2 workers over 1: scoring {report['speedup']['scoring']:.2f}x; search "
-        + (f"{search:.2f}x." if search is not None else "not measured (null)."),
+        f"Speedup, 2 workers over 1: scoring {report['speedup']['scoring']:.2f}x"
+        + (f" ({share['scoring']:.0%} of the features ceiling)" if "scoring" in share else "")
+        + "; search "
+        + (f"{search:.2f}x" if search is not None else "not measured (null)")
+        + (f" ({share['search']:.0%} of min(training ceiling, its own bound))" if "search" in share else "")
+        + ".",
+        "",
+        "Candidates start slowest first (`select.candidates.longest_first`, from the seconds an image "
+        "the last scoring measured; the first run of a project goes in params' order): "
+        + "; ".join(f"{name}: {', '.join(runs[-1]['order'])}" for name, runs in report["runs"].items()),
     ]
     return "\n".join(lines) + "\n"
 
@@ -367,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trained: dict[str, list[dict[str, Any]]] = {name: [] for name in DATABASES}
     started: dict[str, float] = {}
     ceilings: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CEILING_WORK}
+    costs = None  # the seconds an image of each candidate, as the last scoring measured them
     with tempfile.TemporaryDirectory(prefix="transferops-distributed-") as tmp:
         for repeat in range(args.repeats):
             for kind in CEILING_WORK:
@@ -376,7 +412,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # a fresh shared cache per run: nothing scored before is read back
                 work = Path(tmp) / f"{name}-{repeat}"
                 work.mkdir()
-                runs[name].append(score_once(data, workers, work, started))
+                runs[name].append(score_once(data, workers, work, started, costs))
+                costs = runs[name][-1].pop("costs")
                 print(name, runs[name][-1], flush=True)
                 searched[name].append(search_once(data, workers, work, started))
                 print("search", name, searched[name][-1], flush=True)
@@ -418,6 +455,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "search": round(search_median["dask-1"] / search_median["dask-2"], 2),
         },
     }
+    report["share_of_ceiling"] = shares(report)
     return results_io.write(args.out, "distributed", report, markdown(report))
 
 

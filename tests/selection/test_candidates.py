@@ -1,6 +1,7 @@
 """Selection scores every candidate at its own input size and keeps frozen features on disk,
 where the head phase of fine-tuning finds them again; a cached selection holds no images."""
 
+import json
 import pickle
 
 import numpy as np
@@ -10,7 +11,7 @@ from tasks.core.config import Candidate, SplitParams
 from tasks.data.datasets import load_folder
 from tasks.models import features
 from tasks.models.backbones import build_backbone
-from tasks.selection.candidates import score_candidates
+from tasks.selection.candidates import COSTS, longest_first, score_candidates
 
 
 def test_each_candidate_at_its_own_size_and_features_kept_on_disk(tmp_path):
@@ -57,3 +58,34 @@ def test_features_computed_by_other_code_are_not_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(features, "code_version", lambda: "another decoder")
     features.features(backbone, "file:x", data.train, pixels, root)
     assert len(list((root / features.FEATURES_DIR).glob("*.npy"))) == 2
+
+
+def test_candidates_start_slowest_first_by_what_the_last_scoring_measured(tmp_path):
+    folder = make_image_folder(tmp_path / "raw", ["a", "b"], per_class=8, size=40)
+    data = load_folder(folder, SplitParams(), 40_000_000)
+    small = tmp_path / "small.keras"
+    build_backbone(16, width=4).save(small)
+    candidates = (
+        Candidate(uri=f"file:{small}"),
+        Candidate(uri="keras:MobileNetV3Small", weights="none", image_size=48),
+    )
+    root = tmp_path / "project"
+    assert longest_first(candidates, root) == [0, 1]  # never scored: params' order
+    first = score_candidates(candidates, data.train, 2000, 0, root=root)
+    costs = json.loads((root / COSTS).read_text())
+    assert sorted(costs) == sorted([f"file:{small}@own size", "keras:MobileNetV3Small@48"])
+    assert all(seconds > 0 for seconds in costs.values())
+    measured = [costs[f"file:{small}@own size"], costs["keras:MobileNetV3Small@48"]]
+    assert longest_first(candidates, root) == sorted(range(2), key=lambda i: -measured[i])
+
+    for slowest, order in ((f"file:{small}@own size", [0, 1]), ("keras:MobileNetV3Small@48", [1, 0])):
+        (root / COSTS).write_text(json.dumps({name: 1.0 if name == slowest else 0.01 for name in costs}))
+        assert longest_first(candidates, root) == order
+        # started in that order, reported in params' order with the same scores
+        again = score_candidates(candidates, data.train, 2000, 0, root=root)
+        assert list(again.scores) == list(first.scores) and again.scores == first.scores
+
+    (root / COSTS).write_text("{not json")  # a damaged file: params' order, then measured again
+    assert longest_first(candidates, root) == [0, 1]
+    score_candidates(candidates, data.train, 2000, 0, root=root)
+    assert sorted(json.loads((root / COSTS).read_text())) == sorted(costs)
