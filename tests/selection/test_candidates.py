@@ -14,15 +14,21 @@ from tasks.models.backbones import build_backbone
 from tasks.selection.candidates import COSTS, longest_first, score_candidates
 
 
-def test_each_candidate_at_its_own_size_and_features_kept_on_disk(tmp_path):
-    folder = make_image_folder(tmp_path / "raw", ["a", "b", "c"], per_class=12, size=40)
-    data = load_folder(folder, SplitParams(), 40_000_000)
+def two_candidates(tmp_path, classes: list[str], per_class: int):
+    """Images of `classes`, and two candidates: a small saved backbone at 16 px (its file) and
+    MobileNetV3Small untrained at 48 px."""
+    folder = make_image_folder(tmp_path / "raw", classes, per_class=per_class, size=40)
     small = tmp_path / "small.keras"
     build_backbone(16, width=4).save(small)
     candidates = (
         Candidate(uri=f"file:{small}"),
         Candidate(uri="keras:MobileNetV3Small", weights="none", image_size=48),
     )
+    return load_folder(folder, SplitParams(), 40_000_000), small, candidates
+
+
+def test_each_candidate_at_its_own_size_and_features_kept_on_disk(tmp_path):
+    data, small, candidates = two_candidates(tmp_path, ["a", "b", "c"], 12)
     root = tmp_path / "project"
     chosen = score_candidates(candidates, data.train, 2000, 0, top_k=2, root=root)
     sizes = {chosen.uri: chosen.pixels.size, **{r.uri: r.pixels.size for r in chosen.runners_up}}
@@ -61,14 +67,7 @@ def test_features_computed_by_other_code_are_not_reused(tmp_path, monkeypatch):
 
 
 def test_candidates_start_slowest_first_by_what_the_last_scoring_measured(tmp_path):
-    folder = make_image_folder(tmp_path / "raw", ["a", "b"], per_class=8, size=40)
-    data = load_folder(folder, SplitParams(), 40_000_000)
-    small = tmp_path / "small.keras"
-    build_backbone(16, width=4).save(small)
-    candidates = (
-        Candidate(uri=f"file:{small}"),
-        Candidate(uri="keras:MobileNetV3Small", weights="none", image_size=48),
-    )
+    data, small, candidates = two_candidates(tmp_path, ["a", "b"], 8)
     root = tmp_path / "project"
     assert longest_first(candidates, root) == [0, 1]  # never scored: params' order
     first = score_candidates(candidates, data.train, 2000, 0, root=root)
