@@ -55,7 +55,13 @@ from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
 from tasks.search import scratch, tuner_workers
 from tasks.search.ensemble import backbone_passes, distil, fuse, student_kept
-from tasks.search.heads import LOGISTIC_BYTES, head_log_probabilities, head_trials, logistic_head
+from tasks.search.heads import (
+    LOGISTIC_BYTES,
+    head_log_probabilities,
+    head_trials,
+    logistic_head,
+    streamed_probabilities,
+)
 from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past
 from tasks.search.rungs import RungsJob, bracket, rungs_on_runner
 from tasks.search.scratch import SCRATCH
@@ -145,22 +151,6 @@ def pixel_baseline(
     backbone = SearchBackbone(PIXELS_URI, model, smallest.pixels, *x)
     record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed, "pixels")
     return backbone, (record, _head_classifier(backbone, weights, num_classes, finetune))
-
-
-EAGER_ROWS = 1024  # a split this small is predicted by calling the model: no predict function to trace
-
-
-def streamed_probabilities(model: keras.Model, pixels: Pixels, split: Split) -> np.ndarray:
-    """`model`'s probabilities on the images of `split`, streamed in batches of 64. A small
-    split (a val split of a few hundred images) goes through the model called batch by batch:
-    tracing Keras' predict function takes longer than the pass (0.3 s a model on 2 cores)."""
-    batches = split.batches(pixels, 64, labels=False)
-    if len(split) > EAGER_ROWS:
-        return np.asarray(model.predict(batches, verbose=0))
-    return np.concatenate(
-        [np.asarray(model(x, training=False)) for x in batches]
-        or [np.zeros((0, model.output_shape[-1]), "float32")]
-    )
 
 
 def val_probabilities(
