@@ -92,8 +92,8 @@ class SearchResult:
         pixels = any(t.hyperparameters.get("strategy") == "pixels" for t in self.trials)
         words = (
             f"{self.best.words()} was kept on val_accuracy {self.best.score:.4f} (the simplest the "
-            f"best does not lead by {Z:g} paired standard error{'s' * (Z != 1)}) over {heads} head trials on "
-            f"cached features, "
+            f"best does not lead by {Z:g} paired standard errors) over {heads} head trials on cached "
+            f"features, "
             f"{len(tuned)} fine-tune trials ({sum(t.epochs for t in tuned)} epochs)"
             + (", the raw-pixel baseline" if pixels else "")
             + (f" and the scratch baseline ({scratch.epochs} epochs)" if scratch else "")

@@ -164,17 +164,21 @@ def _cost_key(candidate: Candidate) -> str:
     return f"{candidate.uri}@{candidate.image_size or 'own size'}"
 
 
+def _costs(root: Path | None) -> dict:
+    """The seconds an image the project last measured per candidate; {} when none (or damaged)."""
+    try:
+        costs = json.loads((root / COSTS).read_text()) if root is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return costs if isinstance(costs, dict) else {}
+
+
 def longest_first(candidates: tuple[Candidate, ...], root: Path | None) -> list[int]:
     """The candidates' indices in the order to start them: the slowest an image when the
     project last scored them first (longest processing time first: on 2 workers the
     demo's 4 backbones end at 12.2 s instead of 15.9 s), those never measured before them all,
     in params' order."""
-    try:
-        costs = json.loads((root / COSTS).read_text()) if root is not None else {}
-    except (OSError, ValueError):
-        costs = {}
-    if not isinstance(costs, dict):
-        costs = {}
+    costs = _costs(root)
 
     def cost(i: int) -> float:
         value = costs.get(_cost_key(candidates[i]))
@@ -187,13 +191,7 @@ def remember_costs(scored: list[Scored], images: int, root: Path | None) -> None
     """Each candidate's seconds an image, for `longest_first` to order the next scoring by."""
     if root is None or not images:
         return
-    path = root / COSTS
-    try:
-        costs = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        costs = {}
-    if not isinstance(costs, dict):
-        costs = {}
+    path, costs = root / COSTS, _costs(root)
     costs.update({_cost_key(s.candidate): s.seconds / images for s in scored})
     path.parent.mkdir(parents=True, exist_ok=True)
     incoming = path.with_name(f".{path.name}.incoming")
