@@ -32,10 +32,11 @@ def child(deterministic: bool) -> dict[str, Any]:
     apply_env_defaults()
     import numpy as np
 
+    from tasks import modality
     from tasks.core.config import Paths, load_params
     from tasks.data.datasets import load_folder
-    from tasks.data.stream import Pixels
     from tasks.evaluation import evaluate
+    from tasks.modality.pixels import Pixels
     from tasks.models import determinism
     from tasks.models.finetune import finetune
     from tasks.models.pretraining import pretrain
@@ -43,18 +44,18 @@ def child(deterministic: bool) -> dict[str, Any]:
     paths = Paths.from_root(Path.cwd())
     params = load_params(paths.root / "params.yaml")
     determinism.configure(deterministic)
-    load = {"params": params.split, "max_pixels": params.validate.max_pixels}
+    load = {"params": params.split, "modality": modality.from_params(params)}
     source = load_folder(paths.resolve(params.data.source), **load)
     raw = load_folder(paths.resolve(params.data.raw), **load)
     pixels = Pixels(params.data.image_size, params.data.resize)
     start = time.perf_counter()
-    backbone = pretrain(source, params.pretrain, params.data.image_size).backbone
+    backbone = pretrain(source, params.pretrain, Pixels(params.data.image_size)).backbone
     pretrain_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = finetune(backbone, raw.train, raw.val, 5, params.finetune, pixels)
     finetune_seconds = time.perf_counter() - start
     weights = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in result.model.get_weights()))
-    scores = evaluate.metrics(raw.test.y, evaluate.predict(result.model, raw.test.images(pixels)))
+    scores = evaluate.metrics(raw.test.y, evaluate.predict(result.model, raw.test.examples(pixels)))
     return {
         "pretrain_seconds": pretrain_seconds,
         "finetune_seconds": finetune_seconds,

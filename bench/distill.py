@@ -67,6 +67,7 @@ def transfer_set(folder: Path, labelled: Path, classes: tuple[int, ...], n: int)
 
     from tasks.data import fashion_mnist
     from tasks.data.datasets import unlabelled
+    from tasks.modality.pixels import Images
 
     images, labels = fashion_mnist.load_fashion_mnist()
     used = {int(p.stem) for p in labelled.rglob("*.png")}
@@ -74,7 +75,7 @@ def transfer_set(folder: Path, labelled: Path, classes: tuple[int, ...], n: int)
     folder.mkdir(parents=True)
     for i in np.sort(np.random.default_rng(7).choice(pool, size=n, replace=False)):
         Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
-    return unlabelled(folder, 40_000_000)
+    return unlabelled(folder, Images(max_pixels=40_000_000))
 
 
 def one_seed(
@@ -228,20 +229,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tasks.core.config import FashionMnistParams, Params
     from tasks.data import fashion_mnist
     from tasks.data.datasets import load_folder
-    from tasks.data.stream import Pixels
+    from tasks.modality.pixels import Images, Pixels
     from tasks.models.pretraining import pretrain
 
     params = Params()
     with tempfile.TemporaryDirectory(prefix="transferops-distill-") as tmp:
         source, raw = Path(tmp) / "source", Path(tmp) / "raw"
         fashion_mnist.write_demo_data(source, raw, FashionMnistParams(raw_per_class=args.per_class))
-        pretraining = load_folder(source, params.split, 40_000_000)
-        stand_in = pretrain(pretraining, params.pretrain, 32).backbone
+        pretraining = load_folder(source, params.split, Images(max_pixels=40_000_000))
+        stand_in = pretrain(pretraining, params.pretrain, Pixels(32)).backbone
         student = stand_in
         if args.student_width != params.pretrain.width:
             narrow = params.pretrain.model_copy(update={"width": args.student_width})
-            student = pretrain(pretraining, narrow, 32).backbone
-        data = load_folder(raw, params.split, 40_000_000)
+            student = pretrain(pretraining, narrow, Pixels(32)).backbone
+        data = load_folder(raw, params.split, Images(max_pixels=40_000_000))
         test = heldout.held_out(Path(tmp) / "held-out", data.class_names, params.fashion_mnist.raw_classes)
         pixels = Pixels(32, params.data.resize)
         classes = params.fashion_mnist.raw_classes

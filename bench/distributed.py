@@ -119,6 +119,7 @@ def score_once(
     before, as a project that scored them before has them: the slowest start first)."""
     from tasks.core import runner
     from tasks.core.config import Candidate
+    from tasks.modality.pixels import Images
     from tasks.selection.candidates import COSTS, longest_first, score_candidates
 
     candidates = tuple(Candidate(**c) for c in CANDIDATES)
@@ -130,7 +131,7 @@ def score_once(
     order = [CANDIDATES[i]["uri"] for i in longest_first(candidates, root)]
     with runner.using(runner_for(workers, root, started, f"dask-{workers}")):
         start = time.perf_counter()
-        chosen = score_candidates(candidates, data.train, 2000, 0, top_k=1, root=root)
+        chosen = score_candidates(candidates, data.train, 2000, 0, Images(), top_k=1, root=root)
         seconds = time.perf_counter() - start
     return {
         "seconds": round(seconds, 1),
@@ -159,11 +160,11 @@ def search_once(data: Any, workers: int, work: Path, started: dict[str, float]) 
     what it chose."""
     from tasks.core import runner
     from tasks.core.config import AugmentParams, Candidate, FinetuneParams, SearchParams
-    from tasks.data.stream import Pixels
+    from tasks.modality.pixels import Pixels
     from tasks.models import features
-    from tasks.models.backbones import load_candidate
     from tasks.search import strategy
     from tasks.search.records import SearchBackbone
+    from tasks.selection.families import load_candidate
 
     root = work / "shared"
     root.mkdir(exist_ok=True)
@@ -394,9 +395,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from tasks.core.config import SplitParams
     from tasks.data.datasets import load_folder
+    from tasks.modality.pixels import Images
 
     folder = make_photos(args.data / f"photos-{args.photos}", args.photos)
-    data = load_folder(folder, SplitParams(), 40_000_000)
+    data = load_folder(folder, SplitParams(), Images(max_pixels=40_000_000))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNNERS}
     searched: dict[str, list[dict[str, Any]]] = {name: [] for name in RUNNERS}
     trained: dict[str, list[dict[str, Any]]] = {name: [] for name in DATABASES}

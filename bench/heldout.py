@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks import modality
 from tasks.core.config import Params
 from tasks.data import fashion_mnist
 from tasks.data.datasets import Split, SplitData, load_folder
@@ -38,7 +39,7 @@ def labelled(folder: Path, params: Params, seed: int) -> SplitData:
     fashion_mnist.write_class_folders(
         images, labels, demo.raw_classes, demo.raw_per_class, folder, seed=demo.seed + 1 + seed
     )
-    return load_folder(folder, params.split, params.validate.max_pixels)
+    return load_folder(folder, params.split, modality.from_params(params))
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, replicates: int = 4000, seed: int = 0) -> dict[str, Any]:

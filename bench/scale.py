@@ -178,15 +178,17 @@ PIPELINES = textwrap.dedent(
     import keras, numpy as np
     from tasks.core.config import Candidate, SplitParams
     from tasks.data.datasets import load_folder
-    from tasks.data.stream import Pixels
+    from tasks.modality.pixels import Pixels
     from tasks.models import features
-    from tasks.models.backbones import load_candidate, input_size
+    from tasks.modality.pixels import input_size
+    from tasks.selection.families import load_candidate
     from tasks.models.finetune import unfreeze_top
 
     folder, side, which, uri = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     spec = {"uri": uri} if uri.startswith("lite0") else {"uri": uri, "weights": "none", "image_size": side}
     backbone = load_candidate(Candidate(**spec), 0, Path(sys.argv[5]))
-    data = load_folder(folder, SplitParams(val_fraction=0.0001, test_fraction=0.0001), 40_000_000)
+    splits = SplitParams(val_fraction=0.0001, test_fraction=0.0001)
+    data = load_folder(folder, splits, Images(max_pixels=40_000_000))
     files = data.train
     if which == "ours":
         images = files.batches(Pixels(side), 32)
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cases = (
             [tuple(map(int, c.split(":"))) for c in args.cases]
             if args.cases
-            else [(n, side) for n in args.sizes for side in args.pixels]
+            else [(n, side) for n in args.sizes for side in args.encoding]
         )
         for n, side in cases:
             folder = make_photos(args.data / f"photos-{n}", n)

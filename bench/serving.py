@@ -3,7 +3,7 @@
 A MobileNetV3Small classifier at 224 px (untrained weights: the cost is what counts) is logged
 as the pyfunc transferops registers (tasks/registry/serving.py) in a throwaway MLflow store, then:
 
-- in this process, median of `--requests` calls each: decoding the JPEG (tasks.data.images);
+- in this process, median of `--requests` calls each: decoding the JPEG (tasks.modality.images);
   the bare forward pass of one decoded image through a traced function; `model.predict` on it
   (what the pyfunc called before); the pyfunc's `predict` on one base64 row (decode + forward);
 - served by `mlflow models serve` on 127.0.0.1 with 1 and 2 uvicorn workers: one client's
@@ -59,16 +59,18 @@ def logged_model(work: Path, example: Path) -> Path:
     import mlflow
 
     from tasks.core.config import Candidate
-    from tasks.models.backbones import build_classifier, build_head, load_candidate
+    from tasks.modality.pixels import Pixels
+    from tasks.models.backbones import build_classifier, build_head
     from tasks.registry import versions
     from tasks.reporting import tracking
+    from tasks.selection.families import load_candidate
 
     tracking.configure(work / "mlflow")
     backbone = load_candidate(Candidate(uri="keras:MobileNetV3Small", weights="none", image_size=224), 0)
     _, dense = build_head(backbone.output_shape[-1], len(CLASSES), 0.0)
     model = build_classifier(backbone, dense, 0.0)
     with mlflow.start_run():
-        info = versions.log_classifier(model, CLASSES, 224, work / "log", example)
+        info = versions.log_classifier(model, CLASSES, Pixels(224), work / "log", example)
     return Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(work / "model")))
 
 
@@ -101,12 +103,13 @@ def exports(work: Path, photos: int) -> dict[str, Any]:
     from bench.scale import make_photos
     from tasks.core.config import Candidate, SplitParams
     from tasks.data.datasets import load_folder
-    from tasks.data.stream import Pixels
-    from tasks.models.backbones import build_classifier, build_head, load_candidate
+    from tasks.modality.pixels import Images, Pixels
+    from tasks.models.backbones import build_classifier, build_head
     from tasks.registry import export
+    from tasks.selection.families import load_candidate
 
     folder = make_photos(work / "export-photos", photos)
-    splits = load_folder(folder, SplitParams(), 40_000_000)
+    splits = load_folder(folder, SplitParams(), Images(max_pixels=40_000_000))
     pixels = Pixels(224)
     keras.utils.set_random_seed(0)
     backbone = load_candidate(Candidate(uri="lite0:imagenet"), 0, work / "backbones")
@@ -131,7 +134,7 @@ def in_process(model_dir: Path, jpeg: Path, n: int) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from tasks.data.images import decode
+    from tasks.modality.images import decode
     from tasks.registry import versions
 
     data = jpeg.read_bytes()

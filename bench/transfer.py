@@ -60,11 +60,12 @@ from scipy.stats import weightedtau  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from bench import heldout  # noqa: E402
+from tasks import modality  # noqa: E402
 from tasks.core.config import Params, Paths, load_params  # noqa: E402
 from tasks.data import fashion_mnist  # noqa: E402
 from tasks.data.datasets import Split, SplitData, load_folder  # noqa: E402
-from tasks.data.stream import Pixels  # noqa: E402
 from tasks.evaluation import evaluate  # noqa: E402
+from tasks.modality.pixels import Pixels  # noqa: E402
 from tasks.models import features  # noqa: E402
 from tasks.models.backbones import build_backbone  # noqa: E402
 from tasks.models.finetune import finetune  # noqa: E402
@@ -123,19 +124,19 @@ def run_arm(
         if arm == "default":
             found = strategy.search(backbones, train, val, n, search, ft, params.augment)
             model, ran = found.model, sum(t.epochs for t in found.trials)
-            pixels = found.pixels
+            pixels = found.encoding
             kept = found.ensemble and not found.ensemble.get("distilled", {}).get("kept")
             ensemble = f" + ensemble of {len(found.ensemble['members'])}" if kept else ""
             chosen, why = found.best.words() + ensemble, found.explanation()
         else:
             best = backbones[0]
             result = finetune(
-                best.model, train, val, n, ft, best.pixels, None, best.train_features, best.val_features
+                best.model, train, val, n, ft, best.encoding, None, best.train_features, best.val_features
             )
             model, ran, pixels = (
                 result.model,
                 sum(len(h["loss"]) for h in result.history.values()),
-                best.pixels,
+                best.encoding,
             )
             chosen = best.name
     elif arm == "keras_guide":
@@ -206,7 +207,7 @@ def probe(arm: str, candidates: dict, data: dict, start: float) -> dict[str, Any
         name, grey = "28x28 pixels", Pixels(28)
 
         def inputs(split: Split) -> np.ndarray:
-            return split.images(grey)[..., 0].reshape(len(split), -1) / 255.0
+            return split.examples(grey)[..., 0].reshape(len(split), -1) / 255.0
 
     classifier = LogisticRegression(max_iter=3000).fit(inputs(train), train.y)
     seconds = time.perf_counter() - start
@@ -226,8 +227,11 @@ def tau_candidates(source: SplitData, params: Params, stand_in: keras.Model, lit
     narrow = SplitData(source.class_names[:2], *two, source.table)
     return {
         STAND_IN: (stand_in, pixels),
-        "pretrained-1ep": (pretrain(source, pre.model_copy(update={"epochs": 1}), size).backbone, pixels),
-        "pretrained-2-classes": (pretrain(narrow, pre, size).backbone, pixels),
+        "pretrained-1ep": (
+            pretrain(source, pre.model_copy(update={"epochs": 1}), Pixels(size)).backbone,
+            pixels,
+        ),
+        "pretrained-2-classes": (pretrain(narrow, pre, Pixels(size)).backbone, pixels),
         "untrained": (build_backbone(size, pre.width, seed=pre.seed), pixels),
         LITE0: (lite0, Pixels(224, params.data.resize)),
     }
@@ -251,12 +255,14 @@ def logme_tau(candidates: dict, data: dict, params: Params, seeds: int) -> dict[
                 val,
                 len(data["names"]),
                 ft,
-                b.pixels,
+                b.encoding,
                 None,
                 b.train_features,
                 b.val_features,
             )
-            probabilities = result.model.predict(data["test"].batches(b.pixels, 64, labels=False), verbose=0)
+            probabilities = result.model.predict(
+                data["test"].batches(b.encoding, 64, labels=False), verbose=0
+            )
             accuracy[name] = evaluate.metrics(data["test"].y, np.asarray(probabilities))["accuracy"]
         tau = weightedtau([scores[n] for n in ranked], [accuracy[n] for n in ranked]).statistic
         per_seed.append(
@@ -466,8 +472,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     source = paths.resolve(params.data.source)
     if not source.is_dir():
         fashion_mnist.write_demo_data(source, paths.resolve(params.data.raw), params.fashion_mnist)
-    source_data = load_folder(source, params.split, params.validate.max_pixels)
-    stand_in = pretrain(source_data, params.pretrain, params.data.image_size).backbone
+    source_data = load_folder(source, params.split, modality.from_params(params))
+    stand_in = pretrain(source_data, params.pretrain, Pixels(params.data.image_size)).backbone
     lite0 = lite0_backbone(paths.root / ".transferops" / "backbones")
     labelled = {seed: heldout.labelled(work / f"labelled-{seed}", params, seed) for seed in range(args.seeds)}
     classes = labelled[0].class_names

@@ -110,7 +110,7 @@ def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunS
 
 def check_candidates(params: Params) -> None:
     """A misnamed candidate ends the run here, in one line, not after validation and splitting."""
-    from tasks.models.backbones import check_candidates as check
+    from tasks.selection.families import check_candidates as check
 
     check(params.select.candidates)
 

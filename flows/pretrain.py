@@ -12,6 +12,7 @@ from prefect.states import State
 
 from flows.stages import evaluate, flowrun, split, validate
 from flows.stages.pretrain import log_pretraining, pretrain_backbone, register_backbone
+from tasks import modality
 from tasks.core.config import Params
 from tasks.reporting.summary import RunSummary
 
@@ -34,8 +35,7 @@ def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary
             log_pretraining,
             data=splits,
             params=params.pretrain,
-            image_size=params.data.image_size,
-            resize=params.data.resize,
+            encoding=modality.from_params(params).encoding(params.data.image_size),
             reproducibility=params.reproducibility,
             root=run.paths.root,
         )

@@ -84,7 +84,7 @@ def version_ref(params: Params, model: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks.data.images import printable
+    from tasks.core.files import printable
     from tasks.registry import predict, versions
     from tasks.reporting import tracking
 

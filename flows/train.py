@@ -15,6 +15,7 @@ from prefect.states import State
 from flows import errors
 from flows.stages import evaluate, finetune, flowrun, select, split, validate
 from flows.stages.register import register_model
+from tasks import modality
 from tasks.core import runlock
 from tasks.core.config import Params
 from tasks.data.datasets import SplitData
@@ -22,7 +23,7 @@ from tasks.data.validate import ValidatedData
 from tasks.promotion import drift, promote
 from tasks.registry import versions
 from tasks.reporting.summary import RunSummary
-from tasks.selection import candidates
+from tasks.selection import candidates, families
 
 
 @flow(name="train", validate_parameters=False)
@@ -95,14 +96,13 @@ def train_run(
         registry_state=candidates.registry_state(
             params.select.candidates, warm_start_from, warm_start_version
         ),
-        resize=params.data.resize,
-        max_pixels=params.validate.max_pixels,
+        modality=modality.from_params(params),
         root=run.paths.root,
         # the search: a warm start from the champion competes with fresh starts (the fixed
         # recipe trains the champion on)
         compete=params.search.enabled,
     )
-    flowrun.name_run(run, run.flow, version[:8], candidates.short_name(start.uri))
+    flowrun.name_run(run, run.flow, version[:8], families.short_name(start.uri))
     result = flowrun.run_stage(
         run,
         finetune.finetune_model,
@@ -114,6 +114,7 @@ def train_run(
         augment=params.augment,
         reproducibility=params.reproducibility,
         root=run.paths.root,
+        modality=modality.from_params(params),
         unlabelled=transfer,
     )
     start = select.searched_backbone(run, start, result)
@@ -129,7 +130,7 @@ def train_run(
         evaluate.log_evaluation,
         result=result,
         data=splits,
-        pixels=start.pixels,
+        encoding=start.encoding,
         model_name=params.register.model_name,
         champion=None if own else champion,
     )
@@ -141,7 +142,7 @@ def train_run(
         registered = register_model(
             result,
             splits,
-            start.pixels,
+            start.encoding,
             evaluation,
             flowrun.version_tags(run, data, params, start, result.transfer_set),
             params.register,

@@ -3,8 +3,10 @@
 The packages, lowest first; a package imports only from itself and the ones above it in this
 list (tests/test_layout.py checks it):
 
-- `core`: errors, the typed params, progress lines, Markdown, the run lock;
-- `data`: ingest, decoding, validation and Data Docs, splitting, datasets, demo data, DVC;
+- `core`: errors, the typed params, progress lines, Markdown, the run lock, untrusted files;
+- `modality`: what differs between kinds of examples (images: decoding, `Pixels`, the image
+  checks and the raw-pixel baseline), behind one `Modality` and `Encoding` interface;
+- `data`: ingest, validation and Data Docs, splitting, datasets, demo data, DVC (any modality);
 - `evaluation`: test metrics and plots, the statistical gate, the model card;
 - `models`: backbones, pretraining, the fixed fine-tuning recipe, checkpoints, determinism;
 - `search`: the strategy search (head trials, the fine-tune bracket, scratch, ensembles), on by

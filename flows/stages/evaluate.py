@@ -12,8 +12,8 @@ from flows.stages.flowrun import (
     FlowRun,
 )
 from tasks.data import datasets
-from tasks.data.stream import Pixels
 from tasks.evaluation import evaluate
+from tasks.modality import Encoding
 from tasks.models import finetune
 from tasks.promotion import promote
 from tasks.reporting.tracking import scratch_dir
@@ -23,13 +23,13 @@ from tasks.reporting.tracking import scratch_dir
 def evaluate_model(
     result: finetune.FinetuneResult,
     data: datasets.SplitData,
-    pixels: Pixels,
+    encoding: Encoding,
     model_name: str,
     champion: str | None,
 ) -> promote.Evaluation:
     """Test metrics of the new model (its test images decoded as `pixels` says) and, on the
     same test images, of version `champion` (as it decodes them)."""
-    return promote.evaluate_challenger(result.model, data, pixels, model_name, champion)
+    return promote.evaluate_challenger(result.model, data, encoding, model_name, champion)
 
 
 def log_evaluation(evaluation: promote.Evaluation, run: FlowRun, reused: bool) -> str:

@@ -25,9 +25,9 @@ from tasks.core.config import (
     SearchParams,
 )
 from tasks.core.errors import UserError
+from tasks.core.files import printable
 from tasks.data import datasets
-from tasks.data.images import printable
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding, Modality
 from tasks.models import checkpoints, distill, features, finetune
 from tasks.reporting.tracking import log_history
 from tasks.search import strategy
@@ -43,6 +43,7 @@ def finetune_model(
     augment: AugmentParams,
     reproducibility: ReproducibilityParams,
     root: Path,
+    modality: Modality,
     unlabelled: Path | None = None,
 ) -> finetune.FinetuneResult:
     """With `search.enabled`, the strategy search chooses the strategy and the backbone among
@@ -59,15 +60,15 @@ def finetune_model(
     folder = checkpoints.folder(root, "finetune", key)
     events = checkpoints.events_folder(root, "finetune", key)
     # more images for a teacher to label than the split has
-    transfer = datasets.unlabelled(unlabelled, start.pixels.max_pixels) if unlabelled is not None else None
+    transfer = datasets.unlabelled(unlabelled, modality) if unlabelled is not None else None
     if search.enabled:
         backbones = [
             strategy.SearchBackbone(
                 choice.uri,
                 choice.backbone,
-                choice.pixels,
+                choice.encoding,
                 *(
-                    features.features(choice.backbone, choice.backbone_id, split, choice.pixels, root, what)
+                    features.features(choice.backbone, choice.backbone_id, split, choice.encoding, root, what)
                     for split, what in ((data.train, "train features"), (data.val, "val features"))
                 ),
                 choice.init_head,
@@ -91,10 +92,10 @@ def finetune_model(
         train, teacher = data.train, None
         if params.distill_from:
             train = datasets.joined(data.train, transfer) if transfer is not None else data.train
-            teacher = teacher_targets(params.distill_from, data.class_names, train, data.val, start.pixels)
+            teacher = teacher_targets(params.distill_from, data.class_names, train, data.val, start.encoding)
         frozen = {
             name: features.features(
-                start.backbone, start.backbone_id, split, start.pixels, root, f"{name} features"
+                start.backbone, start.backbone_id, split, start.encoding, root, f"{name} features"
             )
             for name, split in (("train", train), ("val", data.val))
         }
@@ -104,7 +105,7 @@ def finetune_model(
             data.val,
             len(data.class_names),
             params,
-            start.pixels,
+            start.encoding,
             init_head=start.init_head,
             train_features=frozen["train"],
             val_features=frozen["val"],
@@ -146,7 +147,7 @@ def transfer_folder(paths: Paths, params: FinetuneParams) -> Path | None:
 
 
 def teacher_targets(
-    ref: str, class_names: list[str], train: datasets.Split, val: datasets.Split, pixels: Pixels
+    ref: str, class_names: list[str], train: datasets.Split, val: datasets.Split, encoding: Encoding
 ) -> tuple[Any, Any]:
     """The distillation targets (arrays) of the `train` and `val` splits from registered version
     `ref` (NAME/N), which must know the same classes and take the student's input."""
@@ -161,15 +162,15 @@ def teacher_targets(
         raise UserError(
             f"distill: teacher {name} v{version} knows classes {classes}, this data {class_names}"
         )
-    taken = versions.pixels_of(served).key()
-    if taken != pixels.key():
+    taken = versions.encoding_of(served).key()
+    if taken != encoding.key():
         raise UserError(
-            f"distill: teacher {name} v{version} takes {taken} images, the student {pixels.key()}: "
+            f"distill: teacher {name} v{version} takes {taken} images, the student {encoding.key()}: "
             "choose a student backbone of the teacher's input size"
         )
     return (
-        distill.targets(teacher, train, pixels, f"teacher on train ({len(train)} images)"),
-        distill.targets(teacher, val, pixels, "teacher on val"),
+        distill.targets(teacher, train, encoding, f"teacher on train ({len(train)} images)"),
+        distill.targets(teacher, val, encoding, "teacher on val"),
     )
 
 

@@ -24,6 +24,7 @@ from tasks.core.config import (
     ReproducibilityParams,
 )
 from tasks.data import datasets
+from tasks.modality import Encoding
 from tasks.models import checkpoints, pretraining
 from tasks.registry import versions
 from tasks.reporting.tracking import log_history
@@ -33,8 +34,7 @@ from tasks.reporting.tracking import log_history
 def pretrain_backbone(
     data: datasets.SplitData,
     params: PretrainParams,
-    image_size: int,
-    resize: str,
+    encoding: Encoding,
     reproducibility: ReproducibilityParams,
     root: Path,
 ) -> pretraining.PretrainResult:
@@ -43,10 +43,9 @@ def pretrain_backbone(
     result = pretraining.pretrain(
         data,
         params,
-        image_size,
+        encoding,
         checkpoints.folder(root, "pretrain", key),
         checkpoints.events_folder(root, "pretrain", key),
-        resize,
     )
     say_resumed(result.resumed)
     result.fingerprint = key

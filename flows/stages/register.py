@@ -16,7 +16,7 @@ from tasks.core.config import (
     RegisterParams,
 )
 from tasks.data import datasets
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 from tasks.models import finetune
 from tasks.promotion import promote
 from tasks.registry import versions
@@ -27,7 +27,7 @@ from tasks.reporting.tracking import scratch_dir
 def register_model(
     result: finetune.FinetuneResult,
     data: datasets.SplitData,
-    pixels: Pixels,
+    encoding: Encoding,
     evaluation: promote.Evaluation,
     tags: dict[str, str],
     params: RegisterParams,
@@ -39,7 +39,7 @@ def register_model(
         registered = promote.register_candidate(
             result.model,
             data,
-            pixels,
+            encoding,
             evaluation,
             {**tags, versions.TRAINING_KEY: result.fingerprint, **strategy_tag(result)},
             params,

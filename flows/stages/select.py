@@ -16,6 +16,7 @@ from tasks.core.config import (
     SelectParams,
 )
 from tasks.data import datasets
+from tasks.modality import Modality
 from tasks.models import finetune
 from tasks.selection import candidates
 
@@ -29,8 +30,7 @@ def select_backbone(
     warm_start_from: str | None,
     warm_start_version: str | None,
     registry_state: dict[str, str],
-    resize: str,
-    max_pixels: int,
+    modality: Modality,
     root: Path,
     compete: bool = False,
 ) -> candidates.Selection:
@@ -45,11 +45,10 @@ def select_backbone(
         data.class_names,
         params.max_samples,
         seed,
+        modality,
         warm_start_from,
         warm_start_version,
         top_k,
-        resize,
-        max_pixels,
         root,
         compete,
     )
@@ -73,7 +72,9 @@ def log_selection(start: candidates.Selection, run: FlowRun, reused: bool) -> st
         rivals = ", ".join(kept)
         return f"warm start from {start.uri}, against {rivals} in the strategy search (LogME: {scores})"
     also = f"; kept {', '.join(kept)} for the strategy search" if kept else ""
-    return f"chose {start.uri} at {start.pixels.size} px (LogME on {start.samples} images: {scores}){also}"
+    return (
+        f"chose {start.uri} at {start.encoding.describe()} (LogME on {start.samples} images: {scores}){also}"
+    )
 
 
 def searched_backbone(

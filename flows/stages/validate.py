@@ -12,11 +12,13 @@ from flows.stages.flowrun import (
     run_stage,
     tag_parent,
 )
+from tasks import modality
 from tasks.core.config import (
     Params,
     ValidateParams,
 )
 from tasks.data import validate as validation
+from tasks.modality import Modality
 from tasks.reporting.tracking import scratch_dir
 
 
@@ -24,15 +26,23 @@ def validated(run: FlowRun, data_dir: Path, params: Params) -> validation.Valida
     """The validate stage, as every flow runs it (Data Docs under .transferops/data_docs)."""
     docs_root = run.paths.root / ".transferops" / "data_docs"
     return run_stage(
-        run, validate_data, log_validation, data_dir=data_dir, params=params.validate, docs_root=docs_root
+        run,
+        validate_data,
+        log_validation,
+        data_dir=data_dir,
+        params=params.validate,
+        modality=modality.from_params(params),
+        docs_root=docs_root,
     )
 
 
 @cached_stage("validate", folders=("data_dir",))
-def validate_data(data_dir: Path, params: ValidateParams, docs_root: Path) -> validation.ValidatedData:
-    """Ingest (hash + decode every file) and run the Great Expectations suites; the Data Docs
+def validate_data(
+    data_dir: Path, params: ValidateParams, modality: Modality, docs_root: Path
+) -> validation.ValidatedData:
+    """Ingest (hash + inspect every file) and run the Great Expectations suites; the Data Docs
     go to `docs_root/<key>`."""
-    return validation.validate_folder(data_dir, params, docs_root / stage_key()[:16])
+    return validation.validate_folder(data_dir, params, docs_root / stage_key()[:16], modality)
 
 
 def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -> str:

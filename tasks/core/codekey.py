@@ -28,7 +28,7 @@ MACHINERY = frozenset({"flows.stages.caching", "flows.stages.flowrun"})
 
 # module -> the project modules it imports by name at run time, out of reach of `ast`
 DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
-    "tasks.registry.versions": ("tasks.registry.serving", "tasks.data.images"),  # _MOVED_SERVING_MODULES
+    "tasks.registry.versions": ("tasks.registry.serving", "tasks.modality.images"),  # _MOVED_SERVING_MODULES
 }
 
 

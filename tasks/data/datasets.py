@@ -1,7 +1,8 @@
 """From a manifest to splits: assigned by content hash, each split a list of files and labels.
 
-A split holds references, never pixels: `stream.batches` decodes its files when a stage needs
-them, so a cached split (what Prefect pickles) is a few bytes per image whatever the image size.
+A split holds references, never decoded input: its modality's encoding (`Encoding.batches`)
+reads and decodes its files when a stage needs them, so a cached split (what Prefect pickles)
+is a few bytes per example whatever the example's size.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import pandas as pd
 from tasks.core import progress
 from tasks.core.config import SplitParams
 from tasks.core.errors import UserError
-from tasks.data import ingest, lineage, split, stream
-from tasks.data.images import printable
-from tasks.data.stream import Pixels
+from tasks.core.files import printable
+from tasks.data import ingest, lineage, split
+from tasks.modality import Encoding, Modality
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -56,16 +57,16 @@ class Split:
         return Split(self.root, [self.files[i] for i in rows], self.y[rows], sha, self.parts)
 
     def batches(
-        self, pixels: Pixels, batch_size: int, labels: bool = True, shuffle_seed: int | None = None
+        self, encoding: Encoding, batch_size: int, labels: bool = True, shuffle_seed: int | None = None
     ) -> tf.data.Dataset:
-        """The split as a `tf.data` pipeline of uint8 batches (with labels by default)."""
+        """The split as a `tf.data` pipeline of model-input batches (with labels by default)."""
         y = self.y if labels else None
-        return stream.batches(self.root, self.files, pixels, batch_size, y, shuffle_seed, parts=self.parts)
+        return encoding.batches(self.root, self.files, batch_size, y, shuffle_seed, parts=self.parts)
 
-    def images(self, pixels: Pixels) -> np.ndarray:
-        """Every image of the split decoded into one array: only for small splits (tests,
+    def examples(self, encoding: Encoding) -> np.ndarray:
+        """Every example of the split encoded into one array: only for small splits (tests,
         thumbnails, the benchmarks' label subsets), never in the pipeline."""
-        return stream.decode_files(self.root, self.files, pixels, self.parts)
+        return encoding.examples(self.root, self.files, self.parts)
 
 
 @dataclass
@@ -135,15 +136,15 @@ def prepare_splits(manifest: pd.DataFrame, data_dir: Path, params: SplitParams) 
     return SplitData(names, loaded["train"], loaded["val"], loaded["test"], columns)
 
 
-def load_folder(data_dir: Path, params: SplitParams, max_pixels: int) -> SplitData:
+def load_folder(data_dir: Path, params: SplitParams, modality: Modality) -> SplitData:
     """scan -> split, without validation or tracking (benchmarks, notebooks)."""
-    return prepare_splits(ingest.scan(data_dir, max_pixels=max_pixels), data_dir, params)
+    return prepare_splits(ingest.scan(data_dir, modality), data_dir, params)
 
 
-def unlabelled(folder: Path, max_pixels: int) -> Split:
+def unlabelled(folder: Path, modality: Modality) -> Split:
     """Every decodable image under `folder`, at any depth, as a split without labels
     (`UNLABELLED`): the transfer set a teacher labels for distillation (tasks.models.distill)."""
-    manifest = ingest.scan(folder, max_pixels=max_pixels, anywhere=True)
+    manifest = ingest.scan(folder, modality, anywhere=True)
     rows = ingest.usable(manifest)
     if rows.empty:
         raise UserError(

@@ -1,7 +1,7 @@
 """Validate: a Great Expectations suite over the manifest, before anything is trained.
 
-Two tables are checked: the manifest (one row per file: decodable, labelled, a known format,
-large enough, not the same bytes under two labels) and a class table (enough images in
+Two tables are checked: the manifest (one row per file: decodable, labelled, not the same
+bytes under two labels, and the modality's own checks: an image of a known format, large enough) and a class table (enough images in
 every class folder, at least two classes). Any failure blocks the run; the report names
 each bad file and the reason. The Data Docs (HTML) are written to `docs_dir` either way.
 
@@ -9,7 +9,7 @@ File and folder names are untrusted (`<svg onload=...>.png` is a valid file name
 Docs are HTML that people open from the MLflow UI. So Great Expectations never sees a name:
 its tables hold the manifest row (`manifest_row`, the row of manifest.parquet) and a class
 index (`class_id`, into the sorted class folders); the report maps them back to names,
-escaped for the terminal with `images.printable`.
+escaped for the terminal with `files.printable`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.core.config import ValidateParams
+from tasks.core.files import printable
 from tasks.data import data_docs, ingest, lineage
-from tasks.data.images import printable
+from tasks.modality import Modality
 
 
 MAX_LISTED = 20  # problems a failure message lists; MLflow and the Data Docs have them all
@@ -62,21 +63,19 @@ def class_table(files: pd.DataFrame, folders: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"label": labels, "n_images": [int(counts.get(label, 0)) for label in labels]})
 
 
-def _suites(params: ValidateParams):
+def _suites(params: ValidateParams, modality: Modality):
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    files = gx.ExpectationSuite(name="image_files")
+    files = gx.ExpectationSuite(name=f"{modality.noun}_files")
     for expectation in (
         gxe.ExpectColumnValuesToNotBeNull(column="class_id"),
         gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
-        gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(params.formats)),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=params.min_side),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=params.min_side),
+        *(expectation for expectation, _ in modality.expectations()),
         gxe.ExpectColumnValuesToBeInSet(column="label_conflict", value_set=[False]),
     ):
         files.add_expectation(expectation)
-    classes = gx.ExpectationSuite(name="image_classes")
+    classes = gx.ExpectationSuite(name=f"{modality.noun}_classes")
     for expectation in (
         gxe.ExpectTableRowCountToBeBetween(min_value=2),
         gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=params.min_images_per_class),
@@ -86,24 +85,20 @@ def _suites(params: ValidateParams):
 
 
 _REASONS = {
-    "expect_column_values_to_not_be_null": "not inside a class folder",
-    "expect_column_values_to_be_between": "smaller than validate.min_side={min_side} pixels",
-    "label_conflict": "the same image (sha256) is also filed under another label",
-    "format": "format not in validate.formats",
+    "class_id": "not inside a class folder",
+    "label_conflict": "the same {noun} (sha256) is also filed under another label",
 }
 
 
-def _reason(config, params: ValidateParams, error: str) -> str:
-    column = config.kwargs.get("column")
+def _reason(column: str, modality: Modality, error: str) -> str:
     if column == "decodable":
         return error or "not decodable"
-    if column in _REASONS:
-        return _REASONS[column]
-    return _REASONS.get(config.type, config.type).format(min_side=params.min_side)
+    own = {expectation.column: reason for expectation, reason in modality.expectations()}
+    return _REASONS[column].format(noun=modality.noun) if column in _REASONS else own.get(column, column)
 
 
 def validate_manifest(
-    manifest: pd.DataFrame, folders: list[str], params: ValidateParams, docs_dir: Path
+    manifest: pd.DataFrame, folders: list[str], params: ValidateParams, docs_dir: Path, modality: Modality
 ) -> ValidationReport:
     """Run the expectation suites; returns the report (it does not raise)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -114,15 +109,14 @@ def validate_manifest(
     files["label_conflict"] = _label_conflicts(files)
     classes = class_table(files, folders)
     # Great Expectations sees ids, never the untrusted names: its Data Docs are HTML.
+    checked = list(dict.fromkeys(expectation.column for expectation, _ in modality.expectations()))
     class_ids = {label: i for i, label in enumerate(classes["label"])}
     gx_files = pd.DataFrame(
         {
             "manifest_row": files.index.astype(int),
             "class_id": files["label"].map(class_ids).astype("Int64"),
             "decodable": files["decodable"],
-            "format": files["format"],
-            "width": files["width"],
-            "height": files["height"],
+            **{column: files[column] for column in checked},
             "label_conflict": files["label_conflict"],
         }
     ).reset_index(drop=True)
@@ -155,7 +149,7 @@ def validate_manifest(
         },
     )
     source = context.data_sources.add_pandas("manifest")
-    file_suite, class_suite = _suites(params)
+    file_suite, class_suite = _suites(params, modality)
     definitions = []
     for name, suite in (("files", file_suite), ("classes", class_suite)):
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
@@ -191,11 +185,11 @@ def validate_manifest(
                 if key == "class_id":
                     name, count = classes.iloc[index]["label"], int(classes.iloc[index]["n_images"])
                     problems.append(
-                        f"{printable(name)}/: {count} usable image(s); validate.min_images_per_class="
+                        f"{printable(name)}/: {count} usable {modality.noun}(s); validate.min_images_per_class="
                         f"{params.min_images_per_class}"
                     )
                 else:
-                    reason = _reason(config, params, errors.loc[index])
+                    reason = _reason(config.kwargs.get("column"), modality, errors.loc[index])
                     problems.append(f"{printable(files.loc[index, 'path'])}: {reason}")
     context.build_data_docs()
     data_docs.make_offline(docs_dir)  # no CDN: readable offline and in MLflow's preview
@@ -210,7 +204,7 @@ def validate_manifest(
 
 @dataclass
 class ValidatedData:
-    manifest: pd.DataFrame  # one row per file (tasks.data.ingest.MANIFEST_COLUMNS)
+    manifest: pd.DataFrame  # one row per file (tasks.data.ingest.columns)
     report: ValidationReport
     lineage: dict[str, str]  # data_version (DVC's directory hash), data_dvc_state, data_path
 
@@ -220,8 +214,8 @@ class ValidatedData:
         return lineage.digest([lineage.frame_hash(self.manifest), self.report.success, self.lineage])
 
 
-def validate_folder(data_dir: Path, params: ValidateParams, docs_dir: Path) -> ValidatedData:
-    """Ingest `data_dir` (hash and decode every file), run the suites, and name the data version."""
-    manifest = ingest.scan(data_dir, max_pixels=params.max_pixels)
-    report = validate_manifest(manifest, ingest.class_folders(data_dir), params, docs_dir)
+def validate_folder(data_dir: Path, params: ValidateParams, docs_dir: Path, modality: Modality) -> ValidatedData:
+    """Ingest `data_dir` (hash and inspect every file), run the suites, and name the data version."""
+    manifest = ingest.scan(data_dir, modality)
+    report = validate_manifest(manifest, ingest.class_folders(data_dir), params, docs_dir, modality)
     return ValidatedData(manifest, report, lineage.data_lineage(data_dir, manifest))

@@ -30,8 +30,8 @@ def model_card(
     lines = [f"# {code(model)} v{version}", "", f"**Promotion gate**: {reason}", "", "## Data", ""]
     lines.append(
         f"Data version {code(tags.get('data_version', '?'))} ({tags.get('data_dvc_state', '?')}), "
-        f"from {code(tags.get('data_path', '?'))}; images decoded to "
-        f"{params.get('data', {}).get('image_size', '?')} px RGB. Images per split and class:"
+        f"from {code(tags.get('data_path', '?'))}; model input: {code(tags.get('input', '?'))}. "
+        "Examples per split and class:"
     )
     split_rows = [[code(c), *(counts[s].get(c, 0) for s in counts)] for c in classes]
     lines += ["", *table(["class", *counts], split_rows)]

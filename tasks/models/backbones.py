@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from tasks.core import progress
-from tasks.core.config import Candidate, registry_uri
+from tasks.core.config import Candidate
 from tasks.core.errors import UserError
 
 # Keras Applications whose preprocessing is inside the model (they take 0..255 pixels).
@@ -31,9 +31,10 @@ def glorot(seed: int) -> keras.initializers.Initializer:
     return keras.initializers.GlorotUniform(seed=seed)
 
 
-def build_backbone(image_size: int, width: int = 32, name: str = "backbone", seed: int = 0) -> keras.Model:
-    """A small CNN: three conv blocks (width, 2*width, 4*width filters) and global pooling."""
-    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+def build_backbone(size: int, width: int = 32, name: str = "backbone", seed: int = 0) -> keras.Model:
+    """A small CNN on `size` x `size` RGB images: three conv blocks (width, 2*width, 4*width
+    filters) and global pooling."""
+    inputs = keras.Input((size, size, 3), name="pixels")
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     for i, filters in enumerate((width, 2 * width, 4 * width)):
         for j in range(2):
@@ -50,21 +51,6 @@ def build_backbone(image_size: int, width: int = 32, name: str = "backbone", see
         x = keras.layers.MaxPooling2D()(x)
     outputs = keras.layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-PIXELS_URI = "pixels:28"  # the strategy search's raw-pixel baseline (tasks/search/strategy.py)
-
-
-def pixel_backbone(image_size: int, side: int = 28) -> keras.Model:
-    """The raw-pixel baseline as a backbone: the image resized to `side` x `side`, grey, scaled
-    to 0..1 and flattened (784 values). A logistic regression on it is the simplest image
-    classifier there is, and on tiny or low-resolution sets a hard one to beat."""
-    inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = keras.layers.Resizing(side, side, interpolation="bilinear")(inputs)
-    x = keras.layers.Rescaling(1 / 255.0)(x)
-    grey = keras.initializers.Constant(1 / 3)  # the mean of R, G and B, fixed
-    x = keras.layers.Dense(1, use_bias=False, kernel_initializer=grey, trainable=False, name="grey")(x)
-    return keras.Model(inputs, keras.layers.Flatten(name="features")(x), name="raw_pixels")
 
 
 def build_head(
@@ -132,27 +118,22 @@ def reseed(model: keras.Model, seed: int) -> keras.Model:
     return model
 
 
-def check_candidates(candidates: tuple[Candidate, ...]) -> None:
-    """What can be checked of the candidates before a run starts, without loading one: a Keras
-    Application exists and preprocesses in the model, a file or weights file exists. Raises
-    UserError (the URI's form is checked with the params)."""
-    for candidate in candidates:
-        kind, _, ref = candidate.uri.partition(":")
-        if kind == "keras":
-            known = callable(getattr(keras.applications, ref, None))
-            if not known or not ref.startswith(_IN_MODEL_PREPROCESSING):
-                raise UserError(
-                    f"select.candidates: {candidate.uri} is not a keras.applications model with in-model "
-                    f"preprocessing ({', '.join(f'{p}*' for p in _IN_MODEL_PREPROCESSING)}); fix the name"
-                )
-            weights = candidate.weights
-            if weights not in (None, "none", "imagenet") and not Path(str(weights)).is_file():
-                raise UserError(f"select.candidates: {candidate.uri}: weights file {weights} not found")
-        elif kind == "file" and not Path(ref).is_file():
-            raise UserError(f"select.candidates: {candidate.uri}: no such model file (a path to a .keras)")
+def check_application(candidate: Candidate) -> None:
+    """A keras: candidate names a Keras Application that preprocesses in the model, and its
+    weights file exists; UserError otherwise (checked before a run starts, nothing loaded)."""
+    ref = candidate.uri.partition(":")[2]
+    known = callable(getattr(keras.applications, ref, None))
+    if not known or not ref.startswith(_IN_MODEL_PREPROCESSING):
+        raise UserError(
+            f"select.candidates: {candidate.uri} is not a keras.applications model with in-model "
+            f"preprocessing ({', '.join(f'{p}*' for p in _IN_MODEL_PREPROCESSING)}); fix the name"
+        )
+    weights = candidate.weights
+    if weights not in (None, "none", "imagenet") and not Path(str(weights)).is_file():
+        raise UserError(f"select.candidates: {candidate.uri}: weights file {weights} not found")
 
 
-def keras_application(name: str, image_size: int, weights: str | None, seed: int = 0) -> keras.Model:
+def keras_application(name: str, size: int, weights: str | None, seed: int = 0) -> keras.Model:
     """A Keras Application without its top, average-pooled. `weights`: imagenet, none, or a file."""
     if not name.startswith(_IN_MODEL_PREPROCESSING):
         raise ValueError(
@@ -167,7 +148,7 @@ def keras_application(name: str, image_size: int, weights: str | None, seed: int
     if file_weights and not Path(str(weights)).is_file():
         raise FileNotFoundError(f"keras:{name}: weights file {weights} not found")
     model = factory(
-        input_shape=(image_size, image_size, 3),
+        input_shape=(size, size, 3),
         include_top=False,
         weights="imagenet" if weights == "imagenet" else None,
         pooling="avg",
@@ -180,43 +161,6 @@ def keras_application(name: str, image_size: int, weights: str | None, seed: int
 
 
 KERAS_SIZE = 224  # the input side of a keras: candidate that names none (what ImageNet weights expect)
-
-
-def input_size(model: keras.Model, uri: str = "backbone") -> int:
-    """The side of the square RGB images `model` takes; a ValueError names what it takes instead."""
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
-        raise ValueError(f"{uri}: backbone takes {shape}; expected square RGB images (n, size, size, 3)")
-    if len(model.output_shape) != 2:
-        raise ValueError(f"{uri}: backbone gives {model.output_shape}; expected (n, features)")
-    return int(shape[1])
-
-
-def load_candidate(candidate: Candidate, seed: int = 0, cache_dir: Path | None = None) -> keras.Model:
-    """Materialise a candidate backbone (see `Candidate`) at its own input size: a registry or
-    file backbone's own, a Keras Application's `image_size` (224 by default), Lite0's 224.
-    `cache_dir` keeps converted weights (lite0:)."""
-    kind, _, ref = candidate.uri.partition(":")
-    if kind == "registry":
-        import mlflow
-
-        model = mlflow.keras.load_model(registry_uri(ref))
-    elif kind == "keras":
-        model = keras_application(ref, candidate.image_size or KERAS_SIZE, candidate.weights, seed)
-    elif kind == "lite0":
-        from tasks.models import lite0
-
-        if ref != "imagenet":
-            raise ValueError(f"{candidate.uri}: lite0 has ImageNet weights only (lite0:imagenet)")
-        model = lite0.lite0_backbone(cache_dir or Path(".transferops") / "backbones")
-    elif kind == "file":
-        if not Path(ref).is_file():
-            raise FileNotFoundError(f"{candidate.uri}: model file not found")
-        model = keras.saving.load_model(ref)
-    else:
-        raise ValueError(f"{candidate.uri}: candidate must start with registry:, keras:, lite0: or file:")
-    input_size(model, candidate.uri)
-    return model
 
 
 EAGER_IMAGES = 512  # a split of at most this many images skips tracing a predict function

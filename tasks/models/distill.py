@@ -29,16 +29,16 @@ import keras
 import numpy as np
 
 from tasks.data.datasets import UNLABELLED, Split
-from tasks.data.stream import Pixels
 from tasks.evaluation.evaluate import predict
+from tasks.modality import Encoding
 
 FLOOR = 1e-7  # probabilities are clipped here before the log: a hard 0 has no logit
 
 
-def targets(teacher: keras.Model, split: Split, pixels: Pixels, description: str) -> np.ndarray:
+def targets(teacher: keras.Model, split: Split, encoding: Encoding, description: str) -> np.ndarray:
     """(n, 1 + k) float32: each image's label, then the teacher's log-probabilities for it
     (the split streamed once, batch by batch)."""
-    probabilities = predict(teacher, split.batches(pixels, 64, labels=False), len(split), description)
+    probabilities = predict(teacher, split.batches(encoding, 64, labels=False), len(split), description)
     return pack(split.y, probabilities)
 
 

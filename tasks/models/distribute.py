@@ -42,7 +42,7 @@ import numpy as np
 from tasks.core.config import FinetuneParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 
 ROOT = Path(__file__).resolve().parents[2]
 START, TRAINED, CURVE, JOB = "start.keras", "trained.keras", "curve.json", "job.pickle"
@@ -55,7 +55,7 @@ class Job:
 
     train: Split
     val: Split
-    pixels: Pixels
+    encoding: Encoding
     params: FinetuneParams
     distilled: bool = False  # the splits' `y` are distillation targets (tasks.models.distill)
 
@@ -75,8 +75,8 @@ def fit_phase2(
     """Phase 2's fit, whatever the strategy in scope: its curve."""
     params = job.params
     fitted = classifier.fit(
-        job.train.batches(job.pixels, params.batch_size, shuffle_seed=params.seed),
-        validation_data=job.val.batches(job.pixels, params.batch_size),
+        job.train.batches(job.encoding, params.batch_size, shuffle_seed=params.seed),
+        validation_data=job.val.batches(job.encoding, params.batch_size),
         epochs=params.finetune_epochs,
         shuffle=False,  # the stream reshuffles itself every epoch
         callbacks=[
@@ -240,8 +240,8 @@ def _train_loop(
             totals += [float(v) for v in step(batch)]
         return totals[0] / max(totals[2], 1.0), totals[1] / max(totals[2], 1.0)
 
-    train = job.train.batches(job.pixels, params.batch_size, shuffle_seed=params.seed)
-    val = job.val.batches(job.pixels, params.batch_size)
+    train = job.train.batches(job.encoding, params.batch_size, shuffle_seed=params.seed)
+    val = job.val.batches(job.encoding, params.batch_size)
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     best, best_loss, since = classifier.get_weights(), float("inf"), 0
     for _ in range(params.finetune_epochs):

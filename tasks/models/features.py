@@ -20,9 +20,9 @@ import keras
 import numpy as np
 
 from tasks.core import codekey
-from tasks.data import lineage, stream
+from tasks.data import lineage
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding, streams
 from tasks.models.backbones import extract_features
 
 FEATURES_DIR = Path(".transferops") / "features"
@@ -36,32 +36,32 @@ def code_version() -> str:
     return codekey.code_digest((__name__,))
 
 
-def key(backbone_id: str, split: Split, pixels: Pixels) -> str:
+def key(backbone_id: str, split: Split, encoding: Encoding) -> str:
     """The cache key: which backbone (URI and version), which images (files and content), how
     they were decoded, and by which code."""
-    return lineage.digest([backbone_id, split.digest(), pixels.key(), code_version()])
+    return lineage.digest([backbone_id, split.digest(), encoding.key(), code_version()])
 
 
 def features(
     backbone: keras.Model,
     backbone_id: str,
     split: Split,
-    pixels: Pixels,
+    encoding: Encoding,
     root: Path | None,
     description: str = "features",
 ) -> np.ndarray:
     """The frozen features of `split` (memory-mapped, read-only), from the cache under `root`
     or computed now and kept there. `root=None` computes them in memory and keeps nothing."""
     if root is None:
-        images = split.batches(pixels, BATCH_SIZE, labels=False)
+        images = split.batches(encoding, BATCH_SIZE, labels=False)
         return extract_features(backbone, images.as_numpy_iterator(), len(split), description)
-    path = Path(root) / FEATURES_DIR / f"{key(backbone_id, split, pixels)}.npy"
+    path = Path(root) / FEATURES_DIR / f"{key(backbone_id, split, encoding)}.npy"
     if path.is_file():
         found = np.load(path, mmap_mode="r")
         if found.shape == (len(split), backbone.output_shape[-1]):
             os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))  # used now: gc keeps it
             return found
-    images = split.batches(pixels, BATCH_SIZE, labels=False)
+    images = split.batches(encoding, BATCH_SIZE, labels=False)
     return extract_features(backbone, images.as_numpy_iterator(), len(split), description, out=path)
 
 
@@ -73,7 +73,7 @@ def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> A
     (validation)."""
     import tensorflow as tf
 
-    labels = stream.label_tensor(y)
+    labels = streams.label_tensor(y)
 
     @tf.autograph.experimental.do_not_convert
     def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -85,12 +85,12 @@ def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> A
 
     indices = tf.data.Dataset.range(len(x))
     if seed is None:
-        return indices.batch(batch).map(rows).prefetch(2).with_options(stream.options())
+        return indices.batch(batch).map(rows).prefetch(2).with_options(streams.options())
     return (
         indices.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         .batch(batch)
         .map(rows)
         .prefetch(2)
         .repeat()
-        .with_options(stream.options())
+        .with_options(streams.options())
     )

@@ -21,7 +21,7 @@ import numpy as np
 from tasks.core import progress
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 from tasks.models import distill, distribute, features
 from tasks.models.backbones import build_classifier, build_head, glorot, weighted_layers
 from tasks.models.checkpoints import callback, finished, resumed_epoch
@@ -128,7 +128,7 @@ def finetune(
     val: Split,
     num_classes: int,
     params: FinetuneParams,
-    pixels: Pixels,
+    encoding: Encoding,
     init_head: list[np.ndarray] | None = None,
     train_features: np.ndarray | None = None,
     val_features: np.ndarray | None = None,
@@ -152,12 +152,12 @@ def finetune(
     f_train = (
         train_features
         if train_features is not None
-        else features.features(backbone, "", train, pixels, None, "train features")
+        else features.features(backbone, "", train, encoding, None, "train features")
     )
     f_val = (
         val_features
         if val_features is not None
-        else features.features(backbone, "", val, pixels, None, "val features")
+        else features.features(backbone, "", val, encoding, None, "val features")
     )
     history: dict[str, dict[str, list[float]]] = {}
     resumed: dict[str, int] = {}
@@ -179,10 +179,10 @@ def finetune(
     if params.finetune_epochs > 0 and params.unfreeze_layers > 0:
         unfrozen = unfreeze_top(backbone, params.unfreeze_layers)
         if teacher is None:
-            job = distribute.Job(train, val, pixels, params)
+            job = distribute.Job(train, val, encoding, params)
         else:  # the same images, the teacher's targets in place of the labels
             targets = (replace(s, y=t) for s, t in ((train, teacher[0]), (val, teacher[1])))
-            job = distribute.Job(*targets, pixels, params, distilled=True)
+            job = distribute.Job(*targets, encoding, params, distilled=True)
         history["finetune"] = distribute.run(
             classifier,
             job,
@@ -206,7 +206,7 @@ def train_from_scratch(
     backbone: keras.Model,
     train: Split,
     val: Split,
-    pixels: Pixels,
+    encoding: Encoding,
     num_classes: int,
     epochs: int,
     learning_rate: float,
@@ -237,8 +237,8 @@ def train_from_scratch(
         metrics=["accuracy"],
     )
     h = model.fit(
-        train.batches(pixels, batch_size, shuffle_seed=seed),
-        validation_data=val.batches(pixels, batch_size),
+        train.batches(encoding, batch_size, shuffle_seed=seed),
+        validation_data=val.batches(encoding, batch_size),
         epochs=epochs,
         shuffle=False,  # the stream reshuffles itself every epoch
         callbacks=[

@@ -14,8 +14,8 @@ import keras
 
 from tasks.core.config import PretrainParams
 from tasks.data.datasets import SplitData
-from tasks.data.stream import Pixels
 from tasks.evaluation import evaluate
+from tasks.modality import Encoding
 from tasks.models import finetune
 from tasks.models.backbones import build_backbone
 from tasks.models.checkpoints import finished as checkpoints_finished
@@ -34,22 +34,20 @@ class PretrainResult:
 def pretrain(
     data: SplitData,
     params: PretrainParams,
-    image_size: int,
+    encoding: Encoding,
     checkpoints: Path | None = None,
     events: Path | None = None,
-    resize: str = "squash",
 ) -> PretrainResult:
     """Train backbone + head on every source class for `params.epochs` epochs (no early stop);
     with `checkpoints`, a killed run resumes from its last finished epoch; TensorBoard event
     files go to `events`."""
     resumed: dict[str, int] = {}
-    backbone = build_backbone(image_size, params.width, seed=params.seed)
-    pixels = Pixels(image_size, resize)
+    backbone = build_backbone(encoding.size, params.width, seed=params.seed)  # images: a CNN
     model, history = finetune.train_from_scratch(
         backbone,
         data.train,
         data.val,
-        pixels,
+        encoding,
         len(data.class_names),
         params.epochs,
         params.learning_rate,
@@ -62,7 +60,7 @@ def pretrain(
         histogram_freq=params.histogram_freq,
     )
     checkpoints_finished(checkpoints)
-    test = data.test.batches(pixels, params.batch_size, labels=False)
+    test = data.test.batches(encoding, params.batch_size, labels=False)
     probabilities = evaluate.predict(model, test, len(data.test), "source test")
     backbone.trainable = False
     return PretrainResult(

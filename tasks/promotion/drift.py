@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 from tasks.models import backbones, features
 
 REFERENCE_SAMPLES = 500  # training images whose features a registered version keeps
@@ -56,18 +56,18 @@ def _sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def sample_features(
-    backbone: object, split: Split, pixels: Pixels, n: int, seed: int, description: str
+    backbone: object, split: Split, encoding: Encoding, n: int, seed: int, description: str
 ) -> np.ndarray:
     """Backbone features of a seeded sample of at most `n` images of `split` (only those are decoded)."""
     rows = np.arange(len(split))
     if len(rows) > n:
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
-    return features.features(backbone, "", split.subset(rows), pixels, None, description)
+    return features.features(backbone, "", split.subset(rows), encoding, None, description)
 
 
-def reference_features(backbone: object, train: Split, pixels: Pixels, seed: int = 0) -> np.ndarray:
+def reference_features(backbone: object, train: Split, encoding: Encoding, seed: int = 0) -> np.ndarray:
     """Backbone features of up to REFERENCE_SAMPLES training images (a seeded sample)."""
-    return sample_features(backbone, train, pixels, REFERENCE_SAMPLES, seed, "reference")
+    return sample_features(backbone, train, encoding, REFERENCE_SAMPLES, seed, "reference")
 
 
 def _mmd2(kernel: np.ndarray, first: np.ndarray) -> float:
@@ -187,7 +187,7 @@ def measure(
     classifier, _ = versions.champion_keras_model(served)
     backbone = backbones.backbone_of(classifier)
     current = sample_features(
-        backbone, train, versions.pixels_of(served), max_samples, seed + 1, "current features"
+        backbone, train, versions.encoding_of(served), max_samples, seed + 1, "current features"
     )
     report = mmd_test(reference, current, max_samples, permutations, seed)
     return Measurement(report, _sample(reference, max_samples, seed), current)

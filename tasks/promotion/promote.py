@@ -21,8 +21,8 @@ from mlflow import MlflowClient
 
 from tasks.core.config import RegisterParams
 from tasks.data.datasets import SplitData
-from tasks.data.stream import Pixels
 from tasks.evaluation import card, evaluate, gate
+from tasks.modality import Encoding
 from tasks.models import backbones
 from tasks.promotion import drift
 from tasks.registry import history, lease, serving, versions
@@ -76,15 +76,17 @@ def champion_scores(model_name: str, version: str | None, data: SplitData) -> Ch
 
 
 def evaluate_challenger(
-    model: Any, data: SplitData, pixels: Pixels, model_name: str, champion: str | None
+    model: Any, data: SplitData, encoding: Encoding, model_name: str, champion: str | None
 ) -> Evaluation:
     """Test report of the new model (its test images streamed, decoded as `pixels` says) and
     the scores of the champion (version `champion`) on the same test images."""
     test = data.test
-    probabilities = evaluate.predict(model, test.batches(pixels, BATCH_SIZE, labels=False), len(test), "test")
+    probabilities = evaluate.predict(
+        model, test.batches(encoding, BATCH_SIZE, labels=False), len(test), "test"
+    )
     return Evaluation(
         evaluate.report(
-            test.y, probabilities, data.class_names, lambda rows: test.subset(rows).images(pixels)
+            test.y, probabilities, data.class_names, lambda rows: test.subset(rows).examples(encoding)
         ),
         champion_scores(model_name, champion, data),
     )
@@ -130,7 +132,7 @@ def decide(evaluation: Evaluation, y_true: np.ndarray, params: RegisterParams) -
 def register_candidate(
     model: Any,
     data: SplitData,
-    pixels: Pixels,
+    encoding: Encoding,
     evaluation: Evaluation,
     tags: dict[str, str],
     params: RegisterParams,
@@ -148,20 +150,19 @@ def register_candidate(
     info = versions.log_classifier(
         model,
         data.class_names,
-        pixels.size,
+        encoding,
         workdir,
         Path(data.test.paths[0]),
-        max_pixels=pixels.max_pixels,
-        resize=pixels.resize,
     )
     reference = workdir / "reference_features.npy"  # what `retrain` measures drift against
-    np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train, pixels))
+    np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train, encoding))
     mlflow.log_artifact(str(reference), "drift_reference")
     version_tags = {
         **tags,
         **{f"test_{k}": repr(v) for k, v in evaluation.challenger.metrics.items()},  # full precision
         **{f"ci_test_{k}": json.dumps(v) for k, v in evaluation.challenger.intervals.items()},
         "classes": json.dumps(data.class_names),
+        "input": f"{encoding.modality}, {encoding.describe()}",
         "promotion": decision.reason,
         "promoted": str(decision.promote).lower(),
         "gate": json.dumps(decision.comparison.as_dict() if decision.comparison else None),

@@ -1,10 +1,11 @@
 """Export a registered version for another runtime, checked on the version's own test split.
 
 `transferops export VERSION --format savedmodel|tflite|onnx [--quantize float16|int8]` writes
-the artifact and, beside it, `<artifact>.json`: how to feed it (RGB, an `image_size` square by
-the `resize` policy, float32 0-255, NHWC) and the class names in output order. Most "mismatches"
-reported between runtimes are preprocessing differences (tensorflow-onnx#1428), so the export
-names its preprocessing, and the check runs that very decoding (`tasks.data.stream`).
+the artifact and, beside it, `<artifact>.json`: how to feed it (its encoding's `meta`: for
+images RGB, a square of `image_size` by the `resize` policy, float32 0-255, NHWC) and the class
+names in output order. Most "mismatches" reported between runtimes are preprocessing differences
+(tensorflow-onnx#1428), so the export names its preprocessing, and the check runs that very
+decoding (the version's `Encoding`).
 
 The check: every test image of the version goes through the Keras model and through the
 artifact in its own runtime (TensorFlow's SavedModel loader, the LiteRT interpreter that phones
@@ -41,7 +42,7 @@ from tasks.core import progress
 from tasks.core.config import ExportParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
@@ -226,7 +227,13 @@ def median_ms(run: Runtime, image: np.ndarray, calls: int) -> float:
 
 
 def compare(
-    model: Any, runtime: Runtime, name: str, test: Split, pixels: Pixels, path: Path, latency_calls: int = 30
+    model: Any,
+    runtime: Runtime,
+    name: str,
+    test: Split,
+    encoding: Encoding,
+    path: Path,
+    latency_calls: int = 30,
 ) -> Parity:
     """Run the test split through both, batch by batch, and measure single-image latency."""
     from tasks.data.lineage import cpu_kind
@@ -237,7 +244,7 @@ def compare(
     worst = 0.0
     first: np.ndarray | None = None
     with progress.counting(f"check {name}", len(test)) as advance:
-        for images, labels in test.batches(pixels, BATCH).as_numpy_iterator():
+        for images, labels in test.batches(encoding, BATCH).as_numpy_iterator():
             x = images.astype("float32")
             first = x[:1] if first is None else first
             ours, theirs = np.asarray(forward(x)), runtime(x)
@@ -264,7 +271,7 @@ def compare(
 
 
 def representative_images(
-    train: Split, pixels: Pixels, count: int
+    train: Split, encoding: Encoding, count: int
 ) -> Callable[[], Iterator[list[np.ndarray]]]:
     """int8 calibration data: `count` train images spread evenly over the split (which is in
     folder order, so the first `count` would be one class), one at a time."""
@@ -272,7 +279,7 @@ def representative_images(
     sample = train.subset(rows)
 
     def images() -> Iterator[list[np.ndarray]]:
-        for batch in sample.batches(pixels, 1, labels=False).as_numpy_iterator():
+        for batch in sample.batches(encoding, 1, labels=False).as_numpy_iterator():
             yield [batch.astype("float32")]
 
     return images
@@ -296,7 +303,7 @@ def _remove(path: Path) -> None:
 def export_checked(
     model: Any,
     class_names: list[str],
-    pixels: Pixels,
+    encoding: Encoding,
     test: Split,
     train: Split,
     name: str,
@@ -316,10 +323,10 @@ def export_checked(
     try:
         progress.say(f"export {name}: converting")
         representative = (
-            representative_images(train, pixels, representative_count) if "int8" in name else None
+            representative_images(train, encoding, representative_count) if "int8" in name else None
         )
         write(model, name, partial, representative)
-        parity = compare(model, load_runtime(partial, name), name, test, pixels, partial, latency_calls)
+        parity = compare(model, load_runtime(partial, name), name, test, encoding, partial, latency_calls)
         if parity.accuracy_drop > max_accuracy_drop:
             parity.status = "refused"
             raise ExportRefused(
@@ -334,9 +341,7 @@ def export_checked(
         _remove(partial)
     meta = {
         "format": name,
-        "input": {"dtype": "float32", "layout": "NHWC", "range": [0, 255], "channels": "RGB"},
-        "image_size": pixels.size,
-        "resize": pixels.resize,
+        **encoding.meta(),
         "class_names": class_names,
         "parity": asdict(parity),
     }
@@ -350,17 +355,18 @@ def export_version(
     """Export `version` of `model_name` as `name`, checked on the version's own test split (its
     recorded data version, restored by DVC when the folder has changed since, split by its
     recorded params), and record the parity on the version (refused exports too)."""
+    from tasks import modality
     from tasks.data.datasets import load_folder
     from tasks.registry import reproduce, versions
 
     record = reproduce.recorded(model_name, version)
     served = versions.load_version(model_name, version)
     model, class_names = versions.champion_keras_model(served)
-    pixels = versions.pixels_of(served)
+    encoding = versions.encoding_of(served)
     scratch = root / ".transferops" / "reproduce" / f"export-{model_name}-v{version}"  # gc clears leftovers
     try:
         data_dir = reproduce.restore_data(record, root, scratch)
-        splits = load_folder(data_dir, record.params.split, record.params.validate.max_pixels)
+        splits = load_folder(data_dir, record.params.split, modality.from_params(record.params))
         if splits.class_names != class_names:
             raise UserError(
                 f"export: {model_name} v{version} knows classes {class_names}, but its data version "
@@ -371,7 +377,7 @@ def export_version(
             path, parity = export_checked(
                 model,
                 class_names,
-                pixels,
+                encoding,
                 splits.test,
                 splits.train,
                 name,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from tasks.core import progress
 from tasks.core.errors import UserError
-from tasks.data.images import is_ignored
+from tasks.core.files import is_ignored
 from tasks.registry import versions
 
 COLUMNS = ["path", "label", "confidence", "error"]

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks import modality
 from tasks.core.config import Params, registry_ref
 from tasks.core.errors import UserError
 from tasks.data import lineage, versioning
@@ -82,7 +83,10 @@ def restore_data(record: Recorded, root: Path, scratch: Path) -> Path:
     version, else a copy checked out by DVC (from the cache, or pulled from the remote)."""
     data_version = record.tags["data_version"]
     original = Path(record.tags.get("data_path", ""))
-    if original.is_dir() and lineage.dvc_dir_hash(scan(original)) == data_version:
+    if (
+        original.is_dir()
+        and lineage.dvc_dir_hash(scan(original, modality.from_params(record.params))) == data_version
+    ):
         return original
     scratch.mkdir(parents=True, exist_ok=True)
     try:

@@ -11,13 +11,12 @@ Output: one row per input row, in order, with `label`, `confidence`, one probabi
 per class, and `error`. Each row is decoded on its own: a row that is not an image gets its
 reason in `error` (and nulls elsewhere), and the other rows still get their labels. Only a
 request that has no `image` column or no rows fails as a whole, with one line and no stack
-trace. Preprocessing (tasks.data.images) and the class names travel inside the model.
+trace. Preprocessing (tasks.modality.images) and the class names travel inside the model.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,32 +29,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from tasks.data.images import ImageError, decode
+from tasks.modality.images import ImageError, row_reader
 
 KERAS_ARTIFACT = "keras_model"
 META_ARTIFACT = "meta"
-MAX_IMAGE_BYTES = 32 * 1024 * 1024  # per row, decoded
 BATCH = 64  # rows per forward pass: a request of any size runs in bounded memory
-
-
-def image_bytes(value: Any) -> bytes:
-    """Raw bytes, or base64 text of them, -> the image file's bytes. Raises ImageError."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-    elif isinstance(value, str):
-        if len(value) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-            raise ImageError(f"image is over {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
-        try:
-            data = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageError(
-                "not base64-encoded image bytes (the model takes image bytes, never file paths)"
-            ) from None
-    else:
-        raise ImageError(f"expected base64 text or bytes, got {type(value).__name__}")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ImageError(f"image is over {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
-    return data
 
 
 def files_frame(paths: list[str] | list[Path]) -> pd.DataFrame:
@@ -101,10 +79,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         # safe_mode (the default) refuses models that would run arbitrary code on load
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True)
         meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
+        self.meta: dict[str, Any] = meta  # how it reads input (`Encoding.meta`)
         self.class_names: list[str] = meta["class_names"]
-        self.image_size: int = meta["image_size"]
-        self.max_pixels: int = meta.get("max_pixels", 40_000_000)
-        self.resize: str = meta.get("resize", "squash")  # versions logged before policies: squash
+        self.read = row_reader(meta)  # one row's value -> model input (the modality's own)
         self.forward = forward_function(self.model)
         self.forward(np.zeros((1, *self.model.input_shape[1:]), "float32"))  # traced now, not on a request
         self._pool: ThreadPoolExecutor | None = None
@@ -125,7 +102,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     def _decode(self, value: Any) -> np.ndarray | str:
         """One row's image, or the reason it is not one."""
         try:
-            return decode(image_bytes(value), self.image_size, self.max_pixels, self.resize)
+            return self.read(value)
         except ImageError as exc:
             return str(exc)
 

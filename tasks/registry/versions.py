@@ -33,11 +33,11 @@ from tasks.registry.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame, p
 if TYPE_CHECKING:  # `transferops status` reads the registry without importing TensorFlow
     import keras
 
-    from tasks.data.stream import Pixels
+    from tasks.modality import Encoding
 
 TASKS_DIR = Path(__file__).parents[1]
 # What the served model imports: decoding and the pyfunc wrapper, nothing else of `tasks`.
-SERVING_MODULES = ("data/images.py", "registry/serving.py")
+SERVING_MODULES = ("modality/images.py", "registry/serving.py")
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -51,12 +51,10 @@ def _pins(*packages: str) -> list[str]:
 def log_classifier(
     model: keras.Model,
     class_names: list[str],
-    image_size: int,
+    encoding: Encoding,
     workdir: Path,
     example_image: Path,
     name: str = "model",
-    max_pixels: int = 40_000_000,
-    resize: str = "squash",
 ) -> mlflow.models.model.ModelInfo:
     """Log the classifier as a pyfunc (tasks.registry.serving.ImageClassifier) in the active run.
 
@@ -74,11 +72,7 @@ def log_classifier(
     if not np.allclose(reloaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-5):
         raise RuntimeError(f"{keras_path}: the saved classifier loads with other weights; not registered")
     meta_path = workdir / "meta.json"
-    meta_path.write_text(
-        json.dumps(
-            {"class_names": class_names, "image_size": image_size, "max_pixels": max_pixels, "resize": resize}
-        )
-    )
+    meta_path.write_text(json.dumps({"class_names": class_names, **encoding.meta()}))
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema(
@@ -238,7 +232,11 @@ def champion_version(name: str) -> str | None:
 
 # Versions registered before tasks/ had packages run `from tasks.serving import ...` at load
 # time; in this process `tasks` is this checkout's package, so those names point at the moves.
-_MOVED_SERVING_MODULES = {"tasks.serving": "tasks.registry.serving", "tasks.images": "tasks.data.images"}
+_MOVED_SERVING_MODULES = {
+    "tasks.serving": "tasks.registry.serving",
+    "tasks.images": "tasks.modality.images",
+    "tasks.data.images": "tasks.modality.images",
+}
 
 
 def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
@@ -273,12 +271,11 @@ def latest_version(name: str) -> str | None:
     return resolve(name)[1]
 
 
-def pixels_of(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> Pixels:
-    """How a served ImageClassifier decodes images (its size, resize policy, pixel limit)."""
-    from tasks.data.stream import Pixels
+def encoding_of(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> Encoding:
+    """How a served classifier reads its input (images: the size, resize policy, pixel limit)."""
+    from tasks import modality
 
-    inner = pyfunc_model.unwrap_python_model()
-    return Pixels(inner.image_size, inner.resize, inner.max_pixels)
+    return modality.from_meta(pyfunc_model.unwrap_python_model().meta)
 
 
 def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras.Model, list[str]]:
@@ -289,7 +286,7 @@ def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras
 
 def warm_start(
     model_name: str, class_names: list[str], version: str | None = None
-) -> tuple[keras.Model, list[np.ndarray], str, Pixels] | None:
+) -> tuple[keras.Model, list[np.ndarray], str, Encoding] | None:
     """(backbone, head weights, version, how it decodes images) of the champion (or of
     `version`) if it knows the same classes, else None."""
     found = version or champion_version(model_name)
@@ -302,7 +299,7 @@ def warm_start(
     if known_classes != class_names:
         return None
     head = single(classifier).get_layer("head").get_weights()
-    return backbone_of(classifier), head, found, pixels_of(served)
+    return backbone_of(classifier), head, found, encoding_of(served)
 
 
 def resolve(ref: str) -> tuple[str, str | None]:

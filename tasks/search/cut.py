@@ -21,7 +21,7 @@ import numpy as np
 
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 from tasks.models.backbones import weighted_layers
 from tasks.models.features import FEATURES_DIR, features, key
 from tasks.models.trainer import Trainer
@@ -60,7 +60,7 @@ def cut(backbone: keras.Model, n: int) -> Cut | None:
 
 
 def activations(
-    cuts: list[Cut], name: str, splits: tuple[Split, Split], pixels: Pixels, folder: Path
+    cuts: list[Cut], name: str, splits: tuple[Split, Split], encoding: Encoding, folder: Path
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Each cut's train and val activations (by depth), memory-mapped from `folder`: the
     deepest cut's from the images (one frozen pass of the backbone), each other one's from the
@@ -72,14 +72,14 @@ def activations(
             continue
         derived = []
         for split, what, i in zip(splits, ("train", "val"), (0, 1), strict=True):
-            path = folder / FEATURES_DIR / f"{key(f'{name}-cut-{where.depth}', split, pixels)}.npy"
+            path = folder / FEATURES_DIR / f"{key(f'{name}-cut-{where.depth}', split, encoding)}.npy"
             rows = None if below is None else _from_below(where, below, found[below.depth][i], path)
             if rows is None:
                 rows = features(
                     where.bottom,
                     f"{name}-cut-{where.depth}",
                     split,
-                    pixels,
+                    encoding,
                     folder,
                     f"{what} below top-{where.depth}",
                 )

@@ -150,7 +150,7 @@ def distil(
     if unlabelled is not None:
         train = joined(train, unlabelled)
     on_train = distill.targets(
-        teacher, train, architecture.pixels, f"ensemble on train ({len(train)} images)"
+        teacher, train, architecture.encoding, f"ensemble on train ({len(train)} images)"
     )
     on_val = distill.pack(val.y, teacher_val)
     backbone = keras.models.clone_model(architecture.model)
@@ -159,7 +159,7 @@ def distil(
         train_features = architecture.train_features
         if unlabelled is not None:  # memory-mapped from a file, whatever the number of images
             train_features = features.features(
-                backbone, architecture.name, train, architecture.pixels, Path(scratch), "student features"
+                backbone, architecture.name, train, architecture.encoding, Path(scratch), "student features"
             )
         return finetune.finetune(
             backbone,
@@ -167,7 +167,7 @@ def distil(
             val,
             num_classes,
             params,
-            architecture.pixels,
+            architecture.encoding,
             train_features=train_features,
             val_features=architecture.val_features,
             teacher=(on_train, on_val),

@@ -21,7 +21,7 @@ from keras_tuner.src.engine import tuner_utils
 
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 from tasks.models.backbones import build_head
 from tasks.models.features import row_batches
 from tasks.search.records import SearchBackbone, TrialRecord, say
@@ -123,11 +123,11 @@ class _BestInMemory(tuner_utils.SaveBestEpoch):
 EAGER_ROWS = 1024  # a split this small is predicted by calling the model: no predict function to trace
 
 
-def streamed_probabilities(model: keras.Model, pixels: Pixels, split: Split) -> np.ndarray:
+def streamed_probabilities(model: keras.Model, encoding: Encoding, split: Split) -> np.ndarray:
     """`model`'s probabilities on the images of `split`, streamed in batches of 64. A small
     split (a val split of a few hundred images) goes through the model called batch by batch:
     tracing Keras' predict function takes longer than the pass (0.3 s a model on 2 cores)."""
-    batches = split.batches(pixels, 64, labels=False)
+    batches = split.batches(encoding, 64, labels=False)
     if len(split) > EAGER_ROWS:
         return np.asarray(model.predict(batches, verbose=0))
     return np.concatenate(

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from tasks.core import progress
-from tasks.data.stream import Pixels
+from tasks.modality import Encoding
 
 
 @dataclass
@@ -50,7 +50,7 @@ class SearchBackbone:
 
     name: str
     model: keras.Model
-    pixels: Pixels
+    encoding: Encoding
     train_features: np.ndarray
     val_features: np.ndarray
     init_head: list[np.ndarray] | None = None

@@ -112,8 +112,8 @@ def fine_tune_rungs(
             configs[-1].cut = cut(trainer.backbone, values["unfreeze_layers"])
     if not configs:
         return []
-    stream = train.batches(backbone.pixels, finetune.batch_size, shuffle_seed=finetune.seed)
-    val_stream = val.batches(backbone.pixels, finetune.batch_size)
+    stream = train.batches(backbone.encoding, finetune.batch_size, shuffle_seed=finetune.seed)
+    val_stream = val.batches(backbone.encoding, finetune.batch_size)
     state = folder / "rungs.json"
     done = json.loads(state.read_text()) if state.is_file() else {}
     for config in configs:  # a killed search: back to where its last finished rung left it
@@ -142,7 +142,7 @@ def fine_tune_rungs(
             if config.cut is not None:
                 if not cached:  # every cut's, once, when the first of them trains
                     cuts = [c.cut for c in configs if c.cut is not None]
-                    cached = activations(cuts, backbone.name, (train, val), backbone.pixels, folder / "cut")
+                    cached = activations(cuts, backbone.name, (train, val), backbone.encoding, folder / "cut")
                 x, x_val = cached[config.cut.depth]
                 if config.trainer_on_cut is None:
                     config.trainer_on_cut = trainer_on_cut(

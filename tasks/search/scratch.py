@@ -72,8 +72,8 @@ def train_scratch(
     if events is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(events), write_graph=False))
     fitted = trainer.fit(
-        train.batches(architecture.pixels, finetune.batch_size, shuffle_seed=finetune.seed),
-        validation_data=val.batches(architecture.pixels, finetune.batch_size),
+        train.batches(architecture.encoding, finetune.batch_size, shuffle_seed=finetune.seed),
+        validation_data=val.batches(architecture.encoding, finetune.batch_size),
         epochs=params.scratch_epochs,
         callbacks=callbacks,
         shuffle=False,  # the stream reshuffles itself every epoch

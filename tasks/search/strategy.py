@@ -48,8 +48,8 @@ from tasks.core import progress, runner
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
-from tasks.models.backbones import PIXELS_URI, build_classifier, build_head, pixel_backbone
+from tasks.modality import Encoding
+from tasks.models.backbones import build_classifier, build_head
 from tasks.models.checkpoints import finished, resumed_epoch
 from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
@@ -77,7 +77,7 @@ class SearchResult:
     val_accuracy: float  # of `model`, measured again on the validation split
     ensemble: dict[str, Any] | None = None  # members, weights, val accuracy: when it was kept
     backbone: str = ""  # the name of the backbone `best` trained (scratch: the architecture's)
-    pixels: Pixels | None = None  # how `model` takes images
+    encoding: Encoding | None = None  # how `model` takes images
     resumed: list[str] | None = None  # what a killed run of this search left and this one kept
 
     def explanation(self) -> str:
@@ -139,16 +139,17 @@ def pixel_baseline(
     smallest: SearchBackbone, train: Split, val: Split, num_classes: int, finetune: FinetuneParams
 ) -> tuple[SearchBackbone, tuple[TrialRecord, keras.Model]] | None:
     """The raw-pixel baseline: a logistic regression on the images at 28 x 28 grey
-    (`backbones.pixel_backbone`), taking the smallest backbone's input; None when the training
+    (`Encoding.baseline`), taking the smallest backbone's input; None when the training
     split's pixels would not fit the logistic regression's memory budget."""
-    model = pixel_backbone(smallest.pixels.size)
+    model = smallest.encoding.baseline()
+    uri = smallest.encoding.baseline_uri
     if len(train) * model.output_shape[-1] * 8 > LOGISTIC_BYTES:
         return None
     x = [
-        features(model, PIXELS_URI, split, smallest.pixels, None, f"{what} pixels")
+        features(model, uri, split, smallest.encoding, None, f"{what} pixels")
         for split, what in ((train, "train"), (val, "val"))
     ]
-    backbone = SearchBackbone(PIXELS_URI, model, smallest.pixels, *x)
+    backbone = SearchBackbone(uri, model, smallest.encoding, *x)
     record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed, "pixels")
     return backbone, (record, _head_classifier(backbone, weights, num_classes, finetune))
 
@@ -160,7 +161,7 @@ def val_probabilities(
     raw-pixel baseline) from the backbone's cached val features (no forward pass of the
     backbone); any other trial's model over the streamed images."""
     if record.hyperparameters.get("strategy") not in ("head", "pixels"):
-        return streamed_probabilities(model, backbone.pixels, val)
+        return streamed_probabilities(model, backbone.encoding, val)
     return np.exp(head_log_probabilities(backbone.val_features, *model.get_layer("head").get_weights()))
 
 
@@ -236,7 +237,7 @@ def search(
             record.trial_id: probabilities[record.trial_id].argmax(axis=1) == val.y for record, _ in trials
         }
 
-    smallest = min(backbones, key=lambda b: b.pixels.size)
+    smallest = min(backbones, key=lambda b: b.encoding.cost)
 
     def scratch_job() -> scratch.ScratchJob:
         board = events / "search" / SCRATCH if events is not None else None
@@ -304,7 +305,7 @@ def search(
         records += [record for record, _ in bracketed]
         ranked += bracketed
         if found is not None:
-            by_name[PIXELS_URI] = found[0]
+            by_name[found[0].name] = found[0]
             records.append(found[1][0])
             ranked.append(found[1])
         if elsewhere is not None:
@@ -338,7 +339,7 @@ def search(
     if fused is not None:
         fused["members"] = [record.words() for record, _ in top]
         # an ensemble of k backbones (k passes an image) back to one; not into a pixel regression
-        several = backbone_passes(model) > 1 and backbone.name != PIXELS_URI
+        several = backbone_passes(model) > 1 and backbone.name != backbone.encoding.baseline_uri
         if params.distill_ensemble and several and not past(deadline):
             teacher_val = sum(
                 w * probabilities[r.trial_id] for w, (r, _) in zip(fused["weights"], top, strict=True)
@@ -349,7 +350,7 @@ def search(
             if student is not None:
                 model, val_accuracy = student, fused["distilled"]["val_accuracy"]
     return SearchResult(
-        model, best_record, records, val_accuracy, fused, backbone.name, backbone.pixels, resumed
+        model, best_record, records, val_accuracy, fused, backbone.name, backbone.encoding, resumed
     )
 
 
@@ -367,7 +368,7 @@ def distilled(
     `architecture` (the chosen trial's; `ensemble.distil`): the student when the ensemble does not
     really lead it on val, else None; and what happened (for `search.json`)."""
     student = distil(teacher, teacher_val, architecture, train, val, num_classes, finetune, unlabelled)
-    student_val = streamed_probabilities(student, architecture.pixels, val)
+    student_val = streamed_probabilities(student, architecture.encoding, val)
     kept = student_kept(teacher_val, student_val, val.y)
     record = {
         "architecture": architecture.name,

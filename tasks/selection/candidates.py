@@ -22,10 +22,10 @@ from tasks.core import runner
 from tasks.core.config import Candidate
 from tasks.data import lineage
 from tasks.data.datasets import Split
-from tasks.data.stream import Pixels
-from tasks.models import backbones
+from tasks.modality import Encoding, Modality
 from tasks.models import features as frozen
 from tasks.registry import versions
+from tasks.selection.families import candidate_lineage, candidate_name, load_candidate
 from tasks.selection.logme import logme
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class Selection:
 
     uri: str
     backbone: keras.Model
-    lineage: dict[str, str] = field(default_factory=dict)  # backbone_version, backbone_data_version
-    pixels: Pixels = field(default_factory=lambda: Pixels(224))  # how this backbone takes images
+    lineage: dict[str, str]  # backbone_version, backbone_data_version
+    encoding: Encoding  # how this backbone takes its input
     backbone_id: str = ""  # which backbone exactly: the key of its frozen features on disk
     scores: dict[str, float] = field(default_factory=dict)  # LogME per candidate; empty for a warm start
     samples: int = 0  # training images LogME was scored on
@@ -51,8 +51,8 @@ class Selection:
         chooses among)."""
         return {self.uri: self.backbone} | {r.uri: r.backbone for r in self.runners_up}
 
-    def pixels_by_uri(self) -> dict[str, Pixels]:
-        return {self.uri: self.pixels} | {r.uri: r.pixels for r in self.runners_up}
+    def encodings_by_uri(self) -> dict[str, Encoding]:
+        return {self.uri: self.encoding} | {r.uri: r.encoding for r in self.runners_up}
 
     def pick(self, uri: str) -> Selection:
         """This selection with the backbone `uri` (a runner-up the search preferred) as chosen."""
@@ -61,14 +61,14 @@ class Selection:
         # a warm start that lost the search: the version still records the champion it beat
         # (`warm_start_version`), which competed and which rebuilding it needs
         warm = {"warm_start_version": self.lineage["backbone_version"]} if self.init_head is not None else {}
-        if uri == backbones.PIXELS_URI:  # the raw-pixel baseline, at the smallest input size
-            size = min([self, *self.runners_up], key=lambda s: s.pixels.size).pixels
+        smallest = min([self, *self.runners_up], key=lambda s: s.encoding.cost).encoding
+        if uri == smallest.baseline_uri:  # the raw-input baseline, at the smallest input
             return replace(
                 self,
                 uri=uri,
-                backbone=backbones.pixel_backbone(size.size),
+                backbone=smallest.baseline(),
                 lineage={"backbone_version": "", "backbone_data_version": "", **warm},
-                pixels=size,
+                encoding=smallest,
                 backbone_id=uri,
                 init_head=None,
             )
@@ -78,27 +78,10 @@ class Selection:
             uri=uri,
             backbone=runner.backbone,
             lineage={**runner.lineage, **warm},
-            pixels=runner.pixels,
+            encoding=runner.encoding,
             backbone_id=runner.backbone_id,
             init_head=None,
         )
-
-
-def short_name(uri: str) -> str:
-    """registry:foo@bar -> foo@bar, keras:MobileNetV3Small -> MobileNetV3Small, file:/m/b.keras -> b.keras;
-    what a run name shows of where fine-tuning started."""
-    kind, _, ref = uri.partition(":")
-    if kind == "lite0":
-        return f"lite0-{ref}"
-    return ref.split(" ")[0] if kind == "registry" else Path(ref).name
-
-
-def candidate_name(candidate: Candidate) -> str:
-    """A metric-safe short name: registry:foo@bar -> foo_bar, registry:foo/3 -> foo_3,
-    file:/models/b.keras -> b.keras, keras:MobileNetV3Small -> MobileNetV3Small."""
-    kind, _, ref = candidate.uri.partition(":")
-    short = ref if kind == "registry" else f"lite0-{ref}" if kind == "lite0" else Path(ref).name
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in short)
 
 
 def sample_indices(n: int, max_samples: int, seed: int) -> np.ndarray:
@@ -127,7 +110,7 @@ class Scored:
     candidate: Candidate
     score: float
     dimension: int  # features per image
-    pixels: Pixels
+    encoding: Encoding
     backbone_id: str
     lineage: dict[str, str]
     model: keras.Model | None = None  # kept when scored in this process
@@ -138,23 +121,22 @@ def score_candidate(
     candidate: Candidate,
     sample: Split,
     seed: int,
-    resize: str,
-    max_pixels: int,
+    modality: Modality,
     root: Path | None,
     keep_model: bool = False,
 ) -> Scored:
     """LogME of one candidate on its frozen features of `sample` (kept under `root`)."""
     start = time.perf_counter()
     cache = backbones_cache(root)
-    model = backbones.load_candidate(candidate, seed, cache)
-    pixels = Pixels(backbones.input_size(model, candidate.uri), resize, max_pixels)
+    model = load_candidate(candidate, seed, cache)
+    encoding = modality.encoding_for(model, candidate.uri)
     found = backbone_id(candidate, seed)
-    features = frozen.features(model, found, sample, pixels, root, f"features {candidate_name(candidate)}")
+    features = frozen.features(model, found, sample, encoding, root, f"features {candidate_name(candidate)}")
     score = logme(np.asarray(features), sample.y)
     kept = model if keep_model else None
     provenance = candidate_lineage(candidate)
     seconds = time.perf_counter() - start
-    return Scored(candidate, score, features.shape[1], pixels, found, provenance, kept, seconds)
+    return Scored(candidate, score, features.shape[1], encoding, found, provenance, kept, seconds)
 
 
 COSTS = Path(".transferops") / "scoring-seconds.json"  # candidate -> seconds an image, last measured
@@ -204,9 +186,8 @@ def score_candidates(
     train: Split,
     max_samples: int,
     seed: int,
+    modality: Modality,
     top_k: int = 1,
-    resize: str = "squash",
-    max_pixels: int = 40_000_000,
     root: Path | None = None,
 ) -> Selection:
     """LogME of every candidate on frozen features of (a sample of) the training split, each
@@ -223,8 +204,7 @@ def score_candidates(
             score_candidate,
             sample=sample,
             seed=seed,
-            resize=resize,
-            max_pixels=max_pixels,
+            modality=modality,
             root=root,
             keep_model=on.in_process,
         ),
@@ -234,7 +214,11 @@ def score_candidates(
     remember_costs(scored, len(sample), root)
     for s in scored:
         log.info(
-            "LogME %s = %.4f (%d features at %d px)", s.candidate.uri, s.score, s.dimension, s.pixels.size
+            "LogME %s = %.4f (%d features at %s)",
+            s.candidate.uri,
+            s.score,
+            s.dimension,
+            s.encoding.describe(),
         )
     scores = {candidate_name(s.candidate): s.score for s in scored}
     ranked = sorted(scored, key=lambda s: s.score, reverse=True)  # stable: ties keep params' order
@@ -242,35 +226,14 @@ def score_candidates(
     kept = [
         Selection(
             s.candidate.uri,
-            s.model if s.model is not None else backbones.load_candidate(s.candidate, seed, cache),
+            s.model if s.model is not None else load_candidate(s.candidate, seed, cache),
             s.lineage,
-            s.pixels,
+            s.encoding,
             s.backbone_id,
         )
         for s in ranked[:top_k]
     ]
     return replace(kept[0], scores=scores, samples=len(sample), runners_up=kept[1:])
-
-
-def candidate_lineage(candidate: Candidate) -> dict[str, str]:
-    """Which backbone exactly: a registry candidate's version and the data it was trained on,
-    a file's sha256, a Keras Application's weights."""
-    kind, _, ref = candidate.uri.partition(":")
-    if kind == "registry":
-        name, version = versions.resolve(ref)
-        data_version = versions.version_tags(name, version).get("data_version", "") if version else ""
-        return {"backbone_version": version or "", "backbone_data_version": data_version}
-    if kind == "file":
-        return {"backbone_version": lineage.file_sha256(Path(ref)), "backbone_data_version": ""}
-    if kind == "lite0":
-        from tasks.models import lite0
-
-        weights = lite0.checkpoint_path()
-        return {
-            "backbone_version": f"sha256={lineage.file_sha256(weights)[:16]}",
-            "backbone_data_version": "imagenet",
-        }
-    return {"backbone_version": f"weights={candidate.weights or 'none'}", "backbone_data_version": ""}
 
 
 def registry_state(
@@ -291,13 +254,13 @@ def champion_start(model_name: str, class_names: list[str], version: str | None 
     warm = versions.warm_start(model_name, class_names, version)
     if warm is None:
         return None
-    backbone, head, found, pixels = warm
+    backbone, head, found, encoding = warm
     data_version = versions.version_tags(model_name, found).get("data_version", "")
     return Selection(
         f"registry:{model_name}/{found}" if version else f"registry:{model_name}@champion (v{found})",
         backbone,
         {"backbone_version": found, "backbone_data_version": data_version, "warm_start_version": found},
-        pixels,
+        encoding,
         lineage.digest([model_name, found, "warm start"]),
         init_head=head,
     )
@@ -309,11 +272,10 @@ def select(
     class_names: list[str],
     max_samples: int,
     seed: int,
+    modality: Modality,
     warm_start_from: str | None = None,
     warm_start_version: str | None = None,
     top_k: int = 1,
-    resize: str = "squash",
-    max_pixels: int = 40_000_000,
     root: Path | None = None,
     compete: bool = False,
 ) -> Selection:
@@ -327,8 +289,8 @@ def select(
         if start is not None and not compete:
             return start
         if start is not None:
-            fresh = score_candidates(candidates, train, max_samples, seed, top_k, resize, max_pixels, root)
+            fresh = score_candidates(candidates, train, max_samples, seed, modality, top_k, root)
             runners = [replace(fresh, runners_up=[], scores={}), *fresh.runners_up]
             return replace(start, scores=fresh.scores, samples=fresh.samples, runners_up=runners)
         log.info("no champion of %s with classes %s: scoring candidates", warm_start_from, class_names)
-    return score_candidates(candidates, train, max_samples, seed, top_k, resize, max_pixels, root)
+    return score_candidates(candidates, train, max_samples, seed, modality, top_k, root)

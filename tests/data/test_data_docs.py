@@ -14,6 +14,7 @@ from conftest import make_image_folder
 from tasks.core.config import ValidateParams
 from tasks.data import data_docs
 from tasks.data.validate import validate_folder
+from tasks.modality.pixels import Images
 
 REMOTE = r"[\"'](?:https?:)?//"
 REMOTE_ASSET = re.compile(
@@ -38,7 +39,7 @@ def docs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data_docs")
     images = make_image_folder(root / "images", ["ant", "bee"], per_class=6)
     (images / "ant" / "broken.png").write_bytes(b"not a png")
-    validated = validate_folder(images, ValidateParams(), root / "docs")
+    validated = validate_folder(images, ValidateParams(), root / "docs", Images())
     assert not validated.report.success
     return root / "docs"
 

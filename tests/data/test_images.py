@@ -3,7 +3,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from tasks.data.images import decode, is_ignored, to_rgb
+from tasks.core.files import is_ignored
+from tasks.modality.images import decode, to_rgb
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -2,10 +2,11 @@ import numpy as np
 from PIL import Image
 
 from tasks.data.ingest import class_folders, scan, usable
+from tasks.modality.pixels import Images
 
 
 def test_manifest_has_one_row_per_file_with_hashes(image_folder):
-    manifest = scan(image_folder)
+    manifest = scan(image_folder, Images())
     assert len(manifest) == 36
     assert manifest["decodable"].all()
     assert set(manifest["label"]) == {"ant", "bee", "cat"}
@@ -21,7 +22,7 @@ def test_bad_files_are_recorded_with_a_reason(image_folder):
     (image_folder / "bee" / "truncated.png").write_bytes(good[: len(good) // 2])
     (image_folder / ".DS_Store").write_bytes(b"\0\0")
     (image_folder / "stray.png").write_bytes(good)
-    manifest = scan(image_folder).set_index("path")
+    manifest = scan(image_folder, Images()).set_index("path")
 
     assert manifest.loc["ant/empty.png", "error"] == "empty file (0 bytes)"
     assert manifest.loc["ant/notes.png", "error"] == "not an image PIL can identify"
@@ -35,7 +36,7 @@ def test_bad_files_are_recorded_with_a_reason(image_folder):
 def test_decompression_bombs_are_refused_before_decoding(tmp_path):
     (tmp_path / "big").mkdir()
     Image.fromarray(np.zeros((300, 300), dtype=np.uint8)).save(tmp_path / "big" / "a.png")
-    row = scan(tmp_path, max_pixels=10_000).iloc[0]
+    row = scan(tmp_path, Images(max_pixels=10_000)).iloc[0]
     assert not row["decodable"]
     assert "exceeds validate.max_pixels" in row["error"]
 

@@ -5,6 +5,7 @@ import yaml
 
 from tasks.data.ingest import scan
 from tasks.data.lineage import data_lineage, dvc_dir_hash, git_commit
+from tasks.modality.pixels import Images
 
 
 def test_data_version_is_dvc_s_own_directory_hash(image_folder):
@@ -15,18 +16,18 @@ def test_data_version_is_dvc_s_own_directory_hash(image_folder):
     subprocess.run([sys.executable, "-m", "dvc", "add", "-q", image_folder.name], cwd=root, check=True)
     recorded = yaml.safe_load((root / "images.dvc").read_text())["outs"][0]["md5"]
 
-    manifest = scan(image_folder)
+    manifest = scan(image_folder, Images())
     assert dvc_dir_hash(manifest) == recorded
     assert data_lineage(image_folder, manifest)["data_dvc_state"] == "tracked"
 
     (image_folder / "ant" / "ant_0_000.png").unlink()
-    changed = scan(image_folder)
+    changed = scan(image_folder, Images())
     assert dvc_dir_hash(changed) != recorded
     assert data_lineage(image_folder, changed)["data_dvc_state"] == "modified since dvc add"
 
 
 def test_untracked_folder_still_gets_a_version(image_folder):
-    lineage = data_lineage(image_folder, scan(image_folder))
+    lineage = data_lineage(image_folder, scan(image_folder, Images()))
     assert lineage["data_dvc_state"] == "untracked"
     assert lineage["data_version"].endswith(".dir")
 

@@ -8,6 +8,7 @@ from tasks.data.datasets import load_folder
 
 from tasks.data.ingest import scan
 from tasks.data.split import assign_splits, hash_fraction, split_counts
+from tasks.modality.pixels import Images
 
 
 def frame(n_per_class: int, classes=("a", "b"), offset=0) -> pd.DataFrame:
@@ -38,7 +39,7 @@ def test_identical_images_share_a_split(image_folder):
 
     for i in range(12):
         shutil.copy(image_folder / "ant" / f"ant_0_{i:03d}.png", image_folder / "ant" / f"copy{i}.png")
-    table = assign_splits(scan(image_folder), 0.2, 0.2, "s")
+    table = assign_splits(scan(image_folder, Images()), 0.2, 0.2, "s")
     assert (table.groupby("sha256")["split"].nunique() == 1).all()
 
 
@@ -60,4 +61,4 @@ def test_a_small_class_still_gets_val_and_test_images():
 def test_a_split_without_validation_or_test_images_is_refused(tmp_path):
     make_image_folder(tmp_path, ["cat", "dog"], per_class=1)  # two images: nothing left to hold out
     with pytest.raises(UserError, match=r"2 usable images leave no (train|val|test)"):
-        load_folder(tmp_path, SplitParams(), 40_000_000)
+        load_folder(tmp_path, SplitParams(), Images(max_pixels=40_000_000))

@@ -15,8 +15,9 @@ from PIL import Image
 
 from tasks.core.config import SplitParams
 from tasks.data.datasets import load_folder
-from tasks.data.images import decode, fit
-from tasks.data.stream import Pixels, batches, decode_files
+from tasks.modality.images import decode, fit
+from tasks.modality.pixels import Pixels
+from tasks.modality.pixels import Images
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,16 +35,16 @@ def test_the_stream_decodes_exactly_as_decode_does(tmp_path):
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*"))
     for resize in ("squash", "crop", "pad"):
         pixels = Pixels(24, resize)
-        streamed = np.concatenate(list(batches(folder, files, pixels, 4).as_numpy_iterator()))
+        streamed = np.concatenate(list(pixels.batches(folder, files, 4).as_numpy_iterator()))
         expected = np.stack([decode((folder / f).read_bytes(), 24, resize=resize) for f in files])
         assert streamed.dtype == np.uint8 and streamed.shape == (len(files), 24, 24, 3)
         np.testing.assert_array_equal(streamed, expected)
-        np.testing.assert_array_equal(decode_files(folder, files, pixels), expected)
+        np.testing.assert_array_equal(pixels.examples(folder, files), expected)
 
 
 def test_labels_follow_their_images_and_a_seed_reshuffles_the_same_way(tmp_path):
     folder = make_image_folder(tmp_path / "raw", ["a", "b", "c"], per_class=5, size=8)
-    data = load_folder(folder, SplitParams(val_fraction=0.2, test_fraction=0.2), 40_000_000)
+    data = load_folder(folder, SplitParams(val_fraction=0.2, test_fraction=0.2), Images(max_pixels=40_000_000))
     train, pixels = data.train, Pixels(8)
     one = [(x, y) for x, y in train.batches(pixels, 3, shuffle_seed=7).as_numpy_iterator()]
     two = [(x, y) for x, y in train.batches(pixels, 3, shuffle_seed=7).as_numpy_iterator()]
@@ -54,7 +55,7 @@ def test_labels_follow_their_images_and_a_seed_reshuffles_the_same_way(tmp_path)
     assert sorted(order.tolist()) == sorted(train.y.tolist())
     images = np.concatenate([x for x, _ in one])
     for image, label in zip(images, order, strict=True):  # each image came with its own label
-        matches = [i for i in range(len(train)) if np.array_equal(train.subset([i]).images(pixels)[0], image)]
+        matches = [i for i in range(len(train)) if np.array_equal(train.subset([i]).examples(pixels)[0], image)]
         assert train.y[matches[0]] == label
 
 
@@ -64,7 +65,7 @@ def test_the_stream_never_reads_outside_the_data_root(tmp_path):
     Image.new("RGB", (8, 8)).save(outside)
     os.symlink(outside, folder / "a" / "link.png")
     with pytest.raises(Exception, match="outside|not a regular file|symlink|link"):
-        list(batches(folder, ["a/link.png"], Pixels(8), 1).as_numpy_iterator())
+        list(Pixels(8).batches(folder, ["a/link.png"], 1).as_numpy_iterator())
 
 
 def test_resize_policies_keep_what_they_say():
@@ -112,11 +113,11 @@ def test_streaming_memory_does_not_grow_with_the_number_of_files(tmp_path):
     code = (
         "import resource, sys\n"
         "from pathlib import Path\n"
-        "from tasks.data.stream import Pixels, batches\n"
+        "from tasks.modality.pixels import Pixels\n"
         "folder = Path(sys.argv[1])\n"
         "files = sorted(str(p.relative_to(folder)) for p in folder.rglob('*.png'))\n"
         "def peak(n):\n"
-        "    stream = batches(folder, files[:n] * 4, Pixels(64), 32, shuffle_seed=0, cache_bytes=16 * 2**20)\n"
+        "    stream = Pixels(64).batches(folder, files[:n] * 4, 32, shuffle_seed=0, cache_bytes=16 * 2**20)\n"
         "    for _ in range(2):\n"
         "        for _ in stream.as_numpy_iterator():\n"
         "            pass\n"
@@ -143,8 +144,8 @@ def test_no_pipeline_of_ours_runs_the_tf_data_autotuner(tmp_path):
     folder = make_image_folder(tmp_path / "raw", ["a", "b"], per_class=3, size=8)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*"))
     built = [
-        batches(folder, files, Pixels(8), 2),
-        batches(folder, files, Pixels(8), 2, labels=np.zeros(len(files)), shuffle_seed=1),
+        Pixels(8).batches(folder, files, 2),
+        Pixels(8).batches(folder, files, 2, labels=np.zeros(len(files)), shuffle_seed=1),
         row_batches(np.zeros((6, 4), "float32"), np.zeros(6), 2, seed=None),
         row_batches(np.zeros((6, 4), "float32"), np.zeros(6), 2, seed=3),
     ]

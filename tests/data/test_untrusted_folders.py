@@ -12,8 +12,10 @@ import pytest
 from tasks.core.config import SplitParams, ValidateParams
 from tasks.data.datasets import load_folder
 from tasks.data import ingest
-from tasks.data.ingest import UnsafePathError, read_inside, scan
+from tasks.core.files import UnsafePathError, read_inside
+from tasks.data.ingest import scan
 from tasks.data.validate import validate_folder
+from tasks.modality.pixels import Images
 
 HOSTILE_FILE = "<svg onload=alert(1)>.png"
 HOSTILE_CLASS = '"><img src=x onerror=alert(2)>'
@@ -40,7 +42,7 @@ def hostile_folder(image_folder: Path, tmp_path: Path) -> Path:
 
 
 def test_nothing_outside_the_folder_is_read_and_each_entry_is_named(hostile_folder, tmp_path):
-    data = validate_folder(hostile_folder, ValidateParams(), tmp_path / "docs")
+    data = validate_folder(hostile_folder, ValidateParams(), tmp_path / "docs", Images())
     manifest = data.manifest.set_index("path")
     for rel in ("ant/link-out.png", "cat/passwd.png", "linked-class", "cat/dangling.png", "cat/pipe.png"):
         assert pd.isna(manifest.loc[rel, "sha256"]), rel  # never read, never hashed
@@ -62,7 +64,7 @@ def test_nothing_outside_the_folder_is_read_and_each_entry_is_named(hostile_fold
 
 
 def test_data_docs_never_carry_a_raw_name(hostile_folder, tmp_path):
-    data = validate_folder(hostile_folder, ValidateParams(), tmp_path / "docs")
+    data = validate_folder(hostile_folder, ValidateParams(), tmp_path / "docs", Images())
     assert not data.report.success
     pages = [p for p in (tmp_path / "docs").rglob("*") if p.is_file()]
     assert any(p.suffix == ".html" for p in pages)
@@ -87,14 +89,14 @@ def test_only_images_inside_the_folder_are_trained_on(image_folder, tmp_path):
     outside.mkdir()
     shutil.copy(image_folder / "ant" / "ant_0_000.png", outside / "x.png")
     os.symlink(outside / "x.png", image_folder / "ant" / "x.png")
-    data = load_folder(image_folder, SplitParams(), 40_000_000)
+    data = load_folder(image_folder, SplitParams(), Images(max_pixels=40_000_000))
     used = data.train.paths + data.val.paths + data.test.paths
     assert len(used) == 36 and not any(p.endswith("ant/x.png") for p in used)
 
 
 def test_a_hidden_pipe_is_skipped_like_any_hidden_file(image_folder):
     os.mkfifo(image_folder / ".pipe")
-    row = scan(image_folder).set_index("path").loc[".pipe"]
+    row = scan(image_folder, Images()).set_index("path").loc[".pipe"]
     assert row["ignored"] and pd.isna(row["error"])
 
 
@@ -102,10 +104,10 @@ def test_hidden_and_system_folders_are_skipped_and_recorded_not_classes(image_fo
     for folder in (".ipynb_checkpoints", "ant/.git/objects", "__MACOSX/ant"):
         (image_folder / folder).mkdir(parents=True)
         shutil.copy(image_folder / "ant" / "ant_0_000.png", image_folder / folder / "copy.png")
-    manifest = scan(image_folder)
+    manifest = scan(image_folder, Images())
     ignored = manifest.loc[manifest["ignored"], "path"].tolist()
     assert {".ipynb_checkpoints/", "ant/.git/", "__MACOSX/"} <= set(ignored)
     assert not manifest["path"].str.endswith("copy.png").any()  # nothing inside them is read
-    data = validate_folder(image_folder, ValidateParams(), tmp_path / "docs")
+    data = validate_folder(image_folder, ValidateParams(), tmp_path / "docs", Images())
     assert data.report.success and sorted(ingest.usable(data.manifest)["label"].unique()) == ["ant", "bee", "cat"]
     assert {".ipynb_checkpoints/", "ant/.git/", "__MACOSX/"} <= set(data.report.ignored)

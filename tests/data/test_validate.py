@@ -5,10 +5,13 @@ import pytest
 from tasks.core.config import ValidateParams
 from tasks.data.ingest import class_folders, scan
 from tasks.data.validate import MAX_LISTED, validate_manifest
+from tasks.modality.pixels import Images
 
 
 def run(folder, tmp_path, **params):
-    return validate_manifest(scan(folder), class_folders(folder), ValidateParams(**params), tmp_path / "docs")
+    checks = ValidateParams(**params)
+    images = Images(max_pixels=checks.max_pixels, min_side=checks.min_side, formats=checks.formats)
+    return validate_manifest(scan(folder, images), class_folders(folder), checks, tmp_path / "docs", images)
 
 
 def test_clean_folder_passes_and_writes_data_docs(image_folder, tmp_path):

@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.cli import main
 from tasks.data.ingest import scan
 from tasks.data.lineage import dvc_dir_hash
+from tasks.modality.pixels import Images
 from tasks.registry.serving import files_frame
 from tasks.registry.versions import load_pyfunc
 
@@ -88,7 +89,7 @@ def test_train_registers_a_champion_with_lineage(project):
     assert str(version.version) == "1" == summary["registered"]["version"]
     assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
 
-    manifest = scan(root / "data" / "raw")
+    manifest = scan(root / "data" / "raw", Images())
     assert version.tags["data_version"] == dvc_dir_hash(manifest) == summary["data_version"]
     assert version.tags["data_dvc_state"] == "untracked"
     assert version.tags["git_commit"] == "unknown"  # the temp project is not a git repo
@@ -240,8 +241,8 @@ def test_the_logged_model_carries_only_what_serving_needs(project):
     code = sorted(str(p.relative_to(package)) for p in package.rglob("*.py"))
     assert code == [
         "__init__.py",
-        "data/__init__.py",
-        "data/images.py",
+        "modality/__init__.py",
+        "modality/images.py",
         "registry/__init__.py",
         "registry/serving.py",
     ]
@@ -331,7 +332,7 @@ def test_retrain_skips_unchanged_data_then_warm_starts_on_new_data(project):
     assert finetune_stage.data.metrics["epochs.finetune"] == 1
     assert str(new.version) == "2"
     assert new.tags["backbone"].startswith("registry:transferops-classifier@champion")
-    assert new.tags["data_version"] == dvc_dir_hash(scan(root / "data" / "raw"))
+    assert new.tags["data_version"] == dvc_dir_hash(scan(root / "data" / "raw", Images()))
     # the gate compared both on the same test set; the champion alias follows its decision
     summary = json.loads((root / "reports" / "retrain.json").read_text())
     champion_before = summary["champion_before"]
@@ -636,7 +637,11 @@ def test_distill_trains_a_student_on_a_versions_soft_targets_and_gates_it(projec
     assert int(version.version) == teacher + 1 and summary["backbone"] == student
     assert version.tags["distilled_from"] == f"{MODEL}/{teacher}"
     transfer = json.loads(version.tags["distill_transfer_set"])
-    assert transfer == {"folder": str(photos), "images": 22, "digest": unlabelled(photos, 10**8).digest()}
+    assert transfer == {
+        "folder": str(photos),
+        "images": 22,
+        "digest": unlabelled(photos, Images(max_pixels=10**8)).digest(),
+    }
     recorded = json.loads(version.tags["params"])
     assert recorded["finetune"]["distill_from"] == f"{MODEL}/{teacher}"
     assert recorded["finetune"]["distill_unlabelled"] == str(photos)

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import UNLABELLED
-from tasks.data.stream import Pixels
+from tasks.modality.pixels import Pixels
 from tasks.models import distill
 from tasks.models.finetune import train_head
 
@@ -61,7 +61,7 @@ def test_targets_are_the_labels_and_the_teachers_log_probabilities(on_disk):
     packed = distill.targets(teacher, split, Pixels(8), "teacher")
     assert packed.shape == (20, 4)
     assert np.array_equal(packed[:, 0], split.y)
-    expected = teacher.predict(split.images(Pixels(8)).astype("float32"), verbose=0)
+    expected = teacher.predict(split.examples(Pixels(8)).astype("float32"), verbose=0)
     assert np.allclose(np.exp(packed[:, 1:]), expected, atol=1e-5)
 
 
@@ -138,7 +138,7 @@ def test_phase_two_learns_the_soft_targets_too(on_disk):
     result = finetune(build_backbone(16, width=4), train, val, 3, params, pixels, teacher=packed)
     curve = result.history["finetune"]
     assert set(curve) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    predicted = result.model.predict(val.images(pixels).astype("float32"), verbose=0)
+    predicted = result.model.predict(val.examples(pixels).astype("float32"), verbose=0)
     own = float(
         distill.loss(2.0, 0.7)(keras.ops.convert_to_tensor(packed[1]), keras.ops.convert_to_tensor(predicted))
     )

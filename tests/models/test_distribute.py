@@ -9,8 +9,8 @@ from conftest import pattern_image
 
 from tasks.core.config import ConfigError, FinetuneParams, load_params
 from tasks.core.errors import UserError
-from tasks.data.stream import Pixels
 from tasks.evaluation import evaluate
+from tasks.modality.pixels import Pixels
 from tasks.models import distribute
 from tasks.models.backbones import build_backbone, build_classifier, build_head
 from tasks.models.finetune import finetune
@@ -43,7 +43,7 @@ def trained(splits, tmp_path, kind: str):
     result = finetune(
         build_backbone(16, width=4, seed=3), train, val, 3, params, PIXELS, checkpoints=tmp_path / kind
     )
-    probabilities = result.model.predict(test.images(PIXELS).astype("float32"), verbose=0)
+    probabilities = result.model.predict(test.examples(PIXELS).astype("float32"), verbose=0)
     return result, evaluate.metrics(test.y, probabilities)["accuracy"]
 
 

@@ -7,18 +7,17 @@ import pytest
 from conftest import pattern_image
 
 from tasks.core.config import Candidate, FinetuneParams
-from tasks.data.stream import Pixels
 from tasks.evaluation import evaluate
+from tasks.modality.pixels import Pixels, input_size
 from tasks.models.backbones import (
     backbone_of,
     build_backbone,
     build_classifier,
     build_head,
-    input_size,
     keras_application,
-    load_candidate,
 )
 from tasks.models.finetune import finetune, train_from_scratch, unfreeze_top
+from tasks.selection.families import load_candidate
 
 PIXELS = Pixels(32)
 

@@ -18,7 +18,7 @@ from PIL import Image
 from tasks.core.config import SplitParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import load_folder
-from tasks.data.stream import Pixels
+from tasks.modality.pixels import Images, Pixels
 from tasks.models.backbones import build_backbone, build_classifier, build_head
 from tasks.registry import export
 
@@ -30,7 +30,9 @@ PIXELS = Pixels(SIZE)
 def trained(tmp_path_factory):
     """(classifier, class names, splits): the project's small CNN fitted to learnable images."""
     folder = make_image_folder(tmp_path_factory.mktemp("export") / "images", ["ant", "bee", "cat"], 30)
-    splits = load_folder(folder, SplitParams(val_fraction=0.2, test_fraction=0.3), 1_000_000)
+    splits = load_folder(
+        folder, SplitParams(val_fraction=0.2, test_fraction=0.3), Images(max_pixels=1_000_000)
+    )
     keras.utils.set_random_seed(0)
     _, dense = build_head(16, 3, 0.0)
     model = build_classifier(build_backbone(SIZE, width=4), dense, 0.0)
@@ -91,7 +93,7 @@ def fragile_under_int8() -> keras.Model:
 
 
 def test_an_export_that_loses_accuracy_is_refused_and_leaves_nothing(tmp_path):
-    splits = load_folder(brightness_folder(tmp_path / "images"), SplitParams(), 1_000_000)
+    splits = load_folder(brightness_folder(tmp_path / "images"), SplitParams(), Images(max_pixels=1_000_000))
     model = fragile_under_int8()
     out = tmp_path / "out"
     with pytest.raises(export.ExportRefused) as refused:

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from tasks.core.config import RegisterParams
-from tasks.data.images import ImageError
 from tasks.evaluation.evaluate import report
+from tasks.modality.images import ImageError, image_bytes
 from tasks.promotion.promote import ChampionScores, Evaluation, class_columns, decide
-from tasks.registry.serving import image_bytes, predictions_frame
+from tasks.registry.serving import predictions_frame
 
 
 def evaluation(predicted: list[int], champion: ChampionScores) -> Evaluation:

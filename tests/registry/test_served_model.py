@@ -24,6 +24,7 @@ from conftest import clear_mlflow_env, free_port, make_image_folder, wait_until_
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from tasks.modality.pixels import Pixels
 from tasks.models.backbones import build_backbone, build_classifier, build_head
 from tasks.registry import versions
 from tasks.registry.serving import files_frame
@@ -51,7 +52,9 @@ def logged_model(tmp_path_factory) -> tuple[str, Path]:
         model = build_classifier(backbone, dense, 0.0)
         example = next((images / "ant").iterdir())
         with mlflow.start_run():
-            info = versions.log_classifier(model, CLASSES, 16, tmp / "work", example, max_pixels=100_000)
+            info = versions.log_classifier(
+                model, CLASSES, Pixels(16, max_pixels=100_000), tmp / "work", example
+            )
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp / "model"))
     return local, images
 
@@ -110,7 +113,7 @@ def test_in_process_callers_opt_in_to_files(pyfunc, logged_model):
 def test_served_probabilities_are_the_keras_models_in_batches_of_any_size(pyfunc, logged_model):
     """The traced forward pass gives what `model.predict` gives, one row or more rows than
     one forward batch (serving.BATCH), in order."""
-    from tasks.data.images import decode
+    from tasks.modality.images import decode
     from tasks.registry.serving import BATCH
 
     files = sorted(logged_model[1].rglob("*.png"))[: BATCH + 7]
@@ -140,8 +143,8 @@ def test_the_model_carries_no_more_code_than_serving(logged_model):
     code = sorted(str(p.relative_to(package)) for p in package.rglob("*.py"))
     assert code == [
         "__init__.py",
-        "data/__init__.py",
-        "data/images.py",
+        "modality/__init__.py",
+        "modality/images.py",
         "registry/__init__.py",
         "registry/serving.py",
     ]

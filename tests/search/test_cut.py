@@ -59,7 +59,7 @@ def test_a_trial_on_the_cut_trains_the_kept_classifier_and_nothing_below(tmp_pat
         for a, b in zip(old, new, strict=True):
             np.testing.assert_array_equal(a, b)
     # the kept classifier, on images, is the trained trial on the activations
-    on_images = full.classifier.predict(val.images(PIXELS).astype("float32"), verbose=0)
+    on_images = full.classifier.predict(val.examples(PIXELS).astype("float32"), verbose=0)
     np.testing.assert_allclose(small.classifier.predict(np.asarray(x_val), verbose=0), on_images, atol=1e-5)
 
 
@@ -87,6 +87,6 @@ def test_a_shallower_cut_is_computed_from_the_deeper_one(tmp_path, on_disk, monk
     found = cut.activations(cuts, "b", (train, val), PIXELS, tmp_path)
     assert sorted(found) == [2, 4] and passes == ["b-cut-4", "b-cut-4"]  # train and val, once each
     for split, rows in zip((train, val), found[2], strict=True):
-        direct = cuts[0].bottom.predict(split.images(PIXELS).astype("float32"), verbose=0)
+        direct = cuts[0].bottom.predict(split.examples(PIXELS).astype("float32"), verbose=0)
         np.testing.assert_allclose(rows, direct, rtol=1e-4, atol=1e-4)
     assert len(list((tmp_path / ".transferops" / "features").glob("*.npy"))) == 4  # both kept on disk

@@ -14,9 +14,10 @@ from conftest import pattern_image
 from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import unlabelled
-from tasks.data.stream import Pixels
+from tasks.modality.pixels import BASELINE_URI as PIXELS_URI
+from tasks.modality.pixels import Images, Pixels
 from tasks.models import features, finetune
-from tasks.models.backbones import PIXELS_URI, build_backbone
+from tasks.models.backbones import build_backbone
 from tasks.models.trainer import augmentation, build_trainer
 from tasks.search import ensemble, heads, records, rungs, scratch, strategy
 
@@ -188,7 +189,7 @@ def test_the_raw_pixel_baseline_is_a_servable_logistic_regression(tmp_path, on_d
     found = strategy.search([chosen], train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
     (record,) = found.trials
     assert record.hyperparameters == {"backbone": PIXELS_URI, "strategy": "pixels", "solver": "logistic"}
-    assert found.backbone == PIXELS_URI and found.pixels == PIXELS and record.score > 0.9  # bars: easy
+    assert found.backbone == PIXELS_URI and found.encoding == PIXELS and record.score > 0.9  # bars: easy
     found.model.save(tmp_path / "pixels.keras")
     served = keras.models.load_model(tmp_path / "pixels.keras")
     assert served.input_shape == (None, 32, 32, 3)
@@ -264,7 +265,7 @@ def test_an_ensemble_of_two_backbones_is_distilled_into_one(on_disk):
     for got, want in zip(chosen.model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, want)
     # with a transfer set of unlabelled images, which the ensemble labels too
-    transfer = unlabelled(on_disk(*images(40, seed=4)).root, 10**8)
+    transfer = unlabelled(on_disk(*images(40, seed=4)).root, Images(max_pixels=10**8))
     taught, with_transfer = strategy.distilled(teacher, teacher_val, chosen, train, val, 3, params, transfer)
     assert record["unlabelled_images"] == 0 and with_transfer["unlabelled_images"] == 40
     assert taught is not None and with_transfer["kept"] and with_transfer["val_accuracy"] >= 0.9

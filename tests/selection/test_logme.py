@@ -48,7 +48,7 @@ def test_scores_are_deterministic_and_shape_checked():
 
 def test_candidate_names_are_metric_safe_and_tell_versions_apart():
     from tasks.core.config import Candidate
-    from tasks.selection.candidates import candidate_name
+    from tasks.selection.families import candidate_name
 
     assert (
         candidate_name(Candidate(uri="registry:transferops-backbone@pretrained"))

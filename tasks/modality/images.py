@@ -9,15 +9,16 @@ the square by the resize policy (`fit`). A JPEG much larger than the target is d
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import warnings
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-# Files that operating systems drop into folders; recorded in the manifest and skipped.
-SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 # How an image of another shape becomes a square: stretched (squash), its centre square
 # (crop), or the whole image with black borders (pad).
 RESIZE_POLICIES = ("squash", "crop", "pad")
@@ -25,26 +26,6 @@ RESIZE_POLICIES = ("squash", "crop", "pad")
 
 class ImageError(ValueError):
     """Bytes that are not an image this project can use; the message says why."""
-
-
-def printable(name: str) -> str:
-    """A file or class name safe to print in a terminal or a log line: control characters
-    (newlines, ANSI escapes) and bytes that are not UTF-8 become backslash escapes."""
-    out = []
-    for char in name:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char.isprintable():
-            out.append(char)
-        else:
-            out.append(char.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
-
-
-def is_ignored(path: Path) -> bool:
-    """Hidden and OS bookkeeping files are not images of the dataset."""
-    return path.name.startswith(".") or path.name.lower() in SYSTEM_FILES
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -100,3 +81,75 @@ def decode(data: bytes, size: int, max_pixels: int = 40_000_000, resize: str = "
         raise ImageError(f"decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError) as exc:
         raise ImageError(f"cannot decode: {exc}") from None
+
+
+def inspect(data: bytes, max_pixels: int) -> dict[str, object]:
+    """One file's bytes -> its format, mode, size and frames, `decodable`, and `error` when it is
+    not an image this project can use (fully decoded once: a truncated file fails here)."""
+    out: dict[str, object] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                out.update(
+                    format=image.format,
+                    mode=image.mode,
+                    width=image.width,
+                    height=image.height,
+                    n_frames=getattr(image, "n_frames", 1),
+                )
+                if image.width * image.height > max_pixels:
+                    out["error"] = (
+                        f"{image.width}x{image.height} pixels exceeds validate.max_pixels="
+                        f"{max_pixels} (possible decompression bomb)"
+                    )
+                    return out
+                if image.format == "JPEG":
+                    # libjpeg still reads and entropy-decodes every block (a truncated or corrupt
+                    # file fails the same way); only the inverse DCT runs at 1/8 scale
+                    image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+        out["decodable"] = True
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        out["error"] = f"decompression bomb: {exc}"
+    except Image.UnidentifiedImageError:
+        out["error"] = "not an image PIL can identify"
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated/corrupt data
+        out["error"] = f"cannot decode: {exc}"
+    return out
+
+
+MAX_IMAGE_BYTES = 32 * 1024 * 1024  # per row, decoded
+
+
+def image_bytes(value: Any) -> bytes:
+    """Raw bytes, or base64 text of them, -> the image file's bytes. Raises ImageError."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        if len(value) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+            raise ImageError(f"image is over {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError(
+                "not base64-encoded image bytes (the model takes image bytes, never file paths)"
+            ) from None
+    else:
+        raise ImageError(f"expected base64 text or bytes, got {type(value).__name__}")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(f"image is over {MAX_IMAGE_BYTES // (1024 * 1024)} MiB")
+    return data
+
+
+def row_reader(meta: dict[str, Any]) -> Callable[[Any], np.ndarray]:
+    """How a served model reads one row (`image`: base64 text or bytes of an image file) with
+    the settings its version recorded (`Pixels.meta`); the reader raises ImageError. Versions
+    logged before resize policies squash, before a pixel limit take the default one."""
+    size, resize = int(meta["image_size"]), str(meta.get("resize", "squash"))
+    max_pixels = int(meta.get("max_pixels", 40_000_000))
+
+    def read(value: Any) -> np.ndarray:
+        return decode(image_bytes(value), size, max_pixels, resize)
+
+    return read

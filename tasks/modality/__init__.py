@@ -1,0 +1,138 @@
+"""The modality seam: what differs between kinds of examples (images; texts next) sits behind
+one `Modality` object each, and everything else of the pipeline is written once against it.
+
+A modality owns finding and inspecting examples (its manifest columns and checks), encoding
+an example into model input (an `Encoding` per backbone: images' `Pixels`), the input stream,
+its raw-input baseline, how a served model reads a row and how an export takes input. Split,
+select, the feature cache, the search, ensembles, distillation, evaluation, the gate, the
+registry, drift and the flows take a modality (or one of its encodings) and never look inside
+an example.
+
+A modality registers itself under its name (`register`); `from_params` and `from_meta` find
+one for a run's params and for a registered version's recorded input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tasks.core.config import Params
+
+
+class Encoding(Protocol):
+    """How one example becomes a backbone's input (images: `Pixels`). Frozen and picklable: it
+    travels in stage results and to Dask workers."""
+
+    modality: str
+    baseline_uri: str  # the raw-input baseline's name in the search's records
+
+    def key(self) -> str:
+        """What decides the model input, for cache keys (two backbones with equal keys share it)."""
+        ...
+
+    @property
+    def fingerprint(self) -> str:
+        """As a stage input (flows.stages.caching): everything that decides the input."""
+        ...
+
+    @property
+    def cost(self) -> int:
+        """Input values per example: the smallest encoding is the cheapest backbone's."""
+        ...
+
+    def describe(self) -> str:
+        """For a log line: `224 px`."""
+        ...
+
+    def meta(self) -> dict[str, Any]:
+        """What a served model or an export needs to read input exactly so (JSON)."""
+        ...
+
+    def batches(
+        self,
+        root: Path,
+        files: Sequence[str],
+        batch_size: int,
+        labels: np.ndarray | None = None,
+        shuffle_seed: int | None = None,
+        parts: tuple[Path, ...] = (),
+    ) -> tf.data.Dataset:
+        """`files` under `root` as a `tf.data` stream of model-input batches (with labels)."""
+        ...
+
+    def examples(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> np.ndarray:
+        """A few files as one array, in memory (thumbnails, a served batch, a test)."""
+        ...
+
+    def baseline(self) -> keras.Model:
+        """The raw-input baseline as a backbone taking this input (a logistic regression on its
+        features is the search's floor)."""
+        ...
+
+
+class Modality(Protocol):
+    """One kind of example, with the settings of a run (a frozen, picklable value)."""
+
+    name: str
+    columns: tuple[str, ...]  # the manifest columns its `inspect` fills, after the common ones
+    integer_columns: tuple[str, ...]  # those of them that hold whole numbers (or nothing)
+    noun: str  # what one example is called in messages: "image"
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def inspect(self, data: bytes) -> dict[str, object]:
+        """One file's bytes -> its manifest columns, `decodable`, and `error` when it is unusable."""
+        ...
+
+    def expectations(self) -> list[tuple[Any, str]]:
+        """Great Expectations checks on the manifest's own columns, each with the reason a
+        failing row gets."""
+        ...
+
+    def encoding(self, size: int) -> Encoding:
+        """Input of a backbone this modality builds itself, at `size`."""
+        ...
+
+    def encoding_for(self, model: keras.Model, uri: str) -> Encoding:
+        """The input `model` takes (a ValueError names what it takes instead)."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[[Params], Modality]] = {}
+_FROM_META: dict[str, Callable[[dict[str, Any]], Encoding]] = {}
+
+
+def register(
+    name: str, from_params: Callable[[Params], Modality], from_meta: Callable[[dict[str, Any]], Encoding]
+) -> None:
+    """Make modality `name` known: built from a run's params, and an encoding from its `meta`."""
+    _REGISTRY[name] = from_params
+    _FROM_META[name] = from_meta
+
+
+def _load() -> None:
+    from tasks.modality import pixels  # noqa: F401  (registers "images")
+
+
+def from_params(params: Params) -> Modality:
+    """The modality a run's params name, with its settings."""
+    _load()
+    return _REGISTRY["images"](params)
+
+
+def from_meta(meta: dict[str, Any]) -> Encoding:
+    """The encoding a registered version or an export recorded (`Encoding.meta`); versions
+    logged before modalities recorded none are images."""
+    _load()
+    name = str(meta.get("modality", "images"))
+    if name not in _FROM_META:
+        raise ValueError(f"modality {name!r} is not known to this transferops: upgrade it")
+    return _FROM_META[name](meta)

@@ -1,0 +1,220 @@
+"""The image modality: `Pixels` (how a file becomes a backbone's input) as a stream, and `Images`
+(the modality's settings, checks and raw-pixel baseline).
+
+A split's files are read, decoded and batched by a `tf.data` pipeline, so no stage ever holds
+a split's images (or their bytes) in memory at once. Each file goes through the one decoding
+function (`images.decode`: EXIF rotation, CMYK, 16-bit, palette, first frame, the pixel
+limit, JPEG draft mode, the resize policy), the same function the served model runs, on
+`tf.data`'s parallel map (PIL releases the GIL while it decodes and resizes, so the threads
+use every core). Batches are uint8, as the models take them: preprocessing lives inside each
+model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tasks.core import runner
+from tasks.core.files import read_inside
+from tasks.modality import images, register, streams
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from tasks.core.config import Params
+
+BASELINE_URI = "pixels:28"  # the raw-pixel baseline's name in the search's records
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """How a file becomes a model's input: a `size` x `size` RGB uint8 array, fitted by the
+    `resize` policy (squash, crop or pad), refused above `max_pixels`."""
+
+    size: int
+    resize: str = "squash"
+    max_pixels: int = 40_000_000
+    modality = "images"
+    baseline_uri = BASELINE_URI
+
+    def __post_init__(self) -> None:
+        if self.resize not in images.RESIZE_POLICIES:
+            raise ValueError(
+                f"resize policy {self.resize!r}: choose one of {', '.join(images.RESIZE_POLICIES)}"
+            )
+
+    def key(self) -> str:
+        """What decides the decoded pixels, for cache keys: `224-squash`."""
+        return f"{self.size}-{self.resize}"
+
+    @property
+    def fingerprint(self) -> str:
+        """As a stage input (flows.stages.caching): everything that decides the pixels."""
+        return f"{self.key()}-{self.max_pixels}"
+
+    @property
+    def cost(self) -> int:
+        return self.size * self.size * 3
+
+    def describe(self) -> str:
+        return f"{self.size} px"
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "modality": "images",
+            "input": {"dtype": "float32", "layout": "NHWC", "range": [0, 255], "channels": "RGB"},
+            "image_size": self.size,
+            "max_pixels": self.max_pixels,
+            "resize": self.resize,
+        }
+
+    def decode_file(self, root: Path, relative: str, parts: tuple[Path, ...] = ()) -> np.ndarray:
+        """One file under `root` (never outside it, nor outside its part of a joined split:
+        `files.read_inside`) as model input."""
+        return images.decode(read_inside(root, relative, parts), self.size, self.max_pixels, self.resize)
+
+    def examples(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> np.ndarray:
+        """A few files as one (n, size, size, 3) array: thumbnails, a served batch, a test."""
+        out = np.empty((len(files), self.size, self.size, 3), dtype=np.uint8)
+        for i, relative in enumerate(files):
+            out[i] = self.decode_file(root, relative, parts)
+        return out
+
+    def batches(
+        self,
+        root: Path,
+        files: Sequence[str],
+        batch_size: int,
+        labels: np.ndarray | None = None,
+        shuffle_seed: int | None = None,
+        parts: tuple[Path, ...] = (),
+        cache_bytes: int = streams.CACHE_BYTES,
+    ) -> tf.data.Dataset:
+        """A `tf.data` pipeline over `files` (relative to `root`; `parts`: see `decode_file`):
+        decoded in parallel, in order (or reshuffled every epoch with `shuffle_seed`), batched,
+        prefetched. Yields uint8 image batches, or (images, labels) with `labels`. Decoded pixels
+        are kept between epochs when the whole split fits `cache_bytes`."""
+        import tensorflow as tf
+
+        files = list(files)
+        root = Path(root)
+        size = self.size
+
+        def load(index: np.ndarray) -> np.ndarray:
+            return self.decode_file(root, files[int(index)], parts)
+
+        # Plain graph code: autograph would convert these (writing its generated source to the
+        # temp folder, left there until the process exits) for nothing.
+        @tf.autograph.experimental.do_not_convert
+        def image(index: tf.Tensor) -> tf.Tensor:
+            decoded = tf.numpy_function(load, [index], tf.uint8, stateful=False)
+            decoded.set_shape((size, size, 3))
+            return decoded
+
+        indices = tf.data.Dataset.range(len(files))
+        # A split whose decoded pixels fit cache_bytes is decoded once and kept for later epochs
+        # (training on a few hundred images decodes them dozens of times otherwise); a larger one
+        # is decoded again every epoch. Either way memory stays bounded, whatever the number of files.
+        cached = len(files) * self.cost <= cache_bytes
+        if shuffle_seed is not None and not cached:
+            indices = indices.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
+        if labels is None:
+            stream = indices.map(image, num_parallel_calls=runner.threads(), deterministic=True)
+        else:
+            y = streams.label_tensor(labels)
+
+            @tf.autograph.experimental.do_not_convert
+            def labelled(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return image(index), tf.gather(y, index)
+
+            stream = indices.map(labelled, num_parallel_calls=runner.threads(), deterministic=True)
+        if cached:
+            stream = stream.cache()
+            if shuffle_seed is not None:  # the same order as shuffling the indices with this seed
+                stream = stream.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return stream.batch(batch_size).prefetch(2).with_options(streams.options())
+
+    def baseline(self, side: int = 28) -> keras.Model:
+        """The raw-pixel baseline as a backbone: the image resized to `side` x `side`, grey, scaled
+        to 0..1 and flattened (784 values). A logistic regression on it is the simplest image
+        classifier there is, and on tiny or low-resolution sets a hard one to beat."""
+        import keras
+
+        inputs = keras.Input((self.size, self.size, 3), name="pixels")
+        x = keras.layers.Resizing(side, side, interpolation="bilinear")(inputs)
+        x = keras.layers.Rescaling(1 / 255.0)(x)
+        grey = keras.initializers.Constant(1 / 3)  # the mean of R, G and B, fixed
+        x = keras.layers.Dense(1, use_bias=False, kernel_initializer=grey, trainable=False, name="grey")(x)
+        return keras.Model(inputs, keras.layers.Flatten(name="features")(x), name="raw_pixels")
+
+
+def input_size(model: keras.Model, uri: str = "backbone") -> int:
+    """The side of the square RGB images `model` takes; a ValueError names what it takes instead."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise ValueError(f"{uri}: backbone takes {shape}; expected square RGB images (n, size, size, 3)")
+    if len(model.output_shape) != 2:
+        raise ValueError(f"{uri}: backbone gives {model.output_shape}; expected (n, features)")
+    return int(shape[1])
+
+
+@dataclass(frozen=True)
+class Images:
+    """The image modality with a run's settings: folders of image files (`<root>/<class>/<image>`)."""
+
+    resize: str = "squash"
+    max_pixels: int = 40_000_000
+    min_side: int = 8
+    formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+    name = "images"
+    noun = "image"
+    columns = ("format", "mode", "width", "height", "n_frames")
+    integer_columns = ("width", "height", "n_frames")
+
+    @property
+    def fingerprint(self) -> str:
+        return f"images-{self.resize}-{self.max_pixels}-{self.min_side}-{','.join(self.formats)}"
+
+    def inspect(self, data: bytes) -> dict[str, object]:
+        return images.inspect(data, self.max_pixels)
+
+    def expectations(self) -> list[tuple[Any, str]]:
+        import great_expectations.expectations as gxe
+
+        too_small = f"smaller than validate.min_side={self.min_side} pixels"
+        return [
+            (
+                gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(self.formats)),
+                "format not in validate.formats",
+            ),
+            (gxe.ExpectColumnValuesToBeBetween(column="width", min_value=self.min_side), too_small),
+            (gxe.ExpectColumnValuesToBeBetween(column="height", min_value=self.min_side), too_small),
+        ]
+
+    def encoding(self, size: int) -> Pixels:
+        return Pixels(size, self.resize, self.max_pixels)
+
+    def encoding_for(self, model: keras.Model, uri: str) -> Pixels:
+        return self.encoding(input_size(model, uri))
+
+
+def from_params(params: Params) -> Images:
+    return Images(
+        params.data.resize, params.validate.max_pixels, params.validate.min_side, params.validate.formats
+    )
+
+
+def from_meta(meta: dict[str, Any]) -> Pixels:
+    # versions logged before resize policies squash, and before a pixel limit use the default's
+    return Pixels(
+        int(meta["image_size"]), str(meta.get("resize", "squash")), int(meta.get("max_pixels", 40_000_000))
+    )
+
+
+register("images", from_params, from_meta)
