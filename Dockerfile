@@ -2,9 +2,10 @@
 # docker-compose.yml: MLflow and Prefect servers, Dask scheduler and workers, and the flows.
 FROM python:3.11-slim
 WORKDIR /opt/transferops
-COPY requirements.lock pyproject.toml ./
+COPY requirements.lock requirements-nodeps.lock pyproject.toml ./
 RUN pip install --no-cache-dir uv==0.13.8 \
- && uv pip install --system --no-cache -r requirements.lock
+ && uv pip install --system --no-cache -r requirements.lock \
+ && uv pip install --system --no-cache --no-deps -r requirements-nodeps.lock
 COPY flows flows
 COPY tasks tasks
 COPY bench bench

@@ -89,16 +89,19 @@ def _write_report(paths: Paths, name: str, summary: RunSummary) -> None:
 
 
 def cmd_data(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks.data import fashion_mnist, versioning
+    from tasks.data import bbc_news, fashion_mnist, versioning
 
-    source, raw = paths.resolve(params.data.source), paths.resolve(params.data.raw)
-    counts = fashion_mnist.write_demo_data(source, raw, params.fashion_mnist, force=args.force)
-    print(
-        f"wrote {sum(counts['source'].values())} images to {source}, {sum(counts['raw'].values())} to {raw}"
-    )
+    if args.dataset == "bbc-news":  # texts: one folder of class folders
+        folders = [paths.resolve(args.to or "data/bbc-news")]
+        written = {"texts": bbc_news.write_bbc_news(folders[0], force=args.force)}
+    else:  # images: the pretraining set and the target task
+        folders = [paths.resolve(params.data.source), paths.resolve(params.data.raw)]
+        written = fashion_mnist.write_demo_data(*folders, params.fashion_mnist, force=args.force)
+    counts = [sum(n.values()) for n in written.values()]
+    print("wrote " + ", ".join(f"{n} files to {f}" for n, f in zip(counts, folders, strict=True)))
     if not args.no_dvc:
-        versioning.track(paths.root, [source, raw], paths.root / ".dvc-remote")
-        print("dvc add + dvc push done (data/source.dvc, data/raw.dvc)")
+        versioning.track(paths.root, folders, paths.root / ".dvc-remote")
+        print(f"dvc add + dvc push done ({', '.join(f'{f.name}.dvc' for f in folders)})")
 
 
 def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
@@ -254,16 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common_options("before")],
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress lines (default when not a terminal)"
-    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines (default off a terminal)")
     after = [_common_options("after")]
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser(
-        "data", parents=after, help="write demo data (PNG class folders) and version it with DVC"
-    )
-    data.add_argument("dataset", choices=["fashion-mnist"])
+    data = sub.add_parser("data", parents=after, help="write demo data (class folders), version it with DVC")
+    data.add_argument("dataset", choices=["fashion-mnist", "bbc-news"])
+    data.add_argument("--to", help="bbc-news: the folder to write (default data/bbc-news)")
     data.add_argument("--no-dvc", action="store_true", help="write the folders only")
     data.add_argument(
         "--force",

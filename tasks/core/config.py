@@ -1,9 +1,9 @@
 """Typed configuration: every tunable number, one section per stage, with its range.
 
 The defaults live here and only here; `params.yaml` (the file users edit, and DVC reads) is
-kept equal to them by a test. Only the entry point (`flows/cli.py`) calls `load_params`;
-each stage receives just its own section. Every section is a frozen pydantic model that
-forbids unknown keys, so a typo is an error that names the key and where it came from.
+kept equal to them by a test. Only the entry point (`flows/cli.py`) calls `load_params`; each
+stage receives just its own section. Every section is a frozen pydantic model that forbids
+unknown keys, so a typo is an error that names the key and where it came from.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ CANDIDATE_URI = re.compile(
     r"registry:[A-Za-z0-9][A-Za-z0-9._-]{0,99}([@/][A-Za-z0-9._-]{1,100})?"  # model[@alias|/version]
     r"|keras:[A-Za-z][A-Za-z0-9_]{0,99}"  # a keras.applications name (checked as the run starts)
     r"|lite0:imagenet"
+    r"|minilm:all-MiniLM-L6-v2"
     r"|file:.+\.keras"
 )
 
@@ -101,8 +102,7 @@ def check_model_name(value: str) -> str:
 
 
 class Candidate(Section):
-    """A pretrained backbone: `registry:<model>@<alias>` (or `/<version>`), `keras:<Application>`,
-    `lite0:imagenet`, `file:<path>.keras`."""
+    """A pretrained backbone; its URI's forms: `CANDIDATE_URI` (tasks/selection/families.py)."""
 
     uri: str
     weights: str | None = None  # keras: only; "imagenet" needs internet, "none" or a file path
@@ -114,7 +114,7 @@ class Candidate(Section):
         if not CANDIDATE_URI.fullmatch(value):
             raise ValueError(
                 "a candidate is registry:<model>@<alias> (or /<version>), keras:<Application>, "
-                "lite0:imagenet or file:<path>.keras"
+                "lite0:imagenet, minilm:all-MiniLM-L6-v2 or file:<path>.keras"
             )
         return value
 

@@ -90,6 +90,14 @@ def write_class_folders(
         for i in chosen:
             Image.fromarray(images[i]).save(folder / f"{i:05d}.png", optimize=False)
         counts[CLASS_NAMES[c]] = len(chosen)
+    replace_folder(staging, out_dir, force)
+    return counts
+
+
+def replace_folder(staging: Path, out_dir: Path, force: bool) -> None:
+    """`staging` (demo data just written) becomes `out_dir`. An existing folder is replaced only
+    when every file in it was written again unchanged; with `force`, one holding other files is
+    kept beside the new one as `<out_dir>.old-<time>`. Nothing is deleted."""
     if out_dir.exists():
         foreign = _files_not_rewritten(out_dir, staging)
         if foreign and not force:
@@ -104,7 +112,6 @@ def write_class_folders(
         else:
             shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    return counts
 
 
 def _files_not_rewritten(old: Path, new: Path) -> list[str]:

