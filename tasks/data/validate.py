@@ -161,6 +161,7 @@ def validate_manifest(
 
     problems: list[str] = []
     statistics: dict[str, float] = {"files": float(len(files)), "ignored_files": float(len(ignored))}
+    statistics.update(modality.statistics(files[files["decodable"]]))
     errors = files["error"].fillna("")
     for definition, frame, key in (
         (definitions[0], gx_files, "manifest_row"),

@@ -97,6 +97,11 @@ class Modality(Protocol):
         failing row gets."""
         ...
 
+    def statistics(self, files: Any) -> dict[str, float]:
+        """What validation reports of the usable files beyond the checks (texts: how many are
+        longer than the window)."""
+        ...
+
     def encoding(self, size: int) -> Encoding:
         """Input of a backbone this modality builds itself, at `size`."""
         ...
@@ -119,7 +124,7 @@ def register(
 
 
 def _load() -> None:
-    from tasks.modality import pixels  # noqa: F401  (registers "images")
+    from tasks.modality import pixels, tokens  # noqa: F401  (register "images" and "texts")
 
 
 def from_params(params: Params) -> Modality:

@@ -197,6 +197,9 @@ class Images:
             (gxe.ExpectColumnValuesToBeBetween(column="height", min_value=self.min_side), too_small),
         ]
 
+    def statistics(self, files: Any) -> dict[str, float]:
+        return {}
+
     def encoding(self, size: int) -> Pixels:
         return Pixels(size, self.resize, self.max_pixels)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from tasks.core.errors import UserError
 from tasks.core.files import read_inside
-from tasks.modality import streams, texts
+from tasks.modality import register, streams, texts
 
 if TYPE_CHECKING:
     import keras
@@ -151,3 +151,43 @@ class Tokens:
         bag = keras.layers.Reshape((VOCAB, 1))(bag)
         bag = keras.layers.Flatten()(keras.layers.Cropping1D((1, 0))(bag))
         return keras.Model(ids, keras.layers.UnitNormalization(name="features")(bag), name="raw_tokens")
+
+
+@dataclass(frozen=True)
+class Texts:
+    """The text modality with a run's settings: folders of UTF-8 text files
+    (`<root>/<class>/<name>.txt`, as `keras.utils.text_dataset_from_directory` reads them)."""
+
+    window: int = 256  # tokens a text encoder reads of a text, [CLS] and [SEP] included
+    name = "texts"
+    noun = "text"
+    columns = ("characters", "tokens", "fold_sha256")
+    integer_columns = ("characters", "tokens")
+
+    @property
+    def fingerprint(self) -> str:
+        return f"texts-{TOKENIZER}-{self.window}"
+
+    def inspect(self, data: bytes) -> dict[str, object]:
+        return texts.inspect(data, count_tokens)
+
+    def expectations(self) -> list[tuple[Any, str]]:
+        return []  # every defect of a text file makes it undecodable, with its reason
+
+    def statistics(self, files: Any) -> dict[str, float]:
+        """Texts longer than the window (counted, not refused: the encoder reads their window)."""
+        tokens = files["tokens"].dropna()
+        return {
+            "texts_over_window": float((tokens > self.window).sum()),
+            "median_tokens": float(tokens.median()),
+        }
+
+    def encoding(self, size: int) -> Tokens:
+        return Tokens(size)
+
+    def encoding_for(self, model: keras.Model, uri: str) -> Tokens:
+        token_input(model, uri)
+        return Tokens(self.window)
+
+
+register("texts", lambda params: Texts(), lambda meta: Tokens(int(meta["window"])))
