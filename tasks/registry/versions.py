@@ -287,7 +287,7 @@ def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras
 def warm_start(
     model_name: str, class_names: list[str], version: str | None = None
 ) -> tuple[keras.Model, list[np.ndarray], str, Encoding] | None:
-    """(backbone, head weights, version, how it decodes images) of the champion (or of
+    """(backbone, head weights, version, how it reads its input) of the champion (or of
     `version`) if it knows the same classes, else None."""
     found = version or champion_version(model_name)
     if found is None:

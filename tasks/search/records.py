@@ -44,7 +44,7 @@ class TrialRecord:
 
 @dataclass
 class SearchBackbone:
-    """A backbone the search may fine-tune: its model, how it takes images, and its frozen
+    """A backbone the search may fine-tune: its model, how it takes its input, and its frozen
     features of the train and validation splits (memory-mapped from the feature cache);
     `init_head` ([kernel, bias]: the champion's, for a warm start) is where its head trials start."""
 

@@ -77,7 +77,7 @@ class SearchResult:
     val_accuracy: float  # of `model`, measured again on the validation split
     ensemble: dict[str, Any] | None = None  # members, weights, val accuracy: when it was kept
     backbone: str = ""  # the name of the backbone `best` trained (scratch: the architecture's)
-    encoding: Encoding | None = None  # how `model` takes images
+    encoding: Encoding | None = None  # how `model` takes its input
     resumed: list[str] | None = None  # what a killed run of this search left and this one kept
 
     def explanation(self) -> str:
