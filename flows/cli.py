@@ -214,7 +214,7 @@ def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None
 def cmd_demo(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     from tasks.reporting.summary import format_summary
 
-    args.no_dvc, args.force = False, False
+    args.no_dvc, args.force, args.dataset = False, False, "fashion-mnist"
     cmd_data(args, params, paths)
     pretrained = cmd_pretrain(args, params, paths)
     _write_report(paths, "pretrain", pretrained)
