@@ -214,8 +214,8 @@ def cmd_schedule(args: argparse.Namespace, params: Params, paths: Paths) -> None
 def cmd_demo(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     from tasks.reporting.summary import format_summary
 
-    args.no_dvc, args.force, args.dataset = False, False, "fashion-mnist"
-    cmd_data(args, params, paths)
+    args.force, data = False, argparse.Namespace(dataset="fashion-mnist", to=None, force=False, no_dvc=False)
+    cmd_data(data, params, paths)  # every field `data` takes, none left to what demo's parser set
     pretrained = cmd_pretrain(args, params, paths)
     _write_report(paths, "pretrain", pretrained)
     print(format_summary(pretrained))

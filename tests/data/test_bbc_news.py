@@ -27,3 +27,11 @@ def test_every_article_is_written_as_a_checked_utf8_text_and_again_the_same(tmp_
         write_bbc_news(target)
     write_bbc_news(target, force=True)
     assert len(list(tmp_path.joinpath("data").glob("bbc-news.old-*"))) == 1
+
+
+def test_the_data_command_writes_them_where_asked(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["--root", str(tmp_path), "data", "bbc-news", "--no-dvc", "--to", "texts"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote 2225 files to {tmp_path / 'texts'}")
+    assert len(list((tmp_path / "texts").rglob("*.txt"))) == 2225
