@@ -90,10 +90,10 @@ _REASONS = {
 }
 
 
-def _reason(column: str, modality: Modality, error: str) -> str:
+def _reason(column: str, modality: Modality, own: dict[str, str], error: str) -> str:
+    """Why a row failed the check on `column`; `own`: the modality's checks' reasons by column."""
     if column == "decodable":
         return error or "not decodable"
-    own = {expectation.column: reason for expectation, reason in modality.expectations()}
     return _REASONS[column].format(noun=modality.noun) if column in _REASONS else own.get(column, column)
 
 
@@ -109,14 +109,14 @@ def validate_manifest(
     files["label_conflict"] = _label_conflicts(files)
     classes = class_table(files, folders)
     # Great Expectations sees ids, never the untrusted names: its Data Docs are HTML.
-    checked = list(dict.fromkeys(expectation.column for expectation, _ in modality.expectations()))
+    own = {expectation.column: reason for expectation, reason in modality.expectations()}  # by column
     class_ids = {label: i for i, label in enumerate(classes["label"])}
     gx_files = pd.DataFrame(
         {
             "manifest_row": files.index.astype(int),
             "class_id": files["label"].map(class_ids).astype("Int64"),
             "decodable": files["decodable"],
-            **{column: files[column] for column in checked},
+            **{column: files[column] for column in own},
             "label_conflict": files["label_conflict"],
         }
     ).reset_index(drop=True)
@@ -190,7 +190,7 @@ def validate_manifest(
                         f"{params.min_images_per_class}"
                     )
                 else:
-                    reason = _reason(config.kwargs.get("column"), modality, errors.loc[index])
+                    reason = _reason(config.kwargs.get("column"), modality, own, errors.loc[index])
                     problems.append(f"{printable(files.loc[index, 'path'])}: {reason}")
     context.build_data_docs()
     data_docs.make_offline(docs_dir)  # no CDN: readable offline and in MLflow's preview
