@@ -47,9 +47,9 @@ def child(deterministic: bool) -> dict[str, Any]:
     load = {"params": params.split, "modality": modality.from_params(params)}
     source = load_folder(paths.resolve(params.data.source), **load)
     raw = load_folder(paths.resolve(params.data.raw), **load)
-    pixels = Pixels(params.data.image_size, params.data.resize)
+    pixels = Pixels(params.images.size, params.images.resize)
     start = time.perf_counter()
-    backbone = pretrain(source, params.pretrain, Pixels(params.data.image_size)).backbone
+    backbone = pretrain(source, params.pretrain, Pixels(params.images.size)).backbone
     pretrain_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = finetune(backbone, raw.train, raw.val, 5, params.finetune, pixels)

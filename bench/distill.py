@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             student = pretrain(pretraining, narrow, Pixels(32)).backbone
         data = load_folder(raw, params.split, Images(max_pixels=40_000_000))
         test = heldout.held_out(Path(tmp) / "held-out", data.class_names, params.fashion_mnist.raw_classes)
-        pixels = Pixels(32, params.data.resize)
+        pixels = Pixels(32, params.images.resize)
         classes = params.fashion_mnist.raw_classes
         transfer = (
             transfer_set(Path(tmp) / "unlabelled", raw, classes, args.unlabelled) if args.unlabelled else None

@@ -40,11 +40,11 @@ from bench.scale import make_photos
 RESULTS = Path(__file__).parent / "results"
 CANDIDATES = [
     {"uri": "lite0:imagenet"},
-    {"uri": "keras:MobileNetV3Small", "weights": "none", "image_size": 224},
-    {"uri": "keras:MobileNetV3Large", "weights": "none", "image_size": 224},
-    {"uri": "keras:EfficientNetB0", "weights": "none", "image_size": 224},
+    {"uri": "keras:MobileNetV3Small", "weights": "none", "size": 224},
+    {"uri": "keras:MobileNetV3Large", "weights": "none", "size": 224},
+    {"uri": "keras:EfficientNetB0", "weights": "none", "size": 224},
 ]
-SEARCH_CANDIDATE = {"uri": "keras:MobileNetV3Small", "weights": "none", "image_size": 32}
+SEARCH_CANDIDATE = {"uri": "keras:MobileNetV3Small", "weights": "none", "size": 32}
 RUNNERS = {"local": 0, "dask-1": 1, "dask-2": 2}  # name -> Dask worker processes (0: in process)
 DATABASES = ("sqlite", "postgresql")
 
@@ -159,8 +159,8 @@ def search_once(data: Any, workers: int, work: Path, started: dict[str, float]) 
     """One strategy search (frozen features computed before the clock starts); wall time and
     what it chose."""
     from tasks.core import runner
-    from tasks.core.config import AugmentParams, Candidate, FinetuneParams, SearchParams
-    from tasks.modality.pixels import Pixels
+    from tasks.core.config import Candidate, FinetuneParams, SearchParams
+    from tasks.modality.pixels import Augment, Pixels
     from tasks.models import features
     from tasks.search import strategy
     from tasks.search.records import SearchBackbone
@@ -181,7 +181,7 @@ def search_once(data: Any, workers: int, work: Path, started: dict[str, float]) 
             len(data.class_names),
             SearchParams(),
             FinetuneParams(),
-            AugmentParams(),
+            Augment(),
             checkpoints=root / "checkpoints",
         )
         seconds = time.perf_counter() - start
@@ -217,7 +217,7 @@ def task_seconds(stream: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 
 TRAIN_SETS = {
-    "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+    "images.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
     "finetune.head_epochs": 5,
     "finetune.finetune_epochs": 2,
     "search.enabled": "false",
@@ -378,7 +378,7 @@ def markdown(report: dict[str, Any]) -> str:
         + (f" ({share['search']:.0%} of min(training ceiling, its own bound))" if "search" in share else "")
         + ".",
         "",
-        "Candidates start slowest first (`select.candidates.longest_first`, from the seconds an image "
+        "Candidates start slowest first (`selection.candidates.longest_first`, from the seconds an image "
         "the last scoring measured; the first run of a project goes in params' order): "
         + "; ".join(f"{name}: {', '.join(runs[-1]['order'])}" for name, runs in report["runs"].items()),
     ]

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["apple", "boat", "cloud", "door", "egg", "fern", "grape", "house"]
 MODELS = {
     224: "[{uri: 'lite0:imagenet'}]",
-    32: "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+    32: "[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
 }
 EPOCH_SETTINGS = {  # one head pass over features, one fine-tune epoch: what the timings need
     "finetune.head_epochs": 3,
@@ -136,7 +136,7 @@ def transferops(folder: Path, n: int, side: int, work: Path, predict: bool = Tru
     """`transferops train`, the unchanged rerun and (with `predict`) `predict` in a fresh
     project folder."""
     root = work / f"project-{n}-{side}"
-    settings = {"data.raw": str(folder), "select.candidates": MODELS[side], **EPOCH_SETTINGS}
+    settings = {"data.raw": str(folder), "images.candidates": MODELS[side], **EPOCH_SETTINGS}
     args = [sys.executable, "-m", "flows.cli", "--root", str(root)]
     args += [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     env = {"TRANSFEROPS_PROGRESS": "1"}
@@ -185,7 +185,7 @@ PIPELINES = textwrap.dedent(
     from tasks.models.finetune import unfreeze_top
 
     folder, side, which, uri = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    spec = {"uri": uri} if uri.startswith("lite0") else {"uri": uri, "weights": "none", "image_size": side}
+    spec = {"uri": uri} if uri.startswith("lite0") else {"uri": uri, "weights": "none", "size": side}
     backbone = load_candidate(Candidate(**spec), 0, Path(sys.argv[5]))
     splits = SplitParams(val_fraction=0.0001, test_fraction=0.0001)
     data = load_folder(folder, splits, Images(max_pixels=40_000_000))

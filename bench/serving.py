@@ -66,7 +66,7 @@ def logged_model(work: Path, example: Path) -> Path:
     from tasks.selection.families import load_candidate
 
     tracking.configure(work / "mlflow")
-    backbone = load_candidate(Candidate(uri="keras:MobileNetV3Small", weights="none", image_size=224), 0)
+    backbone = load_candidate(Candidate(uri="keras:MobileNetV3Small", weights="none", size=224), 0)
     _, dense = build_head(backbone.output_shape[-1], len(CLASSES), 0.0)
     model = build_classifier(backbone, dense, 0.0)
     with mlflow.start_run():

@@ -221,8 +221,8 @@ def probe(arm: str, candidates: dict, data: dict, start: float) -> dict[str, Any
 
 def tau_candidates(source: SplitData, params: Params, stand_in: keras.Model, lite0: keras.Model) -> dict:
     """Five backbones of different quality for LogME to rank, each with its input size."""
-    size, pre = params.data.image_size, params.pretrain
-    pixels = Pixels(size, params.data.resize)
+    size, pre = params.images.size, params.pretrain
+    pixels = Pixels(size, params.images.resize)
     two = [s.subset(np.flatnonzero(np.isin(s.y, [0, 1]))) for s in (source.train, source.val, source.test)]
     narrow = SplitData(source.class_names[:2], *two, source.table)
     return {
@@ -233,7 +233,7 @@ def tau_candidates(source: SplitData, params: Params, stand_in: keras.Model, lit
         ),
         "pretrained-2-classes": (pretrain(narrow, pre, Pixels(size)).backbone, pixels),
         "untrained": (build_backbone(size, pre.width, seed=pre.seed), pixels),
-        LITE0: (lite0, Pixels(224, params.data.resize)),
+        LITE0: (lite0, Pixels(224, params.images.resize)),
     }
 
 
@@ -473,15 +473,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not source.is_dir():
         fashion_mnist.write_demo_data(source, paths.resolve(params.data.raw), params.fashion_mnist)
     source_data = load_folder(source, params.split, modality.from_params(params))
-    stand_in = pretrain(source_data, params.pretrain, Pixels(params.data.image_size)).backbone
+    stand_in = pretrain(source_data, params.pretrain, Pixels(params.images.size)).backbone
     lite0 = lite0_backbone(paths.root / ".transferops" / "backbones")
     labelled = {seed: heldout.labelled(work / f"labelled-{seed}", params, seed) for seed in range(args.seeds)}
     classes = labelled[0].class_names
     test = heldout.held_out(work / "held-out", classes, params.fashion_mnist.raw_classes)
-    small = Pixels(params.data.image_size, params.data.resize)
+    small = Pixels(params.images.size, params.images.resize)
     task_candidates = {
         "fmnist-32": {STAND_IN: (stand_in, small)},
-        "fmnist-224": {STAND_IN: (stand_in, small), LITE0: (lite0, Pixels(224, params.data.resize))},
+        "fmnist-224": {STAND_IN: (stand_in, small), LITE0: (lite0, Pixels(224, params.images.resize))},
     }
     runs: list[dict[str, Any]] = []
     taus: list[dict[str, Any]] = []

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from flows.runtime import (
     apply_env_defaults,
     silence_prefect_server,
@@ -26,40 +24,17 @@ apply_env_defaults()  # before TensorFlow or Prefect are imported
 from flows.housekeeping import cmd_gc  # noqa: E402
 from flows.registry_cli import add_registry_commands  # noqa: E402
 from tasks.core import runlock  # noqa: E402
-from tasks.core.config import ConfigError, Params, Paths, load_params, project_root  # noqa: E402
+from tasks.core.config import (  # noqa: E402
+    Params,
+    Paths,
+    parse_overrides,  # noqa: F401  (tests and scripts read them here too)
+    project_root,
+    resolve_params,
+)
 from tasks.core.errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:
     from tasks.reporting.summary import RunSummary
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """["finetune.head_epochs=2"] -> {"finetune": {"head_epochs": 2}} (values parsed as YAML)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not section or not name:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        try:
-            out.setdefault(section, {})[name] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
-    return out
-
-
-def resolve_params(root: Path, params_arg: Path | None, sets: list[str]) -> Params:
-    """The params of a command: `--params FILE` (relative to the root; it must exist), else
-    <root>/params.yaml when there is one, else the embedded defaults; then the --set overrides.
-    Never a params file of another folder."""
-    overrides = parse_overrides(sets)
-    if params_arg is not None:
-        return load_params(params_arg if params_arg.is_absolute() else root / params_arg, overrides)
-    default = root / "params.yaml"
-    if default.exists():
-        return load_params(default, overrides)
-    print(f"transferops: no params.yaml in {root}; using the built-in defaults", file=sys.stderr)
-    return load_params(None, overrides)
 
 
 def _run(flow_fn: Flow, *args: Any, **kwargs: Any) -> RunSummary:
@@ -111,11 +86,13 @@ def cmd_pretrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunS
     return _run(pretrain_flow, params, paths.root, force=args.force)
 
 
-def check_candidates(params: Params) -> None:
+def check_candidates(params: Params, data_dir: Path) -> None:
     """A misnamed candidate ends the run here, in one line, not after validation and splitting."""
+    from tasks import modality
     from tasks.selection.families import check_candidates as check
 
-    check(params.select.candidates)
+    name = modality.from_params(params, data_dir).name
+    check(params.section(name).candidates, name)
 
 
 def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
@@ -124,7 +101,7 @@ def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSumm
         raise FileNotFoundError(f"{data_dir}: data folder not found (expected <folder>/<class>/<image>)")
     with runlock.exclusive(paths.root, params.register.model_name):  # refused at once, not after start-up
         start_prefect_server()
-        check_candidates(params)
+        check_candidates(params, data_dir)
         from flows.train import train_flow
 
         return _run(train_flow, data_dir, params, paths.root, force=args.force)
@@ -145,22 +122,27 @@ def cmd_distill(args: argparse.Namespace, params: Params, paths: Paths) -> RunSu
     if version is None:
         raise UserError(f"distill: {ref} is not a registered version; `transferops status` shows what is")
     unlabelled = str(args.unlabelled.resolve()) if args.unlabelled else None
-    params = distill_params(params, f"{name}/{version}", args.student, unlabelled)
+    data = paths.resolve(params.data.raw)
+    params = distill_params(params, f"{name}/{version}", args.student, unlabelled, data)
     transfer_folder(paths, params.finetune)  # a mistyped folder: said now, not after select
     print(f"distill {name} v{version} ({ref}) into {args.student}")
     return cmd_train(argparse.Namespace(data=None, force=args.force), params, paths)
 
 
-def distill_params(params: Params, teacher: str, student: str, unlabelled: str | None = None) -> Params:
+def distill_params(
+    params: Params, teacher: str, student: str, unlabelled: str | None = None, data: Path | None = None
+) -> Params:
     """A train's params that distil version `teacher` (NAME/N) into backbone `student`: the
-    fixed recipe (both phases learn the teacher's targets), the student the only candidate;
-    `unlabelled`: a folder of images the teacher labels too (the params' own otherwise)."""
+    fixed recipe (both phases learn the teacher's targets), the student the only candidate of
+    the modality of `data`; `unlabelled`: a folder of examples the teacher labels too (the
+    params' own otherwise)."""
+    from tasks import modality
     from tasks.core.config import parse_params
 
     transfer = {"distill_unlabelled": unlabelled} if unlabelled else {}
     overrides = {
         "finetune": {"distill_from": teacher, **transfer},
-        "select": {"candidates": [student]},
+        modality.from_params(params, data).name: {"candidates": [student]},
         "search": {"enabled": False},
     }
     return parse_params(params.as_dict(), "transferops distill", overrides)
@@ -169,7 +151,7 @@ def distill_params(params: Params, teacher: str, student: str, unlabelled: str |
 def cmd_retrain(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
     with runlock.exclusive(paths.root, params.register.model_name):
         start_prefect_server()
-        check_candidates(params)
+        check_candidates(params, paths.resolve(args.data or params.data.raw))
         from flows.retrain import retrain_flow
 
         return _run(retrain_flow, params, str(paths.root), args.data, force=args.force)

@@ -35,7 +35,7 @@ def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary
             log_pretraining,
             data=splits,
             params=params.pretrain,
-            encoding=modality.from_params(params).encoding(params.data.image_size),
+            encoding=modality.named("images", params).encoding(params.images.size),
             reproducibility=params.reproducibility,
             root=run.paths.root,
         )
@@ -46,7 +46,7 @@ def pretrain_flow(params: Params, root: Path, force: bool = False) -> RunSummary
             mlflow_run_id=run.run_id,
             data_version=data.lineage["data_version"],
             data_dvc_state=data.lineage["data_dvc_state"],
-            images=splits.sizes(),
+            examples=splits.sizes(),
             classes=splits.class_names,
             stage_seconds=run.seconds,
             reused=run.reused,

@@ -90,7 +90,7 @@ def cmd_predict(args: argparse.Namespace, params: Params, paths: Paths) -> None:
 
     tracking.configure(paths.mlflow_dir)
     ref = version_ref(params, args.model)
-    files = predict.image_files(args.images)
+    files = predict.input_files(args.inputs)
     if args.out is not None and args.out.suffix.lower() not in predict.FORMATS:
         raise UserError(f"predict: --out {args.out}: write .parquet or .csv")
     model_name, version = versions.resolve(ref)
@@ -158,9 +158,11 @@ def add_registry_commands(sub: Any, after: list[argparse.ArgumentParser]) -> Non
     predict = sub.add_parser(
         "predict",
         parents=after,
-        help="label images with a registered version (its pyfunc): files, or folders of them",
+        help="label examples with a registered version (its pyfunc): files, or folders of them",
     )
-    predict.add_argument("images", nargs="+", type=Path, help="image files and folders (walked recursively)")
+    predict.add_argument(
+        "inputs", nargs="+", type=Path, help="files (images or texts) and folders (walked recursively)"
+    )
     predict.add_argument(
         "--out",
         type=Path,

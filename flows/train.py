@@ -9,13 +9,13 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
+import mlflow
 from prefect import flow
 from prefect.states import State
 
 from flows import errors
 from flows.stages import evaluate, finetune, flowrun, select, split, validate
 from flows.stages.register import register_model
-from tasks import modality
 from tasks.core import runlock
 from tasks.core.config import Params
 from tasks.data.datasets import SplitData
@@ -80,6 +80,8 @@ def train_run(
     """select -> finetune -> evaluate -> register on validated, split data, in the flow's run;
     `retrain` (the drift measured and the decision to train) goes into the summary."""
     version = data.lineage["data_version"]
+    offered = params.section(data.modality.name).candidates
+    mlflow.set_tag("modality", data.modality.name)  # the runs table: which runs compare
     transfer = finetune.transfer_folder(run.paths, params.finetune)  # checked before any training
     start = flowrun.run_stage(
         run,
@@ -93,10 +95,9 @@ def train_run(
         seed=params.finetune.seed,
         warm_start_from=warm_start_from,
         warm_start_version=warm_start_version,
-        registry_state=candidates.registry_state(
-            params.select.candidates, warm_start_from, warm_start_version
-        ),
-        modality=modality.from_params(params),
+        registry_state=candidates.registry_state(offered, warm_start_from, warm_start_version),
+        modality=data.modality,
+        offered=offered,
         root=run.paths.root,
         # the search: a warm start from the champion competes with fresh starts (the fixed
         # recipe trains the champion on)
@@ -110,11 +111,11 @@ def train_run(
         start=start,
         data=splits,
         params=params.finetune,
-        search=params.search,
-        augment=params.augment,
+        search=params.search_for(data.modality.name),
+        augment=data.modality.augment,
         reproducibility=params.reproducibility,
         root=run.paths.root,
-        modality=modality.from_params(params),
+        modality=data.modality,
         unlabelled=transfer,
     )
     start = select.searched_backbone(run, start, result)
@@ -154,7 +155,7 @@ def train_run(
         mlflow_run_id=run.run_id,
         data_version=version,
         data_dvc_state=data.lineage["data_dvc_state"],
-        images=splits.sizes(),
+        examples=splits.sizes(),
         classes=splits.class_names,
         stage_seconds=run.seconds,
         reused=run.reused,

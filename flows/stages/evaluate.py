@@ -38,7 +38,7 @@ def log_evaluation(evaluation: promote.Evaluation, run: FlowRun, reused: bool) -
     if champion.metrics is not None:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
     mlflow.log_dict({k: v for k, v in vars(champion).items() if k != "predicted"}, "champion.json")
-    line = f"{scores(evaluation.challenger.metrics)} on {len(evaluation.challenger.predicted)} test images"
+    line = f"{scores(evaluation.challenger.metrics)} on {len(evaluation.challenger.predicted)} test examples"
     if champion.version is not None:
         line += f"; champion v{champion.version}: {scores(champion.metrics or {}) or 'not comparable'}"
     return line
@@ -54,7 +54,10 @@ def log_test_report(report: evaluate.TestReport, prefix: str, title: str) -> Non
     mlflow.log_metric(f"{prefix}ece", report.calibration["ece"])
     mlflow.log_dict(report.per_class, "per_class_report.json")
     mlflow.log_dict({"intervals": report.intervals, "calibration": report.calibration}, "test_details.json")
-    mlflow.log_dict(report.mistakes, "confident_mistakes.json")
+    shown = report.thumbnails or []
+    texts = [{"text": s} if isinstance(s, str) else {} for s in shown]  # a text's opening words
+    mistakes = [m | t for m, t in zip(report.mistakes, texts or [{}] * len(report.mistakes), strict=False)]
+    mlflow.log_dict(mistakes, "confident_mistakes.json")
     with scratch_dir() as tmp:
         mlflow.log_artifact(
             str(evaluate.plot_reliability(report.calibration, tmp / "reliability.png", title))

@@ -18,7 +18,6 @@ from flows.stages.flowrun import (
     tag_parent,
 )
 from tasks.core.config import (
-    AugmentParams,
     FinetuneParams,
     Paths,
     ReproducibilityParams,
@@ -27,7 +26,7 @@ from tasks.core.config import (
 from tasks.core.errors import UserError
 from tasks.core.files import printable
 from tasks.data import datasets
-from tasks.modality import Encoding, Modality
+from tasks.modality import Augmentation, Encoding, Modality
 from tasks.models import checkpoints, distill, features, finetune
 from tasks.reporting.tracking import log_history
 from tasks.search import strategy
@@ -40,7 +39,7 @@ def finetune_model(
     data: datasets.SplitData,
     params: FinetuneParams,
     search: SearchParams,
-    augment: AugmentParams,
+    augment: Augmentation | None,
     reproducibility: ReproducibilityParams,
     root: Path,
     modality: Modality,

@@ -223,6 +223,7 @@ def publish(run: FlowRun, summary: RunSummary, docs: Path | None = None) -> RunS
         )
     text = markdown_summary(summary, links)
     tracking.describe_run(run.run_id, text)
+    headline(summary)
     mlflow.log_text(text, "summary.md")
     create_markdown_artifact(
         key=f"{summary.flow}-summary", markdown=text, description=f"What this {summary.flow} run did"
@@ -233,6 +234,18 @@ def publish(run: FlowRun, summary: RunSummary, docs: Path | None = None) -> RunS
             key=f"{summary.flow}-per-class", table=rows, description="Per-class results on the test split"
         )
     return summary
+
+
+def headline(summary: RunSummary) -> None:
+    """On the flow's own MLflow run, what its runs table sorts and compares, whatever the
+    modality: `test_accuracy`, `test_macro_f1` (the evaluate child run has the rest), and the
+    tags `modality` and `gate` (promoted, kept the champion, or not registered)."""
+    if summary.test:
+        mlflow.log_metrics({f"test_{k}": v for k, v in summary.test.items()})
+    if summary.registered is not None:
+        mlflow.set_tag("gate", "promoted" if summary.registered.promoted else "kept the champion")
+    elif summary.test:
+        mlflow.set_tag("gate", "not registered")
 
 
 def version_tags(
@@ -253,6 +266,7 @@ def version_tags(
         **data.lineage,
         **backbone,
         "mlflow_run_id": run.run_id,
+        "modality": data.modality.name,
         "params": json.dumps(params.as_dict(), sort_keys=True),
         **({"distilled_from": params.finetune.distill_from} if params.finetune.distill_from else {}),
         **({"distill_transfer_set": json.dumps(transfer_set, sort_keys=True)} if transfer_set else {}),

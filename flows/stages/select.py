@@ -12,9 +12,7 @@ from flows.stages.flowrun import (
     FlowRun,
     tag_parent,
 )
-from tasks.core.config import (
-    SelectParams,
-)
+from tasks.core.config import Candidate, SelectParams
 from tasks.data import datasets
 from tasks.modality import Modality
 from tasks.models import finetune
@@ -24,6 +22,7 @@ from tasks.selection import candidates
 @cached_stage("select")
 def select_backbone(
     params: SelectParams,
+    offered: tuple[Candidate, ...],
     top_k: int,
     data: datasets.SplitData,
     seed: int,
@@ -40,7 +39,7 @@ def select_backbone(
     Frozen features and converted weights are kept under `root/.transferops/`.
     `registry_state` (what the candidates resolve to now) only keys the cache."""
     start = candidates.select(
-        params.candidates,
+        offered,
         data.train,
         data.class_names,
         params.max_samples,
@@ -72,9 +71,8 @@ def log_selection(start: candidates.Selection, run: FlowRun, reused: bool) -> st
         rivals = ", ".join(kept)
         return f"warm start from {start.uri}, against {rivals} in the strategy search (LogME: {scores})"
     also = f"; kept {', '.join(kept)} for the strategy search" if kept else ""
-    return (
-        f"chose {start.uri} at {start.encoding.describe()} (LogME on {start.samples} images: {scores}){also}"
-    )
+    logme = f"LogME on {start.samples} {start.encoding.modality}: {scores}"
+    return f"chose {start.uri} at {start.encoding.describe()} ({logme}){also}"
 
 
 def searched_backbone(

@@ -46,7 +46,7 @@ def log_split(splits: datasets.SplitData, run: FlowRun, reused: bool) -> str:
     mlflow.log_metrics({f"n_{name}": n for name, n in splits.sizes().items()})
     mlflow.log_dict(splits.counts(), "split_counts.json")
     mlflow.log_table(splits.table, "split_table.json")
-    return " / ".join(f"{name} {n}" for name, n in splits.sizes().items()) + " images"
+    return " / ".join(f"{name} {n}" for name, n in splits.sizes().items()) + " examples"
 
 
 def log_datasets(run: FlowRun, data: validation.ValidatedData, splits: datasets.SplitData) -> None:

@@ -31,7 +31,7 @@ def validated(run: FlowRun, data_dir: Path, params: Params) -> validation.Valida
         log_validation,
         data_dir=data_dir,
         params=params.validate,
-        modality=modality.from_params(params),
+        modality=modality.from_params(params, data_dir),
         docs_root=docs_root,
     )
 
@@ -65,6 +65,6 @@ def log_validation(data: validation.ValidatedData, run: FlowRun, reused: bool) -
     classes = data.manifest["label"].nunique()
     ignored = f", {len(data.report.ignored)} hidden files or folders skipped" if data.report.ignored else ""
     return (
-        f"{len(data.manifest)} images in {classes} classes passed every expectation{ignored}; "
+        f"{len(data.manifest)} {data.modality.name} in {classes} classes passed every expectation{ignored}; "
         f"data version {data.lineage['data_version'][:8]}"
     )

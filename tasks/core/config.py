@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,32 +19,26 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from tasks.core.errors import UserError
+from tasks.core.sections import Candidate, ImagesParams, Section, Strategy, TextsParams, upgrade
+
+__all__ = ["Candidate", "ImagesParams", "Section", "TextsParams"]  # params' sections, from one place
 
 
 class ConfigError(UserError, ValueError):
     """Params that cannot be used; the message names the source (file or --set) and the key."""
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 class DataParams(Section):
-    raw: str = "data/raw"  # the target task's image folder: <raw>/<class>/<image>
-    source: str = "data/source"  # the pretraining image folder, same layout
-    # The input side of a backbone that does not fix one (the pretraining CNN, a keras:
-    # candidate that names none takes 224); every other backbone takes its own input size.
-    image_size: int = Field(32, ge=8, le=1024)
-    resize: Literal["squash", "crop", "pad"] = "squash"  # how an image becomes a square (training = serving)
+    raw: str = "data/raw"  # the target task: <raw>/<class>/<example>
+    source: str = "data/source"  # the pretraining set (images), same layout
+    # What the examples are (tasks/modality): auto finds it from data.raw (`modality.detect`)
+    modality: Literal["auto", "images", "texts"] = "auto"
 
 
 class FashionMnistParams(Section):
@@ -55,10 +50,7 @@ class FashionMnistParams(Section):
 
 
 class ValidateParams(Section):
-    min_images_per_class: int = Field(5, ge=1)
-    min_side: int = Field(8, ge=1)  # smallest accepted width/height in pixels
-    max_pixels: int = Field(40_000_000, ge=1)  # larger images are refused as decompression bombs
-    formats: tuple[str, ...] = Field(("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"), min_length=1)
+    min_per_class: int = Field(5, ge=1)  # usable examples a class needs (each modality checks its own)
 
 
 class SplitParams(Section):
@@ -86,13 +78,6 @@ class PretrainParams(Section):
 
 # A registered model name: it goes into registry filters, lock-file names and models:/ URIs.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-CANDIDATE_URI = re.compile(
-    r"registry:[A-Za-z0-9][A-Za-z0-9._-]{0,99}([@/][A-Za-z0-9._-]{1,100})?"  # model[@alias|/version]
-    r"|keras:[A-Za-z][A-Za-z0-9_]{0,99}"  # a keras.applications name (checked as the run starts)
-    r"|lite0:imagenet"
-    r"|minilm:all-MiniLM-L6-v2"
-    r"|file:.+\.keras"
-)
 
 
 def check_model_name(value: str) -> str:
@@ -101,42 +86,12 @@ def check_model_name(value: str) -> str:
     return value
 
 
-class Candidate(Section):
-    """A pretrained backbone; its URI's forms: `CANDIDATE_URI` (tasks/selection/families.py)."""
-
-    uri: str
-    weights: str | None = None  # keras: only; "imagenet" needs internet, "none" or a file path
-    image_size: int | None = Field(None, ge=8, le=1024)  # keras: only (default 224); others fix their own
-
-    @field_validator("uri")
-    @classmethod
-    def _known_form(cls, value: str) -> str:
-        if not CANDIDATE_URI.fullmatch(value):
-            raise ValueError(
-                "a candidate is registry:<model>@<alias> (or /<version>), keras:<Application>, "
-                "lite0:imagenet, minilm:all-MiniLM-L6-v2 or file:<path>.keras"
-            )
-        return value
-
-
 class SelectParams(Section):
-    candidates: tuple[Candidate, ...] = Field(
-        (
-            Candidate(uri="registry:transferops-backbone@pretrained"),
-            Candidate(uri="lite0:imagenet"),
-        ),
-        min_length=1,
-    )
-    max_samples: int = Field(2000, ge=2)  # LogME is scored on at most this many training images
-    top_k: int = Field(2, ge=1)  # with search.enabled: the strategy search also chooses among LogME's best k
+    """How a backbone is chosen among the modality's candidates (`images.candidates`,
+    `texts.candidates`)."""
 
-    @field_validator("candidates", mode="before")
-    @classmethod
-    def _uri_strings(cls, value: Any) -> Any:
-        """A candidate may be written as its URI alone."""
-        if isinstance(value, (list, tuple)):
-            return [{"uri": c} if isinstance(c, str) else c for c in value]
-        return value
+    max_samples: int = Field(2000, ge=2)  # LogME is scored on at most this many training examples
+    top_k: int = Field(2, ge=1)  # with search.enabled: the strategy search also chooses among LogME's best k
 
 
 class FinetuneParams(Section):
@@ -169,9 +124,7 @@ class SearchParams(Section):
     a budgeted bracket of fine-tune trials, scratch and raw-pixel baselines. Off: the fixed recipe."""
 
     enabled: bool = True
-    strategies: tuple[Literal["head", "top", "full", "scratch", "pixels"], ...] = Field(
-        ("head", "top", "scratch", "pixels"), min_length=1
-    )
+    strategies: tuple[Strategy, ...] = Field(("head", "top", "scratch", "raw"), min_length=1)
     head_trials: int = Field(4, ge=1)  # head learning rates per backbone, log-spaced over the range
     learning_rate_range: tuple[float, float] = (1e-4, 1e-2)  # the head trials'
     finetune_rate: float = Field(0.1, gt=0)  # fine-tune trials: head rate = the best head's x this
@@ -198,15 +151,6 @@ class SearchParams(Section):
         if any(n < 1 for n in self.unfreeze_layers):
             raise ValueError("unfreeze_layers must be at least 1")
         return self
-
-
-class AugmentParams(Section):
-    """Training-time augmentation (never at inference); flips off: they change what text or digits mean."""
-
-    flip: bool = False
-    shift: float = Field(0.1, ge=0, lt=1)  # fraction of the height/width
-    rotate: float = Field(0.05, ge=0, lt=1)  # fraction of a full turn
-    contrast: float = Field(0.1, ge=0, lt=1)
 
 
 class RegisterParams(Section):
@@ -267,6 +211,8 @@ with warnings.catch_warnings():
 
     class Params(Section):
         data: DataParams = DataParams()
+        images: ImagesParams = ImagesParams()
+        texts: TextsParams = TextsParams()
         fashion_mnist: FashionMnistParams = FashionMnistParams()
         validate: ValidateParams = ValidateParams()  # type: ignore[assignment]
         split: SplitParams = SplitParams()
@@ -274,7 +220,6 @@ with warnings.catch_warnings():
         select: SelectParams = SelectParams()
         finetune: FinetuneParams = FinetuneParams()
         search: SearchParams = SearchParams()
-        augment: AugmentParams = AugmentParams()
         register: RegisterParams = RegisterParams()  # type: ignore[assignment]
         retrain: RetrainParams = RetrainParams()
         retention: RetentionParams = RetentionParams()
@@ -296,6 +241,15 @@ with warnings.catch_warnings():
                     "with it, or finetune.distribute: none"
                 )
             return self
+
+        def section(self, modality: str) -> ImagesParams | TextsParams:
+            """The params section of the modality named `modality` (images, texts)."""
+            return getattr(self, modality)
+
+        def search_for(self, modality: str) -> SearchParams:
+            """The search's params on `modality`: texts search `texts.strategies`."""
+            own = getattr(self.section(modality), "strategies", None)
+            return self.search if own is None else self.search.model_copy(update={"strategies": own})
 
         def as_dict(self) -> dict[str, Any]:
             """Plain JSON-able values, keyed as in params.yaml."""
@@ -324,9 +278,10 @@ def parse_params(
 ) -> Params:
     """Params from the mapping read out of `source`, with `overrides` ({section: {key: value}},
     from --set) on top. An error names each bad key and whether --set or `source` gave it."""
-    overrides = overrides or {}
+    overrides = upgrade(overrides or {})
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections")
+    values = upgrade(values)
     try:
         return Params.model_validate(_merge(values, overrides))
     except ValidationError as exc:
@@ -357,6 +312,35 @@ def load_params(path: Path | str | None = None, overrides: dict[str, dict[str, A
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         values = loaded if loaded is not None else {}
     return parse_params(values, source, overrides)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """["finetune.head_epochs=2"] -> {"finetune": {"head_epochs": 2}} (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            out.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    return out
+
+
+def resolve_params(root: Path, params_arg: Path | None, sets: list[str]) -> Params:
+    """The params of a command: `--params FILE` (relative to the root; it must exist), else
+    <root>/params.yaml when there is one, else the embedded defaults; then the --set overrides.
+    Never a params file of another folder."""
+    overrides = parse_overrides(sets)
+    if params_arg is not None:
+        return load_params(params_arg if params_arg.is_absolute() else root / params_arg, overrides)
+    default = root / "params.yaml"
+    if default.exists():
+        return load_params(default, overrides)
+    print(f"transferops: no params.yaml in {root}; using the built-in defaults", file=sys.stderr)
+    return load_params(None, overrides)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,10 @@ class Split:
         thumbnails, the benchmarks' label subsets), never in the pipeline."""
         return encoding.examples(self.root, self.files, self.parts)
 
+    def preview(self, encoding: Encoding) -> list[Any]:
+        """How each example is shown to a person (`Encoding.preview`): only for a few."""
+        return encoding.preview(self.root, self.files, self.parts)
+
 
 @dataclass
 class SplitData:

@@ -78,7 +78,7 @@ def _suites(params: ValidateParams, modality: Modality):
     classes = gx.ExpectationSuite(name=f"{modality.noun}_classes")
     for expectation in (
         gxe.ExpectTableRowCountToBeBetween(min_value=2),
-        gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=params.min_images_per_class),
+        gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=params.min_per_class),
     ):
         classes.add_expectation(expectation)
     return files, classes
@@ -186,8 +186,8 @@ def validate_manifest(
                 if key == "class_id":
                     name, count = classes.iloc[index]["label"], int(classes.iloc[index]["n_images"])
                     problems.append(
-                        f"{printable(name)}/: {count} usable {modality.noun}(s); validate.min_images_per_class="
-                        f"{params.min_images_per_class}"
+                        f"{printable(name)}/: {count} usable {modality.noun}(s); validate.min_per_class="
+                        f"{params.min_per_class}"
                     )
                 else:
                     reason = _reason(config.kwargs.get("column"), modality, own, errors.loc[index])
@@ -208,6 +208,7 @@ class ValidatedData:
     manifest: pd.DataFrame  # one row per file (tasks.data.ingest.columns)
     report: ValidationReport
     lineage: dict[str, str]  # data_version (DVC's directory hash), data_dvc_state, data_path
+    modality: Modality  # what the examples are, with the run's settings
 
     @property
     def fingerprint(self) -> str:
@@ -219,4 +220,4 @@ def validate_folder(data_dir: Path, params: ValidateParams, docs_dir: Path, moda
     """Ingest `data_dir` (hash and inspect every file), run the suites, and name the data version."""
     manifest = ingest.scan(data_dir, modality)
     report = validate_manifest(manifest, ingest.class_folders(data_dir), params, docs_dir, modality)
-    return ValidatedData(manifest, report, lineage.data_lineage(data_dir, manifest))
+    return ValidatedData(manifest, report, lineage.data_lineage(data_dir, manifest), modality)

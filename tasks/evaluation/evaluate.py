@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from tasks.core import progress
+from tasks.core.files import printable
 from tasks.evaluation import gate
 
 
@@ -26,7 +28,7 @@ class TestReport:
     intervals: dict[str, tuple[float, float]]  # 95% bootstrap interval of each metric
     calibration: dict[str, Any]  # expected calibration error and its bins (`calibration`)
     mistakes: list[dict[str, Any]]  # the most confident mistakes: index, true, predicted, confidence
-    thumbnails: np.ndarray | None = None  # their images, when the report was given the images
+    thumbnails: list[Any] | None = None  # how each is shown (`Encoding.preview`): an image or a text
 
 
 def predict(model: Any, images: Any, total: int | None = None, description: str = "evaluate") -> np.ndarray:
@@ -46,15 +48,16 @@ def report(
     y_true: np.ndarray,
     probabilities: np.ndarray,
     class_names: list[str],
-    images: np.ndarray | Callable[[list[int]], np.ndarray] | None = None,
+    images: Sequence[Any] | Callable[[list[int]], Sequence[Any]] | None = None,
 ) -> TestReport:
-    """The test report; `images` gives the pictures of the gallery of mistakes: all images, or
-    a function of the rows it needs (so only those few are decoded)."""
+    """The test report; `images` gives what the gallery of mistakes shows of each example (an
+    image array or a text): all examples', or a function of the rows it needs (so only those
+    few are read)."""
     wrong = confident_mistakes(y_true, probabilities)
     rows = [m["index"] for m in wrong]
     thumbnails = None
     if images is not None and wrong:
-        thumbnails = images(rows) if callable(images) else images[rows]
+        thumbnails = list(images(rows)) if callable(images) else [images[i] for i in rows]
     return TestReport(
         metrics=metrics(y_true, probabilities),
         per_class=per_class_report(y_true, probabilities, class_names),
@@ -168,8 +171,9 @@ def plot_reliability(calibrated: dict[str, Any], path: Path, title: str) -> Path
 
 
 def plot_mistakes(report: TestReport, path: Path, title: str) -> Path | None:
-    """A gallery of the most confident mistakes: image, true -> predicted, confidence. Class
-    names are drawn as plain text (no math parsing)."""
+    """A gallery of the most confident mistakes: the example (an image, or a text's opening
+    words), true -> predicted, confidence. Class names and texts are drawn as plain text (no
+    math parsing, no markup)."""
     if report.thumbnails is None or not report.mistakes:
         return None
     import matplotlib
@@ -177,14 +181,20 @@ def plot_mistakes(report: TestReport, path: Path, title: str) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = min(6, len(report.mistakes))
+    texts = isinstance(report.thumbnails[0], str)
+    columns = min(3 if texts else 6, len(report.mistakes))
     rows = -(-len(report.mistakes) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    width, height = (4.4, 2.6) if texts else (2.2, 2.4)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     names = report.class_names
-    for ax, mistake, image in zip(axes.ravel(), report.mistakes, report.thumbnails, strict=False):
-        ax.imshow(image)
+    for ax, mistake, shown in zip(axes.ravel(), report.mistakes, report.thumbnails, strict=False):
+        if texts:
+            lines = textwrap.wrap(printable(shown), 48)[:8]
+            ax.text(0, 1, "\n".join(lines), va="top", fontsize=7, wrap=True, parse_math=False, usetex=False)
+        else:
+            ax.imshow(shown)
         label = f"{names[mistake['true']]} -> {names[mistake['predicted']]}\n{mistake['confidence']:.2f}"
         ax.set_title(label, fontsize=8, parse_math=False)
     fig.suptitle(title, parse_math=False)

@@ -8,8 +8,9 @@ select, the feature cache, the search, ensembles, distillation, evaluation, the 
 registry, drift and the flows take a modality (or one of its encodings) and never look inside
 an example.
 
-A modality registers itself under its name (`register`); `from_params` and `from_meta` find
-one for a run's params and for a registered version's recorded input.
+A modality registers itself under its name (`register`); `from_params` finds one for a run's
+params and data (`data.modality`, or `detect`ed from the folder), `from_meta` a registered
+version's recorded input. Its settings are the params section of its name (`images:`, `texts:`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,17 @@ class Encoding(Protocol):
         ...
 
     def meta(self) -> dict[str, Any]:
-        """What a served model or an export needs to read input exactly so (JSON)."""
+        """What a served model or an export needs to read input exactly so (JSON): `modality`,
+        the served input `column`, and the settings."""
+        ...
+
+    def artifacts(self) -> dict[str, Path]:
+        """Files a served model or an export needs beside its weights (texts: the tokenizer)."""
+        ...
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """Packages a served model needs to read this input, beside TensorFlow and MLflow."""
         ...
 
     def batches(
@@ -71,9 +82,25 @@ class Encoding(Protocol):
         """A few files as one array, in memory (thumbnails, a served batch, a test)."""
         ...
 
+    def preview(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> list[Any]:
+        """How a few files are shown to a person (the gallery of mistakes): images as arrays,
+        texts as their opening characters (plain strings: whoever renders them escapes them)."""
+        ...
+
     def baseline(self) -> keras.Model:
         """The raw-input baseline as a backbone taking this input (a logistic regression on its
         features is the search's floor)."""
+        ...
+
+
+class Augmentation(Protocol):
+    """Random changes to training batches that keep their labels (never at inference)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def layers(self, seed: int) -> keras.Layer | None:
+        """The layers that change a batch of this modality's input, or None (all off)."""
         ...
 
 
@@ -84,6 +111,7 @@ class Modality(Protocol):
     columns: tuple[str, ...]  # the manifest columns its `inspect` fills, after the common ones
     integer_columns: tuple[str, ...]  # those of them that hold whole numbers (or nothing)
     noun: str  # what one example is called in messages: "image"
+    augment: Augmentation | None  # of training batches (not in `fingerprint`: it keys no checks)
 
     @property
     def fingerprint(self) -> str: ...
@@ -127,10 +155,39 @@ def _load() -> None:
     from tasks.modality import pixels, tokens  # noqa: F401  (register "images" and "texts")
 
 
-def from_params(params: Params) -> Modality:
-    """The modality a run's params name, with its settings."""
+# At most this many files are looked at to tell a folder's modality
+DETECT_FILES = 200
+
+
+def detect(folder: Path) -> str:
+    """`texts` when most of the first files under `folder` (sorted, in class folders) are `.txt`,
+    else `images`."""
+    from tasks.core.files import is_ignored
+
+    seen = texts = 0
+    for path in sorted(Path(folder).glob("*/*")):
+        if seen >= DETECT_FILES:
+            break
+        if path.is_file() and not is_ignored(path):
+            seen += 1
+            texts += path.suffix.lower() == ".txt"
+    return "texts" if seen and texts * 2 > seen else "images"
+
+
+def named(name: str, params: Params) -> Modality:
+    """Modality `name` with its params section's settings."""
     _load()
-    return _REGISTRY["images"](params)
+    return _REGISTRY[name](params)
+
+
+def from_params(params: Params, data: Path | None = None) -> Modality:
+    """The modality of a run on the folder `data`: `data.modality`, or with `auto` the one
+    `detect` finds there (images without a folder), with its params section's settings."""
+    _load()
+    name = params.data.modality
+    if name == "auto":
+        name = detect(data) if data is not None and Path(data).is_dir() else "images"
+    return named(name, params)
 
 
 def from_meta(meta: dict[str, Any]) -> Encoding:

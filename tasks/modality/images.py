@@ -100,7 +100,7 @@ def inspect(data: bytes, max_pixels: int) -> dict[str, object]:
                 )
                 if image.width * image.height > max_pixels:
                     out["error"] = (
-                        f"{image.width}x{image.height} pixels exceeds validate.max_pixels="
+                        f"{image.width}x{image.height} pixels exceeds images.max_pixels="
                         f"{max_pixels} (possible decompression bomb)"
                     )
                     return out

@@ -68,11 +68,19 @@ class Pixels:
     def meta(self) -> dict[str, Any]:
         return {
             "modality": "images",
+            "column": "image",
             "input": {"dtype": "float32", "layout": "NHWC", "range": [0, 255], "channels": "RGB"},
             "image_size": self.size,
             "max_pixels": self.max_pixels,
             "resize": self.resize,
         }
+
+    def artifacts(self) -> dict[str, Path]:
+        return {}
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return ("pillow",)
 
     def decode_file(self, root: Path, relative: str, parts: tuple[Path, ...] = ()) -> np.ndarray:
         """One file under `root` (never outside it, nor outside its part of a joined split:
@@ -85,6 +93,9 @@ class Pixels:
         for i, relative in enumerate(files):
             out[i] = self.decode_file(root, relative, parts)
         return out
+
+    def preview(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> list[Any]:
+        return list(self.examples(root, files, parts))
 
     def batches(
         self,
@@ -165,6 +176,35 @@ def input_size(model: keras.Model, uri: str = "backbone") -> int:
 
 
 @dataclass(frozen=True)
+class Augment:
+    """Training-time image augmentation (`images.flip`, `shift`, `rotate`, `contrast`)."""
+
+    flip: bool = False
+    shift: float = 0.1
+    rotate: float = 0.05
+    contrast: float = 0.1
+
+    @property
+    def fingerprint(self) -> str:
+        return f"augment-{self.flip}-{self.shift}-{self.rotate}-{self.contrast}"
+
+    def layers(self, seed: int) -> keras.Sequential | None:
+        """The augmentation layers asked for, or None (all off)."""
+        import keras
+
+        layers: list[keras.layers.Layer] = []
+        if self.flip:
+            layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        if self.shift > 0:
+            layers.append(keras.layers.RandomTranslation(self.shift, self.shift, "nearest", seed=seed + 1))
+        if self.rotate > 0:
+            layers.append(keras.layers.RandomRotation(self.rotate, "nearest", seed=seed + 2))
+        if self.contrast > 0:
+            layers.append(keras.layers.RandomContrast(self.contrast, value_range=(0, 255), seed=seed + 3))
+        return keras.Sequential(layers, name="augmentation") if layers else None
+
+
+@dataclass(frozen=True)
 class Images:
     """The image modality with a run's settings: folders of image files (`<root>/<class>/<image>`)."""
 
@@ -172,6 +212,7 @@ class Images:
     max_pixels: int = 40_000_000
     min_side: int = 8
     formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+    augment: Augment = Augment()
     name = "images"
     noun = "image"
     columns = ("format", "mode", "width", "height", "n_frames")
@@ -187,11 +228,11 @@ class Images:
     def expectations(self) -> list[tuple[Any, str]]:
         import great_expectations.expectations as gxe
 
-        too_small = f"smaller than validate.min_side={self.min_side} pixels"
+        too_small = f"smaller than images.min_side={self.min_side} pixels"
         return [
             (
                 gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(self.formats)),
-                "format not in validate.formats",
+                "format not in images.formats",
             ),
             (gxe.ExpectColumnValuesToBeBetween(column="width", min_value=self.min_side), too_small),
             (gxe.ExpectColumnValuesToBeBetween(column="height", min_value=self.min_side), too_small),
@@ -208,9 +249,9 @@ class Images:
 
 
 def from_params(params: Params) -> Images:
-    return Images(
-        params.data.resize, params.validate.max_pixels, params.validate.min_side, params.validate.formats
-    )
+    own = params.images
+    augment = Augment(own.flip, own.shift, own.rotate, own.contrast)
+    return Images(own.resize, own.max_pixels, own.min_side, own.formats, augment)
 
 
 def from_meta(meta: dict[str, Any]) -> Pixels:

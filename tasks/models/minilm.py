@@ -8,66 +8,24 @@ The sentence embedding is the mean of the last hidden states over the tokens tha
 padding, L2-normalised. Input: token ids (n, length) int32, 0 = padding (`[PAD]`); the token-type
 ids are all 0 (one segment), so their embedding is a constant row, added inside the model.
 
-Only Keras layers that load in safe mode are used, plus two small registered layers (the
-position/type embedding sum and the masked mean), so a saved model needs this module imported,
-not arbitrary code.
+Only Keras layers that load in safe mode are used, plus three small registered layers (the
+position/type embedding sum, the attention mask and the masked mean:
+tasks/modality/token_layers.py, which a served text model ships), not arbitrary code.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
 
 from tasks.core.errors import UserError
+from tasks.modality.token_layers import AttentionMask, MaskedMean, PositionAndType, gelu_erf
 
 MINILM_URI = "minilm:all-MiniLM-L6-v2"
 VOCAB, WIDTH, POSITIONS, HEADS, LAYERS, INTERMEDIATE = 30522, 384, 512, 12, 6, 1536
 EPSILON = 1e-12
-
-
-@keras.saving.register_keras_serializable("transferops")
-class PositionAndType(keras.layers.Layer):
-    """Adds the position embedding of each place and the token-type 0 embedding."""
-
-    def __init__(self, positions: int, width: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.positions, self.width = positions, width
-
-    def build(self, input_shape: Any) -> None:
-        self.position = self.add_weight(
-            shape=(self.positions, self.width), name="position", initializer="zeros"
-        )
-        self.type = self.add_weight(shape=(self.width,), name="type", initializer="zeros")
-
-    def call(self, x: Any) -> Any:
-        length = keras.ops.shape(x)[1]
-        return x + self.position[None, :length] + self.type
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "positions": self.positions, "width": self.width}
-
-
-@keras.saving.register_keras_serializable("transferops")
-class AttentionMask(keras.layers.Layer):
-    """(n, length) token ids -> (n, length, length): which places may attend to which (no padding)."""
-
-    def call(self, ids: Any) -> Any:
-        keep = keras.ops.not_equal(ids, 0)
-        return keras.ops.logical_and(keep[:, None, :], keep[:, :, None])
-
-
-@keras.saving.register_keras_serializable("transferops")
-class MaskedMean(keras.layers.Layer):
-    """The mean over the places whose token is not padding, L2-normalised."""
-
-    def call(self, hidden: Any, ids: Any) -> Any:
-        mask = keras.ops.cast(keras.ops.not_equal(ids, 0), hidden.dtype)[..., None]
-        summed = keras.ops.sum(hidden * mask, axis=1)
-        mean = summed / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
-        return mean / keras.ops.maximum(keras.ops.norm(mean, axis=-1, keepdims=True), 1e-12)
 
 
 def build_minilm(
@@ -90,8 +48,10 @@ def build_minilm(
             heads, width // heads, kernel_initializer=init, name=f"attention_{i}"
         )(x, x, attention_mask=attention_mask)
         x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"attention_norm_{i}")(x + attended)
-        # Keras' gelu is the exact (erf) one unless asked for the tanh approximation, as BERT's
-        inner = keras.layers.Dense(intermediate, "gelu", kernel_initializer=init, name=f"intermediate_{i}")(x)
+        # the exact (erf) GELU, as BERT's (not the tanh approximation)
+        inner = keras.layers.Dense(intermediate, gelu_erf, kernel_initializer=init, name=f"intermediate_{i}")(
+            x
+        )
         x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"output_norm_{i}")(
             x + keras.layers.Dense(width, kernel_initializer=init, name=f"output_{i}")(inner)
         )

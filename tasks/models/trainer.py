@@ -10,22 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks.core.config import AugmentParams, FinetuneParams
-from tasks.models.backbones import glorot, reseed, weighted_layers
-
-
-def augmentation(params: AugmentParams, seed: int) -> keras.Sequential | None:
-    """The training-time image augmentation `params` asks for, or None (all off)."""
-    layers: list[keras.layers.Layer] = []
-    if params.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if params.shift > 0:
-        layers.append(keras.layers.RandomTranslation(params.shift, params.shift, "nearest", seed=seed + 1))
-    if params.rotate > 0:
-        layers.append(keras.layers.RandomRotation(params.rotate, "nearest", seed=seed + 2))
-    if params.contrast > 0:
-        layers.append(keras.layers.RandomContrast(params.contrast, value_range=(0, 255), seed=seed + 3))
-    return keras.Sequential(layers, name="augmentation") if layers else None
+from tasks.core.config import FinetuneParams
+from tasks.modality import Augmentation
+from tasks.models.backbones import glorot, input_like, reseed, weighted_layers
 
 
 class Trainer(keras.Model):
@@ -39,7 +26,7 @@ class Trainer(keras.Model):
         backbone: keras.Model,
         learning_rate: float,
         backbone_rate: float,
-        augment: keras.Sequential | None = None,
+        augment: keras.Layer | None = None,
     ) -> None:
         super().__init__(name="trainer")
         self.classifier, self.backbone, self.augment = classifier, backbone, augment
@@ -57,7 +44,7 @@ class Trainer(keras.Model):
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y = data[0], data[1]
-        if self.augment is not None:  # streamed batches are uint8; the layers compute in float
+        if self.augment is not None:  # streamed image batches are uint8; the layers compute in float
             x = self.augment(keras.ops.cast(x, "float32"), training=True)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
@@ -84,7 +71,7 @@ def build_trainer(
     pretrained: dict[str, keras.Model],
     num_classes: int,
     finetune: FinetuneParams,
-    augment: AugmentParams,
+    augment: Augmentation | None,
     heads: dict[str, list[np.ndarray]] | None = None,
 ) -> Trainer:
     """One trial's model: the backbone (of `pretrained`, by `values["backbone"]`, or the only
@@ -112,7 +99,7 @@ def build_trainer(
         backbone.trainable = True
         for layer in backbone.layers:
             layer.trainable = layer in chosen
-    inputs = keras.Input(source.input_shape[1:], name="pixels")
+    inputs = input_like(source)
     # BatchNorm learns its statistics only when trained from scratch (Keras' fine-tuning guide)
     x = backbone(inputs, training=None if strategy == "scratch" else False)
     x = keras.layers.Dropout(finetune.dropout, seed=seed + 2)(x)
@@ -122,4 +109,5 @@ def build_trainer(
     classifier = keras.Model(inputs, outputs, name="classifier")
     if heads is not None and strategy != "scratch":
         classifier.get_layer("head").set_weights(heads[name])
-    return Trainer(classifier, backbone, learning_rate, learning_rate * factor, augmentation(augment, seed))
+    layers = augment.layers(seed) if augment is not None else None
+    return Trainer(classifier, backbone, learning_rate, learning_rate * factor, layers)

@@ -86,7 +86,7 @@ def evaluate_challenger(
     )
     return Evaluation(
         evaluate.report(
-            test.y, probabilities, data.class_names, lambda rows: test.subset(rows).examples(encoding)
+            test.y, probabilities, data.class_names, lambda rows: test.subset(rows).preview(encoding)
         ),
         champion_scores(model_name, champion, data),
     )

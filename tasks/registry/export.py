@@ -2,8 +2,9 @@
 
 `transferops export VERSION --format savedmodel|tflite|onnx [--quantize float16|int8]` writes
 the artifact and, beside it, `<artifact>.json`: how to feed it (its encoding's `meta`: for
-images RGB, a square of `image_size` by the `resize` policy, float32 0-255, NHWC) and the class
-names in output order. Most "mismatches" reported between runtimes are preprocessing differences
+images RGB, a square of the `resize` policy, float32 0-255, NHWC; for texts int32 token ids of
+the `tokenizer` file shipped beside it, cut to the `window`, 0-padded) and the class names in
+output order. Most "mismatches" reported between runtimes are preprocessing differences
 (tensorflow-onnx#1428), so the export names its preprocessing, and the check runs that very
 decoding (the version's `Encoding`).
 
@@ -47,7 +48,7 @@ from tasks.modality import Encoding
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
 BATCH = 64
-Runtime = Callable[[np.ndarray], np.ndarray]  # float32 images (n, size, size, 3) -> probabilities (n, k)
+Runtime = Callable[[np.ndarray], np.ndarray]  # a batch of model input -> probabilities (n, k)
 
 
 class ExportRefused(UserError):
@@ -115,13 +116,14 @@ def write(
     name: str,
     path: Path,
     representative: Callable[[], Iterator[list[np.ndarray]]] | None = None,
+    column: str = "image",
 ) -> Path:
-    """Write `model` (a Keras classifier taking float32 0-255 images) as export `name` to
-    `path`, through Keras' own exporters (`model.export`)."""
+    """Write `model` (a Keras classifier: float32 0-255 images, or int32 token ids) as export
+    `name` to `path`, through Keras' own exporters (`model.export`); its input is `column`."""
     import tensorflow as tf
 
     fmt, _, quantize = name.partition("-")
-    signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image")]
+    signature = [tf.TensorSpec([None, *model.input_shape[1:]], model.inputs[0].dtype, name=column)]
     options: dict[str, Any] = {}
     if quantize:
         options["optimizations"] = [tf.lite.Optimize.DEFAULT]
@@ -244,8 +246,8 @@ def compare(
     worst = 0.0
     first: np.ndarray | None = None
     with progress.counting(f"check {name}", len(test)) as advance:
-        for images, labels in test.batches(encoding, BATCH).as_numpy_iterator():
-            x = images.astype("float32")
+        for batch, labels in test.batches(encoding, BATCH).as_numpy_iterator():
+            x = batch.astype(str(model.inputs[0].dtype))
             first = x[:1] if first is None else first
             ours, theirs = np.asarray(forward(x)), runtime(x)
             worst = max(worst, float(np.abs(ours - theirs).max()))
@@ -280,7 +282,7 @@ def representative_images(
 
     def images() -> Iterator[list[np.ndarray]]:
         for batch in sample.batches(encoding, 1, labels=False).as_numpy_iterator():
-            yield [batch.astype("float32")]
+            yield [batch.astype("float32") if batch.dtype == np.uint8 else batch]
 
     return images
 
@@ -325,7 +327,7 @@ def export_checked(
         representative = (
             representative_images(train, encoding, representative_count) if "int8" in name else None
         )
-        write(model, name, partial, representative)
+        write(model, name, partial, representative, str(encoding.meta().get("column", "image")))
         parity = compare(model, load_runtime(partial, name), name, test, encoding, partial, latency_calls)
         if parity.accuracy_drop > max_accuracy_drop:
             parity.status = "refused"
@@ -346,6 +348,8 @@ def export_checked(
         "parity": asdict(parity),
     }
     Path(f"{final}.json").write_text(json.dumps(meta, indent=2))
+    for key, source in encoding.artifacts().items():  # a text export's tokenizer, named in its JSON
+        shutil.copyfile(source, folder / str(meta[key]))
     return final, parity
 
 
@@ -366,7 +370,7 @@ def export_version(
     scratch = root / ".transferops" / "reproduce" / f"export-{model_name}-v{version}"  # gc clears leftovers
     try:
         data_dir = reproduce.restore_data(record, root, scratch)
-        splits = load_folder(data_dir, record.params.split, modality.from_params(record.params))
+        splits = load_folder(data_dir, record.params.split, modality.from_params(record.params, data_dir))
         if splits.class_names != class_names:
             raise UserError(
                 f"export: {model_name} v{version} knows classes {class_names}, but its data version "

@@ -26,7 +26,7 @@ COLUMNS = ["path", "label", "confidence", "error"]
 FORMATS = (".parquet", ".csv")
 
 
-def image_files(inputs: list[Path]) -> list[Path]:
+def input_files(inputs: list[Path]) -> list[Path]:
     """Each input file, and every file under each input folder (sorted, hidden and system
     files skipped, symlinked folders not followed). A missing input is a UserError."""
     found: list[Path] = []

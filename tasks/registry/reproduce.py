@@ -57,12 +57,19 @@ def recorded(model: str, version: str) -> Recorded:
         warm_start_version = pinned or warm_start_version
     elif backbone.startswith("registry:") and pinned:
         name = registry_ref(backbone.removeprefix("registry:"))[0]
-        candidates = [
-            c.model_copy(update={"uri": f"registry:{name}/{pinned}"}) if c.uri == backbone else c
-            for c in params.select.candidates
-        ]
+        pin = {"uri": f"registry:{name}/{pinned}"}
         params = params.model_copy(
-            update={"select": params.select.model_copy(update={"candidates": tuple(candidates)})}
+            update={
+                section: params.section(section).model_copy(
+                    update={
+                        "candidates": tuple(
+                            c.model_copy(update=pin) if c.uri == backbone else c
+                            for c in params.section(section).candidates
+                        )
+                    }
+                )
+                for section in ("images", "texts")
+            }
         )
     return Recorded(model, version, params, tags, metrics, warm_start_version)
 
@@ -83,10 +90,8 @@ def restore_data(record: Recorded, root: Path, scratch: Path) -> Path:
     version, else a copy checked out by DVC (from the cache, or pulled from the remote)."""
     data_version = record.tags["data_version"]
     original = Path(record.tags.get("data_path", ""))
-    if (
-        original.is_dir()
-        and lineage.dvc_dir_hash(scan(original, modality.from_params(record.params))) == data_version
-    ):
+    found = modality.from_params(record.params, original)
+    if original.is_dir() and lineage.dvc_dir_hash(scan(original, found)) == data_version:
         return original
     scratch.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,17 +1,19 @@
-"""The served model: an MLflow pyfunc that takes image bytes and returns class names and
-probabilities.
+"""The served model: an MLflow pyfunc that takes examples (image bytes or texts) and returns class
+names and probabilities.
 
-Input: a DataFrame with a column `image`, each value the bytes of an image file, base64-
-encoded (what `mlflow models serve` receives as JSON) or raw `bytes` in process. Never a
+Input: a DataFrame with the column its modality reads. Images: `image`, each value the bytes
+of an image file, base64-encoded (what `mlflow models serve` receives as JSON) or raw `bytes`
+in process. Texts: `text`, each value a string, cut to the version's window of tokens. Never a
 file path: a served model that opened paths would let any HTTP client read the server's
 files and probe which exist. A trusted caller in the same process that has files on disk
 reads them itself (`files_frame`).
 
 Output: one row per input row, in order, with `label`, `confidence`, one probability column
-per class, and `error`. Each row is decoded on its own: a row that is not an image gets its
-reason in `error` (and nulls elsewhere), and the other rows still get their labels. Only a
-request that has no `image` column or no rows fails as a whole, with one line and no stack
-trace. Preprocessing (tasks.modality.images) and the class names travel inside the model.
+per class, and `error`. Each row is read on its own: a row that is not an image (or not a
+text: null, a number, empty) gets its reason in `error` (and nulls elsewhere), and the other
+rows still get their labels. Only a request that lacks the column or has no rows fails as a
+whole, with one line and no stack trace. Preprocessing (tasks.modality.images, or
+tasks.modality.text_rows with the tokenizer file) and the class names travel inside the model.
 """
 
 from __future__ import annotations
@@ -29,17 +31,38 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from tasks.modality.images import ImageError, row_reader
+from tasks.modality.images import ImageError
+from tasks.modality.texts import TextError
 
 KERAS_ARTIFACT = "keras_model"
 META_ARTIFACT = "meta"
 BATCH = 64  # rows per forward pass: a request of any size runs in bounded memory
+ROW_ERRORS = (ImageError, TextError)  # a row that cannot be read: its own error, not the request's
 
 
-def files_frame(paths: list[str] | list[Path]) -> pd.DataFrame:
+def files_frame(paths: list[str] | list[Path], column: str = "image") -> pd.DataFrame:
     """The model's input for files a trusted, in-process caller chose (the explicit opt-in to
-    local files): each file's bytes, base64-encoded."""
+    local files): an image file's bytes base64-encoded; a text file's bytes as a string, any
+    bytes that are not UTF-8 kept (surrogate escapes) for the model to name."""
+    if column == "text":
+        texts = [Path(p).read_bytes().decode("utf-8", "surrogateescape") for p in paths]
+        return pd.DataFrame({"text": pd.Series(texts, dtype=object)})  # not Arrow: it refuses surrogates
     return pd.DataFrame({"image": [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]})
+
+
+def reader(meta: dict[str, Any], artifacts: dict[str, str]) -> tuple[str, Any, Any]:
+    """(the input column, one row -> model input, model inputs -> a batch) of the modality the
+    version recorded (`Encoding.meta`; before modalities, images)."""
+    if meta.get("modality", "images") == "texts":
+        from tasks.modality import text_rows, token_layers  # noqa: F401  (its layers: registered to load)
+
+        return "text", text_rows.row_reader(meta, artifacts[TOKENIZER_ARTIFACT]), text_rows.pad
+    from tasks.modality.images import row_reader
+
+    return "image", row_reader(meta), lambda rows: np.stack(rows).astype("float32")
+
+
+TOKENIZER_ARTIFACT = "tokenizer"  # a text version's tokenizer.json
 
 
 PROBABILITY = "p:"  # class c's probability column is "p:c": no class name can shadow a column of ours
@@ -70,40 +93,43 @@ def _request_error(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
+class Classifier(mlflow.pyfunc.PythonModel):
     """Keras classifier + preprocessing + class names, as one pyfunc."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras
 
-        # safe_mode (the default) refuses models that would run arbitrary code on load
-        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True)
         meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
         self.meta: dict[str, Any] = meta  # how it reads input (`Encoding.meta`)
         self.class_names: list[str] = meta["class_names"]
-        self.read = row_reader(meta)  # one row's value -> model input (the modality's own)
+        # one row's value -> model input, and a batch of those (the modality's own)
+        self.column, self.read, self.stack = reader(meta, context.artifacts)
+        # safe_mode (the default) refuses models that would run arbitrary code on load
+        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True)
         self.forward = forward_function(self.model)
-        self.forward(np.zeros((1, *self.model.input_shape[1:]), "float32"))  # traced now, not on a request
+        self.forward(warm_up_input(self.model))  # traced now, not on a request
         self._pool: ThreadPoolExecutor | None = None
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+        column = self.column
+        if not isinstance(model_input, pd.DataFrame) or column not in model_input.columns:
             columns = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else []
-            raise _request_error(f"input needs an 'image' column (base64 image bytes); got columns {columns}")
+            what = "base64 image bytes" if column == "image" else "a string each"
+            raise _request_error(f"input needs the '{column}' column ({what}); got columns {columns}")
         if len(model_input) == 0:
-            raise _request_error("input has no rows: send at least one image")
+            raise _request_error(f"input has no rows: send at least one {column}")
         try:
-            return self._predict_rows(list(model_input["image"]))
+            return self._predict_rows(list(model_input[column]))
         except MlflowException:
             raise
         except Exception as exc:  # a bug or resource problem: one line to the client, no stack trace
             raise MlflowException(f"prediction failed: {type(exc).__name__}: {exc}", INTERNAL_ERROR) from None
 
     def _decode(self, value: Any) -> np.ndarray | str:
-        """One row's image, or the reason it is not one."""
+        """One row's model input, or the reason it is not one."""
         try:
             return self.read(value)
-        except ImageError as exc:
+        except ROW_ERRORS as exc:
             return str(exc)
 
     def _predict_rows(self, values: list[Any]) -> pd.DataFrame:
@@ -120,7 +146,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         if arrays:
             probabilities[good] = np.concatenate(
                 [
-                    np.asarray(self.forward(np.stack(arrays[i : i + BATCH]).astype("float32")))
+                    np.asarray(self.forward(self.stack(arrays[i : i + BATCH])))
                     for i in range(0, len(arrays), BATCH)
                 ]
             )
@@ -133,7 +159,12 @@ def forward_function(model: Any) -> Any:
     and step function) is paid once per process."""
     import tensorflow as tf
 
-    signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)]
+    signature = [tf.TensorSpec([None, *model.input_shape[1:]], model.inputs[0].dtype)]
     # autograph off: a plain call has no Python control flow to convert, and autograph would
     # write its converted source to the temp folder (a file left behind by every load)
     return tf.function(lambda x: model(x, training=False), input_signature=signature, autograph=False)
+
+
+def warm_up_input(model: Any) -> np.ndarray:
+    """One input of the shape and type `model` takes (a dimension of any length: 1), zeros."""
+    return np.zeros((1, *(d or 1 for d in model.input_shape[1:])), str(model.inputs[0].dtype))

@@ -3,6 +3,6 @@ the model and runs at load time (no pickled Python object in the model)."""
 
 import mlflow
 
-from tasks.registry.serving import ImageClassifier
+from tasks.registry.serving import Classifier
 
-mlflow.models.set_model(ImageClassifier())
+mlflow.models.set_model(Classifier())

@@ -36,8 +36,12 @@ if TYPE_CHECKING:  # `transferops status` reads the registry without importing T
     from tasks.modality import Encoding
 
 TASKS_DIR = Path(__file__).parents[1]
-# What the served model imports: decoding and the pyfunc wrapper, nothing else of `tasks`.
-SERVING_MODULES = ("modality/images.py", "registry/serving.py")
+# What the served model imports: reading each modality's rows and the pyfunc wrapper, nothing
+# else of `tasks`.
+SERVING_MODULES = (
+    *("modality/images.py", "modality/texts.py", "modality/text_rows.py", "modality/token_layers.py"),
+    "registry/serving.py",
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -53,12 +57,13 @@ def log_classifier(
     class_names: list[str],
     encoding: Encoding,
     workdir: Path,
-    example_image: Path,
+    example_file: Path,
     name: str = "model",
 ) -> mlflow.models.model.ModelInfo:
-    """Log the classifier as a pyfunc (tasks.registry.serving.ImageClassifier) in the active run.
+    """Log the classifier as a pyfunc (tasks.registry.serving.Classifier) in the active run, with
+    the files its input needs (`encoding.artifacts`: a text model's tokenizer).
 
-    `example_image` becomes the input example (MLflow tries it, and only warns when it fails).
+    `example_file` becomes the input example (MLflow tries it, and only warns when it fails).
     Before anything is logged, the saved file is loaded back as the served model loads it
     (safe mode) and must give the same probabilities: a model that would not serve is never
     registered."""
@@ -67,29 +72,34 @@ def log_classifier(
     workdir.mkdir(parents=True, exist_ok=True)
     keras_path = workdir / "classifier.keras"
     model.save(keras_path)
-    probe = np.random.default_rng(0).integers(0, 256, (2, *model.input_shape[1:])).astype("float32")
+    shape = (2, *(d or 8 for d in model.input_shape[1:]))  # any length: 8
+    probe = np.random.default_rng(0).integers(0, 256, shape).astype(str(model.inputs[0].dtype))
     reloaded = keras.saving.load_model(keras_path, compile=False, safe_mode=True)
     if not np.allclose(reloaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-5):
         raise RuntimeError(f"{keras_path}: the saved classifier loads with other weights; not registered")
     meta_path = workdir / "meta.json"
-    meta_path.write_text(json.dumps({"class_names": class_names, **encoding.meta()}))
+    meta = {"class_names": class_names, **encoding.meta()}
+    meta_path.write_text(json.dumps(meta))
+    column = str(meta.get("column", "image"))
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "image")]),
+        inputs=Schema([ColSpec("string", column)]),
         outputs=Schema(
             [ColSpec("string", "label"), ColSpec("double", "confidence")]
             + [ColSpec("double", c) for c in probability_columns(class_names)]
             + [ColSpec("string", "error", required=False)]
         ),
     )
-    example = files_frame([example_image])
+    example = files_frame([example_file], column)
+    artifacts = {KERAS_ARTIFACT: str(keras_path), META_ARTIFACT: str(meta_path)}
+    requirements = _pins("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy", *encoding.requirements)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(TASKS_DIR / "registry" / "serving_model.py"),
-        artifacts={KERAS_ARTIFACT: str(keras_path), META_ARTIFACT: str(meta_path)},
+        artifacts=artifacts | {k: str(v) for k, v in encoding.artifacts().items()},
         code_paths=[str(serving_package(workdir / "code"))],  # preprocessing travels with the model
         signature=signature,
         input_example=example,
-        pip_requirements=_pins("mlflow", "tensorflow-cpu", "keras", "pillow", "pandas", "numpy"),
+        pip_requirements=requirements,
     )
 
 
@@ -279,7 +289,7 @@ def encoding_of(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> Encoding:
 
 
 def champion_keras_model(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> tuple[keras.Model, list[str]]:
-    """The Keras classifier and class names inside a served ImageClassifier."""
+    """The Keras classifier and class names inside a served Classifier."""
     inner = pyfunc_model.unwrap_python_model()
     return inner.model, inner.class_names
 
@@ -344,13 +354,20 @@ def predict_batches(
     files: see `files_frame`): (the batch's paths, its predictions)."""
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        yield chunk, pyfunc_model.predict(files_frame(chunk))
+        yield chunk, pyfunc_model.predict(files_frame(chunk, input_column(pyfunc_model)))
 
 
 def predict_files(pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str]) -> pd.DataFrame:
     """A served model's predictions for files this process trusts (it reads them, not the model)."""
     frames = [frame for _, frame in predict_batches(pyfunc_model, paths)]
-    return pd.concat(frames, ignore_index=True) if frames else pyfunc_model.predict(files_frame(paths))
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    return pyfunc_model.predict(files_frame(paths, input_column(pyfunc_model)))
+
+
+def input_column(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> str:
+    """The column a served classifier reads: `image` or `text`."""
+    return str(pyfunc_model.unwrap_python_model().meta.get("column", "image"))
 
 
 def model_status(name: str) -> dict[str, Any]:

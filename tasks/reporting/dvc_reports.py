@@ -30,7 +30,7 @@ def numbers(summary: RunSummary) -> dict[str, Any]:
     out: dict[str, Any] = {"test": {k: round(v, 6) for k, v in summary.test.items()}}
     if summary.logme:
         out["logme"] = {k: round(v, 6) for k, v in summary.logme.items()}
-    out["images"] = dict(summary.images)
+    out["examples"] = dict(summary.examples)
     if summary.curves:
         out["epochs"] = {phase: len(series.get("loss", [])) for phase, series in summary.curves.items()}
         best = [max(s["val_accuracy"]) for s in summary.curves.values() if s.get("val_accuracy")]

@@ -22,7 +22,7 @@ class RunSummary:
     skipped: str | None = None  # why nothing was trained (a retrain on unchanged data)
     data_version: str = ""
     data_dvc_state: str = ""
-    images: dict[str, int] = field(default_factory=dict)  # per split
+    examples: dict[str, int] = field(default_factory=dict)  # per split
     classes: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # measured by the stage wrappers
     reused: list[str] = field(default_factory=list)  # stages whose cached result was reused
@@ -62,7 +62,7 @@ def format_summary(s: RunSummary) -> str:
         return f"{s.flow}: skipped: {s.skipped}" + (f"\n{s.gc}" if s.gc else "")
     lines = [
         f"\n== {s.flow} (MLflow run {s.mlflow_run_id}) ==",
-        f"data version  {s.data_version}  images {s.images}",
+        f"data version  {s.data_version}  examples {s.examples}",
         "stages        " + "  ".join(f"{k} {v:.1f}s" for k, v in s.stage_seconds.items()),
     ]
     if s.reused:
@@ -117,8 +117,8 @@ def markdown(s: RunSummary, links: dict[str, str]) -> str:
     if s.skipped:
         lines += [f"**Skipped**: {s.skipped}", ""]
     lines.append(f"- **Data version** {code(s.data_version)} ({s.data_dvc_state or 'state unknown'})")
-    if s.images:
-        lines.append("- **Images** " + ", ".join(f"{k} {v}" for k, v in s.images.items()))
+    if s.examples:
+        lines.append("- **Examples** " + ", ".join(f"{k} {v}" for k, v in s.examples.items()))
     if s.classes:
         lines.append(f"- **Classes** ({len(s.classes)}) " + ", ".join(code(c) for c in s.classes))
     if s.backbone:

@@ -13,6 +13,7 @@ import numpy as np
 
 from tasks.core.config import FinetuneParams
 from tasks.data.datasets import Split, joined
+from tasks.models.backbones import input_like
 from tasks.search.records import SearchBackbone, leads
 
 
@@ -26,7 +27,7 @@ def ensemble(members: list[keras.Model], weights: list[float]) -> keras.Model:
     warm starts read the best member's backbone and head, `backbones.single`). Any other
     member is nested whole as `member_<i>`, copied first when it shares layers with an
     earlier one (a saved model with one layer object in several members does not load)."""
-    inputs = keras.Input(members[0].input_shape[1:], name="pixels")
+    inputs = input_like(members[0])
     parts = [_parts(member) for member in members]
     if all(parts) and _disjoint({id(backbone): backbone for backbone, _ in parts}.values()):
         return _on_shared_backbones(inputs, parts, weights)  # type: ignore[arg-type]

@@ -82,7 +82,15 @@ def noise(score: float, n_val: int) -> float:
     return math.sqrt(max(score * (1 - score), 1e-12) / max(n_val, 1))
 
 
-SIMPLICITY = {"logistic": 0, "pixels": 1, "head": 2, "top": 3, "full": 4, "scratch": 5}  # simplest first
+SIMPLICITY = {
+    "logistic": 0,
+    "raw": 1,
+    "pixels": 1,
+    "head": 2,
+    "top": 3,
+    "full": 4,
+    "scratch": 5,
+}  # simplest first
 
 
 def simplicity(record: TrialRecord) -> tuple[int, int]:

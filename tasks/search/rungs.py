@@ -22,8 +22,9 @@ import keras
 import numpy as np
 
 from tasks.core import progress, runner
-from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.core.config import FinetuneParams, SearchParams
 from tasks.data.datasets import Split
+from tasks.modality import Augmentation
 from tasks.models.features import row_batches
 from tasks.models.trainer import Trainer, build_trainer
 from tasks.search.cut import Cut, activations, cut, trainer_on_cut
@@ -95,7 +96,7 @@ def fine_tune_rungs(
     num_classes: int,
     params: SearchParams,
     finetune: FinetuneParams,
-    augment: AugmentParams,
+    augment: Augmentation | None,
     folder: Path,
     callbacks: list[keras.callbacks.Callback],
     deadline: float | None = None,
@@ -222,7 +223,7 @@ class RungsJob:
     num_classes: int
     params: SearchParams
     finetune: FinetuneParams
-    augment: AugmentParams
+    augment: Augmentation | None
     folder: Path  # the bracket's state (rungs.json, weights): a killed run resumes from it
     events: Path | None
     seconds_left: float | None

@@ -19,8 +19,9 @@ import keras
 import numpy as np
 
 from tasks.core import runner
-from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.core.config import FinetuneParams, SearchParams
 from tasks.data.datasets import Split
+from tasks.modality import Augmentation
 from tasks.models import checkpoints
 from tasks.models.trainer import build_trainer
 from tasks.search.records import Deadline, SearchBackbone, TrialRecord, say
@@ -47,7 +48,7 @@ def train_scratch(
     num_classes: int,
     params: SearchParams,
     finetune: FinetuneParams,
-    augment: AugmentParams,
+    augment: Augmentation | None,
     backup: Path | None = None,
     events: Path | None = None,
     deadline: float | None = None,
@@ -98,7 +99,7 @@ class ScratchJob:
     num_classes: int
     params: SearchParams
     finetune: FinetuneParams
-    augment: AugmentParams
+    augment: Augmentation | None
     folder: Path  # the search's checkpoints folder: backups and the trained classifier
     events: Path | None
     seconds_left: float | None

@@ -45,10 +45,10 @@ import keras
 import numpy as np
 
 from tasks.core import progress, runner
-from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.core.config import FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
-from tasks.modality import Encoding
+from tasks.modality import Augmentation, Encoding
 from tasks.models.backbones import build_classifier, build_head
 from tasks.models.checkpoints import finished, resumed_epoch
 from tasks.models.features import features
@@ -66,7 +66,7 @@ from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past
 from tasks.search.rungs import RungsJob, bracket, rungs_on_runner
 from tasks.search.scratch import SCRATCH
 
-STRATEGIES = ("head", "top", "full", "scratch", "pixels")
+STRATEGIES = ("head", "top", "full", "scratch", "raw")
 
 
 @dataclass
@@ -89,13 +89,13 @@ class SearchResult:
         heads = sum(t.hyperparameters.get("strategy") == "head" for t in self.trials)
         tuned = [t for t in self.trials if t.hyperparameters.get("strategy") in ("top", "full")]
         scratch = next((t for t in self.trials if t.trial_id == SCRATCH), None)
-        pixels = any(t.hyperparameters.get("strategy") == "pixels" for t in self.trials)
+        raw = any(t.hyperparameters.get("strategy") == "raw" for t in self.trials)
         words = (
             f"{self.best.words()} was kept on val_accuracy {self.best.score:.4f} (the simplest the "
             f"best does not lead by {Z:g} paired standard errors) over {heads} head trials on cached "
             f"features, "
             f"{len(tuned)} fine-tune trials ({sum(t.epochs for t in tuned)} epochs)"
-            + (", the raw-pixel baseline" if pixels else "")
+            + (", the raw-input baseline" if raw else "")
             + (f" and the scratch baseline ({scratch.epochs} epochs)" if scratch else "")
             + f" (best per strategy: {ranked})"
         )
@@ -146,11 +146,11 @@ def pixel_baseline(
     if len(train) * model.output_shape[-1] * 8 > LOGISTIC_BYTES:
         return None
     x = [
-        features(model, uri, split, smallest.encoding, None, f"{what} pixels")
+        features(model, uri, split, smallest.encoding, None, f"{what} raw input")
         for split, what in ((train, "train"), (val, "val"))
     ]
     backbone = SearchBackbone(uri, model, smallest.encoding, *x)
-    record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed, "pixels")
+    record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed, "raw")
     return backbone, (record, _head_classifier(backbone, weights, num_classes, finetune))
 
 
@@ -160,7 +160,7 @@ def val_probabilities(
     """A trial's probabilities on the val split: a head on a frozen backbone (head trials, the
     raw-pixel baseline) from the backbone's cached val features (no forward pass of the
     backbone); any other trial's model over the streamed images."""
-    if record.hyperparameters.get("strategy") not in ("head", "pixels"):
+    if record.hyperparameters.get("strategy") not in ("head", "raw"):
         return streamed_probabilities(model, backbone.encoding, val)
     return np.exp(head_log_probabilities(backbone.val_features, *model.get_layer("head").get_weights()))
 
@@ -197,7 +197,7 @@ def search(
     num_classes: int,
     params: SearchParams,
     finetune: FinetuneParams,
-    augment: AugmentParams,
+    augment: Augmentation | None,
     checkpoints: Path | None = None,
     events: Path | None = None,
     deadline: float | None = None,
@@ -298,7 +298,7 @@ def search(
             else:  # on a worker, while this process fits the raw-pixel baseline
                 rungs = rungs_on_runner(job)
         found = None
-        if "pixels" in params.strategies and not past(deadline):
+        if "raw" in params.strategies and not past(deadline):
             found = pixel_baseline(smallest, train, val, num_classes, finetune)
         if rungs is not None:
             bracketed = rungs.result()

@@ -95,7 +95,7 @@ def sample_indices(n: int, max_samples: int, seed: int) -> np.ndarray:
 def backbone_id(candidate: Candidate, seed: int) -> str:
     """Which backbone exactly (URI, version or weights, the seed of unweighted ones, size): the
     key its frozen features are kept under."""
-    return lineage.digest([candidate.uri, candidate_lineage(candidate), candidate.image_size, seed])
+    return lineage.digest([candidate.uri, candidate_lineage(candidate), candidate.size, seed])
 
 
 def backbones_cache(root: Path | None) -> Path | None:
@@ -143,7 +143,7 @@ COSTS = Path(".transferops") / "scoring-seconds.json"  # candidate -> seconds an
 
 
 def _cost_key(candidate: Candidate) -> str:
-    return f"{candidate.uri}@{candidate.image_size or 'own size'}"
+    return f"{candidate.uri}@{candidate.size or 'own size'}"
 
 
 def _costs(root: Path | None) -> dict:

@@ -24,7 +24,7 @@ from tasks.registry import versions
 @dataclass(frozen=True)
 class Family:
     scheme: str  # the URI's part before ":"
-    modality: str  # what its backbones take: "images"
+    modality: str | None  # what its backbones take: "images"; None: any (a registered or saved model)
     load: Callable[[Candidate, int, Path], keras.Model]  # (candidate, seed, converted-weights cache)
     lineage: Callable[[Candidate], dict[str, str]]  # backbone_version, backbone_data_version
     short: Callable[[str], str]  # the reference after ":" -> what a run name shows
@@ -72,11 +72,11 @@ def _load_file(candidate: Candidate, seed: int, cache: Path) -> keras.Model:
 
 def _check_file(candidate: Candidate) -> None:
     if not Path(_ref(candidate)).is_file():
-        raise UserError(f"select.candidates: {candidate.uri}: no such model file (a path to a .keras)")
+        raise UserError(f"images.candidates: {candidate.uri}: no such model file (a path to a .keras)")
 
 
 def _load_keras(candidate: Candidate, seed: int, cache: Path) -> keras.Model:
-    size = candidate.image_size or backbones.KERAS_SIZE
+    size = candidate.size or backbones.KERAS_SIZE
     return backbones.keras_application(_ref(candidate), size, candidate.weights, seed)
 
 
@@ -98,10 +98,11 @@ def _lite0_lineage(candidate: Candidate) -> dict[str, str]:
 register(
     Family(
         "registry",
-        "images",
+        None,
         _load_registry,
         _registry_lineage,
         lambda ref: ref.split(" ")[0],
+        takes=lambda model, uri: None,  # checked against the run's modality by `encoding_for`
     )
 )
 register(
@@ -143,17 +144,18 @@ register(
 register(
     Family(
         "file",
-        "images",
+        None,
         _load_file,
         lambda c: {"backbone_version": lineage.file_sha256(Path(_ref(c))), "backbone_data_version": ""},
         lambda ref: Path(ref).name,
         _check_file,
+        takes=lambda model, uri: None,  # checked against the run's modality by `encoding_for`
     )
 )
 
 
 def load_candidate(candidate: Candidate, seed: int = 0, cache_dir: Path | None = None) -> keras.Model:
-    """Materialise a candidate backbone at its own input size (a keras: candidate's `image_size`,
+    """Materialise a candidate backbone at its own input size (a keras: candidate's `size`,
     224 by default). `cache_dir` keeps converted weights (lite0:)."""
     family = family_of(candidate.uri)
     model = family.load(candidate, seed, cache_dir or Path(".transferops") / "backbones")
@@ -161,12 +163,18 @@ def load_candidate(candidate: Candidate, seed: int = 0, cache_dir: Path | None =
     return model
 
 
-def check_candidates(candidates: tuple[Candidate, ...]) -> None:
-    """What can be checked of the candidates before a run starts, without loading one (a Keras
-    Application exists and preprocesses in the model, a file exists). Raises UserError (the
-    URI's form is checked with the params)."""
+def check_candidates(candidates: tuple[Candidate, ...], modality: str) -> None:
+    """What can be checked of `modality`'s candidates before a run starts, without loading one
+    (each takes that modality, a Keras Application exists and preprocesses in the model, a file
+    exists). Raises UserError (the URI's form is checked with the params)."""
     for candidate in candidates:
-        family_of(candidate.uri).check(candidate)
+        family = family_of(candidate.uri)
+        if family.modality not in (None, modality):
+            raise UserError(
+                f"{modality}.candidates: {candidate.uri} takes {family.modality}, and the data are "
+                f"{modality} (list it under {family.modality}.candidates, or set data.modality)"
+            )
+        family.check(candidate)
 
 
 def candidate_lineage(candidate: Candidate) -> dict[str, str]:

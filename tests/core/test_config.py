@@ -63,7 +63,7 @@ def test_candidates_accept_strings_and_mappings(tmp_path):
     path.write_text(
         "select:\n  candidates:\n    - file:/m.keras\n    - {uri: keras:MobileNetV3Small, weights: none}\n"
     )
-    assert load_params(path).select.candidates == (
+    assert load_params(path).images.candidates == (
         Candidate(uri="file:/m.keras"),
         Candidate(uri="keras:MobileNetV3Small", weights="none"),
     )
@@ -85,8 +85,8 @@ def test_candidates_accept_strings_and_mappings(tmp_path):
         ("split:\n  test_fraction: 2\n", "split.test_fraction: Input should be less than 1 (got 2)"),
         ("split:\n  val_fraction: 0.5\n  test_fraction: 0.5\n", "split: val_fraction + test_fraction"),
         ("finetune:\n  batch_size: 0\n", "finetune.batch_size: Input should be greater than or equal to 1"),
-        ("select:\n  candidates: []\n", "select.candidates: "),
-        ("select:\n  candidates: [hub:x]\n", "select.candidates.0.uri: a candidate is registry:"),
+        ("select:\n  candidates: []\n", "images.candidates: "),
+        ("select:\n  candidates: [hub:x]\n", "images.candidates.0.uri: a candidate is registry:"),
         ("register:\n  metric: loss\n", "register.metric: String should match pattern"),
         (
             "finetune:\n  distill_unlabelled: photos\n",
@@ -134,3 +134,46 @@ def test_cli_names_a_bad_params_file(tmp_path, capsys):
     assert main(["--root", str(tmp_path), "status"]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "params.yaml") in err and "head_epochs" in err
+
+
+def test_params_written_before_the_modality_sections_still_load(tmp_path):
+    """Image fields once spread over data, validate, select and augment land in `images:`."""
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "data:\n  raw: photos\n  image_size: 48\n  resize: pad\n"
+        "validate:\n  min_images_per_class: 7\n  max_pixels: 1000\n  formats: [PNG]\n"
+        "select:\n  top_k: 1\n"
+        "  candidates: [{uri: 'keras:MobileNetV3Small', weights: none, image_size: 64}]\n"
+        "search:\n  strategies: [head, pixels]\n"
+        "augment:\n  flip: true\n"
+    )
+    params = load_params(path, parse_overrides(["data.image_size=40"]))
+    images = params.images
+    assert (images.size, images.resize, images.max_pixels, images.formats, images.flip) == (
+        40,
+        "pad",
+        1000,
+        ("PNG",),
+        True,
+    )
+    assert images.candidates == (Candidate(uri="keras:MobileNetV3Small", weights="none", size=64),)
+    assert (params.data.raw, params.validate.min_per_class, params.select.top_k) == ("photos", 7, 1)
+    assert params.texts == Params().texts and params.search.strategies == ("head", "raw")
+
+
+def test_the_modality_is_found_from_the_data_or_set(tmp_path):
+    from tasks import modality
+
+    texts, photos = tmp_path / "texts", tmp_path / "photos"
+    for name in ("a", "b"):
+        (texts / name).mkdir(parents=True)
+        (texts / name / "1.txt").write_text("words")
+        (photos / name).mkdir(parents=True)
+        (photos / name / "1.png").write_bytes(b"\x89PNG")
+    (texts / "a" / "notes.md").write_text("one stray file among texts")
+    (texts / "a" / "2.txt").write_text("more words")
+    assert modality.from_params(Params(), texts).name == "texts"
+    assert modality.from_params(Params(), photos).name == "images"
+    forced = Params.model_validate({"data": {"modality": "images"}, "texts": {"window": 64}})
+    assert modality.from_params(forced, texts).name == "images"
+    assert modality.from_params(Params.model_validate({"texts": {"window": 64}}), texts).window == 64

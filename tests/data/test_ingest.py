@@ -38,7 +38,7 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path):
     Image.fromarray(np.zeros((300, 300), dtype=np.uint8)).save(tmp_path / "big" / "a.png")
     row = scan(tmp_path, Images(max_pixels=10_000)).iloc[0]
     assert not row["decodable"]
-    assert "exceeds validate.max_pixels" in row["error"]
+    assert "exceeds images.max_pixels" in row["error"]
 
 
 def test_class_folders_include_empty_ones(image_folder):

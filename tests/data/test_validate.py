@@ -8,9 +8,9 @@ from tasks.data.validate import MAX_LISTED, validate_manifest
 from tasks.modality.pixels import Images
 
 
-def run(folder, tmp_path, **params):
-    checks = ValidateParams(**params)
-    images = Images(max_pixels=checks.max_pixels, min_side=checks.min_side, formats=checks.formats)
+def run(folder, tmp_path, min_per_class=5, **own):
+    checks = ValidateParams(min_per_class=min_per_class)
+    images = Images(**own)
     return validate_manifest(scan(folder, images), class_folders(folder), checks, tmp_path / "docs", images)
 
 
@@ -42,14 +42,14 @@ def test_small_and_empty_classes_are_named(image_folder, tmp_path):
     (image_folder / "dog").mkdir()
     for extra in list((image_folder / "cat").iterdir())[3:]:
         extra.unlink()
-    report = run(image_folder, tmp_path, min_images_per_class=5)
-    assert "dog/: 0 usable image(s); validate.min_images_per_class=5" in report.problems
-    assert "cat/: 3 usable image(s); validate.min_images_per_class=5" in report.problems
+    report = run(image_folder, tmp_path, min_per_class=5)
+    assert "dog/: 0 usable image(s); validate.min_per_class=5" in report.problems
+    assert "cat/: 3 usable image(s); validate.min_per_class=5" in report.problems
 
 
 @pytest.mark.parametrize(
     ("param", "reason"),
-    [({"min_side": 30}, "smaller than validate.min_side=30"), ({"formats": ("JPEG",)}, "format not in")],
+    [({"min_side": 30}, "smaller than images.min_side=30"), ({"formats": ("JPEG",)}, "format not in")],
 )
 def test_size_and_format_rules(image_folder, tmp_path, param, reason):
     report = run(image_folder, tmp_path, **param)

@@ -87,16 +87,20 @@ def test_a_bug_is_not_explained_away():
     ("args", "expected"),
     [
         (
-            ["--set", "select.candidates=[keras:NotAModel]", "train"],
-            "select.candidates: keras:NotAModel is not a keras.applications model",
+            ["--set", "images.candidates=[keras:NotAModel]", "train"],
+            "images.candidates: keras:NotAModel is not a keras.applications model",
         ),
         (
-            ["--set", "select.candidates=['file:/etc/passwd']", "train"],
-            "--set select.candidates.0.uri: a candidate is registry:<model>@<alias>",
+            ["--set", "images.candidates=['file:/etc/passwd']", "train"],
+            "--set images.candidates.0.uri: a candidate is registry:<model>@<alias>",
         ),
         (
-            ["--set", "select.candidates=['file:missing/backbone.keras']", "retrain"],
-            "select.candidates: file:missing/backbone.keras: no such model file",
+            ["--set", "images.candidates=['minilm:all-MiniLM-L6-v2']", "train"],
+            "images.candidates: minilm:all-MiniLM-L6-v2 takes texts, and the data are images",
+        ),
+        (
+            ["--set", "images.candidates=['file:missing/backbone.keras']", "retrain"],
+            "images.candidates: file:missing/backbone.keras: no such model file",
         ),
         (["--set", "register.model_name=a'b", "train"], "--set register.model_name: a model name is"),
         (["--set", "register.model_name=../../x", "train"], "--set register.model_name: a model name is"),

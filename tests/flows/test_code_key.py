@@ -105,7 +105,7 @@ def test_there_are_stages_to_check():
 
 FAST = sets(
     {
-        "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+        "images.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
         "finetune.head_epochs": 2,
         "finetune.finetune_epochs": 1,
         "finetune.batch_size": 16,

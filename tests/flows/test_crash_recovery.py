@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 FIXED = ["--set", "search.enabled=false"]  # the fixed recipe's checkpoints are the point here
 SLOW_FINETUNE = [*FIXED, "--set", "finetune.head_epochs=400", "--set", "finetune.patience=400"]
-CANDIDATE = ["--set", "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"]
+CANDIDATE = ["--set", "images.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]"]
 
 
 def cli(root, *args: str) -> list[str]:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-CANDIDATE = ["--set", "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"]
+CANDIDATE = ["--set", "images.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]"]
 FAST = [
     "--set",
     "finetune.head_epochs=2",

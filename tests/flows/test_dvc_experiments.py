@@ -32,7 +32,7 @@ def plots_template() -> str:
 
 TINY = {
     "pretrain": {"epochs": 2, "width": 8, "batch_size": 16},
-    "select": {"candidates": [{"uri": "registry:transferops-backbone@pretrained"}]},
+    "images": {"candidates": [{"uri": "registry:transferops-backbone@pretrained"}]},
     "finetune": {"head_epochs": 4, "finetune_epochs": 1, "batch_size": 16},
     "search": {"enabled": False},
 }
@@ -119,7 +119,7 @@ def test_an_experiment_and_its_baseline_show_numeric_metrics(dvc_project):
     assert {epochs for _, epochs in rows} == {4, 2}, rows.keys()  # the baseline and the experiment
     for metrics in rows.values():
         assert 0 <= metrics["test"]["accuracy"] <= 1 and 0 <= metrics["test"]["macro_f1"] <= 1
-        assert metrics["images"]["test"] > 0
+        assert metrics["examples"]["test"] > 0
     assert {m["epochs"]["head"] for m in rows.values()} >= {2}
     diff = json.loads(dvc(root, env, "metrics", "diff", "--json"))  # workspace (the experiment) vs HEAD
     assert diff["metrics/train.json"]["epochs.head"] == {"old": 4, "new": 2, "diff": -2}

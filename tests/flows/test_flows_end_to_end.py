@@ -31,9 +31,9 @@ MODEL = "transferops-classifier"
 FAST = sets(
     {
         # the stand-in and a Keras Application, both at 32 px (the built-in default adds Lite0 at 224)
-        "select.candidates": "[{uri: 'registry:transferops-backbone@pretrained'},"
-        " {uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
-        "data.image_size": 32,
+        "images.candidates": "[{uri: 'registry:transferops-backbone@pretrained'},"
+        " {uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
+        "images.size": 32,
         "pretrain.epochs": 5,
         "pretrain.width": 8,
         "pretrain.batch_size": 16,
@@ -127,7 +127,7 @@ def test_train_registers_a_champion_with_lineage(project):
     train_input = by_context["train"]
     assert train_input.dataset.name == "raw-train" and train_input.dataset.digest == summary["data_version"]
     counts = json.loads(next(t.value for t in train_input.tags if t.key == "class_counts"))
-    assert sum(counts.values()) == summary["images"]["train"]
+    assert sum(counts.values()) == summary["examples"]["train"]
     evaluated = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
     assert {"reliability.png", "test_details.json", "confident_mistakes.json"} <= evaluated
     assert 0 <= evaluate.data.metrics["test_ece"] <= 1
@@ -146,11 +146,14 @@ def test_every_stage_has_a_nested_run_with_its_records(project):
     order = ["validate", "split", "select", "finetune", "evaluate", "register"]
     assert set(stages) == set(order)
     assert list(summary["stage_seconds"]) == order  # timed by the wrappers, in the order they ran
-    # each fact once: params on the parent run only, test metrics on the evaluate run only
+    # params on the parent run only; test metrics on the evaluate run, and the headline (test
+    # accuracy and macro-F1, the gate's verdict) on the parent too, where the runs table sorts
     assert parent.data.params["finetune.head_epochs"] == "30"
     assert not any(r.data.params for r in children)
-    assert "test_accuracy" not in parent.data.metrics
     assert [s for s, r in stages.items() if "test_accuracy" in r.data.metrics] == ["evaluate"]
+    assert parent.data.metrics["test_accuracy"] == stages["evaluate"].data.metrics["test_accuracy"]
+    assert parent.data.metrics["test_macro_f1"] == summary["test"]["macro_f1"]
+    assert (parent.data.tags["modality"], parent.data.tags["gate"]) == ("images", "promoted")
 
     select = stages["select"].data.metrics
     assert {"logme.transferops-backbone_pretrained", "logme.MobileNetV3Small"} <= set(select)
@@ -216,7 +219,7 @@ def test_the_run_is_published_where_each_dashboard_shows_it(project):
     table = artifacts["train-per-class"].data
     rows = json.loads(table) if isinstance(table, str) else table
     assert [r["class"] for r in rows] == ["dog", "eel", "fox"]
-    assert sum(r["support"] for r in rows) == summary["images"]["test"]
+    assert sum(r["support"] for r in rows) == summary["examples"]["test"]
     # DVC: numbers only, one curve row per epoch, one confusion row per test image
     numbers = json.loads((root / "metrics" / "train.json").read_text())
     assert numbers["test"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-6)
@@ -230,7 +233,7 @@ def test_the_run_is_published_where_each_dashboard_shows_it(project):
     assert history[0] == "step,phase,epoch,loss,accuracy,val_loss,val_accuracy"
     assert len(history) - 1 == sum(epochs.values())
     confusion = (root / "metrics" / "train_confusion.csv").read_text().splitlines()
-    assert len(confusion) - 1 == summary["images"]["test"]
+    assert len(confusion) - 1 == summary["examples"]["test"]
 
 
 def test_the_logged_model_carries_only_what_serving_needs(project):
@@ -243,6 +246,9 @@ def test_the_logged_model_carries_only_what_serving_needs(project):
         "__init__.py",
         "modality/__init__.py",
         "modality/images.py",
+        "modality/text_rows.py",
+        "modality/texts.py",
+        "modality/token_layers.py",
         "registry/__init__.py",
         "registry/serving.py",
     ]
@@ -597,13 +603,13 @@ def test_a_search_that_keeps_the_raw_pixel_baseline_registers_and_serves_it(proj
     """The raw-pixel baseline is a backbone of no candidate: kept, its version names it
     (`pixels:28`, nothing pretrained to pin) and serves through the pyfunc like any other."""
     root, args = project
-    only = sets({"search.enabled": "true", "search.strategies": "[pixels]", "select.top_k": 2})
+    only = sets({"search.enabled": "true", "search.strategies": "[raw]", "select.top_k": 2})
     assert main([*args, *only, "train"]) == 0
     summary = json.loads((root / "reports" / "train.json").read_text())
     version = client_for(root).get_model_version(MODEL, summary["registered"]["version"])
     assert version.tags["backbone"] == summary["backbone"] == "pixels:28"
     assert version.tags["backbone_version"] == ""
-    assert json.loads(version.tags["strategy"])["strategy"] == "pixels"
+    assert json.loads(version.tags["strategy"])["strategy"] == "raw"
     image = sorted((root / "data" / "raw" / "fox").glob("*.png"))[0]
     capsys.readouterr()
     assert main([*args, "predict", str(image), "--model", str(version.version)]) == 0

@@ -27,8 +27,8 @@ MODEL = "transferops-classifier"
 FAST = sets(
     {
         # the stand-in and a Keras Application, both at 32 px (the built-in default adds Lite0 at 224)
-        "select.candidates": "[{uri: 'registry:transferops-backbone@pretrained'},"
-        " {uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+        "images.candidates": "[{uri: 'registry:transferops-backbone@pretrained'},"
+        " {uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
         "pretrain.epochs": 3,
         "pretrain.width": 8,
         "pretrain.batch_size": 16,

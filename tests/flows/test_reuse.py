@@ -27,7 +27,7 @@ MODEL = "transferops-classifier"
 STAGES = ["validate", "split", "select", "finetune", "evaluate"]
 FAST = sets(
     {
-        "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+        "images.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
         "finetune.head_epochs": 3,
         "finetune.finetune_epochs": 1,
         "finetune.batch_size": 16,
@@ -98,7 +98,7 @@ def test_unchanged_rerun_reuses_every_stage_and_a_change_reruns_from_where_it_ma
 
     make_image_folder(root / "data" / "raw", ["dog"], per_class=1, seed=9)  # new data
     grown = train(root)
-    assert grown["reused"] == [] and grown["images"] != first["images"]
+    assert grown["reused"] == [] and grown["examples"] != first["examples"]
     assert versions(root) == ["1", "2", "3"]
 
 

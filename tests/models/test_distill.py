@@ -101,7 +101,7 @@ def test_a_distillation_is_the_fixed_recipe_on_the_student_alone():
     told = Params.model_validate({"finetune": {"finetune_epochs": 2}})
     params = distill_params(told, "clf/3", "lite0:imagenet")
     assert params.finetune.distill_from == "clf/3" and params.finetune.finetune_epochs == 2
-    assert [c.uri for c in params.select.candidates] == ["lite0:imagenet"] and not params.search.enabled
+    assert [c.uri for c in params.images.candidates] == ["lite0:imagenet"] and not params.search.enabled
     with pytest.raises(ConfigError, match="a candidate is registry:"):
         distill_params(Params(), "clf/3", "resnet")
     with pytest.raises(ConfigError, match=r"needs search\.enabled: false and no multi_worker"):

@@ -55,7 +55,7 @@ def test_require_drift_skips_look_alike_data_and_trains_on_shifted_data(tmp_path
         str(root),
         *sets(
             {
-                "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+                "images.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
                 "finetune.head_epochs": 3,
                 "finetune.finetune_epochs": 0,
                 "search.enabled": "false",

@@ -13,13 +13,11 @@ from flows.cli import main
 pytestmark = pytest.mark.slow
 
 PRETRAIN = {"pretrain.epochs": 5, "pretrain.width": 8, "pretrain.batch_size": 16}
-UNTRAINED = (
-    "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]"  # features that barely separate
-)
+UNTRAINED = "[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]"  # features that barely separate
 PRETRAINED = "[{uri: 'registry:transferops-backbone@pretrained'}]"
 FIXED = {"search.enabled": "false"}  # the fixed recipe: the gate is the point here
-WEAK = {**FIXED, "select.candidates": UNTRAINED, "finetune.head_epochs": 1, "finetune.finetune_epochs": 0}
-STRONG = {**PRETRAIN, **FIXED, "select.candidates": PRETRAINED, "finetune.head_epochs": 20}
+WEAK = {**FIXED, "images.candidates": UNTRAINED, "finetune.head_epochs": 1, "finetune.finetune_epochs": 0}
+STRONG = {**PRETRAIN, **FIXED, "images.candidates": PRETRAINED, "finetune.head_epochs": 20}
 STRONG["finetune.finetune_epochs"] = 0
 
 

@@ -32,7 +32,7 @@ def test_train_registers_through_a_tracking_server(tmp_path, mlflow_server, pref
         "--root",
         str(root),
         "--set",
-        "select.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+        "images.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
         "--set",
         "finetune.head_epochs=2",
         "--set",

@@ -53,7 +53,7 @@ def transferops(root: Path, servers: tuple[str, str], *args: str) -> dict:
     env.pop("MLFLOW_REGISTRY_URI", None)
     options = sets(
         {
-            "select.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, image_size: 32}]",
+            "images.candidates": "[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]",
             "finetune.head_epochs": 3,
             "finetune.finetune_epochs": 1,
             "search.enabled": "false",

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.core.errors import UserError
-from tasks.registry.predict import RowWriter, image_files
+from tasks.registry.predict import RowWriter, input_files
 
 
 @pytest.mark.parametrize("name", ["labels.parquet", "labels.csv"])
@@ -24,9 +24,9 @@ def test_folders_are_walked_without_hidden_files_and_missing_inputs_refused(tmp_
     (tmp_path / "a" / ".git").mkdir(parents=True)
     for name in ("a/x.png", "a/.DS_Store", "a/.git/y.png", "z.jpg"):
         (tmp_path / name).write_bytes(b"x")
-    found = image_files([tmp_path / "a", tmp_path / "z.jpg"])
+    found = input_files([tmp_path / "a", tmp_path / "z.jpg"])
     assert [str(p.relative_to(tmp_path)) for p in found] == ["a/x.png", "z.jpg"]
     with pytest.raises(UserError, match=r"missing\.png: no such file or folder"):
-        image_files([tmp_path / "missing.png"])
+        input_files([tmp_path / "missing.png"])
     with pytest.raises(UserError, match=r"write \.parquet or \.csv"):
         RowWriter(tmp_path / "labels.json")

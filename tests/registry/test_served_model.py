@@ -132,7 +132,7 @@ def test_a_missing_column_or_no_rows_is_one_clear_message(pyfunc):
     with pytest.raises(MlflowException, match="image"):  # MLflow's schema check, in front
         pyfunc.predict(pd.DataFrame({"picture": ["x"]}))
     model = pyfunc.unwrap_python_model()  # our own check, for callers without the schema
-    with pytest.raises(MlflowException, match=r"input needs an 'image' column .* got columns \['picture'\]"):
+    with pytest.raises(MlflowException, match=r"input needs the 'image' column .* got columns \['picture'\]"):
         model.predict(None, pd.DataFrame({"picture": ["x"]}))
     with pytest.raises(MlflowException, match="input has no rows"):
         model.predict(None, pd.DataFrame({"image": []}))
@@ -145,6 +145,9 @@ def test_the_model_carries_no_more_code_than_serving(logged_model):
         "__init__.py",
         "modality/__init__.py",
         "modality/images.py",
+        "modality/text_rows.py",
+        "modality/texts.py",
+        "modality/token_layers.py",
         "registry/__init__.py",
         "registry/serving.py",
     ]

@@ -18,7 +18,7 @@ MODEL = "transferops-classifier"
 ROUNDS = 10
 FAST = sets(
     {
-        "select.candidates": "[{uri: 'registry:transferops-backbone@pretrained'}]",
+        "images.candidates": "[{uri: 'registry:transferops-backbone@pretrained'}]",
         "pretrain.epochs": 2,
         "pretrain.width": 8,
         "pretrain.batch_size": 16,

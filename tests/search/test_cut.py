@@ -8,7 +8,8 @@ import keras
 import numpy as np
 from test_strategy import PIXELS, images, pretrained_backbone
 
-from tasks.core.config import AugmentParams, FinetuneParams
+from tasks.core.config import FinetuneParams
+from tasks.modality.pixels import Augment
 from tasks.models.backbones import build_backbone
 from tasks.models.features import row_batches
 from tasks.models.trainer import build_trainer
@@ -44,7 +45,7 @@ def test_a_residual_connection_across_the_cut_is_not_cut():
 def test_a_trial_on_the_cut_trains_the_kept_classifier_and_nothing_below(tmp_path, on_disk):
     backbone = pretrained_backbone()
     values = {"strategy": "top", "learning_rate": 1e-2, "unfreeze_layers": 2}
-    full = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), AugmentParams())
+    full = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), Augment())
     where = cut.cut(full.backbone, 2)
     train, val = on_disk(*images(48, seed=1)), on_disk(*images(24, seed=2))
     x, x_val = cut.activations([where], "b", (train, val), PIXELS, tmp_path)[2]
@@ -73,7 +74,7 @@ def test_a_shallower_cut_is_computed_from_the_deeper_one(tmp_path, on_disk, monk
             {"b": backbone},
             3,
             FinetuneParams(),
-            AugmentParams(),
+            Augment(),
         )
         for n in (2, 4)
     ]

@@ -15,7 +15,8 @@ from distributed import get_task_stream
 from test_strategy import candidate, images, pretrained_backbone
 
 from tasks.core import runner
-from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.core.config import FinetuneParams, SearchParams
+from tasks.modality.pixels import Augment
 from tasks.search import strategy
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def search(backbone, train, val, params, folder):
         3,
         params,
         FINETUNE,
-        AugmentParams(),
+        Augment(),
         checkpoints=folder,
     )
 

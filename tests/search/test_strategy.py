@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from conftest import pattern_image
 
-from tasks.core.config import AugmentParams, FinetuneParams, SearchParams
+from tasks.core.config import FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import unlabelled
 from tasks.modality.pixels import BASELINE_URI as PIXELS_URI
-from tasks.modality.pixels import Images, Pixels
+from tasks.modality.pixels import Augment, Images, Pixels
 from tasks.models import features, finetune
 from tasks.models.backbones import build_backbone
-from tasks.models.trainer import augmentation, build_trainer
+from tasks.models.trainer import build_trainer
 from tasks.search import ensemble, heads, records, rungs, scratch, strategy
 
 pytestmark = pytest.mark.slow
@@ -54,14 +54,14 @@ def candidate(name, backbone, train, val, root=None) -> records.SearchBackbone:
 
 
 def test_augmentation_is_off_when_asked_and_never_flips_by_default():
-    assert augmentation(AugmentParams(shift=0, rotate=0, contrast=0), 0) is None
-    layers = augmentation(AugmentParams(), 0).layers
+    assert Augment(shift=0, rotate=0, contrast=0).layers(0) is None
+    layers = Augment().layers(0).layers
     assert [type(layer).__name__ for layer in layers] == [
         "RandomTranslation",
         "RandomRotation",
         "RandomContrast",
     ]
-    flipped = augmentation(AugmentParams(flip=True, shift=0, rotate=0, contrast=0), 0).layers
+    flipped = Augment(flip=True, shift=0, rotate=0, contrast=0).layers(0).layers
     assert [type(layer).__name__ for layer in flipped] == ["RandomFlip"]
 
 
@@ -69,7 +69,7 @@ def test_the_backbone_learns_at_its_own_rate():
     """`top` with a backbone rate of ~0: the head moves, the unfrozen backbone layers do not."""
     backbone = pretrained_backbone()
     values = {"strategy": "top", "learning_rate": 1e-2, "unfreeze_layers": 2, "backbone_rate_factor": 1e-12}
-    trainer = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), AugmentParams())
+    trainer = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), Augment())
     unfrozen = list(trainer.backbone.trainable_variables)
     assert unfrozen, "top-2 unfreezes backbone layers"
     before = [v.numpy().copy() for v in unfrozen]
@@ -99,7 +99,7 @@ def test_the_search_chooses_a_strategy_and_keeps_a_plain_classifier(tmp_path, on
         3,
         params,
         FinetuneParams(batch_size=16, head_epochs=5),
-        AugmentParams(),
+        Augment(),
         checkpoints=tmp_path / "checkpoints",
         events=tmp_path / "events",
     )
@@ -185,10 +185,10 @@ def test_the_raw_pixel_baseline_is_a_servable_logistic_regression(tmp_path, on_d
     loads and scores on val what its trial scored."""
     train, val = on_disk(*images(60, seed=1)), on_disk(*images(30, seed=2))
     chosen = candidate("b", pretrained_backbone(), train, val)
-    params = SearchParams(strategies=["pixels"], ensemble_size=1)
-    found = strategy.search([chosen], train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
+    params = SearchParams(strategies=["raw"], ensemble_size=1)
+    found = strategy.search([chosen], train, val, 3, params, FinetuneParams(batch_size=16), Augment())
     (record,) = found.trials
-    assert record.hyperparameters == {"backbone": PIXELS_URI, "strategy": "pixels", "solver": "logistic"}
+    assert record.hyperparameters == {"backbone": PIXELS_URI, "strategy": "raw", "solver": "logistic"}
     assert found.backbone == PIXELS_URI and found.encoding == PIXELS and record.score > 0.9  # bars: easy
     found.model.save(tmp_path / "pixels.keras")
     served = keras.models.load_model(tmp_path / "pixels.keras")
@@ -203,7 +203,7 @@ def test_scratch_trains_every_layer_of_a_fresh_copy():
     backbone = pretrained_backbone()
     backbone.trainable = False
     values = {"strategy": "scratch", "learning_rate": 1e-3}
-    trainer = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), AugmentParams())
+    trainer = build_trainer(values, {"b": backbone}, 3, FinetuneParams(), Augment())
     weighted = [v for v in trainer.backbone.weights if "moving" not in v.path]
     assert len(trainer.backbone.trainable_variables) == len(weighted) > 0
     kernel = trainer.backbone.get_layer("conv0_0").get_weights()[0]
@@ -224,7 +224,7 @@ def test_the_search_chooses_among_logmes_best_backbones(on_disk):
     params = SearchParams(
         strategies=["head", "top"], head_trials=2, max_epochs=2, unfreeze_layers=[2], ensemble_size=1
     )
-    found = strategy.search(backbones, train, val, 3, params, FinetuneParams(batch_size=16), AugmentParams())
+    found = strategy.search(backbones, train, val, 3, params, FinetuneParams(batch_size=16), Augment())
     heads = [t for t in found.trials if t.hyperparameters["strategy"] == "head"]
     assert sorted(t.hyperparameters["backbone"] for t in heads) == ["fresh"] * 3 + ["pretrained"] * 3
     tuned = [t for t in found.trials if t.hyperparameters["strategy"] == "top"]
@@ -296,7 +296,7 @@ def test_a_spent_deadline_trains_only_the_head_trials(on_disk):
     spent = time.monotonic() - 1
     params = SearchParams(head_trials=2, max_epochs=3, scratch_epochs=5)
     chosen = [candidate("b", backbone, train, val)]
-    found = strategy.search(chosen, train, val, 3, params, FinetuneParams(), AugmentParams(), deadline=spent)
+    found = strategy.search(chosen, train, val, 3, params, FinetuneParams(), Augment(), deadline=spent)
     assert [t.hyperparameters["strategy"] for t in found.trials] == ["head"] * 3  # 2 rates, logistic
     with pytest.raises(UserError, match="no trial before its deadline"):
         strategy.search(
@@ -306,7 +306,7 @@ def test_a_spent_deadline_trains_only_the_head_trials(on_disk):
             3,
             params.model_copy(update={"strategies": ("scratch",)}),
             FinetuneParams(),
-            AugmentParams(),
+            Augment(),
             deadline=spent,
         )
 
@@ -334,15 +334,13 @@ def test_a_killed_search_resumes_after_its_last_finished_rung(tmp_path, on_disk,
 
     monkeypatch.setattr(rungs, "_save", killed_after_the_first_rung)
     with pytest.raises(KeyboardInterrupt):
-        strategy.search(chosen, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path / "ck")
+        strategy.search(chosen, train, val, 3, params, finetune, Augment(), checkpoints=tmp_path / "ck")
     assert (
         (tmp_path / "ck" / "search").is_dir() and len(ended) == 2 and epochs == [0, 0]
     )  # kept for the next run
     ended.clear(), epochs.clear()
     monkeypatch.setattr(rungs, "_save", save)
-    found = strategy.search(
-        chosen, train, val, 3, params, finetune, AugmentParams(), checkpoints=tmp_path / "ck"
-    )
+    found = strategy.search(chosen, train, val, 3, params, finetune, Augment(), checkpoints=tmp_path / "ck")
     assert ended == [] and epochs == [1, 2]  # only the leader, on from its first epoch to its third
     tuned = [t for t in found.trials if t.hyperparameters["strategy"] in ("top", "full")]
     assert sorted((t.epochs, len(t.history["val_accuracy"])) for t in tuned) == [(1, 1), (3, 3)]
@@ -377,7 +375,7 @@ def test_the_simplest_trial_the_best_does_not_really_lead_is_chosen():
         trial("top-4", "top", 0.9812, unfreeze_layers=4),
         trial("head-1", "head", 0.9750, learning_rate=1e-3),
         trial("logistic-b", "head", 0.9719, solver="logistic"),
-        trial("pixels", "pixels", 0.9625, solver="logistic"),
+        trial("pixels", "raw", 0.9625, solver="logistic"),
     ]
     # without per-image results: 160 val images, two standard errors of 0.9875 are 0.0177
     assert records.choose(tried, 160).trial_id == "logistic-b"  # 0.0156 behind; pixels 0.0250

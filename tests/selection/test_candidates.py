@@ -23,7 +23,7 @@ def two_candidates(tmp_path, classes: list[str], per_class: int):
     build_backbone(16, width=4).save(small)
     candidates = (
         Candidate(uri=f"file:{small}"),
-        Candidate(uri="keras:MobileNetV3Small", weights="none", image_size=48),
+        Candidate(uri="keras:MobileNetV3Small", weights="none", size=48),
     )
     return load_folder(folder, SplitParams(), Images(max_pixels=40_000_000)), small, candidates
 

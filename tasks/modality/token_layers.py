@@ -1,0 +1,62 @@
+"""The three small Keras layers a token-id input needs beside Keras' own (tasks/models/minilm.py):
+position and token-type embeddings, the attention mask and the mean over real tokens, each
+reading 0 as padding (`[PAD]`, as `text_rows.pad` pads); and BERT's GELU in a form every
+export runtime has. Registered, so a saved text model loads
+in safe mode with this module imported; a served text model ships it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+
+@keras.saving.register_keras_serializable("transferops")
+def gelu_erf(x: Any) -> Any:
+    """BERT's exact GELU, 0.5 x (1 + erf(x / sqrt 2)), written with erf: TensorFlow's own exact
+    gelu computes it with erfc, an op the ONNX converter has no mapping for."""
+    return 0.5 * x * (1.0 + keras.ops.erf(x / math.sqrt(2.0)))
+
+
+@keras.saving.register_keras_serializable("transferops")
+class PositionAndType(keras.layers.Layer):
+    """Adds the position embedding of each place and the token-type 0 embedding."""
+
+    def __init__(self, positions: int, width: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.positions, self.width = positions, width
+
+    def build(self, input_shape: Any) -> None:
+        self.position = self.add_weight(
+            shape=(self.positions, self.width), name="position", initializer="zeros"
+        )
+        self.type = self.add_weight(shape=(self.width,), name="type", initializer="zeros")
+
+    def call(self, x: Any) -> Any:
+        length = keras.ops.shape(x)[1]
+        return x + self.position[None, :length] + self.type
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "positions": self.positions, "width": self.width}
+
+
+@keras.saving.register_keras_serializable("transferops")
+class AttentionMask(keras.layers.Layer):
+    """(n, length) token ids -> (n, length, length): which places may attend to which (no padding)."""
+
+    def call(self, ids: Any) -> Any:
+        keep = keras.ops.not_equal(ids, 0)
+        return keras.ops.logical_and(keep[:, None, :], keep[:, :, None])
+
+
+@keras.saving.register_keras_serializable("transferops")
+class MaskedMean(keras.layers.Layer):
+    """The mean over the places whose token is not padding, L2-normalised."""
+
+    def call(self, hidden: Any, ids: Any) -> Any:
+        mask = keras.ops.cast(keras.ops.not_equal(ids, 0), hidden.dtype)[..., None]
+        summed = keras.ops.sum(hidden * mask, axis=1)
+        mean = summed / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
+        return mean / keras.ops.maximum(keras.ops.norm(mean, axis=-1, keepdims=True), 1e-12)
