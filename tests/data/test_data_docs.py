@@ -159,8 +159,26 @@ def test_inlined_code_cannot_close_its_element(tmp_path, monkeypatch):
     assert '<a href="https://docs.example/">docs</a>' in html
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs headless Chromium")
-def test_chromium_draws_the_index_tables_offline(docs):
+@pytest.fixture(scope="module")
+def text_docs(tmp_path_factory) -> Path:
+    """Real Data Docs of a tiny text folder, with one failing file (not UTF-8)."""
+    from tasks.modality.tokens import Texts
+
+    root = tmp_path_factory.mktemp("text_docs")
+    for label, words in (("sport", "the match ended {} nil"), ("tech", "the new chip runs {} times faster")):
+        (root / "texts" / label).mkdir(parents=True)
+        for i in range(6):
+            (root / "texts" / label / f"{i}.txt").write_text(words.format(i))
+    (root / "texts" / "tech" / "latin1.txt").write_bytes(b"caf\xe9")
+    validated = validate_folder(root / "texts", ValidateParams(), root / "docs", Texts())
+    assert not validated.report.success
+    return root / "docs"
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs headless Chromium (.ci/run installs it)")
+@pytest.mark.parametrize("modality", ["images", "texts"])
+def test_chromium_draws_the_index_tables_offline(docs, text_docs, modality):
+    folder = docs if modality == "images" else text_docs
     dom = subprocess.run(
         [
             "chromium",
@@ -168,7 +186,7 @@ def test_chromium_draws_the_index_tables_offline(docs):
             "--no-sandbox",
             "--disable-gpu",
             "--dump-dom",
-            (docs / "index.html").as_uri(),
+            (folder / "index.html").as_uri(),
         ],
         capture_output=True,
         text=True,
