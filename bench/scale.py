@@ -151,7 +151,7 @@ def transferops(folder: Path, n: int, side: int, work: Path, predict: bool = Tru
         else {"wall_s": None, "peak_rss_mb": None}
     )
     epoch = [line for line in first["stderr"].splitlines() if line.startswith("finetune epoch 1/1")]
-    images = report["images"]
+    images = report["examples"]
     seconds = report["stage_seconds"]
     return {
         "train_wall_s": first["wall_s"],

@@ -122,7 +122,9 @@ def run_arm(
         backbones = [frozen(k, copy_of(m), p, train, val) for k, (m, p) in candidates.items()]
         backbones = ranked_by_logme(backbones, train.y)
         if arm == "default":
-            found = strategy.search(backbones, train, val, n, search, ft, params.augment)
+            found = strategy.search(
+                backbones, train, val, n, search, ft, modality.named("images", params).augment
+            )
             model, ran = found.model, sum(t.epochs for t in found.trials)
             pixels = found.encoding
             kept = found.ensemble and not found.ensemble.get("distilled", {}).get("kept")
@@ -147,7 +149,9 @@ def run_arm(
         none = np.zeros((0, 1), dtype="float32")  # scratch needs no features
         architecture = SearchBackbone(STAND_IN, candidates[STAND_IN][0], pixels, none, none)
         patient = search.model_copy(update={"scratch_patience_steps": None})  # 20 epochs at every size
-        record, model = scratch.train_scratch(architecture, train, val, n, patient, ft, params.augment)
+        record, model = scratch.train_scratch(
+            architecture, train, val, n, patient, ft, modality.named("images", params).augment
+        )
         ran, why = record.epochs, f"val_accuracy {record.score:.4f}"
     else:
         return probe(arm, candidates, data, start)

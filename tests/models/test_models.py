@@ -8,7 +8,8 @@ from conftest import pattern_image
 
 from tasks.core.config import Candidate, FinetuneParams
 from tasks.evaluation import evaluate
-from tasks.modality.pixels import Pixels, input_size
+from tasks.modality.pixels import Images, Pixels, input_size
+from tasks.modality.tokens import Texts
 from tasks.models.backbones import (
     backbone_of,
     build_backbone,
@@ -106,9 +107,13 @@ def test_file_candidate_loads_and_checks_its_shape(tmp_path):
     build_backbone(32, width=4).save(path)
     model = load_candidate(Candidate(uri=f"file:{path}"))
     assert model.output_shape == (None, 16) and input_size(model) == 32  # it takes its own size
+    # a file may hold a backbone of any modality: the run's modality checks what it takes
     keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten()]).save(tmp_path / "grey.keras")
+    grey = load_candidate(Candidate(uri=f"file:{tmp_path / 'grey.keras'}"))
     with pytest.raises(ValueError, match="expected square RGB"):
-        load_candidate(Candidate(uri=f"file:{tmp_path / 'grey.keras'}"))
+        Images().encoding_for(grey, "file:grey.keras")
+    with pytest.raises(ValueError, match="expected token ids"):
+        Texts().encoding_for(grey, "file:grey.keras")
 
 
 def test_metrics_report_and_confusion_png(tmp_path):
