@@ -81,7 +81,8 @@ def predictions_frame(
     frame = pd.DataFrame(probabilities.astype("float64"), columns=columns)
     frame.insert(0, "confidence", probabilities.max(axis=1).astype("float64") if len(frame) else [])
     frame.insert(0, "label", [class_names[i] for i in probabilities.argmax(axis=1)] if len(frame) else [])
-    frame["error"] = errors if errors is not None else [None] * len(frame)
+    # object dtype: a row without an error holds None (JSON null), never a string column's NaN
+    frame["error"] = pd.Series(errors if errors is not None else [None] * len(frame), dtype=object)
     failed = frame["error"].notna()
     if failed.any():
         frame = frame.astype(object)

@@ -196,6 +196,7 @@ def test_mlflow_models_serve_takes_every_image_as_base64_and_refuses_paths(logge
         assert body["predictions"][0]["error"].startswith("not base64-encoded image bytes")
         assert body["predictions"][0]["label"] is None
         assert body["predictions"][1]["label"] in CLASSES
+        assert body["predictions"][1]["error"] is None  # JSON null, not NaN, beside a failed row
 
         status, body = post(f"{url}/invocations", {"dataframe_records": [{"picture": "x"}]})
         assert status == 400
