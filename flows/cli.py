@@ -96,9 +96,15 @@ def check_candidates(params: Params, data_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace, params: Params, paths: Paths) -> RunSummary:
-    data_dir = paths.resolve(args.data or params.data.raw)
+    from tasks.data.tables import data_folder
+
+    given = paths.resolve(args.data or params.data.raw)
+    data_dir = data_folder(given, paths.root, params)
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"{data_dir}: data folder not found (expected <folder>/<class>/<image>)")
+        raise FileNotFoundError(
+            f"{given}: data folder not found (expected <folder>/<class>/<file>, or a .csv, .jsonl "
+            "or .parquet table)"
+        )
     with runlock.exclusive(paths.root, params.register.model_name):  # refused at once, not after start-up
         start_prefect_server()
         check_candidates(params, data_dir)
@@ -265,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", parents=[*after, force], help="validate, fine-tune, evaluate and register"
     )
-    train.add_argument("--data", type=Path, help="image folder <data>/<class>/<image>")
+    train.add_argument(
+        "--data", type=Path, help="<data>/<class>/<file> (images or .txt), or a CSV/JSONL/Parquet table"
+    )
     train.set_defaults(func=cmd_train)
 
     distill = sub.add_parser(

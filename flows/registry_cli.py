@@ -105,7 +105,7 @@ def cmd_predict(args: argparse.Namespace, params: Params, paths: Paths) -> None:
         else:
             print(f"{printable(row['path'])}  {row['label']}  {row['confidence']:.3f}")
 
-    written = predict.predict(served, files, args.out, None if args.out else show)
+    written = predict.predict(served, files, args.out, None if args.out else show, params.texts.text_column)
     if args.out is not None:
         labels = ", ".join(f"{printable(str(k))} {v}" for k, v in sorted(written.labels.items()))
         print(f"wrote {written.rows} rows to {args.out} ({written.errors} errors; {labels or 'no labels'})")
@@ -158,10 +158,14 @@ def add_registry_commands(sub: Any, after: list[argparse.ArgumentParser]) -> Non
     predict = sub.add_parser(
         "predict",
         parents=after,
-        help="label examples with a registered version (its pyfunc): files, or folders of them",
+        help="label examples with a registered version (its pyfunc): files, folders, tables of texts",
     )
     predict.add_argument(
-        "inputs", nargs="+", type=Path, help="files (images or texts) and folders (walked recursively)"
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="files (images or texts), folders (walked recursively), and for a text version CSV, JSONL or "
+        "Parquet tables (each row of texts.text_column)",
     )
     predict.add_argument(
         "--out",

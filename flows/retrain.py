@@ -19,6 +19,7 @@ from flows.stages import flowrun, split, validate
 from flows.train import train_run
 from tasks.core import runlock
 from tasks.core.config import Params
+from tasks.data import tables
 from tasks.promotion import drift
 from tasks.registry import versions
 from tasks.reporting.summary import RunSummary
@@ -45,7 +46,8 @@ def retrain_round(params: Params, root: Path, data_dir: str | None, force: bool)
     drifted; else say why not."""
     model_name = params.register.model_name
     with flowrun.tracked_flow("retrain", params, root, force=force) as run:
-        folder = run.paths.resolve(Path(data_dir or params.data.raw))
+        given = run.paths.resolve(Path(data_dir or params.data.raw))
+        folder = tables.data_folder(given, run.paths.root, params)
         data = validate.validated(run, folder, params)
         if not data.report.success:
             return flowrun.failed(data.report.message(folder))

@@ -39,6 +39,15 @@ def printable(name: str) -> str:
     return "".join(out)
 
 
+# A table of examples (tasks/data/tables.py): suffix -> its format
+TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+def is_table(path: Path | str) -> bool:
+    """A table file (by its suffix), not a folder of examples."""
+    return Path(path).suffix.lower() in TABLE_FORMATS and Path(path).is_file()
+
+
 def is_ignored(path: Path) -> bool:
     """Hidden and OS bookkeeping files are not images of the dataset."""
     return path.name.startswith(".") or path.name.lower() in SYSTEM_FILES

@@ -79,13 +79,16 @@ class ImagesParams(_Candidates):
 
 
 class TextsParams(_Candidates):
-    """Texts (tasks/modality/tokens.py): `<raw>/<class>/<name>.txt`, UTF-8."""
+    """Texts (tasks/modality/tokens.py): `<raw>/<class>/<name>.txt`, UTF-8, or one CSV, JSONL
+    or Parquet file (tasks/data/tables.py) with a text and a label column."""
 
     candidates: tuple[Candidate, ...] = Field((Candidate(uri="minilm:all-MiniLM-L6-v2"),), min_length=1)
     window: int = Field(256, ge=8, le=512)  # tokens the encoder reads of a text ([CLS], [SEP] included)
     # The search's strategies on texts, in place of search.strategies (the images'): `top`,
     # `full` and `scratch` train the encoder on streamed tokens, minutes an epoch on 2 cores.
     strategies: tuple[Strategy, ...] = Field(("head", "raw"), min_length=1)
+    text_column: str = Field("text", min_length=1)  # of a table file
+    label_column: str = Field("label", min_length=1)
 
 
 # Keys of params written before the per-modality sections: (section, key) -> (section, key).

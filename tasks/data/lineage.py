@@ -37,8 +37,15 @@ def dvc_file_hash(data_dir: Path | str) -> str | None:
 
 
 def data_lineage(data_dir: Path | str, manifest: pd.DataFrame) -> dict[str, str]:
-    """Tags describing the data: its version and whether DVC's record matches it."""
-    version = dvc_dir_hash(manifest)
+    """Tags describing the data: its version and whether DVC's record matches it. A staged
+    table (tasks/data/tables.py) is the table: its md5, its `.dvc` file, its path."""
+    from tasks.data.tables import source_of
+
+    table = source_of(data_dir)
+    if table is not None:
+        version, data_dir = table["md5"], table["table"]
+    else:
+        version = dvc_dir_hash(manifest)
     recorded = dvc_file_hash(data_dir)
     if recorded is None:
         state = "untracked"

@@ -57,8 +57,9 @@ def track(root: Path, folders: list[Path], default_remote: Path) -> None:
 
 
 def restore(root: Path, data_version: str, target: Path) -> None:
-    """Check out DVC directory version `data_version` (`<md5>.dir`) of project `root` into the
-    folder `target` (inside `root`): from the local cache, else pulled from the remote.
+    """Check out DVC version `data_version` (a folder's `<md5>.dir`, or a file's `<md5>`) of
+    project `root` into `target` (inside `root`): from the local cache, else pulled from the
+    remote.
 
     DVC needs a pointer (`.dvc` file) for that, and refuses one in a git-ignored folder (such as
     `.transferops/`) in a git project. So the pointer lies in the project root, only while DVC

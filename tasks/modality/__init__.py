@@ -182,10 +182,15 @@ def named(name: str, params: Params) -> Modality:
 
 def from_params(params: Params, data: Path | None = None) -> Modality:
     """The modality of a run on the folder `data`: `data.modality`, or with `auto` the one
-    `detect` finds there (images without a folder), with its params section's settings."""
+    `detect` finds there (texts for a table file, images without a folder), with its params
+    section's settings."""
     _load()
+    from tasks.core.files import is_table
+
     name = params.data.modality
-    if name == "auto":
+    if name == "auto" and data is not None and is_table(data):
+        name = "texts"  # a table holds texts (tasks/data/tables.py)
+    elif name == "auto":
         name = detect(data) if data is not None and Path(data).is_dir() else "images"
     return named(name, params)
 

@@ -1,5 +1,6 @@
 """Batch inference with a registered version: files and folders in, one row per file out
-(path, label, confidence, error), streamed: files are read and predicted `PREDICT_BATCH` at a
+(path, label, confidence, error), and for a text version one row per row of a CSV, JSONL or
+Parquet table (path `<table>:<row>`), streamed: files are read and predicted `PREDICT_BATCH` at a
 time through the version's own pyfunc (the same decoding as serving), and rows are written to
 Parquet or CSV as they come, so memory stays flat in the number of files.
 
@@ -97,10 +98,58 @@ class RowWriter:
         os.replace(self.partial, self.out)
 
 
-def rows(pyfunc_model: Any, files: list[Path]) -> Iterator[pd.DataFrame]:
-    """(path, label, confidence, error) for each file, a batch at a time, with a progress bar."""
-    with progress.counting("predict", len(files)) as advance:
-        for chunk, predicted in versions.predict_batches(pyfunc_model, [str(f) for f in files]):
+def table_batches(
+    pyfunc_model: Any, table: Path, text_column: str
+) -> Iterator[tuple[list[str], pd.DataFrame]]:
+    """A text version's rows for each row of `table` (tasks/data/tables.py), read a batch at a
+    time, named `<table>:<row>` (from 1); a cell that is not a text gets its row's error."""
+    from tasks.data import tables
+
+    names: list[str] = []
+    cells: list[object] = []
+
+    def flush() -> tuple[list[str], pd.DataFrame]:
+        frame = pd.DataFrame({"text": pd.Series(cells, dtype=object)})
+        return list(names), pyfunc_model.predict(frame)
+
+    for number, cell, _ in tables.rows(table, text_column, None):
+        names.append(f"{table}:{number}")
+        cells.append(cell)
+        if len(names) == versions.PREDICT_BATCH:
+            yield flush()
+            names.clear()
+            cells.clear()
+    if names:
+        yield flush()
+
+
+def batches(
+    pyfunc_model: Any, files: list[Path], text_column: str
+) -> Iterator[tuple[list[str], pd.DataFrame]]:
+    """The version's rows for `files` in order, a batch at a time: a text version reads each
+    table file's rows; every other file is one row."""
+    from tasks.data import tables
+
+    texts = versions.input_column(pyfunc_model) == "text"
+    plain: list[str] = []
+    for file in files:
+        if texts and tables.is_table(file):
+            yield from versions.predict_batches(pyfunc_model, plain)
+            plain = []
+            yield from table_batches(pyfunc_model, file, text_column)
+        else:
+            plain.append(str(file))
+    yield from versions.predict_batches(pyfunc_model, plain)
+
+
+def rows(pyfunc_model: Any, files: list[Path], text_column: str = "text") -> Iterator[pd.DataFrame]:
+    """(path, label, confidence, error) for each file (or table row), a batch at a time, with a
+    progress bar."""
+    from tasks.data.tables import is_table
+
+    total = None if any(is_table(f) for f in files) else len(files)  # a table's rows are not counted first
+    with progress.counting("predict", total) as advance:
+        for chunk, predicted in batches(pyfunc_model, files, text_column):
             frame = pd.DataFrame(
                 {
                     "path": chunk,
@@ -114,13 +163,18 @@ def rows(pyfunc_model: Any, files: list[Path]) -> Iterator[pd.DataFrame]:
 
 
 def predict(
-    pyfunc_model: Any, files: list[Path], out: Path | None, each: Callable[[dict], None] | None = None
+    pyfunc_model: Any,
+    files: list[Path],
+    out: Path | None,
+    each: Callable[[dict], None] | None = None,
+    text_column: str = "text",
 ) -> Written:
-    """Label `files` with the served model: rows to `out` (Parquet or CSV) and/or to `each`."""
+    """Label `files` (and a text version: each row of a table file's `text_column`) with the
+    served model: rows to `out` (Parquet or CSV) and/or to `each`."""
     writer = RowWriter(out) if out is not None else None
     written = Written()
     try:
-        for frame in rows(pyfunc_model, files):
+        for frame in rows(pyfunc_model, files, text_column):
             if writer is not None:
                 writer.write(frame)
             for row in frame.to_dict("records"):

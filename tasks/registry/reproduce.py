@@ -17,7 +17,7 @@ from pathlib import Path
 from tasks import modality
 from tasks.core.config import Params, registry_ref
 from tasks.core.errors import UserError
-from tasks.data import lineage, versioning
+from tasks.data import lineage, tables, versioning
 from tasks.data.ingest import scan
 from tasks.registry import versions
 
@@ -90,19 +90,25 @@ def restore_data(record: Recorded, root: Path, scratch: Path) -> Path:
     version, else a copy checked out by DVC (from the cache, or pulled from the remote)."""
     data_version = record.tags["data_version"]
     original = Path(record.tags.get("data_path", ""))
-    found = modality.from_params(record.params, original)
-    if original.is_dir() and lineage.dvc_dir_hash(scan(original, found)) == data_version:
-        return original
+    if original.suffix.lower() in tables.FORMATS:  # a table: its md5, restored as a file
+        if original.is_file() and tables.file_md5(original) == data_version:
+            return tables.data_folder(original, root, record.params)
+        restored = scratch / f"data{original.suffix.lower()}"
+    else:
+        found = modality.from_params(record.params, original)
+        if original.is_dir() and lineage.dvc_dir_hash(scan(original, found)) == data_version:
+            return original
+        restored = scratch / "data"
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        versioning.restore(root, data_version, scratch / "data")
+        versioning.restore(root, data_version, restored)
     except versioning.DvcError as exc:
         raise ReproduceError(
             f"data version {data_version} of {record.model} v{record.version} is not at {original} "
             f"and DVC could not restore it from its cache or remote ({exc}): was the folder "
             "`dvc add`-ed and pushed?"
         ) from None
-    return scratch / "data"
+    return tables.data_folder(restored, root, record.params)
 
 
 def remove_scratch(scratch: Path) -> None:

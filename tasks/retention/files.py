@@ -57,11 +57,13 @@ def doomed(
     data_folders: list[Path],
     kept_data_paths: set[str],
     kept_versions: dict[str, set[str]] | None = None,
+    kept_data_versions: frozenset[str] | set[str] = frozenset(),
 ) -> list[Doomed]:
     """What to delete under `root`, given the cached results the kept runs used (`result_keys`),
     the start of the oldest kept flow run (`features_since_s`: feature files not used since go),
     the data folders whose `*.old-*` siblings `data --force` left, and the versions kept of
-    each model this project registers (`kept_versions`: the exports of the others go)."""
+    each model this project registers (`kept_versions`: the exports of the others go), and the
+    data versions kept versions need (a table's staging is kept for its md5)."""
     work, now = root / WORK, time.time()
     min_age = retention.min_age_minutes * 60
 
@@ -92,6 +94,9 @@ def doomed(
             last_used = max(path.stat().st_atime, path.stat().st_mtime)  # a reuse sets the access time
             if last_used < features_since_s and old(path):
                 add("features", path)
+    for path in _entries(work / "tables"):  # <md5>-<columns>[.json]: tasks/data/tables.py
+        if path.name[:32] not in kept_data_versions and old(path):
+            add("staged table", path)
     for path in _entries(work / "reproduce"):
         if old(path):
             add("reproduce scratch", path)

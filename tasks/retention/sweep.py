@@ -140,7 +140,9 @@ def sweep(root: Path, params: Params, experiment_id: str, dry_run: bool, prefect
     since = kept.oldest_kept_start_ms / 1000 if kept.oldest_kept_start_ms else None
     data = [root / params.data.raw, root / params.data.source]
     versions = {m: {v for n, v in kept.versions if n == m} for m in models}
-    doomed = files.doomed(root, retention, kept.result_keys, since, data, kept.data_paths, versions)
+    doomed = files.doomed(
+        root, retention, kept.result_keys, since, data, kept.data_paths, versions, kept.data_versions
+    )
     for item in doomed:
         freed.add(item.kind, 1, item.size)
         where = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path

@@ -5,6 +5,7 @@ and a 64-token window keep it to a couple of minutes on 2 cores."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -111,6 +112,22 @@ def test_predict_labels_a_folder_of_texts(project, tmp_path, capsys):
     assert len(good) == 2 * len(CLASSES) and (good["label"] == truth).mean() >= 0.7
 
 
+def test_predict_labels_each_row_of_a_table(project, tmp_path):
+    _, args = project
+    table = tmp_path / "unseen.jsonl"
+    lines = [{"text": "The striker scored twice in the cup final."}, {"text": 42}, {"id": 3}]
+    table.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "labels.csv"
+    assert main([*args, "predict", str(table), "--out", str(out)]) == 0
+    rows = pd.read_csv(out)
+    assert rows["path"].tolist() == [f"{table}:{n}" for n in (1, 2, 3)]
+    assert rows["label"].iloc[0] == "sports" and pd.isna(rows["error"].iloc[0])
+    assert rows["error"].iloc[1:].tolist() == [
+        "expected a text (a string), got int",
+        "expected a text (a string), got null",
+    ]
+
+
 def test_export_to_onnx_ships_the_tokenizer_and_matches_keras(project, capsys):
     """The ONNX export of a text version, checked on its test split in onnxruntime, with the
     tokenizer beside it and named in its JSON; the same token ids give Keras' probabilities."""
@@ -156,16 +173,24 @@ def test_distill_a_text_version_into_a_student(project):
     assert summary["test"]["accuracy"] >= 0.6, summary["test"]
 
 
-def test_retrain_measures_drift_on_embeddings_and_gc_keeps_the_champion(project):
+def test_retrain_on_a_table_measures_drift_on_embeddings_and_gc_keeps_the_champion(project):
+    """The folder's articles and new ones, as one CSV table (text, label): staged as class
+    folders, versioned by the table's md5."""
     root, args = project
     news_folder(root / "data" / "more", 6, skip=PER_CLASS)
-    for label in (root / "data" / "more").iterdir():
-        for article in label.iterdir():
-            shutil.copyfile(article, root / "data" / "raw" / label.name / f"new-{article.name}")
-    assert main([*args, "retrain", "--data", str(root / "data" / "raw")]) == 0
+    rows = [
+        {"text": article.read_text(), "label": label.name}
+        for folder in ("raw", "more")
+        for label in sorted((root / "data" / folder).iterdir())
+        for article in sorted(label.iterdir())
+    ]
+    table = root / "data" / "news.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    assert main([*args, "retrain", "--data", str(table)]) == 0
     report = json.loads((root / "reports" / "retrain.json").read_text())
     assert report["drift"] is not None and 0 <= report["drift"]["p_value"] <= 1, report["drift"]
     assert sum(report["examples"].values()) == (PER_CLASS + 6) * len(CLASSES)
+    assert report["data_version"] == hashlib.md5(table.read_bytes()).hexdigest()
     assert main([*args, "gc"]) == 0
     champion = mlflow.MlflowClient().get_model_version_by_alias(MODEL, "champion")
     assert (

@@ -92,6 +92,8 @@ def test_only_what_no_kept_run_used_is_deleted_on_disk(tmp_path):
         ("exports/clf", "v1"),
         ("exports/clf", "v2"),
         ("exports/other", "v1"),  # a model this project does not register (now): not ours to judge
+        ("tables", f"{'a' * 32}-cols1234"),  # a staged table a kept version was trained on
+        ("tables", f"{'b' * 32}-cols1234"),
     ]:
         (work / sub / name).mkdir(parents=True, exist_ok=True)
         (work / sub / name / "f").write_bytes(b"x" * 10)
@@ -101,7 +103,8 @@ def test_only_what_no_kept_run_used_is_deleted_on_disk(tmp_path):
     (tmp_path / "data" / "raw").mkdir()
     retention = RetentionParams(keep_validations=2, min_age_minutes=0)
     kept = {"clf": {"2"}}  # v1 of clf was deleted: its exports go
-    doomed = files.doomed(tmp_path, retention, {"keepme"}, None, [tmp_path / "data" / "raw"], set(), kept)
+    data = [tmp_path / "data" / "raw"]
+    doomed = files.doomed(tmp_path, retention, {"keepme"}, None, data, set(), kept, {"a" * 32})
     assert sorted((d.kind, str(d.path.relative_to(tmp_path))) for d in doomed) == [
         ("Data Docs", ".transferops/data_docs/docs0"),
         ("Data Docs", ".transferops/data_docs/docs1"),
@@ -109,6 +112,7 @@ def test_only_what_no_kept_run_used_is_deleted_on_disk(tmp_path):
         ("checkpoint", ".transferops/checkpoints/finetune-dropme"),
         ("export", ".transferops/exports/clf/v1"),
         ("old data folder", "data/raw.old-1"),
+        ("staged table", f".transferops/tables/{'b' * 32}-cols1234"),
     ]
     # a file newer than min_age_minutes may belong to a run in progress: spared
     assert files.doomed(tmp_path, RetentionParams(), {"keepme"}, None, [], set()) == []
