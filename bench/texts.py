@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def plain() -> np.ndarray:
             texts = [(root / f).read_text(encoding="utf-8") for f in files]
-            ids = np.array([e.ids for e in fixed.encode_batch(texts)], dtype="int32")
+            ids = np.array([[e.ids] for e in fixed.encode_batch(texts)], dtype="int32")  # one window a text
             return model.predict(ids, batch_size=BATCH, verbose=0)
 
         def ours() -> np.ndarray:
-            stream = Tokens(WINDOW).batches(root, files, BATCH)
+            stream = Tokens(WINDOW, 1).batches(root, files, BATCH)
             return np.concatenate([np.asarray(model(batch)) for batch in stream.as_numpy_iterator()])
 
         arms = {"plain": plain, "ours": ours}
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 out[name] = arm()
                 seconds[name].append(time.perf_counter() - start)
                 print(name, round(seconds[name][-1], 2), flush=True)
-        tokens = Tokens(WINDOW).examples(root, files)
+        tokens = Tokens(WINDOW, 0).examples(root, files)
     lengths = (tokens != 0).sum(axis=1)
     rate = {name: args.texts / statistics.median(s) for name, s in seconds.items()}
     report = {

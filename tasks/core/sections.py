@@ -83,7 +83,10 @@ class TextsParams(_Candidates):
     or Parquet file (tasks/data/tables.py) with a text and a label column."""
 
     candidates: tuple[Candidate, ...] = Field((Candidate(uri="minilm:all-MiniLM-L6-v2"),), min_length=1)
-    window: int = Field(256, ge=8, le=512)  # tokens the encoder reads of a text ([CLS], [SEP] included)
+    window: int = Field(256, ge=8, le=512)  # tokens the encoder reads at once ([CLS], [SEP] included)
+    # Windows read of a long text, one after the other, their embeddings averaged (1: its first
+    # window only). BBC News articles average about 2,000 characters, 437 tokens.
+    windows: int = Field(4, ge=1, le=64)
     # The search's strategies on texts, in place of search.strategies (the images'): `top`,
     # `full` and `scratch` train the encoder on streamed tokens, minutes an epoch on 2 cores.
     strategies: tuple[Strategy, ...] = Field(("head", "raw"), min_length=1)

@@ -1,7 +1,8 @@
 """Texts to token ids, the same in training and in the served model: MiniLM's WordPiece tokenizer
 (`tokenizer.json`, Hugging Face `tokenizers`, Rust) with its own padding and its 128-token cut
-switched off, each text cut to the version's `window` instead, and a batch padded with 0
-(`[PAD]`) to its longest text. A served text model ships this module, `texts` and the
+switched off; each text split into windows of the version's `window` tokens (its first
+`windows` of them are read; 1 cuts a text to its first window), and a batch padded with 0
+(`[PAD]`) to its most windows and its longest window. A served text model ships this module, `texts` and the
 tokenizer file, nothing else of `tasks`.
 
 A served row is a string (what JSON carries; in process also the bytes of a text file). It is
@@ -42,25 +43,44 @@ def row_text(value: Any) -> str:
     return text_of(value.encode("utf-8", "surrogateescape"))
 
 
-def ids(texts: Sequence[str], path: str, window: int) -> list[np.ndarray]:
-    """Each text's token ids (int32, `[CLS]` ... `[SEP]`, at most `window`), in one Rust call."""
-    return [np.asarray(e.ids, np.int32) for e in tokenizer(path, window).encode_batch(list(texts))]
-
-
-def pad(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """Token id rows as one (n, longest) int32 batch, 0-padded."""
-    out = np.zeros((len(rows), max((len(r) for r in rows), default=0)), np.int32)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
+def ids(texts: Sequence[str], path: str, window: int, windows: int = 1) -> list[list[np.ndarray]]:
+    """Each text's first `windows` windows of token ids (int32, each `[CLS]` ... `[SEP]`, at
+    most `window` long, one after the other without overlap), in one Rust call."""
+    out = []
+    for found in tokenizer(path, window).encode_batch(list(texts)):
+        parts = [found, *found.overflowing[: max(windows, 1) - 1]]
+        out.append([np.asarray(part.ids, np.int32) for part in parts])
     return out
 
 
-def row_reader(meta: dict[str, Any], tokenizer_file: str) -> Callable[[Any], np.ndarray]:
-    """How a served text model reads one row (`text`), with the window its version recorded
-    (`Tokens.meta`); the reader raises TextError."""
-    window = int(meta["window"])
+def pad(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """Texts' windows as one (n, most windows, longest window) int32 batch, 0-padded."""
+    most = max((len(r) for r in rows), default=0)
+    longest = max((len(w) for r in rows for w in r), default=0)
+    out = np.zeros((len(rows), most, longest), np.int32)
+    for i, row in enumerate(rows):
+        for j, part in enumerate(row):
+            out[i, j, : len(part)] = part
+    return out
 
-    def read(value: Any) -> np.ndarray:
-        return ids([row_text(value)], tokenizer_file, window)[0]
+
+def pad_flat(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """Texts' first windows as one (n, longest) batch: the input of versions registered before
+    pooled windows (`windows` 0 in their meta)."""
+    return pad([r[:1] for r in rows])[:, 0, :]
+
+
+def row_reader(meta: dict[str, Any], tokenizer_file: str) -> Callable[[Any], list[np.ndarray]]:
+    """How a served text model reads one row (`text`), with the window (and windows) its version
+    recorded (`Tokens.meta`); the reader raises TextError."""
+    window, windows = int(meta["window"]), int(meta.get("windows", 0))
+
+    def read(value: Any) -> list[np.ndarray]:
+        return ids([row_text(value)], tokenizer_file, window, windows)[0]
 
     return read
+
+
+def batcher(meta: dict[str, Any]) -> Callable[[Sequence[Sequence[np.ndarray]]], np.ndarray]:
+    """How a served text model pads its rows into a batch: by windows, or flat before them."""
+    return pad if int(meta.get("windows", 0)) else pad_flat

@@ -1,8 +1,9 @@
-"""The three small Keras layers a token-id input needs beside Keras' own (tasks/models/minilm.py):
+"""The small Keras layers a token-id input needs beside Keras' own (tasks/models/minilm.py):
 position and token-type embeddings, the attention mask and the mean over real tokens, each
-reading 0 as padding (`[PAD]`, as `text_rows.pad` pads); and BERT's GELU in a form every
-export runtime has. Registered, so a saved text model loads
-in safe mode with this module imported; a served text model ships it.
+reading 0 as padding (`[PAD]`, as `text_rows.pad` pads); a long text's windows taken apart and
+pooled again (`TakeWindows`, `PoolWindows`); and BERT's GELU in a form every export runtime
+has. Registered, so a saved text model loads in safe mode with this module imported; a served
+text model ships it.
 """
 
 from __future__ import annotations
@@ -60,3 +61,39 @@ class MaskedMean(keras.layers.Layer):
         summed = keras.ops.sum(hidden * mask, axis=1)
         mean = summed / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
         return mean / keras.ops.maximum(keras.ops.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+
+@keras.saving.register_keras_serializable("transferops")
+class TakeWindows(keras.layers.Layer):
+    """(n, windows, length) token ids -> the windows that hold a token, (m, length), and where
+    each came from in the flattened (n * windows) batch: a text shorter than the batch's
+    longest costs its own windows, not the batch's."""
+
+    def call(self, ids: Any) -> Any:
+        flat = keras.ops.reshape(ids, (-1, keras.ops.shape(ids)[2]))
+        (index,) = keras.ops.where(keras.ops.any(keras.ops.not_equal(flat, 0), axis=-1))
+        return keras.ops.take(flat, index, axis=0), index
+
+    def compute_output_spec(self, ids: Any) -> Any:
+        return (
+            keras.KerasTensor((None, ids.shape[2]), dtype=ids.dtype),
+            keras.KerasTensor((None,), dtype="int64"),
+        )
+
+
+@keras.saving.register_keras_serializable("transferops")
+class PoolWindows(keras.layers.Layer):
+    """Each text's window embeddings (m, width), put back in place (`TakeWindows`' index),
+    averaged over the text's windows and L2-normalised: one (n, width) embedding a text."""
+
+    def call(self, embeddings: Any, index: Any, ids: Any) -> Any:
+        n, windows = keras.ops.shape(ids)[0], keras.ops.shape(ids)[1]
+        width = embeddings.shape[-1]
+        placed = keras.ops.scatter(keras.ops.expand_dims(index, -1), embeddings, (n * windows, width))
+        placed = keras.ops.reshape(placed, (n, windows, width))
+        present = keras.ops.cast(keras.ops.any(keras.ops.not_equal(ids, 0), axis=-1), placed.dtype)[..., None]
+        mean = keras.ops.sum(placed, axis=1) / keras.ops.maximum(keras.ops.sum(present, axis=1), 1.0)
+        return mean / keras.ops.maximum(keras.ops.norm(mean, axis=-1, keepdims=True), 1e-12)
+
+    def compute_output_spec(self, embeddings: Any, index: Any, ids: Any) -> Any:
+        return keras.KerasTensor((None, embeddings.shape[-1]), dtype=embeddings.dtype)

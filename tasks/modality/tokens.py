@@ -2,8 +2,10 @@
 
 A batch of files is read (never outside the data folder), checked (`texts.text_of`), and
 tokenized in one call of the Rust WordPiece tokenizer (`tokenizers`, MiniLM's `tokenizer.json`),
-each text cut to the `window` (`[CLS]` ... `[SEP]` included) and the batch padded with 0 to its
-longest text, not to the window: a batch of tweets costs tweets. The shipped `tokenizer.json`
+each text split into windows of `window` tokens (`[CLS]` ... `[SEP]` included) of which the
+first `windows` are read, and the batch padded with 0 to its most windows and its longest
+window, not to the window: a batch of tweets costs tweets (and the encoder skips windows of
+nothing but padding). The shipped `tokenizer.json`
 itself truncates at 128 and pads every input to 128; both are switched off here and done per
 batch, so a 256-token window is 256.
 """
@@ -46,26 +48,30 @@ def count_tokens(text: str) -> int:
     return len(text_rows.tokenizer(str(tokenizer_path()), 1_000_000).encode(text).ids)
 
 
-def token_input(model: keras.Model, uri: str = "backbone") -> None:
-    """`model` takes token ids (n, length) and gives (n, features); a ValueError names what it
-    takes instead."""
+def token_input(model: keras.Model, uri: str = "backbone") -> int:
+    """`model` takes token ids, (n, windows, length) or (n, length), and gives (n, features):
+    its input's rank; a ValueError names what it takes instead."""
     shape = tuple(model.input_shape)
-    if len(shape) != 2 or str(model.inputs[0].dtype) not in ("int32", "int64"):
-        raise ValueError(f"{uri}: backbone takes {shape}; expected token ids (n, length)")
+    if len(shape) not in (2, 3) or str(model.inputs[0].dtype) not in ("int32", "int64"):
+        raise ValueError(f"{uri}: backbone takes {shape}; expected token ids (n, windows, length)")
     if len(model.output_shape) != 2:
         raise ValueError(f"{uri}: backbone gives {model.output_shape}; expected (n, features)")
+    return len(shape)
 
 
 @dataclass(frozen=True)
 class Tokens:
-    """A text as at most `window` token ids of MiniLM's vocabulary, padded with 0 per batch."""
+    """A text as its first `windows` windows of at most `window` token ids of MiniLM's
+    vocabulary, (n, windows, length), padded with 0 per batch; `windows` 0: its first window
+    alone, (n, length) (a backbone that takes that, and versions before pooled windows)."""
 
     window: int = 256
+    windows: int = 4
     modality = "texts"
     baseline_uri = "tokens:bag"
 
     def key(self) -> str:
-        return f"{TOKENIZER}-{self.window}"
+        return f"{TOKENIZER}-{self.window}" + (f"x{self.windows}" if self.windows else "")
 
     @property
     def fingerprint(self) -> str:
@@ -73,13 +79,20 @@ class Tokens:
 
     @property
     def cost(self) -> int:
-        return self.window
+        return self.window * max(self.windows, 1)
 
     def describe(self) -> str:
-        return f"{self.window} tokens"
+        many = f"{self.windows} windows of " if self.windows > 1 else ""
+        return f"{many}{self.window} tokens"
 
     def meta(self) -> dict[str, Any]:
-        return {"modality": "texts", "column": "text", "tokenizer": "tokenizer.json", "window": self.window}
+        return {
+            "modality": "texts",
+            "column": "text",
+            "tokenizer": "tokenizer.json",
+            "window": self.window,
+            "windows": self.windows,
+        }
 
     def artifacts(self) -> dict[str, Path]:
         return {"tokenizer": tokenizer_path()}
@@ -89,8 +102,10 @@ class Tokens:
         return ("tokenizers",)
 
     def ids(self, batch: Sequence[str]) -> np.ndarray:
-        """Texts -> (n, longest) int32 token ids, cut to the window, 0-padded."""
-        return text_rows.pad(text_rows.ids(batch, str(tokenizer_path()), self.window))
+        """Texts -> (n, most windows, longest window) int32 token ids, 0-padded (`windows` 0:
+        (n, longest first window))."""
+        rows = text_rows.ids(batch, str(tokenizer_path()), self.window, self.windows)
+        return text_rows.pad(rows) if self.windows else text_rows.pad_flat(rows)
 
     def read(self, root: Path, relative: str, parts: tuple[Path, ...] = ()) -> str:
         return texts.text_of(read_inside(root, relative, parts))
@@ -129,7 +144,7 @@ class Tokens:
                 ids = self.examples(root, [files[i] for i in rows], parts)
                 yield ids if y is None else (ids, y[rows])
 
-        spec = tf.TensorSpec((None, None), tf.int32)
+        spec = tf.TensorSpec((None,) * (3 if self.windows else 2), tf.int32)
         if y is not None:
             label = tf.TensorSpec((None, *y.shape[1:]), tf.float32 if y.dtype.kind == "f" else tf.int64)
             y = y.astype("float32" if y.dtype.kind == "f" else np.int64)
@@ -144,8 +159,9 @@ class Tokens:
         such as news a hard one to beat."""
         import keras
 
-        ids = keras.Input((None,), dtype="int32", name="tokens")
-        bag = keras.layers.CategoryEncoding(VOCAB, output_mode="multi_hot", name="bag")(ids)
+        ids = keras.Input((None,) * (2 if self.windows else 1), dtype="int32", name="tokens")
+        flat = keras.layers.Reshape((-1,))(ids) if self.windows else ids  # every window's tokens
+        bag = keras.layers.CategoryEncoding(VOCAB, output_mode="multi_hot", name="bag")(flat)
         # [PAD] (id 0) out, so padding never changes a text's features: feature j is token j + 1
         bag = keras.layers.Reshape((VOCAB, 1))(bag)
         bag = keras.layers.Flatten()(keras.layers.Cropping1D((1, 0))(bag))
@@ -157,7 +173,8 @@ class Texts:
     """The text modality with a run's settings: folders of UTF-8 text files
     (`<root>/<class>/<name>.txt`, as `keras.utils.text_dataset_from_directory` reads them)."""
 
-    window: int = 256  # tokens a text encoder reads of a text, [CLS] and [SEP] included
+    window: int = 256  # tokens a text encoder reads in one window, [CLS] and [SEP] included
+    windows: int = 4  # windows read of a text (1: its first window only)
     name = "texts"
     noun = "text"
     augment = None  # the text encoders are fine-tuned on the texts as they are
@@ -166,7 +183,7 @@ class Texts:
 
     @property
     def fingerprint(self) -> str:
-        return f"texts-{TOKENIZER}-{self.window}"
+        return f"texts-{TOKENIZER}-{self.window}x{self.windows}"
 
     def inspect(self, data: bytes) -> dict[str, object]:
         return texts.inspect(data, count_tokens)
@@ -175,19 +192,25 @@ class Texts:
         return []  # every defect of a text file makes it undecodable, with its reason
 
     def statistics(self, files: Any) -> dict[str, float]:
-        """Texts longer than the window (counted, not refused: the encoder reads their window)."""
-        tokens = files["tokens"].dropna()
+        """Texts longer than one window, and than all the windows read (counted, not refused:
+        the encoder reads their first windows)."""
+        content = files["tokens"].dropna() - 2  # [CLS] and [SEP] open and close every window
         return {
-            "texts_over_window": float((tokens > self.window).sum()),
-            "median_tokens": float(tokens.median()),
+            "texts_over_window": float((content > self.window - 2).sum()),
+            "texts_over_windows": float((content > (self.window - 2) * self.windows).sum()),
+            "median_tokens": float(content.median() + 2),
         }
 
     def encoding(self, size: int) -> Tokens:
-        return Tokens(size)
+        return Tokens(size, self.windows)
 
     def encoding_for(self, model: keras.Model, uri: str) -> Tokens:
-        token_input(model, uri)
-        return Tokens(self.window)
+        rank = token_input(model, uri)
+        return Tokens(self.window, self.windows if rank == 3 else 0)
 
 
-register("texts", lambda params: Texts(params.texts.window), lambda meta: Tokens(int(meta["window"])))
+register(
+    "texts",
+    lambda params: Texts(params.texts.window, params.texts.windows),
+    lambda meta: Tokens(int(meta["window"]), int(meta.get("windows", 0))),
+)

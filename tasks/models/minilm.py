@@ -5,8 +5,11 @@ The network is BERT's (facts checked in DESIGN.md): word + position + token-type
 summed, LayerNorm; `LAYERS` post-norm blocks of multi-head self-attention -> add -> LayerNorm ->
 Dense 1536 with exact (erf) GELU -> Dense 384 -> add -> LayerNorm; every LayerNorm epsilon 1e-12.
 The sentence embedding is the mean of the last hidden states over the tokens that are not
-padding, L2-normalised. Input: token ids (n, length) int32, 0 = padding (`[PAD]`); the token-type
-ids are all 0 (one segment), so their embedding is a constant row, added inside the model.
+padding, L2-normalised; a text longer than one window is read as several (each with its
+`[CLS]` and `[SEP]`), and its embedding is the mean of theirs, L2-normalised. Input: token ids
+(n, windows, length) int32, 0 = padding (`[PAD]`, a window of nothing but padding is no
+window); the token-type ids are all 0 (one segment), so their embedding is a constant row,
+added inside the model.
 
 Only Keras layers that load in safe mode are used, plus three small registered layers (the
 position/type embedding sum, the attention mask and the masked mean:
@@ -21,7 +24,14 @@ import keras
 import numpy as np
 
 from tasks.core.errors import UserError
-from tasks.modality.token_layers import AttentionMask, MaskedMean, PositionAndType, gelu_erf
+from tasks.modality.token_layers import (
+    AttentionMask,
+    MaskedMean,
+    PoolWindows,
+    PositionAndType,
+    TakeWindows,
+    gelu_erf,
+)
 
 MINILM_URI = "minilm:all-MiniLM-L6-v2"
 VOCAB, WIDTH, POSITIONS, HEADS, LAYERS, INTERMEDIATE = 30522, 384, 512, 12, 6, 1536
@@ -35,9 +45,13 @@ def build_minilm(
     intermediate: int = INTERMEDIATE,
     seed: int = 0,
 ) -> keras.Model:
-    """The encoder: token ids (n, length) -> (n, width) sentence embeddings. A smaller `width`,
-    `layers` or `heads` gives the same architecture with random weights (tests of the plumbing)."""
-    ids = keras.Input((None,), dtype="int32", name="tokens")
+    """The encoder: token ids (n, windows, length) -> (n, width) text embeddings, each window
+    encoded alone (the windows that hold a token: `TakeWindows`) and the windows' sentence
+    embeddings averaged (`PoolWindows`); a text of one window gets that window's embedding. A
+    smaller `width`, `layers` or `heads` gives the same architecture with random weights (tests
+    of the plumbing)."""
+    texts = keras.Input((None, None), dtype="int32", name="tokens")
+    ids, index = TakeWindows(name="windows")(texts)
     init = keras.initializers.TruncatedNormal(stddev=0.02, seed=seed)
     x = keras.layers.Embedding(VOCAB, width, embeddings_initializer=init, name="word")(ids)
     x = PositionAndType(POSITIONS, width, name="position_and_type")(x)
@@ -55,7 +69,8 @@ def build_minilm(
         x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"output_norm_{i}")(
             x + keras.layers.Dense(width, kernel_initializer=init, name=f"output_{i}")(inner)
         )
-    return keras.Model(ids, MaskedMean(name="features")(x, ids), name="minilm")
+    window_embeddings = MaskedMean(name="window_features")(x, ids)
+    return keras.Model(texts, PoolWindows(name="features")(window_embeddings, index, texts), name="minilm")
 
 
 def weights_path() -> Path:

@@ -56,7 +56,7 @@ def reader(meta: dict[str, Any], artifacts: dict[str, str]) -> tuple[str, Any, A
     if meta.get("modality", "images") == "texts":
         from tasks.modality import text_rows, token_layers  # noqa: F401  (its layers: registered to load)
 
-        return "text", text_rows.row_reader(meta, artifacts[TOKENIZER_ARTIFACT]), text_rows.pad
+        return "text", text_rows.row_reader(meta, artifacts[TOKENIZER_ARTIFACT]), text_rows.batcher(meta)
     from tasks.modality.images import row_reader
 
     return "image", row_reader(meta), lambda rows: np.stack(rows).astype("float32")
@@ -126,8 +126,9 @@ class Classifier(mlflow.pyfunc.PythonModel):
         except Exception as exc:  # a bug or resource problem: one line to the client, no stack trace
             raise MlflowException(f"prediction failed: {type(exc).__name__}: {exc}", INTERNAL_ERROR) from None
 
-    def _decode(self, value: Any) -> np.ndarray | str:
-        """One row's model input, or the reason it is not one."""
+    def _decode(self, value: Any) -> Any:
+        """One row's model input (an image's array, a text's windows), or the reason it is not
+        one (a string)."""
         try:
             return self.read(value)
         except ROW_ERRORS as exc:
@@ -140,7 +141,7 @@ class Classifier(mlflow.pyfunc.PythonModel):
             if self._pool is None:  # one pool per loaded model, not one per request
                 self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
             decoded = list(self._pool.map(self._decode, values))
-        arrays = [d for d in decoded if isinstance(d, np.ndarray)]
+        arrays = [d for d in decoded if not isinstance(d, str)]
         errors: list[str | None] = [d if isinstance(d, str) else None for d in decoded]
         good = [i for i, e in enumerate(errors) if e is None]
         probabilities = np.zeros((len(values), len(self.class_names)))

@@ -31,6 +31,7 @@ def test_each_bad_text_is_named_and_long_ones_are_counted(tmp_path):
     assert "money/twice.txt: the same text (sha256) is also filed under another label" in problems
     assert len(data.report.problems) == 5  # the two copies of the conflicting text, and no other
     assert data.report.statistics["texts_over_window"] == 1.0  # long.txt: 302 tokens > 64
+    assert data.report.statistics["texts_over_windows"] == 1.0  # and > 4 windows of 62 tokens
     assert (data.report.docs_dir / "index.html").is_file()
 
 

@@ -22,12 +22,28 @@ def text_folder(root, texts):
 def test_batches_are_padded_to_their_longest_text_and_cut_to_the_window(tmp_path):
     long = "word " * 400
     files = text_folder(tmp_path, ["Hello world.", "A much longer sentence than the first one is.", long, "Hi."])
-    tokens = Tokens(window=16)
+    tokens = Tokens(window=16, windows=0)  # the first window alone: (n, length)
     first, second = list(tokens.batches(tmp_path, files, 2).as_numpy_iterator())
     assert first.dtype == np.int32 and first.shape == (2, count_tokens("A much longer sentence than the first one is."))
     assert first[0, 0] == 101 and (first[0] == 102).sum() == 1 and first[0, -1] == 0  # [CLS] ... [SEP], padding
     assert second.shape == (2, 16) and second[0, -1] == 102  # the long text cut to the window, [SEP] kept
     assert count_tokens(long) == 402 and tokens.examples(tmp_path, files[2:3]).shape == (1, 16)
+
+
+def test_a_long_text_is_read_as_windows_padded_per_batch(tmp_path):
+    """800 tokens at a 16-token window: 14 of the text's tokens a window, each window [CLS] ...
+    [SEP]; the first 3 windows are read; a short text beside it is one window and padding."""
+    long = " ".join(f"w{i % 10}" for i in range(400))
+    files = text_folder(tmp_path, [long, "Hi."])
+    batch = Tokens(window=16, windows=3).examples(tmp_path, files)
+    assert batch.shape == (2, 3, 16) and batch.dtype == np.int32
+    assert (batch[0, :, 0] == 101).all() and (batch[0, :, -1] == 102).all()
+    whole = Tokens(window=512, windows=0).examples(tmp_path, files[:1])[0]
+    content = whole[1:-1]  # the text's tokens, without its one [CLS] and [SEP]
+    assert batch[0, 1, 1:-1].tolist() == content[14:28].tolist()  # windows follow on, no overlap
+    assert batch[1, 0, : count_tokens("Hi.")].tolist()[0] == 101 and not batch[1, 1:].any()
+    assert count_tokens(long) == 802  # "w0" is "w", "##0"
+    assert Tokens(window=16, windows=64).examples(tmp_path, files).shape[1] == -(-800 // 14)
 
 
 def test_labels_ride_along_and_a_seed_reshuffles_every_epoch_the_same_way(tmp_path):
@@ -55,7 +71,7 @@ def test_a_bad_text_or_a_path_out_of_the_folder_is_refused(tmp_path):
 
 def test_the_raw_text_baseline_is_a_normalised_bag_of_tokens():
     ids = np.array([[101, 7592, 2088, 102, 0], [101, 7592, 7592, 102, 0]], dtype="int32")
-    baseline = Tokens().baseline()
+    baseline = Tokens(windows=0).baseline()
     features = np.asarray(baseline(ids))
     assert features.shape == (2, 30521)  # feature j: token j + 1 ([PAD] left out)
     np.testing.assert_allclose(features[0, [100, 7591, 2087, 101]], 0.5)  # 4 distinct tokens
@@ -63,3 +79,7 @@ def test_the_raw_text_baseline_is_a_normalised_bag_of_tokens():
     assert features[1, 2087] == 0 and np.count_nonzero(features) == 7
     unpadded = np.asarray(baseline(ids[:1, :4]))
     np.testing.assert_array_equal(unpadded, features[:1])  # padding changes nothing
+    windowed = np.asarray(Tokens(windows=2).baseline()(np.stack([ids[:1, :4], ids[1:, :4]], axis=1)))
+    both = np.zeros(30521)
+    both[[100, 7591, 2087, 101]] = 0.5  # the words of every window, once each
+    np.testing.assert_allclose(windowed[0], both, atol=1e-7)

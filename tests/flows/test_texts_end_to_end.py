@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "transferops-classifier"
 PER_CLASS = 24
-TEXTS = sets({"texts.window": 64, "finetune.head_epochs": 30})
+TEXTS = sets({"texts.window": 64, "texts.windows": 2, "finetune.head_epochs": 30})
 CLASSES = ["business", "entertainment", "politics", "sports", "tech"]
 
 
@@ -59,7 +59,7 @@ def test_a_text_folder_trains_validates_and_registers_minilm(project):
     assert summary["test"]["accuracy"] >= 0.7, summary["test"]  # 5 topics; chance is 0.2
     model = load_pyfunc(f"models:/{MODEL}/1")
     meta = model.unwrap_python_model().meta
-    assert (meta["modality"], meta["column"], meta["window"]) == ("texts", "text", 64)
+    assert (meta["modality"], meta["column"], meta["window"], meta["windows"]) == ("texts", "text", 64, 2)
     # the flow's own run: the headline, to sort and compare runs of either modality by
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
     parent = mlflow.get_run(summary["mlflow_run_id"]).data
@@ -142,11 +142,12 @@ def test_export_to_onnx_ships_the_tokenizer_and_matches_keras(project, capsys):
     folder = root / ".transferops" / "exports" / MODEL / "v1"
     assert said[1].startswith(f"wrote {folder / 'model.onnx'}: ") and "agreement with Keras 100" in said[1]
     meta = json.loads((folder / "model.onnx.json").read_text())
-    assert (meta["modality"], meta["window"], meta["tokenizer"]) == ("texts", 64, "tokenizer.json")
+    assert (meta["modality"], meta["window"], meta["windows"]) == ("texts", 64, 2)
+    assert meta["tokenizer"] == "tokenizer.json"
     shipped = folder / meta["tokenizer"]
     assert shipped.read_bytes() == tokens.tokenizer_path().read_bytes()
     texts = ["Shares fell as the bank reported a loss.", "A new film won the award for best actor."]
-    ids = text_rows.pad(text_rows.ids(texts, str(shipped), meta["window"]))
+    ids = text_rows.pad(text_rows.ids(texts, str(shipped), meta["window"], meta["windows"]))
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     exported = session.run(None, {session.get_inputs()[0].name: ids})[0]
     keras_side = load_pyfunc(f"models:/{MODEL}/1").unwrap_python_model().model.predict(ids, verbose=0)

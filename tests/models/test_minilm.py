@@ -85,8 +85,9 @@ def random_checkpoint(width, heads, layers, intermediate, seed=0):
 
 
 def padded(texts):
+    """Texts of one window each: (n, 1, longest)."""
     longest = max(len(ids) for ids in texts)
-    return np.array([ids + [0] * (longest - len(ids)) for ids in texts], dtype="int32")
+    return np.array([[ids + [0] * (longest - len(ids))] for ids in texts], dtype="int32")
 
 
 def test_the_keras_encoder_computes_what_bert_computes_at_a_tiny_width():
@@ -104,6 +105,13 @@ def test_the_keras_encoder_computes_what_bert_computes_at_a_tiny_width():
     # padding changes nothing: each text alone gives what it gives in a padded batch
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # a text of two windows (and a window of padding): the mean of its windows' embeddings
+    windows = np.zeros((2, 3, 8), "int32")
+    windows[0, 0, :6], windows[0, 1, :3], windows[1, 0, :8] = texts[0], texts[1], texts[2]
+    pooled = expected[0] + expected[1]
+    got = np.asarray(model(windows))
+    np.testing.assert_allclose(got[0], pooled / np.linalg.norm(pooled), atol=1e-4)
+    np.testing.assert_allclose(got[1], expected[2], atol=1e-4)
 
 
 def test_a_checkpoint_tensor_left_unused_is_an_error():
