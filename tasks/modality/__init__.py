@@ -92,6 +92,11 @@ class Encoding(Protocol):
         features is the search's floor)."""
         ...
 
+    def scratch(self) -> keras.Model | None:
+        """A small network taking this input for the search's scratch baseline to train from
+        nothing, or None: the smallest backbone's architecture is (images)."""
+        ...
+
 
 class Augmentation(Protocol):
     """Random changes to training batches that keep their labels (never at inference)."""

@@ -164,6 +164,10 @@ class Pixels:
         x = keras.layers.Dense(1, use_bias=False, kernel_initializer=grey, trainable=False, name="grey")(x)
         return keras.Model(inputs, keras.layers.Flatten(name="features")(x), name="raw_pixels")
 
+    def scratch(self) -> None:
+        """Images train the smallest backbone's architecture from scratch (a CNN)."""
+        return None
+
 
 def input_size(model: keras.Model, uri: str = "backbone") -> int:
     """The side of the square RGB images `model` takes; a ValueError names what it takes instead."""

@@ -167,6 +167,18 @@ class Tokens:
         bag = keras.layers.Flatten()(keras.layers.Cropping1D((1, 0))(bag))
         return keras.Model(ids, keras.layers.UnitNormalization(name="features")(bag), name="raw_tokens")
 
+    def scratch(self, width: int = 64) -> keras.Model:
+        """The text network the search's scratch baseline trains from nothing: each token of
+        every window embedded (`width` wide, padding masked out) and averaged over the text,
+        fastText's classifier on WordPiece tokens (no n-grams)."""
+        import keras
+
+        ids = keras.Input((None,) * (2 if self.windows else 1), dtype="int32", name="tokens")
+        flat = keras.layers.Reshape((-1,))(ids) if self.windows else ids
+        x = keras.layers.Embedding(VOCAB, width, mask_zero=True, name="token_embedding")(flat)
+        features = keras.layers.GlobalAveragePooling1D(name="features")(x)
+        return keras.Model(ids, features, name="bag_of_embeddings")
+
 
 @dataclass(frozen=True)
 class Texts:

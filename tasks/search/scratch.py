@@ -1,5 +1,6 @@
 """The scratch baseline of the strategy search: the architecture of the smallest-input
-backbone with fresh weights, every layer trained (BatchNorm too), on its own budget.
+backbone (or its encoding's own small network: texts' bag of token embeddings) with fresh
+weights, every layer trained (BatchNorm too), on its own budget.
 
 It depends on nothing else the search trains, so on a Dask runner (tasks.core.runner) it starts
 on a worker as the search begins and trains while the flow's process runs the head trials and
@@ -28,6 +29,17 @@ from tasks.search.records import Deadline, SearchBackbone, TrialRecord, say
 
 SCRATCH = "scratch"  # the scratch baseline's trial id
 BACKUP_SECONDS = 2.0  # its epochs can be shorter than a checkpoint's write: one every 2 s at most
+
+
+def architecture(smallest: SearchBackbone) -> SearchBackbone:
+    """What the scratch baseline trains: the encoding's own small network when it has one
+    (`Encoding.scratch`: texts' bag of token embeddings, as fastText's classifier), else the
+    smallest-input backbone's architecture (its weights are drawn afresh)."""
+    own = smallest.encoding.scratch()
+    if own is None:
+        return smallest
+    none = np.zeros((0, 1), dtype="float32")  # trained end to end: no frozen features
+    return SearchBackbone(f"scratch:{own.name}", own, smallest.encoding, none, none)
 
 
 def scratch_patience(params: SearchParams, n_train: int, batch_size: int) -> int:

@@ -3,9 +3,8 @@ fine-tuning strategies of the backbones `select` kept (LogME's top k), on by def
 
 - `head`: the backbone frozen, only a new softmax head trains: trials on each backbone's cached
   frozen features, a grid of learning rates (Keras Tuner; seconds each).
-- `top`: the top `unfreeze_layers` layers with weights unfrozen (BatchNorm stays frozen).
-- `full`: every layer unfrozen.
-- `scratch`: the architecture of the smallest-input backbone with fresh weights, every layer
+- `top`: the top `unfreeze_layers` weighted layers unfrozen (BatchNorm stays frozen); `full`: all.
+- `scratch`: the smallest-input backbone's architecture (`scratch.architecture`) fresh, every layer
   trained (BatchNorm too): the baseline that always competes, so plentiful labels can prefer it.
   It trains once on its own budget (`scratch_epochs`, early stopping on val_accuracy after
   `scratch_patience`), not in the bracket: a fresh network cannot compete after a rung's epoch.
@@ -238,12 +237,14 @@ def search(
         }
 
     smallest = min(backbones, key=lambda b: b.encoding.cost)
+    architecture = scratch.architecture(smallest)  # texts: a bag of token embeddings
+    by_name.setdefault(architecture.name, architecture)
 
     def scratch_job() -> scratch.ScratchJob:
         board = events / "search" / SCRATCH if events is not None else None
         left = None if deadline is None else deadline - time.monotonic()
         return scratch.ScratchJob(
-            smallest, train, val, num_classes, params, finetune, augment, folder, board, left
+            architecture, train, val, num_classes, params, finetune, augment, folder, board, left
         )
 
     # on a Dask runner the scratch baseline trains on a worker from the start, the bracket once the
