@@ -12,6 +12,7 @@ bench:  ## every benchmark -> bench/results/ (hours on 2 cores: bench.transfer a
 	  && .venv/bin/python -m bench.scale --cases 2000:32 2000:224 10000:32 \
 	  && .venv/bin/python -m bench.serving && .venv/bin/python -m bench.distributed --photos 400 --repeats 3 \
 	  && .venv/bin/python -m bench.texts --texts 256 --repeats 3 && .venv/bin/python -m bench.bbc_news \
+	  && .venv/bin/python -m bench.text_transfer \
 	  && .venv/bin/python -m bench.distill --unlabelled 6000 --name distill-transfer \
 	  && .venv/bin/python -m bench.distill --unlabelled 6000 --name distill-transfer-narrow --student-width 8 \
 	    --set unfreeze_layers=100 --set finetune_epochs=20 --set finetune_learning_rate=0.001

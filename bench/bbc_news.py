@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,9 @@ def arm(windows: int, split: dict[str, float]) -> dict[str, Any]:
         sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
         command = ["--root", str(root), *sets, "train", "--data", str(root / "texts")]
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "flows.cli", *command], check=True)
+        # the project's own stores: not the one an earlier arm's tracking.configure left in the environment
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        subprocess.run([sys.executable, "-m", "flows.cli", *command], check=True, env=env)
         train_seconds = time.perf_counter() - start
         summary = json.loads((root / "reports" / "train.json").read_text())
         tracking.configure(root / "mlflow")
