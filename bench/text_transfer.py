@@ -15,6 +15,8 @@ Arms, each given the same labelled set (train + val):
   and the bag-of-tokens baseline), chosen on val;
 - `linear_probe`: logistic regression, C by cross-validation, on the same MiniLM embeddings of
   train + val;
+- `probe_first_window`: the same on MiniLM's embedding of each article's first window only
+  (`texts.windows: 1`): what pooling the windows adds;
 - `tfidf`: TF-IDF of word 1-2 grams (sublinear tf) + logistic regression, C by
   cross-validation, on train + val: the strong classical baseline for keyword-heavy news;
 - `scratch`: the search's scratch baseline on texts alone (`search.strategies: [scratch]`): a bag
@@ -37,6 +39,7 @@ import hashlib
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,9 @@ from bench import results_io
 from flows.runtime import apply_env_defaults
 
 apply_env_defaults()
+warnings.filterwarnings(
+    "ignore", category=FutureWarning, module="sklearn"
+)  # LogisticRegressionCV's 1.10 notices
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -65,7 +71,7 @@ from tasks.search.heads import head_log_probabilities  # noqa: E402
 from tasks.search.records import SearchBackbone  # noqa: E402
 from tasks.selection.logme import logme  # noqa: E402
 
-ARMS = ("default", "linear_probe", "tfidf", "scratch")
+ARMS = ("default", "linear_probe", "probe_first_window", "tfidf", "scratch")
 MINILM = "minilm:all-MiniLM-L6-v2"
 RESULTS = Path(__file__).parent / "results"
 
@@ -205,7 +211,7 @@ def tfidf_arm(texts: list[str], rows: dict, y: np.ndarray, seed: int) -> dict[st
 def run_arm(
     arm: str,
     everything: Split,
-    embedded: np.ndarray,
+    embedded: dict[str, np.ndarray],
     bag_test: np.ndarray,
     texts: list[str],
     rows: dict,
@@ -216,9 +222,13 @@ def run_arm(
 ) -> dict[str, Any]:
     labelled_count = {"labelled": len(rows["train"]) + len(rows["val"])}
     if arm == "default":
-        return {**labelled_count, **default_arm(everything, embedded, bag_test, rows, n, params, seed)}
-    if arm == "linear_probe":
-        return {**labelled_count, **probe_arm(embedded, rows, everything.y, seed, MINILM)}
+        return {
+            **labelled_count,
+            **default_arm(everything, embedded["pooled"], bag_test, rows, n, params, seed),
+        }
+    if arm in ("linear_probe", "probe_first_window"):
+        x = embedded["pooled" if arm == "linear_probe" else "first"]
+        return {**labelled_count, **probe_arm(x, rows, everything.y, seed, MINILM)}
     if arm == "scratch":
         return {**labelled_count, **scratch_arm(everything, rows, n, params, seed, scratch_epochs)}
     return {**labelled_count, **tfidf_arm(texts, rows, everything.y, seed)}
@@ -284,11 +294,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pool, test = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=0)
         pool, test = np.sort(pool), np.sort(test)
         tokens = Tokens(params.texts.window, params.texts.windows)
+        model = minilm_backbone()
         start = time.perf_counter()
-        embedded = np.asarray(
-            features.features(minilm_backbone(), MINILM, everything, tokens, None, "MiniLM")
-        )
+        embedded = {
+            "pooled": np.asarray(features.features(model, MINILM, everything, tokens, None, "MiniLM"))
+        }
         embedding_seconds = time.perf_counter() - start
+        first = Tokens(params.texts.window, 1)
+        embedded["first"] = np.asarray(
+            features.features(model, MINILM, everything, first, None, "first windows")
+        )
         bag_test = np.asarray(
             features.features(tokens.baseline(), "bag", everything.subset(test), tokens, None)
         )
