@@ -393,8 +393,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"embedded every article once in {r['embedding_seconds']:.0f} s (shared by `default` and "
         "`linear_probe`; not in their seconds). Test accuracy, mean ± std over seeds:",
         "",
-        "| labels a class | " + " | ".join(f"`{a}`" for a in ARMS) + " | default - best other (95% CI) |",
-        "|---|" + "---|" * (len(ARMS) + 1),
+        "| labels a class | "
+        + " | ".join(f"`{a}`" for a in ARMS)
+        + " | default - best other (95% CI) | default - tfidf (larger std) |",
+        "|---|" + "---|" * (len(ARMS) + 2),
     ]
     for cell in r["cells"]:
         arms = cell["arms"]
@@ -405,7 +407,9 @@ def markdown(r: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {cell['per_class'] or 'all'} | {shown} | {cell['difference']:+.3f} vs `{cell['rival']}` "
-            f"[{cell['low']:+.3f}, {cell['high']:+.3f}] |"
+            f"[{cell['low']:+.3f}, {cell['high']:+.3f}] | "
+            f"{arms['default']['accuracy_mean'] - arms['tfidf']['accuracy_mean']:+.3f} "
+            f"({max(arms['default']['accuracy_std'], arms['tfidf']['accuracy_std']):.3f}) |"
         )
     ranking = r["logme"]
     lines += [
