@@ -36,8 +36,10 @@ class PositionAndType(keras.layers.Layer):
         self.type = self.add_weight(shape=(self.width,), name="type", initializer="zeros")
 
     def call(self, x: Any) -> Any:
-        length = keras.ops.shape(x)[1]
-        return x + self.position[None, :length] + self.type
+        # a gather and expand_dims, not `position[None, :length]`: LiteRT has no builtin for
+        # a strided slice that adds an axis (it would need the Flex delegate)
+        position = keras.ops.take(self.position, keras.ops.arange(keras.ops.shape(x)[1]), axis=0)
+        return x + keras.ops.expand_dims(position, 0) + self.type
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "positions": self.positions, "width": self.width}
@@ -49,7 +51,7 @@ class AttentionMask(keras.layers.Layer):
 
     def call(self, ids: Any) -> Any:
         keep = keras.ops.not_equal(ids, 0)
-        return keras.ops.logical_and(keep[:, None, :], keep[:, :, None])
+        return keras.ops.logical_and(keras.ops.expand_dims(keep, 1), keras.ops.expand_dims(keep, 2))
 
 
 @keras.saving.register_keras_serializable("transferops")
@@ -57,7 +59,7 @@ class MaskedMean(keras.layers.Layer):
     """The mean over the places whose token is not padding, L2-normalised."""
 
     def call(self, hidden: Any, ids: Any) -> Any:
-        mask = keras.ops.cast(keras.ops.not_equal(ids, 0), hidden.dtype)[..., None]
+        mask = keras.ops.expand_dims(keras.ops.cast(keras.ops.not_equal(ids, 0), hidden.dtype), -1)
         summed = keras.ops.sum(hidden * mask, axis=1)
         mean = summed / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
         return mean / keras.ops.maximum(keras.ops.norm(mean, axis=-1, keepdims=True), 1e-12)
@@ -71,13 +73,17 @@ class TakeWindows(keras.layers.Layer):
 
     def call(self, ids: Any) -> Any:
         flat = keras.ops.reshape(ids, (-1, keras.ops.shape(ids)[2]))
-        (index,) = keras.ops.where(keras.ops.any(keras.ops.not_equal(flat, 0), axis=-1))
+        present = keras.ops.cast(keras.ops.any(keras.ops.not_equal(flat, 0), axis=-1), "int32")
+        # the present windows' places in order: a stable sort puts them first (`where` would
+        # need an int64 unpack that LiteRT lacks)
+        order = keras.ops.cast(keras.ops.argsort(1 - present), "int32")
+        index = keras.ops.slice(order, (0,), keras.ops.expand_dims(keras.ops.sum(present), 0))
         return keras.ops.take(flat, index, axis=0), index
 
     def compute_output_spec(self, ids: Any) -> Any:
         return (
             keras.KerasTensor((None, ids.shape[2]), dtype=ids.dtype),
-            keras.KerasTensor((None,), dtype="int64"),
+            keras.KerasTensor((None,), dtype="int32"),
         )
 
 
@@ -91,7 +97,8 @@ class PoolWindows(keras.layers.Layer):
         width = embeddings.shape[-1]
         placed = keras.ops.scatter(keras.ops.expand_dims(index, -1), embeddings, (n * windows, width))
         placed = keras.ops.reshape(placed, (n, windows, width))
-        present = keras.ops.cast(keras.ops.any(keras.ops.not_equal(ids, 0), axis=-1), placed.dtype)[..., None]
+        present = keras.ops.cast(keras.ops.any(keras.ops.not_equal(ids, 0), axis=-1), placed.dtype)
+        present = keras.ops.expand_dims(present, -1)
         mean = keras.ops.sum(placed, axis=1) / keras.ops.maximum(keras.ops.sum(present, axis=1), 1.0)
         return mean / keras.ops.maximum(keras.ops.norm(mean, axis=-1, keepdims=True), 1e-12)
 

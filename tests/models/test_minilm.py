@@ -161,3 +161,23 @@ def test_minilm_is_a_candidate_family_of_its_own(real):
     model = load_candidate(candidate)
     assert model.output_shape == (None, 384)
     assert candidate_lineage(candidate)["backbone_version"].startswith("sha256=")
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_a_text_classifier_with_windows_exports_to_both_runtimes(tmp_path, fmt):
+    """The windowed encoder (`TakeWindows`, `PoolWindows`) in LiteRT's builtin ops (no Flex
+    delegate) and in ONNX: the same probabilities as Keras, with a padded window and alone."""
+    import keras
+
+    from tasks.models.backbones import build_classifier
+    from tasks.registry import export
+
+    model = build_classifier(build_minilm(32, 4, 1, 64), keras.layers.Dense(3, activation="softmax"), 0.1)
+    ids = np.zeros((3, 2, 8), "int32")
+    ids[0, 0, :5] = [101, 5, 6, 7, 102]
+    ids[0, 1, :3] = [101, 9, 102]  # a second window; the others' second windows are padding
+    ids[1, 0, :4] = [101, 11, 12, 102]
+    ids[2, 0, :3] = [101, 14, 102]
+    run = export.load_runtime(export.write(model, fmt, tmp_path / f"m.{fmt}", column="text"), fmt)
+    np.testing.assert_allclose(run(ids), np.asarray(model(ids)), atol=1e-5)
+    np.testing.assert_allclose(run(ids[1:2, :1, :4]), np.asarray(model(ids[1:2, :1, :4])), atol=1e-5)
