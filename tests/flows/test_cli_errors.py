@@ -117,3 +117,17 @@ def test_bad_settings_end_before_any_flow_in_one_line(tmp_path, args, expected):
     assert lines[-1].startswith(f"transferops: {expected}"), lines[-1]
     assert "Traceback" not in done.stderr and "temporary server" not in done.stderr
     assert not (tmp_path / "mlflow").exists()  # no store touched, no lock or run left behind
+
+
+def test_a_table_with_unusable_rows_ends_before_any_flow_in_one_line(tmp_path):
+    table = tmp_path / "tickets.csv"
+    table.write_text('text,label\n"Refund please",billing\n"No label here",\n"Bad label","../up"\n')
+    done = run_cli("--root", str(tmp_path), "train", "--data", str(table), env={"PREFECT_API_URL": ""})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert lines[-1] == (
+        "transferops: tickets.csv: 2 row(s) cannot be used: row 2: no label; row 3: label '../up' cannot "
+        "name a class (no '/', '\\', control characters or leading '.') (fix or remove them)"
+    )
+    assert "Traceback" not in done.stderr and not (tmp_path / "mlflow").exists()
+    assert not (tmp_path / "up").exists()
