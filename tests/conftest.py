@@ -140,7 +140,7 @@ def use_store(root: Path) -> mlflow.MlflowClient:
 
 # The longest files (`--durations`: ten retrain rounds with gc, the crash-recovery runs, the
 # tracking-server outage and reuse runs, 7-10 minutes each on 2 busy cores): they start first.
-LONGEST_FILES = ("test_gc.py", "test_crash_recovery.py", "test_reuse.py")
+LONGEST_FILES = ("test_gc.py", "test_crash_recovery.py", "test_reuse.py", "test_texts_end_to_end.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
