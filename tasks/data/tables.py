@@ -32,7 +32,6 @@ from tasks.core.files import TABLE_FORMATS, is_table, printable
 if TYPE_CHECKING:
     from tasks.core.config import Params
 
-FORMATS = TABLE_FORMATS
 STAGED = Path(".transferops") / "tables"  # under the project root
 MAX_LISTED = 20  # problem rows a refusal lists
 MAX_LABEL_BYTES = 200
@@ -127,7 +126,7 @@ def rows(path: Path, text: str, label: str | None) -> Iterator[tuple[int, object
     streamed; UserError when the file cannot be read as its format or lacks a column."""
     import pyarrow
 
-    kind = FORMATS[path.suffix.lower()]
+    kind = TABLE_FORMATS[path.suffix.lower()]
     last = 0
     try:
         for row in READERS[kind](path, text, label):

@@ -17,6 +17,7 @@ from pathlib import Path
 from tasks import modality
 from tasks.core.config import Params, registry_ref
 from tasks.core.errors import UserError
+from tasks.core.files import TABLE_FORMATS
 from tasks.data import lineage, tables, versioning
 from tasks.data.ingest import scan
 from tasks.registry import versions
@@ -90,7 +91,7 @@ def restore_data(record: Recorded, root: Path, scratch: Path) -> Path:
     version, else a copy checked out by DVC (from the cache, or pulled from the remote)."""
     data_version = record.tags["data_version"]
     original = Path(record.tags.get("data_path", ""))
-    if original.suffix.lower() in tables.FORMATS:  # a table: its md5, restored as a file
+    if original.suffix.lower() in TABLE_FORMATS:  # a table (maybe gone): its md5, restored as a file
         if original.is_file() and tables.file_md5(original) == data_version:
             return tables.data_folder(original, root, record.params)
         restored = scratch / f"data{original.suffix.lower()}"
