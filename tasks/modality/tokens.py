@@ -127,12 +127,16 @@ class Tokens:
         parts: tuple[Path, ...] = (),
     ) -> tf.data.Dataset:
         """Batches of token ids (n, longest in the batch), in order (or reshuffled every epoch
-        with `shuffle_seed`), with labels when given; one batch of texts in memory at a time."""
+        with `shuffle_seed`), with labels when given; one batch of texts in memory at a time.
+        Without labels (a feature pass, predictions) a batch holds `batch_size // windows`
+        texts: the encoder's activations grow with the windows in a batch."""
         import tensorflow as tf
 
         files, root = list(files), Path(root)
         y = None if labels is None else np.asarray(labels)
         epochs = [0]
+        if y is None:  # inference: at most `batch_size` windows at once, as many as single-window texts
+            batch_size = max(1, batch_size // max(self.windows, 1))
 
         def generate() -> Iterator[Any]:
             order = np.arange(len(files))
