@@ -1,13 +1,14 @@
 """Scale in the number of texts: `transferops train` on short texts, peak memory against count.
 
-    .venv/bin/python -m bench.text_scale [--counts 20000 200000] [--window 32]
+    .venv/bin/python -m bench.text_scale [--counts 20000 200000] [--window 32] [--windows N]
 
 The workload (made here): every distinct span of 1 to 7 consecutive sentences of each BBC News
 article (a sentence two classes share is dropped: one label per text), about 206,000 texts,
 labelled by the article's class; the first N in a fixed shuffled order, as `.txt` class
 folders. For each count, `transferops train --data FOLDER` as a user runs it (its own process,
 defaults but the window: `texts.window`, 32 tokens by default here so that 200,000 texts embed
-in minutes on 2 cores; the memory held per text does not depend on it), measured by
+in minutes on 2 cores; the memory held per text does not depend on it; `--windows` sets
+`texts.windows`, 1 to read each text's first window only), measured by
 `bench.scale.run_measured`: wall time, peak RSS of the process and of its whole tree, stage
 times, test accuracy. Results: bench/results/text_scale.{json,md}.
 """
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[20000, 200000])
     parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--windows", type=int, default=0, help="texts.windows (0: the default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     runs = []
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 str(root),
                 "--set",
                 f"texts.window={args.window}",
+                *(["--set", f"texts.windows={args.windows}"] if args.windows else []),
                 "train",
                 "--data",
                 str(folder),
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         **results_io.header("bench.text_scale", argv),
         "window": args.window,
+        "windows": args.windows or None,
         "runs": runs,
         "peak_ratio_last_over_first": round(last["peak_tree_rss_mb"] / first["peak_tree_rss_mb"], 2),
     }
@@ -113,7 +117,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"# Scale in the number of texts ({r['date']})",
             "",
             f"`{r['command']}` on {r['machine']}. `transferops train --data FOLDER` on short BBC News "
-            f"texts (spans of 1 to 7 sentences), defaults but `texts.window={r['window']}`; peak RSS "
+            f"texts (spans of 1 to 7 sentences), defaults but `texts.window={r['window']}`"
+            + (f", `texts.windows={r['windows']}`" if r.get("windows") else "")
+            + "; peak RSS "
             "sampled every 0.2 s.",
             "",
             "| texts | wall (s) | peak RSS, train (MB) | with children (MB) | stage seconds | test acc. |",
