@@ -12,7 +12,8 @@ train and val as the pipeline does (`split.val_fraction` of each class, at least
 Arms, each given the same labelled set (train + val):
 - `default`: the pipeline's default on texts, the strategy search with `texts.strategies` (head
   trials on MiniLM's embeddings with pooled windows, `texts.windows` of `texts.window` tokens,
-  and the bag-of-tokens baseline), chosen on val;
+  and the TF-IDF baseline over MiniLM's WordPiece tokens), chosen on val, then averaged with
+  the TF-IDF baseline unless the chosen alone really leads that on val (`texts.fuse_raw`);
 - `linear_probe`: logistic regression, C by cross-validation, on the same MiniLM embeddings of
   train + val;
 - `probe_first_window`: the same on MiniLM's embedding of each article's first window only
@@ -119,17 +120,32 @@ def tested(y: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
     return {**evaluate.metrics(y, probabilities), "predictions": heldout.as_digits(probabilities)}
 
 
+def cached_probabilities(
+    model: keras.Model, minilm_test: np.ndarray, test: Split, tokens: Tokens
+) -> np.ndarray | None:
+    """The kept model's test probabilities without MiniLM's forward pass: each head (a plain
+    classifier's, or each member's of an ensemble of heads, `search.fuse_raw`'s included) on its
+    backbone's features, MiniLM's cached, TF-IDF's computed now (cheap), weighted as the
+    ensemble weighs them; None for a model of any other shape (a fine-tune)."""
+    heads = sorted((la for la in model.layers if la.name.partition("_")[0] == "head"), key=lambda la: la.name)
+    if not heads:
+        return None
+    raw = next((layer for layer in model.layers if layer.name == "raw_tokens"), None)
+    raw_test = None if raw is None else np.asarray(features.features(raw, "tfidf", test, tokens, None))
+    total = np.zeros((len(test), heads[0].get_weights()[1].shape[0]))
+    for i, head in enumerate(heads):
+        kernel, bias = head.get_weights()
+        x = minilm_test if kernel.shape[0] == minilm_test.shape[1] else raw_test
+        weight = model.get_layer(f"weight_{i}").scale if len(heads) > 1 else 1.0
+        total += weight * np.exp(head_log_probabilities(x, kernel, bias))
+    return total
+
+
 def default_arm(
-    everything: Split,
-    embedded: np.ndarray,
-    bag_test: np.ndarray,
-    rows: dict,
-    n: int,
-    params: Params,
-    seed: int,
+    everything: Split, embedded: np.ndarray, rows: dict, n: int, params: Params, seed: int
 ) -> dict[str, Any]:
-    """The search on texts over MiniLM's cached embeddings; the kept head scored on the test
-    embeddings (or the bag-of-tokens' on the test bags)."""
+    """The search on texts over MiniLM's cached embeddings (and the TF-IDF baseline, fused with
+    the chosen head unless that leads it: `texts.fuse_raw`), scored on the test articles."""
     model = minilm_backbone()
     tokens = Tokens(params.texts.window, params.texts.windows)
     train, val = everything.subset(rows["train"]), everything.subset(rows["val"])
@@ -139,18 +155,15 @@ def default_arm(
     start = time.perf_counter()
     found = strategy.search([backbone], train, val, n, search, finetune, None)
     seconds = time.perf_counter() - start
-    kind = found.best.hyperparameters.get("strategy")
-    if found.ensemble is None and kind in ("head", "raw"):
-        x = embedded[rows["test"]] if kind == "head" else bag_test
-        probabilities = np.exp(head_log_probabilities(x, *found.model.get_layer("head").get_weights()))
-    else:  # an ensemble or a fine-tuned model: the whole model over the test texts
-        test = everything.subset(rows["test"])
-        probabilities = np.asarray(
-            found.model.predict(test.batches(found.encoding, 32, labels=False), verbose=0)
-        )
+    test = everything.subset(rows["test"])
+    probabilities = cached_probabilities(found.model, embedded[rows["test"]], test, tokens)
+    if probabilities is None:  # a fine-tuned model: the whole model over the test texts
+        batches = test.batches(found.encoding, 32, labels=False)
+        probabilities = np.asarray(found.model.predict(batches, verbose=0))
     return {
         "seconds": seconds,
         "chosen": found.best.words(),
+        "fused_raw": bool(found.ensemble and found.ensemble.get("rule") == "fuse_raw"),
         "why": found.explanation(),
         **tested(everything.y[rows["test"]], probabilities),
     }
@@ -212,7 +225,6 @@ def run_arm(
     arm: str,
     everything: Split,
     embedded: dict[str, np.ndarray],
-    bag_test: np.ndarray,
     texts: list[str],
     rows: dict,
     n: int,
@@ -224,7 +236,7 @@ def run_arm(
     if arm == "default":
         return {
             **labelled_count,
-            **default_arm(everything, embedded["pooled"], bag_test, rows, n, params, seed),
+            **default_arm(everything, embedded["pooled"], rows, n, params, seed),
         }
     if arm in ("linear_probe", "probe_first_window"):
         x = embedded["pooled" if arm == "linear_probe" else "first"]
@@ -304,9 +316,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         embedded["first"] = np.asarray(
             features.features(model, MINILM, everything, first, None, "first windows")
         )
-        bag_test = np.asarray(
-            features.features(tokens.baseline(), "bag", everything.subset(test), tokens, None)
-        )
         runs = []
         for per_class in args.per_class:
             for seed in range(args.seeds):
@@ -317,7 +326,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         arm,
                         everything,
                         embedded,
-                        bag_test,
                         texts,
                         rows,
                         len(names),

@@ -141,6 +141,10 @@ class SearchParams(Section):
     scratch_learning_rate: float = Field(1e-3, gt=0)
     ensemble_size: int = Field(3, ge=1)  # average the best N trials when that wins on val (1: off)
     ensemble_weighted: bool = True  # weight members by their val accuracy
+    # When no ensemble of the best is kept: the chosen trial averaged with the raw-input baseline
+    # unless the chosen alone really leads that on val (texts' default: an encoder and TF-IDF err
+    # on different texts; bench/results/text_transfer.md)
+    fuse_raw: bool = False
     distill_ensemble: bool = False  # a kept ensemble of k backbones: distilled into one (ensemble.distil)
 
     @model_validator(mode="after")
@@ -247,9 +251,11 @@ with warnings.catch_warnings():
             return getattr(self, modality)
 
         def search_for(self, modality: str) -> SearchParams:
-            """The search's params on `modality`: texts search `texts.strategies`."""
-            own = getattr(self.section(modality), "strategies", None)
-            return self.search if own is None else self.search.model_copy(update={"strategies": own})
+            """The search's params on `modality`: texts search `texts.strategies` and
+            `texts.fuse_raw`."""
+            section = self.section(modality)
+            own = {key: getattr(section, key) for key in ("strategies", "fuse_raw") if hasattr(section, key)}
+            return self.search.model_copy(update=own)
 
         def as_dict(self) -> dict[str, Any]:
             """Plain JSON-able values, keyed as in params.yaml."""

@@ -90,6 +90,7 @@ class TextsParams(_Candidates):
     # The search's strategies on texts, in place of search.strategies (the images'): `top`,
     # `full` and `scratch` train the encoder on streamed tokens, minutes an epoch on 2 cores.
     strategies: tuple[Strategy, ...] = Field(("head", "raw"), min_length=1)
+    fuse_raw: bool = True  # the chosen trial averaged with TF-IDF's unless it leads that (search.fuse_raw)
     text_column: str = Field("text", min_length=1)  # of a table file
     label_column: str = Field("label", min_length=1)
 

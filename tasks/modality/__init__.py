@@ -33,6 +33,7 @@ class Encoding(Protocol):
 
     modality: str
     baseline_uri: str  # the raw-input baseline's name in the search's records
+    baseline_c: float  # its logistic regression's inverse L2 penalty
 
     def key(self) -> str:
         """What decides the model input, for cache keys (two backbones with equal keys share it)."""
@@ -90,6 +91,12 @@ class Encoding(Protocol):
     def baseline(self) -> keras.Model:
         """The raw-input baseline as a backbone taking this input (a logistic regression on its
         features is the search's floor)."""
+        ...
+
+    def fit_baseline(self, model: keras.Model, train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """What the baseline `model` learns from the training split's features `train` (texts:
+        inverse document frequencies) set in it; the function from features it computed before
+        to what it computes now."""
         ...
 
     def scratch(self) -> keras.Model | None:

@@ -12,7 +12,7 @@ model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ class Pixels:
     max_pixels: int = 40_000_000
     modality = "images"
     baseline_uri = BASELINE_URI
+    baseline_c = 1.0  # the raw-pixel baseline's inverse L2 penalty (scikit-learn's default)
 
     def __post_init__(self) -> None:
         if self.resize not in images.RESIZE_POLICIES:
@@ -163,6 +164,10 @@ class Pixels:
         grey = keras.initializers.Constant(1 / 3)  # the mean of R, G and B, fixed
         x = keras.layers.Dense(1, use_bias=False, kernel_initializer=grey, trainable=False, name="grey")(x)
         return keras.Model(inputs, keras.layers.Flatten(name="features")(x), name="raw_pixels")
+
+    def fit_baseline(self, model: keras.Model, train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """The raw-pixel baseline learns nothing from the training split: features as they are."""
+        return lambda x: x
 
     def scratch(self) -> None:
         """Images train the smallest backbone's architecture from scratch (a CNN)."""

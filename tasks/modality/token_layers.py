@@ -104,3 +104,43 @@ class PoolWindows(keras.layers.Layer):
 
     def compute_output_spec(self, embeddings: Any, index: Any, ids: Any) -> Any:
         return keras.KerasTensor((None, embeddings.shape[-1]), dtype=embeddings.dtype)
+
+
+@keras.saving.register_keras_serializable("transferops")
+class TokenCounts(keras.layers.Layer):
+    """Token ids, (n, length) or (n, windows, length) -> (n, vocabulary - 1): how often each
+    token of the vocabulary but [PAD] is in the text, as sublinear term frequency (1 + log
+    count, 0 where absent; TF-IDF's `sublinear_tf`). A segment sum, which LiteRT and ONNX both
+    run exactly (Keras' `CategoryEncoding` counts with an op LiteRT has only in Flex)."""
+
+    def __init__(self, vocabulary: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.vocabulary = vocabulary
+
+    def call(self, ids: Any) -> Any:
+        flat = keras.ops.reshape(ids, (keras.ops.shape(ids)[0], -1))
+        n, length = keras.ops.shape(flat)[0], keras.ops.shape(flat)[1]
+        rows = keras.ops.repeat(keras.ops.expand_dims(keras.ops.arange(n, dtype="int32"), 1), length, axis=1)
+        cells = keras.ops.reshape(rows * self.vocabulary + flat, (-1,))  # (text, token) as one index
+        ones = keras.ops.ones((n * length,), "float32")
+        counts = keras.ops.segment_sum(ones, cells, num_segments=n * self.vocabulary, sorted=False)
+        counts = keras.ops.reshape(counts, (n, self.vocabulary))[:, 1:]
+        return (1.0 + keras.ops.log(keras.ops.maximum(counts, 1.0))) * keras.ops.minimum(counts, 1.0)
+
+    def compute_output_shape(self, shape: Any) -> tuple[Any, int]:
+        return (shape[0], self.vocabulary - 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "vocabulary": self.vocabulary}
+
+
+@keras.saving.register_keras_serializable("transferops")
+class FeatureWeights(keras.layers.Layer):
+    """Each feature times its own fixed weight (ones as built; set from a training split, as
+    `Tokens.fit_baseline` sets inverse document frequencies)."""
+
+    def build(self, shape: Any) -> None:
+        self.scale = self.add_weight(shape=(shape[-1],), initializer="ones", trainable=False, name="scale")
+
+    def call(self, x: Any) -> Any:
+        return x * self.scale

@@ -107,11 +107,17 @@ def _correct(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def fuse(
-    members: list[keras.Model], probabilities: list[np.ndarray], y_val: np.ndarray, weighted: bool
+    members: list[keras.Model],
+    probabilities: list[np.ndarray],
+    y_val: np.ndarray,
+    weighted: bool,
+    unless_led: bool = False,
 ) -> tuple[keras.Model, float, dict[str, Any] | None]:
     """Member 0 (the chosen trial), or the ensemble of all when it really leads member 0 on
     validation (`records.leads`, paired per image), given each member's val `probabilities`:
-    (model, its val accuracy, what the ensemble was if kept)."""
+    (model, its val accuracy, what the ensemble was if kept). `unless_led`: the ensemble is
+    kept unless member 0 really leads it (`search.fuse_raw`: members that see different
+    features of the input, whose errors differ)."""
     correct = [_correct(p, y_val) for p in probabilities]
     single = [float(c.mean()) for c in correct]
     if len(members) < 2:
@@ -119,9 +125,11 @@ def fuse(
     raw = single if weighted and sum(single) > 0 else [1.0] * len(members)
     weights = [w / sum(raw) for w in raw]
     fused = _correct(sum(w * p for w, p in zip(weights, probabilities, strict=True)), y_val)
-    if not leads(fused, correct[0]):
+    if leads(correct[0], fused) if unless_led else not leads(fused, correct[0]):
         return members[0], single[0], None
     info = {"weights": weights, "member_val_accuracy": single, "val_accuracy": float(fused.mean())}
+    if unless_led:
+        info["rule"] = "fuse_raw"
     return ensemble(members, weights), float(fused.mean()), info
 
 

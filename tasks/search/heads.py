@@ -22,8 +22,8 @@ from keras_tuner.src.engine import tuner_utils
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.data.datasets import Split
 from tasks.modality import Encoding
-from tasks.models.backbones import build_head
-from tasks.models.features import row_batches
+from tasks.models.backbones import build_classifier, build_head
+from tasks.models.features import features, row_batches
 from tasks.search.records import SearchBackbone, TrialRecord, say
 
 
@@ -235,14 +235,15 @@ def logistic_head(
     num_classes: int,
     seed: int,
     strategy: str = "head",
+    c: float = 1.0,
 ) -> tuple[TrialRecord, list[np.ndarray]]:
     """A converged L2-regularised logistic regression (scikit-learn, L-BFGS) on the frozen
     features, as the weights of the softmax head (the same model: softmax(x W + b)); a class
-    missing from the training split gets a bias that never wins."""
+    missing from the training split gets a bias that never wins. `c`: the inverse penalty."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.asarray(backbone.train_features, dtype="float64")
-    fitted = LogisticRegression(max_iter=3000, random_state=seed).fit(x, y[0])
+    fitted = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x, y[0])
     kernel = np.zeros((x.shape[1], num_classes), dtype="float32")
     bias = np.full(num_classes, -1e4, dtype="float32")
     classes = fitted.classes_
@@ -253,8 +254,8 @@ def logistic_head(
         kernel[:, classes] = fitted.coef_.T
         bias[classes] = fitted.intercept_
     curve = {}  # one "epoch": the converged fit, measured like a trained head's epoch
-    for prefix, features, labels in (("", x, y[0]), ("val_", backbone.val_features, y[1])):
-        log_p = head_log_probabilities(features, kernel, bias)
+    for prefix, inputs, labels in (("", x, y[0]), ("val_", backbone.val_features, y[1])):
+        log_p = head_log_probabilities(inputs, kernel, bias)
         curve[f"{prefix}loss"] = [float(-log_p[np.arange(len(labels)), labels].mean())]
         curve[f"{prefix}accuracy"] = [float((log_p.argmax(axis=1) == labels).mean())]
     score = curve["val_accuracy"][0]
@@ -262,6 +263,39 @@ def logistic_head(
     record = TrialRecord(f"logistic-{backbone.name}", values, score, curve, 1)
     say(record)
     return record, [kernel, bias]
+
+
+def head_classifier(
+    backbone: SearchBackbone, weights: list[np.ndarray], num_classes: int, finetune: FinetuneParams
+) -> keras.Model:
+    """A head trial as a classifier: its backbone (frozen) and its head."""
+    _, dense = build_head(backbone.train_features.shape[1], num_classes, finetune.dropout, finetune.seed)
+    classifier = build_classifier(backbone.model, dense, finetune.dropout, finetune.seed)
+    dense.set_weights(weights)
+    return classifier
+
+
+def raw_baseline(
+    smallest: SearchBackbone, train: Split, val: Split, num_classes: int, finetune: FinetuneParams
+) -> tuple[SearchBackbone, tuple[TrialRecord, keras.Model]] | None:
+    """The raw-input baseline: a logistic regression on the input's own features
+    (`Encoding.baseline`: images at 28 x 28 grey, texts' TF-IDF, fitted to the training split by
+    `Encoding.fit_baseline`), taking the smallest backbone's input; None when the training
+    split's features would not fit the logistic regression's memory budget."""
+    encoding = smallest.encoding
+    model = encoding.baseline()
+    if len(train) * model.output_shape[-1] * 8 > LOGISTIC_BYTES:
+        return None
+    x = [
+        features(model, encoding.baseline_uri, split, encoding, None, f"{what} raw input")
+        for split, what in ((train, "train"), (val, "val"))
+    ]
+    fitted = encoding.fit_baseline(model, x[0])
+    backbone = SearchBackbone(encoding.baseline_uri, model, encoding, fitted(x[0]), fitted(x[1]))
+    del x
+    y = (train.y, val.y)
+    record, weights = logistic_head(backbone, y, num_classes, finetune.seed, "raw", encoding.baseline_c)
+    return backbone, (record, head_classifier(backbone, weights, num_classes, finetune))
 
 
 def head_trials(

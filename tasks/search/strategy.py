@@ -48,17 +48,15 @@ from tasks.core.config import FinetuneParams, SearchParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
 from tasks.modality import Augmentation, Encoding
-from tasks.models.backbones import build_classifier, build_head
 from tasks.models.checkpoints import finished, resumed_epoch
-from tasks.models.features import features
 from tasks.models.finetune import FinetuneResult
 from tasks.search import scratch, tuner_workers
 from tasks.search.ensemble import backbone_passes, distil, fuse, student_kept
 from tasks.search.heads import (
-    LOGISTIC_BYTES,
+    head_classifier,
     head_log_probabilities,
     head_trials,
-    logistic_head,
+    raw_baseline,
     streamed_probabilities,
 )
 from tasks.search.records import SearchBackbone, TrialRecord, Z, choose, past
@@ -103,7 +101,10 @@ class SearchResult:
         if self.ensemble:
             distilled = self.ensemble.get("distilled")
             words += (
-                f"; an ensemble of the best {len(self.ensemble['members'])} scored "
+                "; averaged with the raw-input baseline (search.fuse_raw), which it does not "
+                f"really lead, it scored {self.ensemble['val_accuracy']:.4f} on val"
+                if self.ensemble.get("rule") == "fuse_raw"
+                else f"; an ensemble of the best {len(self.ensemble['members'])} scored "
                 f"{self.ensemble['val_accuracy']:.4f} on val"
             )
             if distilled is None:
@@ -122,35 +123,6 @@ class SearchResult:
                     )
                 )
         return words
-
-
-def _head_classifier(
-    backbone: SearchBackbone, weights: list[np.ndarray], num_classes: int, finetune: FinetuneParams
-) -> keras.Model:
-    """A head trial as a classifier: its backbone (frozen) and its head."""
-    _, dense = build_head(backbone.train_features.shape[1], num_classes, finetune.dropout, finetune.seed)
-    classifier = build_classifier(backbone.model, dense, finetune.dropout, finetune.seed)
-    dense.set_weights(weights)
-    return classifier
-
-
-def pixel_baseline(
-    smallest: SearchBackbone, train: Split, val: Split, num_classes: int, finetune: FinetuneParams
-) -> tuple[SearchBackbone, tuple[TrialRecord, keras.Model]] | None:
-    """The raw-pixel baseline: a logistic regression on the images at 28 x 28 grey
-    (`Encoding.baseline`), taking the smallest backbone's input; None when the training
-    split's pixels would not fit the logistic regression's memory budget."""
-    model = smallest.encoding.baseline()
-    uri = smallest.encoding.baseline_uri
-    if len(train) * model.output_shape[-1] * 8 > LOGISTIC_BYTES:
-        return None
-    x = [
-        features(model, uri, split, smallest.encoding, None, f"{what} raw input")
-        for split, what in ((train, "train"), (val, "val"))
-    ]
-    backbone = SearchBackbone(uri, model, smallest.encoding, *x)
-    record, weights = logistic_head(backbone, (train.y, val.y), num_classes, finetune.seed, "raw")
-    return backbone, (record, _head_classifier(backbone, weights, num_classes, finetune))
 
 
 def val_probabilities(
@@ -270,7 +242,7 @@ def search(
             classifiers = [
                 (
                     record,
-                    _head_classifier(
+                    head_classifier(
                         by_name[record.hyperparameters["backbone"]], weights, num_classes, finetune
                     ),
                 )
@@ -296,11 +268,11 @@ def search(
             )
             if runner.current().in_process:
                 bracketed = bracket(job)
-            else:  # on a worker, while this process fits the raw-pixel baseline
+            else:  # on a worker, while this process fits the raw-input baseline
                 rungs = rungs_on_runner(job)
         found = None
         if "raw" in params.strategies and not past(deadline):
-            found = pixel_baseline(smallest, train, val, num_classes, finetune)
+            found = raw_baseline(smallest, train, val, num_classes, finetune)
         if rungs is not None:
             bracketed = rungs.result()
         records += [record for record, _ in bracketed]
@@ -337,6 +309,11 @@ def search(
     model, val_accuracy, fused = fuse(
         [m for _, m in top], [probabilities[r.trial_id] for r, _ in top], val.y, params.ensemble_weighted
     )
+    if fused is None and params.fuse_raw and found is not None and best_record is not found[1][0]:
+        top = [ranked[0], found[1]]  # the chosen trial and the raw-input baseline: kept unless led
+        model, val_accuracy, fused = fuse(
+            [m for _, m in top], [probabilities[r.trial_id] for r, _ in top], val.y, True, unless_led=True
+        )
     if fused is not None:
         fused["members"] = [record.words() for record, _ in top]
         # an ensemble of k backbones (k passes an image) back to one; not into a pixel regression

@@ -69,17 +69,23 @@ def test_a_bad_text_or_a_path_out_of_the_folder_is_refused(tmp_path):
     assert Tokens().examples(tmp_path / "data", files).shape[0] == 1
 
 
-def test_the_raw_text_baseline_is_a_normalised_bag_of_tokens():
-    ids = np.array([[101, 7592, 2088, 102, 0], [101, 7592, 7592, 102, 0]], dtype="int32")
-    baseline = Tokens(windows=0).baseline()
+def test_the_raw_text_baseline_is_tf_idf_of_the_tokens_as_scikit_learn_computes_it():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    ids = np.array([[101, 7592, 2088, 102, 0], [101, 7592, 7592, 102, 0], [101, 2088, 3000, 102, 0]], "int32")
+    tokens = Tokens(windows=0)
+    baseline = tokens.baseline()
+    before = np.asarray(baseline(ids))  # as built: sublinear tf, L2-normalised
+    assert before.shape == (3, 30521)  # feature j: token j + 1 ([PAD] left out)
+    reweighed = tokens.fit_baseline(baseline, before)  # inverse document frequencies of these 3
     features = np.asarray(baseline(ids))
-    assert features.shape == (2, 30521)  # feature j: token j + 1 ([PAD] left out)
-    np.testing.assert_allclose(features[0, [100, 7591, 2087, 101]], 0.5)  # 4 distinct tokens
-    np.testing.assert_allclose(features[1, [100, 7591, 101]], 1 / np.sqrt(3))  # a repeat counts once
-    assert features[1, 2087] == 0 and np.count_nonzero(features) == 7
-    unpadded = np.asarray(baseline(ids[:1, :4]))
-    np.testing.assert_array_equal(unpadded, features[:1])  # padding changes nothing
-    windowed = np.asarray(Tokens(windows=2).baseline()(np.stack([ids[:1, :4], ids[1:, :4]], axis=1)))
-    both = np.zeros(30521)
-    both[[100, 7591, 2087, 101]] = 0.5  # the words of every window, once each
-    np.testing.assert_allclose(windowed[0], both, atol=1e-7)
+    np.testing.assert_allclose(reweighed(before), features, atol=1e-6)  # cached features, refitted
+    vectorizer = TfidfVectorizer(analyzer=lambda text: text, sublinear_tf=True)
+    expected = vectorizer.fit_transform([[str(t) for t in row if t] for row in ids]).toarray()
+    columns = [int(token) - 1 for token in vectorizer.get_feature_names_out()]
+    np.testing.assert_allclose(features[:, columns], expected, atol=1e-6)
+    assert np.count_nonzero(features) == np.count_nonzero(expected) == 11
+    np.testing.assert_array_equal(np.asarray(baseline(ids[:1, :4])), features[:1])  # padding: nothing
+    windowed = np.asarray(Tokens(windows=2).baseline()(np.stack([ids[:1, :4], ids[1:2, :4]], axis=1)))
+    flat = np.asarray(Tokens(windows=0).baseline()(np.concatenate([ids[:1, :4], ids[1:2, :4]], axis=1)))
+    np.testing.assert_allclose(windowed, flat, atol=1e-7)  # every window's tokens, counted together

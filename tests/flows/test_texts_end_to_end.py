@@ -57,6 +57,8 @@ def test_a_text_folder_trains_validates_and_registers_minilm(project):
     assert sum(summary["examples"].values()) == PER_CLASS * len(summary["classes"])
     assert summary["registered"]["version"] == "1"
     assert summary["test"]["accuracy"] >= 0.7, summary["test"]  # 5 topics; chance is 0.2
+    # MiniLM's head averaged with TF-IDF's (texts.fuse_raw): the served model, export and drift see both
+    assert "with the raw-input baseline (search.fuse_raw)" in summary["strategy"], summary["strategy"]
     model = load_pyfunc(f"models:/{MODEL}/1")
     meta = model.unwrap_python_model().meta
     assert (meta["modality"], meta["column"], meta["window"], meta["windows"]) == ("texts", "text", 64, 2)

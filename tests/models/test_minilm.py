@@ -181,3 +181,32 @@ def test_a_text_classifier_with_windows_exports_to_both_runtimes(tmp_path, fmt):
     run = export.load_runtime(export.write(model, fmt, tmp_path / f"m.{fmt}", column="text"), fmt)
     np.testing.assert_allclose(run(ids), np.asarray(model(ids)), atol=1e-5)
     np.testing.assert_allclose(run(ids[1:2, :1, :4]), np.asarray(model(ids[1:2, :1, :4])), atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_an_encoder_averaged_with_the_tf_idf_baseline_exports_to_both_runtimes(tmp_path, fmt):
+    """`search.fuse_raw`'s ensemble on texts (an encoder's head and TF-IDF's, `TokenCounts`
+    counting by a segment sum) in LiteRT's builtin ops and in ONNX, a repeated token and an
+    empty window included: the same probabilities as Keras."""
+    import keras
+
+    from tasks.modality.tokens import Tokens
+    from tasks.models.backbones import build_classifier
+    from tasks.registry import export
+    from tasks.search.ensemble import ensemble
+
+    ids = np.zeros((3, 2, 8), "int32")
+    ids[0, 0, :6] = [101, 5, 6, 5, 5, 102]
+    ids[0, 1, :3] = [101, 9, 102]
+    ids[1, 0, :4] = [101, 11, 5, 102]
+    ids[2, 0, :3] = [101, 14, 102]
+    tokens = Tokens(8, 2)
+    raw = tokens.baseline()
+    tokens.fit_baseline(raw, np.asarray(raw(ids)))
+    members = [
+        build_classifier(build_minilm(32, 4, 1, 64), keras.layers.Dense(3, activation="softmax"), 0.1),
+        build_classifier(raw, keras.layers.Dense(3, activation="softmax"), 0.1),
+    ]
+    model = ensemble(members, [0.6, 0.4])
+    run = export.load_runtime(export.write(model, fmt, tmp_path / f"m.{fmt}", column="text"), fmt)
+    np.testing.assert_allclose(run(ids), np.asarray(model(ids)), atol=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from tasks.models.backbones import backbone_of, build_backbone, build_classifier, single
 from tasks.search import ensemble
@@ -114,6 +115,27 @@ def test_the_ensemble_is_kept_only_when_it_really_leads_the_chosen_member_on_val
     val = [np.asarray(m.predict(x, verbose=0)) for m in (perfect, a)]
     model, accuracy, info = ensemble.fuse([perfect, a], val, y, weighted=True)
     assert model is perfect and accuracy == 1.0 and info is None
+
+
+def test_the_raw_baseline_fusion_is_kept_unless_the_chosen_member_really_leads_it():
+    """`search.fuse_raw`: the burden turned round. An average the chosen member does not really
+    lead is kept, even when it does not really lead the chosen member either."""
+    y = np.array([0, 1] * 10)
+    x = np.zeros((20, 2), dtype="float32")
+    right, unsure_wrong = [[0.9, 0.1], [0.1, 0.9]], [[0.4, 0.6], [0.6, 0.4]]
+    c = member(right * 8 + unsure_wrong * 2)  # 16 of 20
+    b = member(unsure_wrong * 3 + right * 7)  # 14 of 20, wrong on others
+    val = [np.asarray(m.predict(x, verbose=0)) for m in (c, b)]
+    model, accuracy, info = ensemble.fuse([c, b], val, y, weighted=True, unless_led=True)
+    assert model.name == "ensemble" and accuracy == 1.0 and info["rule"] == "fuse_raw"
+    assert info["weights"] == pytest.approx([0.8 / 1.5, 0.7 / 1.5])  # by val accuracy
+    # a member that is sure where the chosen is right and drags the average wrong on 6 of them
+    sure_wrong = [[0.0, 1.0], [1.0, 0.0]]
+    d = member(sure_wrong * 3 + unsure_wrong * 7)
+    val = [np.asarray(m.predict(x, verbose=0)) for m in (c, d)]
+    assert ((val[0] + val[1]).argmax(axis=1) == y).sum() == 10  # c right on 16: 6 better > 2 sqrt 6
+    model, accuracy, info = ensemble.fuse([c, d], val, y, weighted=False, unless_led=True)
+    assert model is c and accuracy == 0.8 and info is None
 
 
 def test_a_student_replaces_its_ensemble_unless_the_ensemble_really_leads_it():
