@@ -1,6 +1,8 @@
-"""A year unattended, in ten rounds: the data changes a little, `retrain` runs (and `gc` after
-it, as the scheduled deployment does); the project's disk use stays within twice its size after
-the first round, the versions that matter stay, and the champion can still be rebuilt."""
+"""Months unattended, in six rounds (more than retention keeps: the last 2 versions and 2
+moves): the data changes a little, `retrain` runs (and `gc` after it, as the scheduled
+deployment does); the project's disk use stays within twice its size after the first round, the
+versions that matter stay, and the champion can still be rebuilt. (Ten rounds until 2026-12-07:
+the last four cost about 50 s of CI and showed nothing the first six do not.)"""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tasks.retention.files import size_of
 pytestmark = pytest.mark.slow
 
 MODEL = "transferops-classifier"
-ROUNDS = 10
+ROUNDS = 6
 FAST = sets(
     {
         "images.candidates": "[{uri: 'registry:transferops-backbone@pretrained'}]",
