@@ -19,6 +19,7 @@ import keras_tuner as kt
 import numpy as np
 from keras_tuner.src.engine import tuner_utils
 
+from tasks.core import progress
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.data.datasets import Split
 from tasks.modality import Encoding
@@ -284,7 +285,13 @@ def raw_baseline(
     split's features would not fit the logistic regression's memory budget."""
     encoding = smallest.encoding
     model = encoding.baseline()
-    if len(train) * model.output_shape[-1] * 8 > LOGISTIC_BYTES:
+    needed = len(train) * model.output_shape[-1] * 8
+    if needed > LOGISTIC_BYTES:
+        progress.say(
+            f"search: no raw-input baseline: {len(train)} training examples' {model.output_shape[-1]} "
+            f"features would take {needed / 2**20:,.0f} MB, over the logistic regression's "
+            f"{LOGISTIC_BYTES / 2**20:,.0f} MB"
+        )
         return None
     x = [
         features(model, encoding.baseline_uri, split, encoding, None, f"{what} raw input")
