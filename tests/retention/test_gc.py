@@ -42,7 +42,7 @@ def versions(root) -> set[str]:
     return {str(v.version) for v in use_store(root).search_model_versions(f"name = '{MODEL}'")}
 
 
-def test_ten_retrain_rounds_with_gc_stay_within_twice_the_first(tmp_path, prefect_harness, capsys):
+def test_retrain_rounds_with_gc_stay_within_twice_the_first(tmp_path, prefect_harness, capsys):
     root = tmp_path / "project"
     make_image_folder(root / "data" / "source", ["ant", "bee", "cat"], per_class=30, seed=1)
     make_image_folder(root / "data" / "raw", ["dog", "eel", "fox"], per_class=20, seed=2)
