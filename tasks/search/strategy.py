@@ -312,7 +312,11 @@ def search(
     if fused is None and params.fuse_raw and found is not None and best_record is not found[1][0]:
         top = [ranked[0], found[1]]  # the chosen trial and the raw-input baseline: kept unless led
         model, val_accuracy, fused = fuse(
-            [m for _, m in top], [probabilities[r.trial_id] for r, _ in top], val.y, True, unless_led=True
+            [m for _, m in top],
+            [probabilities[r.trial_id] for r, _ in top],
+            val.y,
+            params.ensemble_weighted,
+            unless_led=True,
         )
     if fused is not None:
         fused["members"] = [record.words() for record, _ in top]
