@@ -94,7 +94,9 @@ def make_photos(folder: Path, n: int) -> Path:
 
 
 def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run `command`; wall time, peak RSS of the process and of its whole tree (psutil, 0.2 s)."""
+    """Run `command`; wall time, peak RSS of the process and of its whole tree (psutil, 0.2 s),
+    and at the process's peak: when (seconds from the start) and how much of it was file-backed
+    (psutil's `shared`: mapped files, such as a memory-mapped cache, and shared libraries)."""
     import psutil
 
     start = time.perf_counter()
@@ -102,6 +104,7 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict[
         command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     peak = {"main": 0, "tree": 0}
+    at_peak = {"s": 0.0, "file": 0}
     out: dict[str, bytes] = {}
     readers = [
         threading.Thread(target=lambda s=s, k=k: out.__setitem__(k, s.read()))
@@ -112,8 +115,11 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict[
     watched = psutil.Process(process.pid)
     while process.poll() is None:
         try:
-            main = watched.memory_info().rss
+            info = watched.memory_info()
+            main = info.rss
             tree = main + sum(c.memory_info().rss for c in watched.children(recursive=True))
+            if main > peak["main"]:
+                at_peak = {"s": time.perf_counter() - start, "file": info.shared}
             peak = {"main": max(peak["main"], main), "tree": max(peak["tree"], tree)}
         except psutil.Error:
             pass
@@ -127,6 +133,8 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict[
         "wall_s": time.perf_counter() - start,
         "peak_rss_mb": peak["main"] / 2**20,
         "peak_tree_rss_mb": peak["tree"] / 2**20,
+        "peak_at_s": at_peak["s"],
+        "peak_file_backed_mb": at_peak["file"] / 2**20,
         "stdout": out["stdout"].decode(errors="replace"),
         "stderr": stderr,
     }

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "wall_s": round(measured["wall_s"], 1),
                 "peak_rss_mb": round(measured["peak_rss_mb"]),
                 "peak_tree_rss_mb": round(measured["peak_tree_rss_mb"]),
+                "peak_at_s": round(measured["peak_at_s"]),
+                "peak_file_backed_mb": round(measured["peak_file_backed_mb"]),
                 "examples": summary["examples"],
                 "stage_seconds": summary["stage_seconds"],
                 "test": summary["test"],
@@ -108,6 +110,8 @@ def markdown(r: dict[str, Any]) -> str:
     def row(run: dict[str, Any]) -> str:
         stages = ", ".join(f"{k} {v:.0f}" for k, v in run["stage_seconds"].items())
         memory = f"{run['peak_rss_mb']:,} | {run['peak_tree_rss_mb']:,}"
+        if "peak_at_s" in run:
+            memory += f" | {run['peak_file_backed_mb']:,} at {run['peak_at_s']:,} s"
         accuracy = run["test"]["accuracy"]
         return f"| {run['texts']:,} | {run['wall_s']:.0f} | {memory} | {stages} | {accuracy:.4f} |"
 
@@ -122,8 +126,9 @@ def markdown(r: dict[str, Any]) -> str:
             + "; peak RSS "
             "sampled every 0.2 s.",
             "",
-            "| texts | wall (s) | peak RSS, train (MB) | with children (MB) | stage seconds | test acc. |",
-            "|---|---|---|---|---|---|",
+            "| texts | wall (s) | peak RSS, train (MB) | with children (MB) | file-backed at the peak (MB) "
+            "| stage seconds | test acc. |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Peak RSS (with children) at the last count over the first: {r['peak_ratio_last_over_first']}x.",

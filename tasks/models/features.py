@@ -23,7 +23,7 @@ from tasks.core import codekey
 from tasks.data import lineage
 from tasks.data.datasets import Split
 from tasks.modality import Encoding, streams
-from tasks.models.backbones import extract_features
+from tasks.models.backbones import extract_features, row_reader
 
 FEATURES_DIR = Path(".transferops") / "features"
 BATCH_SIZE = 64  # images decoded and run through the backbone at once
@@ -74,12 +74,14 @@ def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> A
     import tensorflow as tf
 
     labels = streams.label_tensor(y)
+    read = row_reader(x)  # a memmap's rows by pread: its pages never count in resident memory
+
+    def take(index: np.ndarray) -> np.ndarray:
+        return read(np.sort(index))
 
     @tf.autograph.experimental.do_not_convert
     def rows(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        taken = tf.numpy_function(
-            lambda i: np.asarray(x[np.sort(i)], dtype="float32"), [index], tf.float32, stateful=False
-        )
+        taken = tf.numpy_function(take, [index], tf.float32, stateful=False)
         taken.set_shape((None, x.shape[1]))
         return taken, tf.gather(labels, tf.sort(index))
 

@@ -23,7 +23,7 @@ from tasks.core import progress
 from tasks.core.config import FinetuneParams, SearchParams
 from tasks.data.datasets import Split
 from tasks.modality import Encoding
-from tasks.models.backbones import build_classifier, build_head
+from tasks.models.backbones import build_classifier, build_head, drop_pages
 from tasks.models.features import features, row_batches
 from tasks.search.records import SearchBackbone, TrialRecord, say
 
@@ -147,6 +147,7 @@ def head_log_probabilities(
         logits = np.asarray(features[i : i + chunk], "float64") @ kernel + bias
         logits -= logits.max(axis=1, keepdims=True)
         rows.append(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))
+        drop_pages(features)
     return np.concatenate(rows) if rows else np.zeros((0, kernel.shape[1]))
 
 
@@ -159,13 +160,11 @@ class Validation(keras.callbacks.Callback):
         self.x, self.y, self.chunk = x, y, chunk
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        chunk = self.chunk
-        probabilities = np.concatenate(
-            [
-                np.asarray(self.model(np.asarray(self.x[i : i + chunk], "float32"), training=False))
-                for i in range(0, len(self.x), chunk)
-            ]
-        ).astype("float64")
+        chunk, parts = self.chunk, []
+        for i in range(0, len(self.x), chunk):
+            parts.append(np.asarray(self.model(np.asarray(self.x[i : i + chunk], "float32"), training=False)))
+            drop_pages(self.x)
+        probabilities = np.concatenate(parts).astype("float64")
         picked = np.clip(probabilities[np.arange(len(self.y)), self.y], 1e-7, 1.0)
         if logs is not None:
             logs["val_loss"] = float(-np.log(picked).mean())
@@ -227,7 +226,13 @@ def head_tuner(
     )
 
 
-LOGISTIC_BYTES = 512 * 2**20  # features a logistic-regression head may load (it fits in memory)
+# A logistic-regression head loads its training features whole, as float64. On encoder
+# features it is for small labelled sets, where it is the most reliable: above LOGISTIC_BYTES
+# (about 43,000 rows of 384 features, 13,000 of 1,280) the streamed softmax heads decide alone,
+# so memory stays flat in the number of examples. The raw-input baseline's features are wider
+# (a TF-IDF row is 30,522 wide) and it is fitted only while they fit RAW_BASELINE_BYTES.
+LOGISTIC_BYTES = 128 * 2**20
+RAW_BASELINE_BYTES = 512 * 2**20
 
 
 def logistic_head(
@@ -286,11 +291,11 @@ def raw_baseline(
     encoding = smallest.encoding
     model = encoding.baseline()
     needed = len(train) * model.output_shape[-1] * 8
-    if needed > LOGISTIC_BYTES:
+    if needed > RAW_BASELINE_BYTES:
         progress.say(
             f"search: no raw-input baseline: {len(train)} training examples' {model.output_shape[-1]} "
             f"features would take {needed / 2**20:,.0f} MB, over the logistic regression's "
-            f"{LOGISTIC_BYTES / 2**20:,.0f} MB"
+            f"{RAW_BASELINE_BYTES / 2**20:,.0f} MB"
         )
         return None
     x = [
@@ -332,7 +337,6 @@ def head_trials(
             continue
         weights = tuner.load_model(trial).get_layer("head").get_weights()
         found.append((tuner.record(trial), weights))
-    # The logistic head is for small labelled sets, where it is the most reliable; it loads
-    # the features whole, so a large split is left to the softmax heads above (they stream).
+    # the logistic head on small training splits only (LOGISTIC_BYTES): the softmax heads stream
     small = [b for b in backbones if b.train_features.size * 8 <= LOGISTIC_BYTES]
     return found + [logistic_head(b, y, num_classes, finetune.seed) for b in small]

@@ -152,3 +152,38 @@ def test_no_pipeline_of_ours_runs_the_tf_data_autotuner(tmp_path):
     for pipeline in built:
         assert pipeline.options().autotune.enabled is False
         assert pipeline.options().threading.private_threadpool_size == os.cpu_count()
+
+
+
+def mapped_mb(path: Path) -> float:
+    """How much of the file at `path` is resident in this process's maps (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total / 1024
+
+
+def test_a_pass_over_a_memory_mapped_cache_leaves_its_pages_out_of_resident_memory(tmp_path):
+    """A shuffled epoch over a 200 MB feature cache gives every row once, and the file's pages
+    it reads never count in the process's resident memory (backbones.row_reader: without it one
+    batch mapped almost the whole file; bench/results/text_scale.md)."""
+    from tasks.models.features import row_batches
+
+    rows, dim = 130_000, 384  # 200 MB of float32
+    path = tmp_path / "cache.npy"
+    written = np.lib.format.open_memmap(path, mode="w+", dtype="float32", shape=(rows, dim))
+    for i in range(0, rows, 10_000):
+        written[i : i + 10_000] = np.arange(i, min(i + 10_000, rows), dtype="float32")[:, None]
+    written.flush()
+    del written
+    cache = np.load(path, mmap_mode="r")
+    seen, most = [], 0.0
+    for x, y in row_batches(cache, np.arange(rows) % 3, 4096, seed=0).take(-(-rows // 4096)):
+        seen.append(x.numpy()[:, 0])
+        assert (x.numpy() == x.numpy()[:, :1]).all() and (y.numpy() == x.numpy()[:, 0] % 3).all()
+        most = max(most, mapped_mb(path))
+    assert sorted(np.concatenate(seen).astype(int)) == list(range(rows))
+    assert most < 8, most  # MB; through the map: about 190
