@@ -107,16 +107,30 @@ def resolve_inside(root: Path, rel: str) -> Path:
     return path
 
 
-def read_inside(root: Path, rel: str, parts: tuple[Path, ...] = ()) -> bytes:
-    """The bytes of `rel` under `root`, only if it is (or links to) a regular file inside it.
-    With `parts` (a split joined from folders under `root`), inside the part `rel` names."""
+def _in_part(root: Path, rel: str, parts: tuple[Path, ...]) -> tuple[Path, str]:
+    """The folder `rel` lies in (`root`, or the part of a joined split it names) and its path there."""
     if not parts:
-        return open_regular(resolve_inside(root, rel))
+        return root, rel
     path = root / rel
     for part in parts:
         if path.is_relative_to(part):  # by name; resolve_inside then follows links and `..`
-            return open_regular(resolve_inside(part, path.relative_to(part).as_posix()))
+            return part, path.relative_to(part).as_posix()
     raise UnsafePathError(f"{rel}: outside the folders of its split")
+
+
+def read_inside(root: Path, rel: str, parts: tuple[Path, ...] = ()) -> bytes:
+    """The bytes of `rel` under `root`, only if it is (or links to) a regular file inside it.
+    With `parts` (a split joined from folders under `root`), inside the part `rel` names."""
+    return open_regular(resolve_inside(*_in_part(root, rel, parts)))
+
+
+def size_inside(root: Path, rel: str, parts: tuple[Path, ...] = ()) -> int:
+    """The size in bytes of what `read_inside` reads, 0 where it would refuse: a hint of an
+    example's length that reads nothing."""
+    try:
+        return resolve_inside(*_in_part(root, rel, parts)).stat().st_size
+    except (OSError, RuntimeError, UnsafePathError):
+        return 0
 
 
 def _link_entry(root: Path, real_root: Path, path: Path, rel: str) -> Entry:

@@ -104,6 +104,11 @@ class Encoding(Protocol):
         nothing, or None: the smallest backbone's architecture is (images)."""
         ...
 
+    def order(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> np.ndarray | None:
+        """The order to run a feature pass in (its rows are stored in the files' order): texts
+        by length, so that a batch, padded to its longest text, pads little; None: as given."""
+        ...
+
 
 class Augmentation(Protocol):
     """Random changes to training batches that keep their labels (never at inference)."""

@@ -169,6 +169,10 @@ class Pixels:
         """The raw-pixel baseline learns nothing from the training split: features as they are."""
         return lambda x: x
 
+    def order(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> None:
+        """Images in the files' order: each becomes the same size."""
+        return None
+
     def scratch(self) -> None:
         """Images train the smallest backbone's architecture from scratch (a CNN)."""
         return None

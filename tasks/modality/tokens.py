@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasks.core.errors import UserError
-from tasks.core.files import read_inside
+from tasks.core.files import read_inside, size_inside
 from tasks.modality import register, streams, text_rows, texts
 
 if TYPE_CHECKING:
@@ -189,6 +189,13 @@ class Tokens:
             return weighted / np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-12)
 
         return reweighed
+
+    def order(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> np.ndarray:
+        """Shortest first by file size (bytes track tokens and cost a `stat`, not a
+        tokenization), so that a batch holds texts of like length and pads little: bucketing by
+        length for the feature pass."""
+        sizes = np.fromiter((size_inside(Path(root), f, parts) for f in files), np.int64, len(files))
+        return np.argsort(sizes, kind="stable")
 
     def scratch(self, width: int = 64) -> keras.Model:
         """The text network the search's scratch baseline trains from nothing: each token of

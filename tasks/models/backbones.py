@@ -171,7 +171,6 @@ KERAS_SIZE = 224  # the input side of a keras: candidate that names none (what I
 
 
 EAGER_IMAGES = 512  # a split of at most this many images skips tracing a predict function
-PAGE_BYTES = 64 * 2**20  # a memory-mapped file's pages this process maps before it drops them
 
 
 def drop_pages(array: Any) -> None:
@@ -210,43 +209,72 @@ def row_reader(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return read
 
 
+class _NpyWriter:
+    """A float32 `.npy` file of (total, dim) written a block of rows at a time with `pwrite`,
+    never through a map: what is written sits in the OS page cache, not in this process."""
+
+    def __init__(self, path: Path, total: int, dim: int) -> None:
+        with open(path, "wb") as f:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (total, dim)}
+            np.lib.format.write_array_header_1_0(f, header)
+            self.start, self.row = f.tell(), dim * 4
+            f.truncate(self.start + total * self.row)
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def __setitem__(self, where: slice | np.ndarray, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype="<f4")
+        if isinstance(where, slice):  # consecutive rows: one write
+            os.pwrite(self.fd, values.tobytes(), self.start + where.start * self.row)
+            return
+        for i, value in zip(where.tolist(), values, strict=True):
+            os.pwrite(self.fd, value.tobytes(), self.start + i * self.row)
+
+    def close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
 def extract_features(
     backbone: keras.Model,
     batches: Iterable[np.ndarray],
     total: int,
     description: str = "features",
     out: Path | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Frozen-backbone features of `total` images given batch by batch (a `tf.data` stream of
-    uint8 images, or arrays), in inference mode, with a progress bar on a terminal. With `out`,
-    written into a memory-mapped .npy file there (under a temporary name until complete) and
-    returned memory-mapped, so no more than one batch of them is ever in memory. A few batches
-    (`EAGER_IMAGES`) go through the backbone called as it is: tracing Keras' predict function
-    costs more than they do (0.2-0.3 s a backbone on 2 cores)."""
+    """Frozen-backbone features of `total` examples given batch by batch (a `tf.data` stream of
+    model input, or arrays), in inference mode, with a progress bar on a terminal. With `out`,
+    written into a .npy file there (under a temporary name until complete, a batch at a time)
+    and returned memory-mapped, so no more than one batch of them is ever in memory. A few
+    batches (`EAGER_IMAGES`) go through the backbone called as it is: tracing Keras' predict
+    function costs more than they do (0.2-0.3 s a backbone on 2 cores). `rows`: where each
+    example given goes (a stream in another order than the features are kept in, such as texts
+    by length); in order when None."""
     dim = int(backbone.output_shape[-1])
     eager = total <= EAGER_IMAGES
     if out is None:
-        features = np.zeros((total, dim), dtype="float32")
+        features: np.ndarray | _NpyWriter = np.zeros((total, dim), dtype="float32")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(f".{out.name}.partial")
-        features = np.lib.format.open_memmap(partial, mode="w+", dtype="float32", shape=(total, dim))
+        features = _NpyWriter(partial, total, dim)
     done = 0
-    with progress.counting(description, total) as advance:
-        for batch in batches:
-            batch = np.asarray(batch, dtype="float32")
-            values = backbone(batch, training=False) if eager else backbone.predict_on_batch(batch)
-            values = np.asarray(values)
-            features[done : done + len(values)] = values
-            done += len(values)
-            if done * dim * 4 // PAGE_BYTES != (done - len(values)) * dim * 4 // PAGE_BYTES:
-                drop_pages(features)
-            advance(len(values))
+    try:
+        with progress.counting(description, total) as advance:
+            for batch in batches:
+                batch = np.asarray(batch, dtype="float32")
+                values = backbone(batch, training=False) if eager else backbone.predict_on_batch(batch)
+                values = np.asarray(values)
+                where = slice(done, done + len(values))
+                features[where if rows is None else rows[where]] = values
+                done += len(values)
+                advance(len(values))
+    finally:
+        if isinstance(features, _NpyWriter):
+            features.close()
     if done != total:
-        raise ValueError(f"{description}: {done} images streamed, {total} expected")
+        raise ValueError(f"{description}: {done} examples streamed, {total} expected")
     if out is None:
-        return features
-    features.flush()
-    del features
+        return features  # type: ignore[return-value]
     os.replace(partial, out)
     return np.load(out, mmap_mode="r")

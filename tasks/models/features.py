@@ -53,16 +53,25 @@ def features(
     """The frozen features of `split` (memory-mapped, read-only), from the cache under `root`
     or computed now and kept there. `root=None` computes them in memory and keeps nothing."""
     if root is None:
-        images = split.batches(encoding, BATCH_SIZE, labels=False)
-        return extract_features(backbone, images.as_numpy_iterator(), len(split), description)
+        return _extract(backbone, split, encoding, description, None)
     path = Path(root) / FEATURES_DIR / f"{key(backbone_id, split, encoding)}.npy"
     if path.is_file():
         found = np.load(path, mmap_mode="r")
         if found.shape == (len(split), backbone.output_shape[-1]):
             os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))  # used now: gc keeps it
             return found
-    images = split.batches(encoding, BATCH_SIZE, labels=False)
-    return extract_features(backbone, images.as_numpy_iterator(), len(split), description, out=path)
+    return _extract(backbone, split, encoding, description, path)
+
+
+def _extract(
+    backbone: keras.Model, split: Split, encoding: Encoding, description: str, out: Path | None
+) -> np.ndarray:
+    """The pass itself, in the order the encoding asks for (texts: by length), stored in the
+    split's order."""
+    order = encoding.order(split.root, split.files, split.parts)
+    source = split if order is None else split.subset(order)
+    batches = source.batches(encoding, BATCH_SIZE, labels=False).as_numpy_iterator()
+    return extract_features(backbone, batches, len(split), description, out=out, rows=order)
 
 
 def row_batches(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> Any:

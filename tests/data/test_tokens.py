@@ -89,3 +89,26 @@ def test_the_raw_text_baseline_is_tf_idf_of_the_tokens_as_scikit_learn_computes_
     windowed = np.asarray(Tokens(windows=2).baseline()(np.stack([ids[:1, :4], ids[1:2, :4]], axis=1)))
     flat = np.asarray(Tokens(windows=0).baseline()(np.concatenate([ids[:1, :4], ids[1:2, :4]], axis=1)))
     np.testing.assert_allclose(windowed, flat, atol=1e-7)  # every window's tokens, counted together
+
+
+def test_a_feature_pass_runs_shortest_first_and_keeps_each_text_in_its_row(tmp_path):
+    """Bucketing by length: `Tokens.order` sorts a split by file size, the pass runs in that
+    order (a batch pads little) and each text's features land in its own row, in the cache
+    file and in memory alike."""
+    from tasks.data.datasets import Split
+    from tasks.models.features import features
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"word{j}" for j in range(int(n))) for n in rng.integers(1, 60, 150)]
+    files = text_folder(tmp_path / "data", texts)
+    tokens = Tokens(window=32, windows=2)
+    order = tokens.order(tmp_path / "data", files)
+    sizes = [len(texts[i].encode()) for i in order]
+    assert sorted(order.tolist()) == list(range(150)) and sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    split = Split(tmp_path / "data", files, np.arange(150) % 2)
+    model = tokens.baseline()  # TF-IDF with unit idf: exact, and each text's alone
+    alone = np.concatenate([np.asarray(model(tokens.examples(split.root, [f]))) for f in files])
+    cached = features(model, "tokens:tfidf", split, tokens, tmp_path / "project")
+    in_memory = features(model, "tokens:tfidf", split, tokens, None)
+    assert isinstance(cached, np.memmap) and np.allclose(cached, alone, atol=1e-6)
+    assert np.allclose(in_memory, alone, atol=1e-6)

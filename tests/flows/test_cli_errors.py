@@ -108,15 +108,31 @@ def test_a_bug_is_not_explained_away():
         (["schedule", "--cron", "61 * * * *"], "--cron '61 * * * *': not a cron schedule"),
     ],
 )
-def test_bad_settings_end_before_any_flow_in_one_line(tmp_path, args, expected):
+def test_bad_settings_end_before_any_flow_in_one_line(tmp_path, args, expected, capsys, monkeypatch):
+    """In this process (the command line's own `main`); the process's exit status and stderr
+    are checked once, by the test below."""
+    (tmp_path / "data" / "raw" / "cat").mkdir(parents=True)
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    try:
+        code = main(["--root", str(tmp_path), *args])
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err[-2000:]
+    assert lines[-1].startswith(f"transferops: {expected}"), lines[-1]
+    assert "Traceback" not in err and "temporary server" not in err
+    assert not (tmp_path / "mlflow").exists()  # no store touched, no lock or run left behind
+
+
+def test_a_bad_setting_ends_the_process_with_status_2_and_one_line(tmp_path):
     (tmp_path / "data" / "raw" / "cat").mkdir(parents=True)
     env = {"PREFECT_API_URL": "", "MLFLOW_TRACKING_URI": ""}
-    done = run_cli("--root", str(tmp_path), *args, env=env)
-    lines = done.stderr.strip().splitlines()
+    done = run_cli("--root", str(tmp_path), "--set", "split.val_fraction=0", "train", env=env)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert lines[-1].startswith(f"transferops: {expected}"), lines[-1]
-    assert "Traceback" not in done.stderr and "temporary server" not in done.stderr
-    assert not (tmp_path / "mlflow").exists()  # no store touched, no lock or run left behind
+    assert done.stderr.strip().splitlines()[-1].startswith("transferops: --set split.val_fraction: Input")
+    assert "Traceback" not in done.stderr and not (tmp_path / "mlflow").exists()
 
 
 def test_a_table_with_unusable_rows_ends_before_any_flow_in_one_line(tmp_path):

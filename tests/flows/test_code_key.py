@@ -67,34 +67,55 @@ def test_the_digest_follows_imports_inside_functions_and_ignores_comments_and_do
     assert digest() != changed
 
 
-# Imports a stage module with the stage machinery (lookup, storage, MLflow logging) stubbed out
-# and prints the project modules Python's import system loaded for it.
+# For each stage: in a child forked from one interpreter, import the stage module with the stage
+# machinery (lookup, storage, MLflow logging) stubbed out and report the project modules Python's
+# import system loaded for it. The parent loads the heavy third-party libraries first (no project
+# module: checked), so each child pays for its own project imports only, not TensorFlow's.
 LOADED = """
-import json, sys, types
-for name in sys.argv[2:]:
-    stub = types.ModuleType(name)
-    stub.__getattr__ = lambda attribute: (lambda *a, **k: (lambda f: f))
-    sys.modules[name] = stub
-__import__(sys.argv[1])
-project = [m for m in sys.modules if m.split('.')[0] in ('tasks', 'flows') and m not in sys.argv[2:]]
-print(json.dumps(sorted(project)))
+import json, os, sys, types
+for heavy in ("numpy", "pandas", "tensorflow", "keras", "mlflow", "prefect", "sklearn"):
+    __import__(heavy)
+assert not [m for m in sys.modules if m.split(".")[0] in ("tasks", "flows")]
+machinery, found = sys.argv[2:], {}
+for stage in sys.argv[1].split(","):
+    read, write = os.pipe()
+    if os.fork() == 0:
+        for name in machinery:
+            stub = types.ModuleType(name)
+            stub.__getattr__ = lambda attribute: (lambda *a, **k: (lambda f: f))
+            sys.modules[name] = stub
+        __import__(stage)
+        project = [m for m in sys.modules if m.split(".")[0] in ("tasks", "flows") and m not in machinery]
+        os.write(write, json.dumps(sorted(project)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        found[stage] = json.loads(pipe.read())
+    os.wait()
+print(json.dumps(found))
 """
 
 
-@pytest.mark.parametrize("stage", STAGE_MODULES)
-def test_the_key_covers_every_module_the_stage_really_imports(stage):
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, list[str]]:
     done = subprocess.run(
-        [sys.executable, "-c", LOADED, stage, *sorted(codekey.MACHINERY)],
+        [sys.executable, "-c", LOADED, ",".join(STAGE_MODULES), *sorted(codekey.MACHINERY)],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("stage", STAGE_MODULES)
+def test_the_key_covers_every_module_the_stage_really_imports(stage, loaded):
+    imported = set(loaded[stage])
+    assert stage in imported  # the child did import it
     # every stage decodes, or reaches the decoder (a modality is loaded when a run names it)
     assert "tasks.modality.images" in codekey.closure((stage,))
-    assert loaded <= codekey.closure((stage,)), sorted(loaded - codekey.closure((stage,)))
+    assert imported <= codekey.closure((stage,)), sorted(imported - codekey.closure((stage,)))
 
 
 def test_there_are_stages_to_check():
