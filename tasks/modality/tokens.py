@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 TOKENIZER = "minilm"  # the tokenizer shipped with the offline text encoder
 VOCAB = 30522  # its WordPiece vocabulary; id 0 is [PAD]
 PREVIEW = 280  # characters of a text shown in the gallery of mistakes
+BUCKET = 8  # training batches whose texts are read at once and sorted by length into batches
 
 
 @cache  # asked once a text at ingest and once a batch in the stream
@@ -105,7 +106,10 @@ class Tokens:
     def ids(self, batch: Sequence[str]) -> np.ndarray:
         """Texts -> (n, most windows, longest window) int32 token ids, 0-padded (`windows` 0:
         (n, longest first window))."""
-        rows = text_rows.ids(batch, str(tokenizer_path()), self.window, self.windows)
+        return self.pad(text_rows.ids(batch, str(tokenizer_path()), self.window, self.windows))
+
+    def pad(self, rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        """Texts' windows of ids (`text_rows.ids`) as one batch, padded to its longest."""
         return text_rows.pad(rows) if self.windows else text_rows.pad_flat(rows)
 
     def read(self, root: Path, relative: str, parts: tuple[Path, ...] = ()) -> str:
@@ -127,8 +131,10 @@ class Tokens:
         shuffle_seed: int | None = None,
         parts: tuple[Path, ...] = (),
     ) -> tf.data.Dataset:
-        """Batches of token ids (n, longest in the batch), in order (or reshuffled every epoch
-        with `shuffle_seed`), with labels when given; one batch of texts in memory at a time.
+        """Batches of token ids (n, longest in the batch), in order, or with `shuffle_seed`
+        reshuffled every epoch and bucketed by length (`BUCKET` batches' texts sorted by length
+        into batches, which come in a random order: a batch pads little); with labels when
+        given. A batch of texts (a pool of `BUCKET` in training) is in memory at a time.
         Without labels (a feature pass, predictions) a batch holds `batch_size // windows`
         texts: the encoder's activations grow with the windows in a batch."""
         import tensorflow as tf
@@ -140,14 +146,25 @@ class Tokens:
             batch_size = max(1, batch_size // max(self.windows, 1))
 
         def generate() -> Iterator[Any]:
-            order = np.arange(len(files))
-            if shuffle_seed is not None:
-                order = np.random.default_rng([shuffle_seed, epochs[0]]).permutation(len(files))
-                epochs[0] += 1
-            for start in range(0, len(files), batch_size):
-                rows = order[start : start + batch_size]
-                ids = self.examples(root, [files[i] for i in rows], parts)
-                yield ids if y is None else (ids, y[rows])
+            if shuffle_seed is None:  # in order
+                for start in range(0, len(files), batch_size):
+                    ids = self.examples(root, files[start : start + batch_size], parts)
+                    yield ids if y is None else (ids, y[start : start + batch_size])
+                return
+            # training, bucketed by length: a shuffled pool of BUCKET batches' texts is read at
+            # once, sorted by length and cut into batches, which come in a random order
+            rng = np.random.default_rng([shuffle_seed, epochs[0]])
+            epochs[0] += 1
+            order, pool = rng.permutation(len(files)), batch_size * BUCKET
+            for start in range(0, len(files), pool):
+                rows = order[start : start + pool]
+                read = [self.read(root, files[i], parts) for i in rows]
+                tokens = text_rows.ids(read, str(tokenizer_path()), self.window, self.windows)
+                by_length = np.argsort([sum(len(w) for w in t) for t in tokens], kind="stable")
+                cuts = [by_length[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+                for k in rng.permutation(len(cuts)):
+                    ids = self.pad([tokens[j] for j in cuts[k]])
+                    yield ids if y is None else (ids, y[rows[cuts[k]]])
 
         spec = tf.TensorSpec((None,) * (3 if self.windows else 2), tf.int32)
         if y is not None:

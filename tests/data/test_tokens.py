@@ -112,3 +112,23 @@ def test_a_feature_pass_runs_shortest_first_and_keeps_each_text_in_its_row(tmp_p
     in_memory = features(model, "tokens:tfidf", split, tokens, None)
     assert isinstance(cached, np.memmap) and np.allclose(cached, alone, atol=1e-6)
     assert np.allclose(in_memory, alone, atol=1e-6)
+
+
+def test_a_training_stream_is_bucketed_by_length_and_keeps_each_label_with_its_text(tmp_path):
+    """Shuffled batches hold texts of like length (a batch pads little), every text comes once
+    an epoch with its own label, and the epochs differ."""
+    texts = [("short " if i % 2 else "a much longer text than that, " * 8) + str(i) for i in range(64)]
+    files = text_folder(tmp_path, texts)
+    y = np.arange(64) % 2  # 1: short
+    stream = Tokens(window=128, windows=1).batches(tmp_path, files, 8, labels=y, shuffle_seed=0)
+    epochs = []
+    for _ in range(2):
+        seen = []
+        for ids, labels in stream.as_numpy_iterator():
+            lengths = (ids != 0).reshape(len(ids), -1).sum(axis=1)
+            assert len(set(labels.tolist())) == 1, labels  # one length a batch: bucketed
+            assert ((lengths < 10) == (labels == 1)).all()  # and each label with its own text
+            seen.append(tuple(lengths.tolist()))
+        epochs.append(seen)
+        assert sum(len(b) for b in seen) == 64
+    assert epochs[0] != epochs[1]
