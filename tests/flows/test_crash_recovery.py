@@ -31,7 +31,8 @@ from tasks.models.checkpoints import resumed_epoch
 pytestmark = pytest.mark.slow
 
 FIXED = ["--set", "search.enabled=false"]  # the fixed recipe's checkpoints are the point here
-SLOW_FINETUNE = [*FIXED, "--set", "finetune.head_epochs=400", "--set", "finetune.patience=400"]
+# long enough that the kill at the 5th checkpointed epoch (polled every 0.2 s) lands mid-training
+SLOW_FINETUNE = [*FIXED, "--set", "finetune.head_epochs=100", "--set", "finetune.patience=100"]
 CANDIDATE = ["--set", "images.candidates=[{uri: 'keras:MobileNetV3Small', weights: none, size: 32}]"]
 
 
@@ -101,7 +102,7 @@ def test_a_killed_run_is_closed_by_the_next_one_which_resumes(tmp_path):
     ]
     assert json.loads(rerun.data.tags["resumed_from_epoch"]) == {"head": resumable}
     head_epochs = rerun.data.metrics["epochs.head"]
-    assert head_epochs == 400 - resumable  # only the epochs the killed run had not finished
+    assert head_epochs == 100 - resumable  # only the epochs the killed run had not finished
     assert f"head: resumed from the checkpoint after epoch {resumable}" in done.stderr
     assert not list((root / ".transferops" / "checkpoints").glob("finetune-*"))
 
