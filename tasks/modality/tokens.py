@@ -172,6 +172,8 @@ class Tokens:
             y = y.astype("float32" if y.dtype.kind == "f" else np.int64)
             spec = (spec, label)
         stream = tf.data.Dataset.from_generator(generate, output_signature=spec)
+        # its length told: Keras warned "Your input ran out of data" at every epoch's end otherwise
+        stream = stream.apply(tf.data.experimental.assert_cardinality(-(-len(files) // batch_size)))
         return stream.prefetch(2).with_options(streams.options())
 
     def baseline(self) -> keras.Model:

@@ -132,3 +132,6 @@ def test_a_training_stream_is_bucketed_by_length_and_keeps_each_label_with_its_t
         epochs.append(seen)
         assert sum(len(b) for b in seen) == 64
     assert epochs[0] != epochs[1]
+    # its length is known (Keras warned "Your input ran out of data" at every epoch otherwise)
+    assert stream.cardinality().numpy() == len(epochs[0]) == 8
+    assert Tokens(window=128, windows=4).batches(tmp_path, files, 8).cardinality().numpy() == 32  # 2 a batch
