@@ -63,6 +63,13 @@ class Split:
         y = self.y if labels else None
         return encoding.batches(self.root, self.files, batch_size, y, shuffle_seed, parts=self.parts)
 
+    def in_run_order(self, encoding: Encoding) -> tuple[Split, np.ndarray | None]:
+        """The split in the order `encoding` runs a pass in (texts shortest first, so that a
+        batch pads little) and that order; (the split, None) where it is as given. `restore`
+        puts the pass's rows back in the split's order."""
+        order = encoding.order(self.root, self.files, self.parts)
+        return (self, None) if order is None else (self.subset(order), order)
+
     def examples(self, encoding: Encoding) -> np.ndarray:
         """Every example of the split encoded into one array: only for small splits (tests,
         thumbnails, the benchmarks' label subsets), never in the pipeline."""
@@ -72,6 +79,15 @@ class Split:
         """How each example is shown to a person (`Encoding.preview`): only for a few."""
         return encoding.preview(self.root, self.files, self.parts)
 
+
+
+def restore(order: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """Rows computed on `Split.in_run_order` back in the split's order."""
+    if order is None:
+        return rows
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
 
 @dataclass
 class SplitData:

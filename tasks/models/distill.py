@@ -28,7 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.data.datasets import UNLABELLED, Split
+from tasks.data.datasets import UNLABELLED, Split, restore
 from tasks.evaluation.evaluate import predict
 from tasks.modality import Encoding
 
@@ -38,8 +38,9 @@ FLOOR = 1e-7  # probabilities are clipped here before the log: a hard 0 has no l
 def targets(teacher: keras.Model, split: Split, encoding: Encoding, description: str) -> np.ndarray:
     """(n, 1 + k) float32: each image's label, then the teacher's log-probabilities for it
     (the split streamed once, batch by batch)."""
-    probabilities = predict(teacher, split.batches(encoding, 64, labels=False), len(split), description)
-    return pack(split.y, probabilities)
+    source, order = split.in_run_order(encoding)
+    probabilities = predict(teacher, source.batches(encoding, 64, labels=False), len(split), description)
+    return pack(split.y, restore(order, probabilities))
 
 
 def pack(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:

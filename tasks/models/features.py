@@ -68,8 +68,7 @@ def _extract(
 ) -> np.ndarray:
     """The pass itself, in the order the encoding asks for (texts: by length), stored in the
     split's order."""
-    order = encoding.order(split.root, split.files, split.parts)
-    source = split if order is None else split.subset(order)
+    source, order = split.in_run_order(encoding)
     batches = source.batches(encoding, BATCH_SIZE, labels=False).as_numpy_iterator()
     return extract_features(backbone, batches, len(split), description, out=out, rows=order)
 

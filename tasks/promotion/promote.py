@@ -20,7 +20,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from tasks.core.config import RegisterParams
-from tasks.data.datasets import SplitData
+from tasks.data.datasets import SplitData, restore
 from tasks.evaluation import card, evaluate, gate
 from tasks.modality import Encoding
 from tasks.models import backbones
@@ -81,8 +81,9 @@ def evaluate_challenger(
     """Test report of the new model (its test images streamed, decoded as `pixels` says) and
     the scores of the champion (version `champion`) on the same test images."""
     test = data.test
-    probabilities = evaluate.predict(
-        model, test.batches(encoding, BATCH_SIZE, labels=False), len(test), "test"
+    source, order = test.in_run_order(encoding)  # texts shortest first, put back in order
+    probabilities = restore(
+        order, evaluate.predict(model, source.batches(encoding, BATCH_SIZE, labels=False), len(test), "test")
     )
     return Evaluation(
         evaluate.report(

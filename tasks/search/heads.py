@@ -21,7 +21,7 @@ from keras_tuner.src.engine import tuner_utils
 
 from tasks.core import progress
 from tasks.core.config import FinetuneParams, SearchParams
-from tasks.data.datasets import Split
+from tasks.data.datasets import Split, restore
 from tasks.modality import Encoding
 from tasks.models.backbones import build_classifier, build_head, drop_pages
 from tasks.models.features import features, row_batches
@@ -128,12 +128,16 @@ def streamed_probabilities(model: keras.Model, encoding: Encoding, split: Split)
     """`model`'s probabilities on the images of `split`, streamed in batches of 64. A small
     split (a val split of a few hundred images) goes through the model called batch by batch:
     tracing Keras' predict function takes longer than the pass (0.3 s a model on 2 cores)."""
-    batches = split.batches(encoding, 64, labels=False)
+    source, order = split.in_run_order(encoding)
+    batches = source.batches(encoding, 64, labels=False)
     if len(split) > EAGER_ROWS:
-        return np.asarray(model.predict(batches, verbose=0))
-    return np.concatenate(
-        [np.asarray(model(x, training=False)) for x in batches]
-        or [np.zeros((0, model.output_shape[-1]), "float32")]
+        return restore(order, np.asarray(model.predict(batches, verbose=0)))
+    return restore(
+        order,
+        np.concatenate(
+            [np.asarray(model(x, training=False)) for x in batches]
+            or [np.zeros((0, model.output_shape[-1]), "float32")]
+        ),
     )
 
 

@@ -94,7 +94,7 @@ def test_the_raw_text_baseline_is_tf_idf_of_the_tokens_as_scikit_learn_computes_
 def test_a_feature_pass_runs_shortest_first_and_keeps_each_text_in_its_row(tmp_path):
     """Bucketing by length: `Tokens.order` sorts a split by file size, the pass runs in that
     order (a batch pads little) and each text's features land in its own row, in the cache
-    file and in memory alike."""
+    file and in memory alike, and a model's predictions (`Split.in_run_order`, `restore`)."""
     from tasks.data.datasets import Split
     from tasks.models.features import features
 
@@ -112,6 +112,10 @@ def test_a_feature_pass_runs_shortest_first_and_keeps_each_text_in_its_row(tmp_p
     in_memory = features(model, "tokens:tfidf", split, tokens, None)
     assert isinstance(cached, np.memmap) and np.allclose(cached, alone, atol=1e-6)
     assert np.allclose(in_memory, alone, atol=1e-6)
+    # a model's pass over a split (the search's val probabilities) runs in that order too
+    from tasks.search.heads import streamed_probabilities
+
+    assert np.allclose(streamed_probabilities(model, tokens, split), alone, atol=1e-6)
 
 
 def test_a_training_stream_is_bucketed_by_length_and_keeps_each_label_with_its_text(tmp_path):
