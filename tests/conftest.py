@@ -70,6 +70,18 @@ def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images", ["ant", "bee", "cat"], per_class=12)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stop_prefect_temporary_servers():
+    """A flow run in a test's process may start Prefect's temporary server, which Prefect stops
+    at exit, logging to a stream pytest has closed by then (a "Logging error" traceback after
+    the results): stopped here instead, while the stream is open."""
+    yield
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """Flows run against a temporary Prefect server and database, not the user's."""
