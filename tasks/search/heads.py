@@ -131,14 +131,13 @@ def streamed_probabilities(model: keras.Model, encoding: Encoding, split: Split)
     source, order = split.in_run_order(encoding)
     batches = source.batches(encoding, 64, labels=False)
     if len(split) > EAGER_ROWS:
-        return restore(order, np.asarray(model.predict(batches, verbose=0)))
-    return restore(
-        order,
-        np.concatenate(
+        probabilities = np.asarray(model.predict(batches, verbose=0))
+    else:
+        probabilities = np.concatenate(
             [np.asarray(model(x, training=False)) for x in batches]
             or [np.zeros((0, model.output_shape[-1]), "float32")]
-        ),
-    )
+        )
+    return restore(order, probabilities)
 
 
 def head_log_probabilities(
