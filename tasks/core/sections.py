@@ -22,6 +22,7 @@ CANDIDATE_URI = re.compile(
     r"|keras:[A-Za-z][A-Za-z0-9_]{0,99}"  # a keras.applications name (checked as the run starts)
     r"|lite0:imagenet"
     r"|minilm:all-MiniLM-L6-v2"
+    r"|keras_hub:[A-Za-z0-9_./:-]{1,300}"  # a KerasHub BERT preset: name, kaggle://, hf:// or a folder
     r"|file:.+\.keras"
 )
 
@@ -39,7 +40,7 @@ class Candidate(Section):
         if not CANDIDATE_URI.fullmatch(value):
             raise ValueError(
                 "a candidate is registry:<model>@<alias> (or /<version>), keras:<Application>, "
-                "lite0:imagenet, minilm:all-MiniLM-L6-v2 or file:<path>.keras"
+                "lite0:imagenet, minilm:all-MiniLM-L6-v2, keras_hub:<BERT preset> or file:<path>.keras"
             )
         return value
 

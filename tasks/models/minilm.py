@@ -19,6 +19,7 @@ tasks/modality/token_layers.py, which a served text model ships), not arbitrary 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -31,6 +32,7 @@ from tasks.modality.token_layers import (
     PositionAndType,
     TakeWindows,
     gelu_erf,
+    gelu_tanh,
 )
 
 MINILM_URI = "minilm:all-MiniLM-L6-v2"
@@ -44,17 +46,20 @@ def build_minilm(
     layers: int = LAYERS,
     intermediate: int = INTERMEDIATE,
     seed: int = 0,
+    positions: int = POSITIONS,
+    exact_gelu: bool = True,
 ) -> keras.Model:
     """The encoder: token ids (n, windows, length) -> (n, width) text embeddings, each window
     encoded alone (the windows that hold a token: `TakeWindows`) and the windows' sentence
     embeddings averaged (`PoolWindows`); a text of one window gets that window's embedding. A
     smaller `width`, `layers` or `heads` gives the same architecture with random weights (tests
-    of the plumbing)."""
+    of the plumbing). `exact_gelu` False: GELU's tanh approximation (KerasHub's BERT presets)."""
+    gelu = gelu_erf if exact_gelu else gelu_tanh
     texts = keras.Input((None, None), dtype="int32", name="tokens")
     ids, index = TakeWindows(name="windows")(texts)
     init = keras.initializers.TruncatedNormal(stddev=0.02, seed=seed)
     x = keras.layers.Embedding(VOCAB, width, embeddings_initializer=init, name="word")(ids)
-    x = PositionAndType(POSITIONS, width, name="position_and_type")(x)
+    x = PositionAndType(positions, width, name="position_and_type")(x)
     x = keras.layers.LayerNormalization(epsilon=EPSILON, name="embeddings_norm")(x)
     attention_mask = AttentionMask(name="attention_mask")(ids)  # attention to real tokens only
     for i in range(layers):
@@ -62,10 +67,7 @@ def build_minilm(
             heads, width // heads, kernel_initializer=init, name=f"attention_{i}"
         )(x, x, attention_mask=attention_mask)
         x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"attention_norm_{i}")(x + attended)
-        # the exact (erf) GELU, as BERT's (not the tanh approximation)
-        inner = keras.layers.Dense(intermediate, gelu_erf, kernel_initializer=init, name=f"intermediate_{i}")(
-            x
-        )
+        inner = keras.layers.Dense(intermediate, gelu, kernel_initializer=init, name=f"intermediate_{i}")(x)
         x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"output_norm_{i}")(
             x + keras.layers.Dense(width, kernel_initializer=init, name=f"output_{i}")(inner)
         )
@@ -140,3 +142,114 @@ def minilm_backbone() -> keras.Model:
     model = build_minilm()
     load_weights(model, load_file(weights_path()))
     return model
+
+
+# KerasHub's BERT presets (`keras_hub:<preset>`: a Kaggle or Hugging Face handle, which needs
+# internet once, or a local preset folder). Their network is the one above with GELU's tanh
+# approximation, so a preset's weights are copied into `build_minilm`'s layers: the model a run
+# trains, serves and exports holds no KerasHub layer. The pipeline tokenizes with MiniLM's
+# WordPiece tokenizer, so only presets of the same vocabulary (BERT's uncased one) are taken.
+HUB_SCHEME = "keras_hub"
+
+
+def _hub(uri: str) -> Any:
+    """The keras_hub module (imported on demand: only `keras_hub:` candidates need it)."""
+    try:
+        import keras_hub
+    except ImportError:
+        raise UserError(
+            f"{uri}: install keras-hub with --no-deps (requirements-nodeps.lock; scripts/setup.sh does)"
+        ) from None
+    return keras_hub
+
+
+def check_hub(uri: str) -> None:
+    """What can be checked of a `keras_hub:` candidate without fetching it: KerasHub installed."""
+    _hub(uri)
+
+
+def _hub_preset(preset: str, uri: str) -> tuple[Any, list[str]]:
+    """The preset's KerasHub backbone (a BertBackbone) and its tokenizer's vocabulary."""
+    keras_hub = _hub(uri)
+    try:
+        vocabulary = keras_hub.models.Tokenizer.from_preset(preset).get_vocabulary()
+        backbone = keras_hub.models.Backbone.from_preset(preset)
+    except (OSError, ValueError, ImportError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{uri}: cannot load the preset ({first}); a preset needs internet once (then it is "
+            "cached), or name a local preset folder (keras_hub:/path/to/preset)"
+        ) from None
+    if not isinstance(backbone, keras_hub.models.BertBackbone):
+        raise UserError(
+            f"{uri}: a {type(backbone).__name__}; transferops ports BERT presets only (bert_*_en_uncased)"
+        )
+    return backbone, vocabulary
+
+
+def hub_backbone(preset: str, vocabulary: list[str]) -> keras.Model:
+    """KerasHub BERT preset `preset` as `build_minilm`'s network with the preset's weights. Its
+    tokenizer's vocabulary must be `vocabulary` (the pipeline's tokenizer's, in id order)."""
+    uri = f"{HUB_SCHEME}:{preset}"
+    backbone, theirs = _hub_preset(preset, uri)
+    if list(theirs) != list(vocabulary):
+        raise UserError(
+            f"{uri}: its vocabulary ({len(theirs)} tokens) is not the text pipeline's WordPiece vocabulary "
+            f"({len(vocabulary)} tokens, BERT uncased); take an uncased English BERT (bert_tiny_en_uncased)"
+        )
+    model = build_minilm(
+        backbone.hidden_dim,
+        backbone.num_heads,
+        backbone.num_layers,
+        backbone.intermediate_dim,
+        positions=backbone.max_sequence_length,
+        exact_gelu=False,
+    )
+
+    tensors = {w.path: np.asarray(w) for w in backbone.weights}
+    used: set[str] = set()
+
+    def take(*paths: str) -> list[np.ndarray]:
+        used.update(paths)
+        return [tensors[path] for path in paths]
+
+    def pair(layer: str, first: str = "kernel", second: str = "bias") -> list[np.ndarray]:
+        return take(f"{layer}/{first}", f"{layer}/{second}")
+
+    model.get_layer("word").set_weights(take("token_embedding/embeddings"))
+    position, segments = take("position_embedding/embeddings", "segment_embedding/embeddings")
+    model.get_layer("position_and_type").set_weights([position, segments[0]])
+    model.get_layer("embeddings_norm").set_weights(pair("embeddings_layer_norm", "gamma", "beta"))
+    for i in range(backbone.num_layers):
+        block = f"transformer_layer_{i}"
+        attention = [
+            w
+            for part in ("query", "key", "value", "attention_output")
+            for w in pair(f"{block}/self_attention_layer/{part}")
+        ]
+        model.get_layer(f"attention_{i}").set_weights(attention)
+        model.get_layer(f"attention_norm_{i}").set_weights(
+            pair(f"{block}/self_attention_layer_norm", "gamma", "beta")
+        )
+        model.get_layer(f"intermediate_{i}").set_weights(pair(f"{block}/feedforward_intermediate_dense"))
+        model.get_layer(f"output_{i}").set_weights(pair(f"{block}/feedforward_output_dense"))
+        model.get_layer(f"output_norm_{i}").set_weights(
+            pair(f"{block}/feedforward_layer_norm", "gamma", "beta")
+        )
+    unused = {path for path in tensors if path not in used and not path.startswith("pooled_dense/")}
+    if unused:
+        raise UserError(
+            f"{uri}: {len(unused)} of the preset's weights have no place here, e.g. {sorted(unused)[:3]}"
+        )
+    return model
+
+
+def hub_weights_file(preset: str) -> Path:
+    """The preset's weights file, fetched or cached (for the run's lineage: its sha256)."""
+    _hub(f"{HUB_SCHEME}:{preset}")
+    from keras_hub.src.utils.preset_utils import get_file  # pinned keras-hub 0.32.0
+
+    try:
+        return Path(get_file(preset, "model.weights.h5"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{HUB_SCHEME}:{preset}: cannot read the preset's weights ({e})") from None

@@ -1,7 +1,7 @@
-"""Backbone families: each candidate URI scheme (`registry:`, `keras:`, `lite0:`, `file:`) registers
-what it takes (its modality), how to check it before a run, load it, name it and say which
-backbone exactly it is. A new family is one `register` call, not a branch in every function
-that reads a URI (Ludwig's encoder registry is the model).
+"""Backbone families: each candidate URI scheme (`registry:`, `keras:`, `lite0:`, `minilm:`,
+`keras_hub:`, `file:`) registers what it takes (its modality), how to check it before a run, load
+it, name it and say which backbone exactly it is. A new family is one `register` call, not a
+branch in every function that reads a URI (Ludwig's encoder registry is the model).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tasks.core.config import Candidate, registry_uri
 from tasks.core.errors import UserError
 from tasks.data import lineage
 from tasks.modality.pixels import input_size
-from tasks.modality.tokens import token_input
+from tasks.modality.tokens import token_input, vocabulary
 from tasks.models import backbones
 from tasks.registry import versions
 
@@ -138,6 +138,38 @@ register(
         _load_minilm,
         _minilm_lineage,
         lambda ref: f"minilm-{ref}",
+        takes=token_input,
+    )
+)
+
+
+def _load_hub(candidate: Candidate, seed: int, cache: Path) -> keras.Model:
+    from tasks.models import minilm
+
+    return minilm.hub_backbone(_ref(candidate), vocabulary())
+
+
+def _hub_lineage(candidate: Candidate) -> dict[str, str]:
+    from tasks.models import minilm
+
+    digest = lineage.file_sha256(minilm.hub_weights_file(_ref(candidate)))[:16]
+    return {"backbone_version": f"sha256={digest}", "backbone_data_version": "keras_hub"}
+
+
+def _check_hub(candidate: Candidate) -> None:
+    from tasks.models import minilm
+
+    minilm.check_hub(candidate.uri)
+
+
+register(
+    Family(
+        "keras_hub",
+        "texts",
+        _load_hub,
+        _hub_lineage,
+        lambda ref: Path(ref.rstrip("/")).name or ref,
+        _check_hub,
         takes=token_input,
     )
 )
