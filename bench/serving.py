@@ -1,17 +1,17 @@
-"""Serving: what one 640x480 JPEG costs through the served model, against the network alone.
+"""Serving: what one request costs through the served model, in each runtime it can answer
+through (`register.serve_runtime`: Keras, or its checked ONNX or TFLite export), side by side.
 
-A MobileNetV3Small classifier at 224 px (untrained weights: the cost is what counts) is logged
-as the pyfunc transferops registers (tasks/registry/serving.py) in a throwaway MLflow store, then:
-
-- in this process, median of `--requests` calls each: decoding the JPEG (tasks.modality.images);
-  the bare forward pass of one decoded image through a traced function; `model.predict` on it
-  (what the pyfunc called before); the pyfunc's `predict` on one base64 row (decode + forward);
-- served by `mlflow models serve` on 127.0.0.1 with 1 and 2 uvicorn workers: one client's
-  request latency (median, p95) and the throughput of 1 and of 8 concurrent clients;
-- each export format (`transferops export`, tasks/registry/export.py) of a trained classifier
-  (Lite0 with its ImageNet weights, a head fitted on `--export-photos` photos of the scale
-  benchmark): parity with Keras on the test split in the format's own runtime, file size,
-  single-image latency, conversion time.
+Two versions, each logged as the pyfunc the register stage logs (tasks/registry/serving.py) in a
+throwaway MLflow store, once per runtime, with the runtime chosen and checked as the register
+stage does it (`promote.serving_runtime`: the export's parity on the test split):
+- an image version like the demo champion: Lite0 (ImageNet weights) with a head fitted on
+  `--photos` photos of the scale benchmark at 224 px; one request = one 640x480 JPEG;
+- a text version: MiniLM (its real weights, 256-token windows, 4 a text) with a head fitted on
+  `--articles` BBC News articles a class; one request = one article of median length.
+For each: in this process, the pyfunc's `predict` on one row (decode or tokenize + forward);
+then `mlflow models serve` (1 worker) on 127.0.0.1: one client's `--requests` sequential requests
+(median, p95), and 8 concurrent clients' throughput. `--exports` adds every export format of
+the image model (parity, size, single-image latency, conversion time).
 
 Results: bench/results/serving.{json,md}. One command: `python -m bench.serving`.
 """
@@ -54,24 +54,104 @@ def photo(folder: Path) -> Path:
     raise RuntimeError("no 640x480 RGB JPEG made")
 
 
-def logged_model(work: Path, example: Path) -> Path:
-    """The classifier logged as transferops' pyfunc; its local model folder."""
-    import mlflow
+RUNTIMES = ("keras", "onnx", "tflite")
 
-    from tasks.core.config import Candidate
-    from tasks.modality.pixels import Pixels
+
+def image_version(work: Path, photos: int) -> tuple[Any, Any, Any]:
+    """(classifier, splits, encoding): Lite0 with a head fitted on frozen features of `photos`
+    photos, as the pipeline's head phase trains one."""
+    import keras
+
+    from bench.scale import make_photos
+    from tasks.core.config import Candidate, SplitParams
+    from tasks.data.datasets import load_folder
+    from tasks.modality.pixels import Images, Pixels
     from tasks.models.backbones import build_classifier, build_head
-    from tasks.registry import versions
-    from tasks.reporting import tracking
     from tasks.selection.families import load_candidate
 
+    splits = load_folder(
+        make_photos(work / "photos-fit", photos), SplitParams(), Images(max_pixels=40_000_000)
+    )
+    pixels = Pixels(224)
+    keras.utils.set_random_seed(0)
+    backbone = load_candidate(Candidate(uri="lite0:imagenet"), 0, work / "backbones")
+    features = backbone.predict(splits.train.batches(pixels, 32, labels=False), verbose=0)
+    head, dense = build_head(features.shape[-1], len(splits.class_names), 0.2)
+    head.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    head.fit(features, splits.train.y, batch_size=64, epochs=60, verbose=0)
+    return build_classifier(backbone, dense, 0.2), splits, pixels
+
+
+def text_version(work: Path, per_class: int) -> tuple[Any, Any, Any]:
+    """(classifier, splits, encoding): MiniLM with a head fitted on `per_class` BBC News
+    articles a class."""
+    import keras
+
+    from tasks.core.config import SplitParams
+    from tasks.data import bbc_news
+    from tasks.data.datasets import load_folder
+    from tasks.modality.tokens import Texts, Tokens
+    from tasks.models.backbones import build_classifier, build_head
+    from tasks.models.minilm import minilm_backbone
+
+    every, folder = work / "bbc-all", work / "bbc"
+    bbc_news.write_bbc_news(every)
+    for label in sorted(p.name for p in every.iterdir()):
+        (folder / label).mkdir(parents=True)
+        for article in sorted((every / label).iterdir())[:per_class]:
+            (folder / label / article.name).write_bytes(article.read_bytes())
+    splits = load_folder(folder, SplitParams(), Texts(256, 4))
+    tokens = Tokens(256, 4)
+    keras.utils.set_random_seed(0)
+    backbone = minilm_backbone()
+    features = backbone.predict(splits.train.batches(tokens, 16, labels=False), verbose=0)
+    head, dense = build_head(features.shape[-1], len(splits.class_names), 0.0)
+    head.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    head.fit(features, splits.train.y, batch_size=64, epochs=100, verbose=0)
+    return build_classifier(backbone, dense, 0.0), splits, tokens
+
+
+def logged(work: Path, model: Any, splits: Any, encoding: Any, runtime: str) -> tuple[Path, dict[str, Any]]:
+    """The version logged as the register stage logs it, answering through `runtime` when its
+    export passes the check: (local model folder, how the runtime was chosen)."""
+    import mlflow
+
+    from tasks.core.config import ExportParams
+    from tasks.promotion.promote import serving_runtime
+    from tasks.registry import versions
+    from tasks.reporting import tracking
+
+    start = time.perf_counter()
+    folder = work / runtime
+    chosen = serving_runtime(
+        model,
+        splits.class_names,
+        encoding,
+        splits.test,
+        splits.train,
+        runtime,
+        folder / "export",
+        ExportParams(),
+    )
     tracking.configure(work / "mlflow")
-    backbone = load_candidate(Candidate(uri="keras:MobileNetV3Small", weights="none", size=224), 0)
-    _, dense = build_head(backbone.output_shape[-1], len(CLASSES), 0.0)
-    model = build_classifier(backbone, dense, 0.0)
     with mlflow.start_run():
-        info = versions.log_classifier(model, CLASSES, Pixels(224), work / "log", example)
-    return Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(work / "model")))
+        info = versions.log_classifier(
+            model,
+            splits.class_names,
+            encoding,
+            folder / "log",
+            Path(splits.test.paths[0]),
+            runtime=(chosen.runtime, chosen.path) if chosen.path else None,
+        )
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(folder / "model")))
+    parity = vars(chosen.parity) if chosen.parity else None
+    seconds = round(time.perf_counter() - start, 1)
+    return local, {
+        "runtime": chosen.runtime,
+        "reason": chosen.reason,
+        "parity": parity,
+        "register_s": seconds,
+    }
 
 
 def timed(call: Any, n: int) -> list[float]:
@@ -96,59 +176,32 @@ def summary(ms: list[float]) -> dict[str, float]:
 EXPORTS = ("savedmodel", "tflite", "tflite-float16", "tflite-int8", "onnx")
 
 
-def exports(work: Path, photos: int) -> dict[str, Any]:
-    """Every export format of a trained Lite0 classifier, checked on its test split."""
-    import keras
-
-    from bench.scale import make_photos
-    from tasks.core.config import Candidate, SplitParams
-    from tasks.data.datasets import load_folder
-    from tasks.modality.pixels import Images, Pixels
-    from tasks.models.backbones import build_classifier, build_head
+def exports(work: Path, model: Any, splits: Any, encoding: Any) -> dict[str, Any]:
+    """Every export format of the image version, checked on its test split."""
     from tasks.registry import export
-    from tasks.selection.families import load_candidate
 
-    folder = make_photos(work / "export-photos", photos)
-    splits = load_folder(folder, SplitParams(), Images(max_pixels=40_000_000))
-    pixels = Pixels(224)
-    keras.utils.set_random_seed(0)
-    backbone = load_candidate(Candidate(uri="lite0:imagenet"), 0, work / "backbones")
-    # the head on frozen features, as the pipeline's head phase trains it
-    features = backbone.predict(splits.train.batches(pixels, 32, labels=False), verbose=0)
-    head, dense = build_head(features.shape[-1], len(splits.class_names), 0.2)
-    head.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
-    head.fit(features, splits.train.y, batch_size=64, epochs=60, verbose=0)
-    model = build_classifier(backbone, dense, 0.2)
-    report: dict[str, Any] = {"photos": photos, "test_images": len(splits.test)}
+    report: dict[str, Any] = {"photos": sum(splits.sizes().values()), "test_images": len(splits.test)}
     for name in EXPORTS:
         start = time.perf_counter()
         # max_accuracy_drop 1: every format is measured and kept, none refused
         _, parity = export.export_checked(
-            model, splits.class_names, pixels, splits.test, splits.train, name, work / "exports", 1.0
+            model, splits.class_names, encoding, splits.test, splits.train, name, work / "exports", 1.0
         )
         report[name] = {**vars(parity), "seconds": round(time.perf_counter() - start, 1)}
     return report
 
 
-def in_process(model_dir: Path, jpeg: Path, n: int) -> dict[str, Any]:
-    import numpy as np
+def in_process(model_dir: Path, row: dict[str, str], n: int) -> dict[str, Any]:
+    """The pyfunc's predict on one row, in this process."""
     import pandas as pd
 
-    from tasks.modality.images import decode
     from tasks.registry import versions
 
-    data = jpeg.read_bytes()
     pyfunc = versions.load_pyfunc(str(model_dir))
-    served = pyfunc.unwrap_python_model()
-    pixels = decode(data, 224, 40_000_000, "squash")
-    batch = pixels[None].astype("float32")
-    frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")]})
-    return {
-        "decode": summary(timed(lambda: decode(data, 224, 40_000_000, "squash"), n)),
-        "forward": summary(timed(lambda: np.asarray(served.forward(batch)), n)),
-        "keras_predict": summary(timed(lambda: served.model.predict(batch, verbose=0), n)),
-        "pyfunc_predict": summary(timed(lambda: pyfunc.predict(frame), n)),
-    }
+    frame = pd.DataFrame([row])
+    if pyfunc.predict(frame)["error"].notna().any():
+        raise RuntimeError("the served model refused the benchmark's row")
+    return {"pyfunc_predict": summary(timed(lambda: pyfunc.predict(frame), n))}
 
 
 def request(url: str, body: bytes) -> float:
@@ -161,7 +214,7 @@ def request(url: str, body: bytes) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def served(model_dir: Path, jpeg: Path, workers: int, n: int, work: Path) -> dict[str, Any]:
+def served(model_dir: Path, row: dict[str, str], workers: int, n: int, work: Path) -> dict[str, Any]:
     """`mlflow models serve` with `workers` uvicorn workers: 1 client, then 8 clients."""
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -178,7 +231,6 @@ def served(model_dir: Path, jpeg: Path, workers: int, n: int, work: Path) -> dic
         base = f"http://127.0.0.1:{port}"
         wait_until_up(f"{base}/ping", process)
         url = f"{base}/invocations"
-        row = {"image": base64.b64encode(jpeg.read_bytes()).decode("ascii")}
         body = json.dumps({"dataframe_records": [row]}).encode()
         for _ in range(2 * workers):  # every worker has loaded and traced its model
             request(url, body)
@@ -197,35 +249,36 @@ def served(model_dir: Path, jpeg: Path, workers: int, n: int, work: Path) -> dic
 
 
 def markdown(report: dict[str, Any]) -> str:
-    local, forward = report["in_process"], report["in_process"]["forward"]["median_ms"]
     lines = [
         f"# Serving benchmark ({report['date']})",
         "",
-        f"`{report['command']}` on {report['machine']}. One 640x480 JPEG, MobileNetV3Small at 224 px "
-        f"(8 classes), medians of {report['requests']} calls.",
-        "",
-        "| in this process | median (ms) | p95 (ms) | over the bare forward pass |",
-        "|---|---|---|---|",
+        f"`{report['command']}` on {report['machine']}. Medians of {report['requests']} sequential "
+        "requests; the runtime each version answers through chosen and checked as the register "
+        "stage does (`register.serve_runtime`; parity on the test split).",
     ]
-    for name, label in (
-        ("decode", "decode the JPEG to 224 px"),
-        ("forward", "bare forward pass (traced function)"),
-        ("keras_predict", "`model.predict` (what the pyfunc called before)"),
-        ("pyfunc_predict", "the pyfunc's predict (base64 row: decode + forward)"),
-    ):
-        m = local[name]
-        lines.append(f"| {label} | {m['median_ms']} | {m['p95_ms']} | {m['median_ms'] / forward:.2f}x |")
-    lines += [
-        "",
-        "| `mlflow models serve` | 1 client: median (ms) | p95 (ms) | req/s | 8 clients: req/s "
-        "| median (ms) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for workers, r in report["served"].items():
-        lines.append(
-            f"| {workers} worker(s) | {r['one_client']['median_ms']} | {r['one_client']['p95_ms']} "
-            f"| {r['one_client_rps']} | {r['eight_clients_rps']} | {r['eight_clients']['median_ms']} |"
-        )
+    for kind, what in (("image", "one 640x480 JPEG a request"), ("text", "one BBC News article a request")):
+        found = report["versions"][kind]
+        lines += [
+            "",
+            f"**{found['description']}**, {what} ({found['row']}):",
+            "",
+            "| runtime | pyfunc predict in process (ms) | `mlflow models serve`, 1 client: median (ms) "
+            "| p95 (ms) | req/s | 8 clients: req/s | over Keras (1 client median) "
+            "| max abs prob diff vs Keras (test split) | register + check (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        keras_median = found["keras"]["served"]["one_client"]["median_ms"]
+        for runtime in RUNTIMES:
+            r = found[runtime]
+            one = r["served"]["one_client"]
+            parity = r["chosen"]["parity"]
+            diff = f"{parity['max_abs_difference']:.2g}" if parity else "0 (Keras)"
+            answered = r["chosen"]["runtime"] + ("" if r["chosen"]["runtime"] == runtime else " (fell back)")
+            lines.append(
+                f"| {answered} | {r['in_process']['pyfunc_predict']['median_ms']} | {one['median_ms']} "
+                f"| {one['p95_ms']} | {r['served']['one_client_rps']} | {r['served']['eight_clients_rps']} "
+                f"| {one['median_ms'] / keras_median:.2f}x | {diff} | {r['chosen']['register_s']} |"
+            )
     if "exports" in report:
         lines += export_lines(report["exports"])
     return "\n".join(lines) + "\n"
@@ -253,26 +306,66 @@ def export_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
+def median_article(splits: Any) -> Path:
+    """The test article of median size."""
+    paths = sorted(splits.test.paths, key=lambda p: Path(p).stat().st_size)
+    return Path(paths[len(paths) // 2])
+
+
+def measure(
+    work: Path, model: Any, splits: Any, encoding: Any, row: dict[str, str], n: int
+) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for runtime in RUNTIMES:
+        model_dir, chosen = logged(work, model, splits, encoding, runtime)
+        found[runtime] = {
+            "chosen": chosen,
+            "in_process": in_process(model_dir, row, n),
+            "served": served(model_dir, row, 1, n, work),
+        }
+    return found
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--export-photos", type=int, default=1000, help="photos for the export arms (0: none)"
+        "--photos", type=int, default=1000, help="photos the image version is fitted and checked on"
+    )
+    parser.add_argument(
+        "--articles", type=int, default=40, help="BBC News articles a class for the text version"
+    )
+    parser.add_argument(
+        "--exports", action="store_true", help="also every export format of the image version"
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="transferops-serving-") as tmp:
         work = Path(tmp)
         jpeg = photo(work / "photos")
-        model_dir = logged_model(work, jpeg)
-        report = {
+        report: dict[str, Any] = {
             **results_io.header("bench.serving", argv),
             "requests": args.requests,
-            "in_process": in_process(model_dir, jpeg, args.requests),
-            "served": {str(w): served(model_dir, jpeg, w, args.requests, work) for w in (1, 2)},
+            "versions": {},
         }
-        if args.export_photos:
-            report["exports"] = exports(work, args.export_photos)
+        model, splits, encoding = image_version(work, args.photos)
+        row = {"image": base64.b64encode(jpeg.read_bytes()).decode("ascii")}
+        report["versions"]["image"] = {
+            "description": f"Lite0 (ImageNet) + a head fitted on {args.photos} photos, 224 px",
+            "row": f"{jpeg.stat().st_size:,} bytes",
+            **measure(work / "image", model, splits, encoding, row, args.requests),
+        }
+        if args.exports:
+            report["exports"] = exports(work, model, splits, encoding)
+        model, splits, encoding = text_version(work, args.articles)
+        article = median_article(splits)
+        text = article.read_text(encoding="utf-8")
+        report["versions"]["text"] = {
+            "description": f"MiniLM (256-token windows, 4 a text) + a head fitted on {args.articles} "
+            "BBC News articles a class",
+            "row": f"{len(text):,} characters",
+            **measure(work / "text", model, splits, encoding, {"text": text}, args.requests),
+        }
     return results_io.write(args.out, "serving", report, markdown(report))
 
 

@@ -13,11 +13,11 @@ from tasks.core.errors import UserError
 
 
 def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
-    from tasks.registry import history, versions
+    from tasks.registry import history
     from tasks.reporting import tracking
 
     tracking.configure(paths.mlflow_dir)
-    status = versions.model_status(params.register.model_name)
+    status = history.model_status(params.register.model_name)
     status["last_moves"] = [vars(m) for m in history.moves(params.register.model_name)[-3:]]
     if args.json:
         print(json.dumps(status, indent=2))
@@ -31,7 +31,8 @@ def cmd_status(args: argparse.Namespace, params: Params, paths: Paths) -> None:
             + (" [{:.3f}, {:.3f}]".format(*info["intervals"][k]) if k in info["intervals"] else "")
             for k, v in info["metrics"].items()
         )
-        print(f"{alias:<11} v{info['version']}  data {info['data_version']}  {metrics}")
+        served = f"  served by {info['runtime']}"
+        print(f"{alias:<11} v{info['version']}  data {info['data_version']}  {metrics}{served}")
     if status["last_moves"]:
         print("last champion moves (transferops history for all):")
     for move in history.moves(params.register.model_name)[-3:]:

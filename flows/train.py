@@ -147,6 +147,7 @@ def train_run(
             evaluation,
             flowrun.version_tags(run, data, params, start, result.transfer_set),
             params.register,
+            params.export,
             run,
         )
     measured, decision = retrain or (None, None)

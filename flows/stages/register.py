@@ -12,9 +12,7 @@ from flows.stages.flowrun import (
     stage,
     stage_run,
 )
-from tasks.core.config import (
-    RegisterParams,
-)
+from tasks.core.config import ExportParams, RegisterParams
 from tasks.data import datasets
 from tasks.modality import Encoding
 from tasks.models import finetune
@@ -31,6 +29,7 @@ def register_model(
     evaluation: promote.Evaluation,
     tags: dict[str, str],
     params: RegisterParams,
+    export_params: ExportParams,
     run: FlowRun,
 ) -> versions.Registered:
     """Log the pyfunc, create the version with lineage tags, set the aliases through the gate;
@@ -44,13 +43,15 @@ def register_model(
             {**tags, versions.TRAINING_KEY: result.fingerprint, **strategy_tag(result)},
             params,
             tmp,
+            export_params,
         )
         mlflow.set_tags({"registered_version": registered.version, "promotion": registered.reason})
     get_run_logger().info(
-        "register: %s v%s (aliases %s): %s",
+        "register: %s v%s (aliases %s, served through %s): %s",
         registered.model,
         registered.version,
         ", ".join(registered.aliases) or "none",
+        registered.runtime,
         registered.reason,
     )
     return registered

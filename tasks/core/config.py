@@ -165,6 +165,9 @@ class RegisterParams(Section):
     bootstrap_resamples: int = Field(1000, ge=100)
     max_recall_drop: float = Field(0.10, ge=0, le=1)  # no class may lose more recall than this
     min_metric: float = Field(0.0, ge=0, le=1)  # a floor on the challenger's metric
+    # What the registered version answers through: its ONNX or TFLite export, checked on the
+    # test split as `transferops export` checks (export.max_accuracy_drop), else Keras
+    serve_runtime: Literal["onnx", "tflite", "keras"] = "onnx"
 
 
 class RetrainParams(Section):

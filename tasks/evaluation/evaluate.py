@@ -29,6 +29,7 @@ class TestReport:
     calibration: dict[str, Any]  # expected calibration error and its bins (`calibration`)
     mistakes: list[dict[str, Any]]  # the most confident mistakes: index, true, predicted, confidence
     thumbnails: list[Any] | None = None  # how each is shown (`Encoding.preview`): an image or a text
+    probabilities: np.ndarray | None = None  # of each class for each test example, in order
 
 
 def predict(model: Any, images: Any, total: int | None = None, description: str = "evaluate") -> np.ndarray:
@@ -70,6 +71,7 @@ def report(
         calibration=calibration(y_true, probabilities),
         mistakes=wrong,
         thumbnails=thumbnails,
+        probabilities=probabilities,
     )
 
 

@@ -19,13 +19,13 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
-from tasks.core.config import RegisterParams
-from tasks.data.datasets import SplitData, restore
+from tasks.core.config import ExportParams, RegisterParams
+from tasks.data.datasets import Split, SplitData, restore
 from tasks.evaluation import card, evaluate, gate
 from tasks.modality import Encoding
 from tasks.models import backbones
 from tasks.promotion import drift
-from tasks.registry import history, lease, serving, versions
+from tasks.registry import export, history, lease, serving, versions
 from tasks.registry.versions import CHALLENGER, CHAMPION, TRAINING_KEY, Registered
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,11 @@ def register_candidate(
     tags: dict[str, str],
     params: RegisterParams,
     workdir: Path,
+    export_params: ExportParams | None = None,
 ) -> Registered:
-    """Log the classifier in the active run, register it as `challenger` with its lineage and
-    test metrics as tags, and move `champion` to it only if the gate says so. A model already
+    """Log the classifier in the active run (with the checked export it serves through:
+    `serving_runtime`), register it as `challenger` with its lineage and test metrics as tags,
+    and move `champion` to it only if the gate says so. A model already
     registered from the same training (`tags[TRAINING_KEY]`: a rerun after a failed
     registration, or an unchanged rerun) is not added again: `finish_registration`."""
     model_name = params.model_name
@@ -148,12 +150,24 @@ def register_candidate(
     if existing is not None:
         return finish_registration(model_name, existing.version, existing.tags)
     decision = decide(evaluation, data.test.y, params)
+    served = serving_runtime(
+        model,
+        data.class_names,
+        encoding,
+        data.test,
+        data.train,
+        params.serve_runtime,
+        workdir / "runtime",
+        export_params or ExportParams(),
+        evaluation.challenger.probabilities,
+    )
     info = versions.log_classifier(
         model,
         data.class_names,
         encoding,
         workdir,
         Path(data.test.paths[0]),
+        runtime=(served.runtime, served.path) if served.path else None,
     )
     reference = workdir / "reference_features.npy"  # what `retrain` measures drift against
     np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train, encoding))
@@ -169,6 +183,7 @@ def register_candidate(
         "gate": json.dumps(decision.comparison.as_dict() if decision.comparison else None),
         "compared_with": evaluation.champion.version or "none",
         drift.REFERENCE_TAG: mlflow.get_artifact_uri(f"drift_reference/{reference.name}"),
+        **served.tags(),
     }
     version, _ = versions.register_version(info, model_name, version_tags, [])
     compared_with = evaluation.champion.version
@@ -192,7 +207,7 @@ def register_candidate(
     mlflow.log_artifact(str(workdir / "model_card.md"))
     versions.describe(model_name, version, text)
     held = versions.aliases_of(model_name, version)
-    return Registered(model_name, version, held, decision.promote, decision.reason)
+    return Registered(model_name, version, held, decision.promote, decision.reason, served.runtime)
 
 
 def place_aliases(
@@ -253,4 +268,71 @@ def finish_registration(model_name: str, version: str, tags: dict[str, str]) -> 
         versions.aliases_of(model_name, version),
         CHAMPION in missing,
         f"already registered as v{version} from this same training: nothing added{done}",
+        tags.get("serve.runtime", "keras"),
+    )
+
+
+@dataclass
+class ServingRuntime:
+    """What a version registered now answers through: `runtime` "keras", or an export's name
+    with its file (checked on the test split) and parity; `reason` says why."""
+
+    runtime: str
+    reason: str
+    path: Path | None = None
+    parity: export.Parity | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The version's `serve.runtime` and `serve.runtime_reason`, and the export's parity."""
+        own = {"serve.runtime": self.runtime, "serve.runtime_reason": self.reason}
+        return own | (self.parity.tags() if self.parity else {})
+
+
+def serving_runtime(
+    model: Any,
+    class_names: list[str],
+    encoding: Encoding,
+    test: Split,
+    train: Split,
+    runtime: str,
+    folder: Path,
+    params: ExportParams,
+    reference: np.ndarray | None = None,
+) -> ServingRuntime:
+    """Export `model` as `runtime` (onnx, tflite) and check it on `test` as `transferops export`
+    does; it serves when its accuracy is within `params.max_accuracy_drop` of Keras' and its
+    top-1 agrees on as large a share. Else (or `runtime` "keras", or a conversion that fails)
+    Keras serves, and the reason says why. `reference`: Keras' probabilities of `test`, when
+    known (the evaluation's)."""
+    if runtime == "keras":
+        return ServingRuntime("keras", "register.serve_runtime is keras")
+    try:
+        path, parity = export.export_checked(
+            model,
+            class_names,
+            encoding,
+            test,
+            train,
+            runtime,
+            folder,
+            params.max_accuracy_drop,
+            latency_calls=10,
+            reference=reference,
+        )
+    except export.ExportRefused as refused:
+        return ServingRuntime("keras", f"{runtime} export refused: {refused}", parity=refused.parity)
+    except OSError:
+        raise  # a full disk, a permission: the run's own failure
+    except Exception as exc:  # a converter's own failure: Keras still serves, and says why
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return ServingRuntime("keras", f"{runtime} export failed ({type(exc).__name__}: {first})")
+    if parity.agreement < 1 - params.max_accuracy_drop:
+        return ServingRuntime(
+            "keras",
+            f"{runtime} export agrees with Keras on {parity.agreement:.2%} of the test split, under "
+            f"1 - export.max_accuracy_drop",
+            parity=parity,
+        )
+    return ServingRuntime(
+        runtime, f"{runtime}: parity on {parity.images} test examples ({parity.words()})", path, parity
     )

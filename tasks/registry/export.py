@@ -26,10 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import statistics
-import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,11 +43,11 @@ from tasks.core.config import ExportParams
 from tasks.core.errors import UserError
 from tasks.data.datasets import Split
 from tasks.modality import Encoding
+from tasks.registry.runtimes import Runtime, load_runtime
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
 BATCH = 64
-Runtime = Callable[[np.ndarray], np.ndarray]  # a batch of model input -> probabilities (n, k)
 
 
 class ExportRefused(UserError):
@@ -95,22 +94,6 @@ def _quiet_converters() -> Iterator[None]:
         logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def _native_stderr_quiet() -> Iterator[None]:
-    """LiteRT's C++ writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to
-    file descriptor 2 when it prepares a model, past Python's logging: noise beside the check's
-    one line. Errors still reach the user as the exceptions they raise."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def write(
     model: Any,
     name: str,
@@ -132,47 +115,23 @@ def write(
     elif quantize == "int8":
         options["representative_dataset"] = representative
     keras_format = {"savedmodel": "tf_saved_model", "tflite": "litert", "onnx": "onnx"}[fmt]
-    with _quiet_converters():
+    with _quiet_converters(), _temporary_files_in(path.parent / f".tmp-{path.name}"):
         model.export(str(path), format=keras_format, input_signature=signature, verbose=False, **options)
     return path
 
 
-def load_runtime(path: Path, name: str) -> Runtime:
-    """The artifact at `path` in its own runtime, as a function of a float32 batch."""
-    fmt = name.partition("-")[0]
-    threads = os.cpu_count() or 1
-    if fmt == "savedmodel":
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(str(path))  # kept by the closure: its variables die with it
-        return lambda x: np.asarray(loaded.serve(tf.constant(x)))
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
-        return lambda x: np.asarray(session.run(None, {input_name: x})[0])
-    from ai_edge_litert.interpreter import Interpreter
-
-    with _native_stderr_quiet():
-        interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    shape: list[int] = []
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if list(x.shape) != shape:  # the batch dimension is dynamic: size it to this batch
-            interpreter.resize_tensor_input(source["index"], list(x.shape))
-            with _native_stderr_quiet():
-                interpreter.allocate_tensors()
-            shape[:] = list(x.shape)
-        interpreter.set_tensor(source["index"], x)
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(target["index"]))
-
-    return run
+@contextlib.contextmanager
+def _temporary_files_in(folder: Path) -> Iterator[None]:
+    """The converters' temporary files (autograph's converted sources, tf2onnx's SavedModel)
+    go to `folder`, removed after: none is left in the system's temporary folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -236,20 +195,27 @@ def compare(
     encoding: Encoding,
     path: Path,
     latency_calls: int = 30,
+    reference: np.ndarray | None = None,
 ) -> Parity:
-    """Run the test split through both, batch by batch, and measure single-image latency."""
+    """Run the test split through both, batch by batch (texts shortest first), and measure
+    single-image latency. `reference`: the Keras model's probabilities of the test split, in
+    its order, where they are known (the register stage's evaluation): not computed again."""
     from tasks.data.lineage import cpu_kind
     from tasks.registry.serving import forward_function
 
     forward = forward_function(model)
-    agree = correct = keras_correct = 0
+    agree = correct = keras_correct = done = 0
     worst = 0.0
     first: np.ndarray | None = None
+    source, order = test.in_run_order(encoding)
     with progress.counting(f"check {name}", len(test)) as advance:
-        for batch, labels in test.batches(encoding, BATCH).as_numpy_iterator():
+        for batch, labels in source.batches(encoding, BATCH).as_numpy_iterator():
             x = batch.astype(str(model.inputs[0].dtype))
             first = x[:1] if first is None else first
-            ours, theirs = np.asarray(forward(x)), runtime(x)
+            rows = np.arange(done, done + len(x)) if order is None else order[done : done + len(x)]
+            done += len(x)
+            ours = np.asarray(forward(x)) if reference is None else reference[rows]
+            theirs = runtime(x)
             worst = max(worst, float(np.abs(ours - theirs).max()))
             agree += int((ours.argmax(1) == theirs.argmax(1)).sum())
             correct += int((theirs.argmax(1) == labels).sum())
@@ -313,6 +279,7 @@ def export_checked(
     max_accuracy_drop: float,
     representative_count: int = 100,
     latency_calls: int = 30,
+    reference: np.ndarray | None = None,
 ) -> tuple[Path, Parity]:
     """Write export `name` of `model` into `folder`, check it on `test`, and keep it only when
     it loses at most `max_accuracy_drop` test accuracy: (artifact, parity). A refused export
@@ -328,7 +295,8 @@ def export_checked(
             representative_images(train, encoding, representative_count) if "int8" in name else None
         )
         write(model, name, partial, representative, str(encoding.meta().get("column", "image")))
-        parity = compare(model, load_runtime(partial, name), name, test, encoding, partial, latency_calls)
+        runtime = load_runtime(partial, name)
+        parity = compare(model, runtime, name, test, encoding, partial, latency_calls, reference)
         if parity.accuracy_drop > max_accuracy_drop:
             parity.status = "refused"
             raise ExportRefused(

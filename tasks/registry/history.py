@@ -5,7 +5,7 @@ Each move is one tag of the registered model, `champion_move.<0001>` = {"when", 
 moved to also gets `champion_since` and `champion_reason` tags. `by` is "gate" (a run's
 promotion), "hand" (`transferops promote`) or "rollback". Nothing here decides whether a
 model is good enough: `promote` and `rollback` are a person's decisions, recorded with their
-reason.
+reason. `model_status`: the champion and challenger as they stand.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -103,3 +105,31 @@ def rollback(name: str, why: str) -> Move:
             )
         versions.set_aliases(name, previous, [versions.CHAMPION])
         return record(name, current, previous, "rollback", why or f"rolled back from v{current}")
+
+
+def model_status(name: str) -> dict[str, Any]:
+    """Champion and challenger of a registered model: version, metrics, lineage."""
+    client = MlflowClient()
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        return {"model": name, "registered": False, "aliases": {}}
+    out: dict[str, Any] = {"model": name, "registered": True, "aliases": {}}
+    for alias in (versions.CHAMPION, versions.CHALLENGER):
+        if alias not in registered.aliases:
+            continue
+        mv = client.get_model_version_by_alias(name, alias)
+        metrics = {k: float(v) for k, v in mv.tags.items() if k.startswith("test_")}
+        out["aliases"][alias] = {
+            "version": str(mv.version),
+            "run_id": mv.run_id,
+            "created": pd.Timestamp(mv.creation_timestamp, unit="ms").isoformat(),
+            "data_version": mv.tags.get("data_version"),
+            "git_commit": mv.tags.get("git_commit"),
+            "backbone": mv.tags.get("backbone"),
+            "metrics": metrics,
+            "intervals": {k[3:]: json.loads(v) for k, v in mv.tags.items() if k.startswith("ci_test_")},
+            "champion_reason": mv.tags.get("champion_reason"),
+            "runtime": mv.tags.get("serve.runtime", "keras"),  # what it answers through when served
+        }
+    return out

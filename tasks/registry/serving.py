@@ -14,6 +14,12 @@ text: null, a number, empty) gets its reason in `error` (and nulls elsewhere), a
 rows still get their labels. Only a request that lacks the column or has no rows fails as a
 whole, with one line and no stack trace. Preprocessing (tasks.modality.images, or
 tasks.modality.text_rows with the tokenizer file) and the class names travel inside the model.
+
+Runtime: a version registered with a checked export (`register.serve_runtime`: its ONNX or
+TFLite file, whose test-split parity with the Keras model passed; meta `runtime`) answers
+through that export's runtime (tasks/registry/runtimes.py) and never loads Keras for it; else
+through the Keras model's traced forward pass. The environment variable
+`TRANSFEROPS_SERVE_RUNTIME=keras` where the model loads (`mlflow models serve`) forces Keras.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from tasks.modality.texts import TextError
 
 KERAS_ARTIFACT = "keras_model"
 META_ARTIFACT = "meta"
+RUNTIME_ARTIFACT = "runtime_model"  # the checked export a version answers through (meta "runtime")
+RUNTIME_VARIABLE = "TRANSFEROPS_SERVE_RUNTIME"  # "keras": the Keras model answers, whatever export there is
 BATCH = 64  # rows per forward pass: a request of any size runs in bounded memory
 ROW_ERRORS = (ImageError, TextError)  # a row that cannot be read: its own error, not the request's
 
@@ -98,18 +106,37 @@ class Classifier(mlflow.pyfunc.PythonModel):
     """Keras classifier + preprocessing + class names, as one pyfunc."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        import keras
-
         meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
         self.meta: dict[str, Any] = meta  # how it reads input (`Encoding.meta`)
         self.class_names: list[str] = meta["class_names"]
         # one row's value -> model input, and a batch of those (the modality's own)
         self.column, self.read, self.stack = reader(meta, context.artifacts)
-        # safe_mode (the default) refuses models that would run arbitrary code on load
-        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True)
-        self.forward = forward_function(self.model)
-        self.forward(warm_up_input(self.model))  # traced now, not on a request
+        self._keras_path = context.artifacts[KERAS_ARTIFACT]
+        self._model: Any = None
+        asked = os.environ.get(RUNTIME_VARIABLE)
+        self.runtime: str = (
+            "keras" if asked == "keras" or RUNTIME_ARTIFACT not in context.artifacts else meta["runtime"]
+        )
+        if self.runtime == "keras":
+            self.forward = forward_function(self.model)
+            self.forward(warm_up_input(self.model))  # traced now, not on a request
+        else:
+            from tasks.registry.runtimes import load_runtime
+
+            self.forward = load_runtime(context.artifacts[RUNTIME_ARTIFACT], self.runtime)
+            # allocated now (ones: a text export cannot run a batch of nothing but padding)
+            self.forward(np.ones(meta["runtime_input"], meta["runtime_dtype"]))
         self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def model(self) -> Any:
+        """The Keras classifier (loaded on first use where the version answers through an export)."""
+        if self._model is None:
+            import keras
+
+            # safe_mode (the default) refuses models that would run arbitrary code on load
+            self._model = keras.saving.load_model(self._keras_path, compile=False, safe_mode=True)
+        return self._model
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         column = self.column

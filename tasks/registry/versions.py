@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -28,7 +28,14 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from tasks.core.config import registry_ref
-from tasks.registry.serving import KERAS_ARTIFACT, META_ARTIFACT, files_frame, probability_columns
+from tasks.registry.serving import (
+    KERAS_ARTIFACT,
+    META_ARTIFACT,
+    RUNTIME_ARTIFACT,
+    RUNTIME_VARIABLE,
+    files_frame,
+    probability_columns,
+)
 
 if TYPE_CHECKING:  # `transferops status` reads the registry without importing TensorFlow
     import keras
@@ -40,8 +47,9 @@ TASKS_DIR = Path(__file__).parents[1]
 # else of `tasks`.
 SERVING_MODULES = (
     *("modality/images.py", "modality/texts.py", "modality/text_rows.py", "modality/token_layers.py"),
-    "registry/serving.py",
+    *("registry/serving.py", "registry/runtimes.py"),
 )
+RUNTIME_PACKAGES = {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}  # a served export's runtime
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -59,10 +67,13 @@ def log_classifier(
     workdir: Path,
     example_file: Path,
     name: str = "model",
+    runtime: tuple[str, Path] | None = None,
 ) -> mlflow.models.model.ModelInfo:
     """Log the classifier as a pyfunc (tasks.registry.serving.Classifier) in the active run, with
     the files its input needs (`encoding.artifacts`: a text model's tokenizer).
 
+    `runtime`: (export name, file) of a checked export the served model answers through
+    (tasks/registry/serving.py); None: Keras.
     `example_file` becomes the input example (MLflow tries it, and only warns when it fails).
     Before anything is logged, the saved file is loaded back as the served model loads it
     (safe mode) and must give the same probabilities: a model that would not serve is never
@@ -79,6 +90,13 @@ def log_classifier(
         raise RuntimeError(f"{keras_path}: the saved classifier loads with other weights; not registered")
     meta_path = workdir / "meta.json"
     meta = {"class_names": class_names, **encoding.meta()}
+    artifacts = {KERAS_ARTIFACT: str(keras_path), META_ARTIFACT: str(meta_path)}
+    requirements = _pins("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy", *encoding.requirements)
+    if runtime is not None:
+        artifacts[RUNTIME_ARTIFACT] = str(runtime[1])
+        requirements += _pins(RUNTIME_PACKAGES[runtime[0].partition("-")[0]])
+        # and how the served model warms it up as it loads: one input of zeros
+        meta |= {"runtime": runtime[0], "runtime_input": [1, *shape[1:]], "runtime_dtype": str(probe.dtype)}
     meta_path.write_text(json.dumps(meta))
     column = str(meta.get("column", "image"))
     signature = ModelSignature(
@@ -90,8 +108,6 @@ def log_classifier(
         ),
     )
     example = files_frame([example_file], column)
-    artifacts = {KERAS_ARTIFACT: str(keras_path), META_ARTIFACT: str(meta_path)}
-    requirements = _pins("mlflow", "tensorflow-cpu", "keras", "pandas", "numpy", *encoding.requirements)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(TASKS_DIR / "registry" / "serving_model.py"),
@@ -148,6 +164,7 @@ class Registered:
     aliases: list[str] = field(default_factory=list)
     promoted: bool = False  # whether `champion` (or the backbone's alias) moved to it
     reason: str = ""  # why (the promotion gate's words)
+    runtime: str = "keras"  # what the served version answers through (its `serve.runtime` tag)
 
 
 def register_version(
@@ -249,20 +266,27 @@ _MOVED_SERVING_MODULES = {
 }
 
 
-def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
+def load_pyfunc(uri: str, keras: bool = False) -> mlflow.pyfunc.PyFuncModel:
     """A registered classifier, loaded in this process without changing its import path.
 
     MLflow puts a model's code folder (the serving-only copy of `tasks`) first on `sys.path` and
     leaves it there. In this process `tasks` is already the checkout's package, so the copy is
     never needed; left on the path it shadows the checkout for every process started later
-    (a Dask worker inherits `sys.path` and then cannot import `tasks.selection`)."""
+    (a Dask worker inherits `sys.path` and then cannot import `tasks.selection`).
+    `keras`: the Keras model answers, whatever export the version was registered with."""
     for old, new in _MOVED_SERVING_MODULES.items():
         sys.modules.setdefault(old, importlib.import_module(new))
-    path = list(sys.path)
+    path, asked = list(sys.path), os.environ.get(RUNTIME_VARIABLE)
+    if keras:
+        os.environ[RUNTIME_VARIABLE] = "keras"
     try:
         return mlflow.pyfunc.load_model(uri)
     finally:
         sys.path[:] = path
+        if keras and asked is None:
+            os.environ.pop(RUNTIME_VARIABLE, None)
+        elif keras:
+            os.environ[RUNTIME_VARIABLE] = asked
 
 
 def load_version(name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
@@ -368,30 +392,3 @@ def predict_files(pyfunc_model: mlflow.pyfunc.PyFuncModel, paths: list[str]) -> 
 def input_column(pyfunc_model: mlflow.pyfunc.PyFuncModel) -> str:
     """The column a served classifier reads: `image` or `text`."""
     return str(pyfunc_model.unwrap_python_model().meta.get("column", "image"))
-
-
-def model_status(name: str) -> dict[str, Any]:
-    """Champion and challenger of a registered model: version, metrics, lineage."""
-    client = MlflowClient()
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException:
-        return {"model": name, "registered": False, "aliases": {}}
-    out: dict[str, Any] = {"model": name, "registered": True, "aliases": {}}
-    for alias in (CHAMPION, CHALLENGER):
-        if alias not in registered.aliases:
-            continue
-        mv = client.get_model_version_by_alias(name, alias)
-        metrics = {k: float(v) for k, v in mv.tags.items() if k.startswith("test_")}
-        out["aliases"][alias] = {
-            "version": str(mv.version),
-            "run_id": mv.run_id,
-            "created": pd.Timestamp(mv.creation_timestamp, unit="ms").isoformat(),
-            "data_version": mv.tags.get("data_version"),
-            "git_commit": mv.tags.get("git_commit"),
-            "backbone": mv.tags.get("backbone"),
-            "metrics": metrics,
-            "intervals": {k[3:]: json.loads(v) for k, v in mv.tags.items() if k.startswith("ci_test_")},
-            "champion_reason": mv.tags.get("champion_reason"),
-        }
-    return out

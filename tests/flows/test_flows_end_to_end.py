@@ -93,6 +93,9 @@ def test_train_registers_a_champion_with_lineage(project):
     assert version.tags["data_version"] == dvc_dir_hash(manifest) == summary["data_version"]
     assert version.tags["data_dvc_state"] == "untracked"
     assert version.tags["git_commit"] == "unknown"  # the temp project is not a git repo
+    # it answers through its ONNX export, checked on the same test images (register.serve_runtime)
+    assert version.tags["serve.runtime"] == "onnx", version.tags["serve.runtime_reason"]
+    assert float(version.tags["export.onnx.agreement"]) == 1.0
     assert version.tags["backbone"] == "registry:transferops-backbone@pretrained"
     assert json.loads(version.tags["params"])["finetune"]["head_epochs"] == 30
 
@@ -250,7 +253,14 @@ def test_the_logged_model_carries_only_what_serving_needs(project):
         "modality/texts.py",
         "modality/token_layers.py",
         "registry/__init__.py",
+        "registry/runtimes.py",
         "registry/serving.py",
+    ]
+    # and the checked ONNX export it answers through, beside the Keras model
+    assert sorted(p.name for p in (Path(local) / "artifacts").iterdir()) == [
+        "classifier.keras",
+        "meta.json",
+        "model.onnx",
     ]
 
 
@@ -507,13 +517,15 @@ def test_export_checks_the_version_on_its_test_split_and_records_the_parity(proj
         "(float16, int8); SavedModel and ONNX keep float32 weights"
     )
     # v1's folder has changed since (the retrain added images) and was never `dvc add`-ed
+    before = client_for(root).get_model_version(MODEL, "1").tags
     assert main([*args, "export", "1", "--format", "onnx"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert (
         err[-1].startswith("transferops: data version ") and "transferops-classifier v1 is not at" in err[-1]
     )
     assert "Traceback" not in "\n".join(err)
-    assert "export.onnx.status" not in client_for(root).get_model_version(MODEL, "1").tags
+    # nothing recorded (its export.onnx.* tags are those of the register stage's own check)
+    assert client_for(root).get_model_version(MODEL, "1").tags == before
 
 
 SEARCH = sets(

@@ -70,6 +70,8 @@ def test_a_text_folder_trains_validates_and_registers_minilm(project):
     assert (parent.tags["modality"], parent.tags["gate"]) == ("texts", "promoted")
     version = mlflow.MlflowClient().get_model_version(MODEL, "1")
     assert version.tags["modality"] == "texts" and version.tags["data_version"] == summary["data_version"]
+    assert version.tags["serve.runtime"] == "onnx", version.tags["serve.runtime_reason"]
+    assert meta["runtime"] == "onnx"  # the served pyfunc tokenizes and runs the ONNX export
 
 
 def test_the_served_text_model_answers_each_row(project):

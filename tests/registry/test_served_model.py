@@ -149,6 +149,7 @@ def test_the_model_carries_no_more_code_than_serving(logged_model):
         "modality/texts.py",
         "modality/token_layers.py",
         "registry/__init__.py",
+        "registry/runtimes.py",
         "registry/serving.py",
     ]
 
