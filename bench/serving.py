@@ -117,32 +117,14 @@ def logged(work: Path, model: Any, splits: Any, encoding: Any, runtime: str) -> 
     import mlflow
 
     from tasks.core.config import ExportParams
-    from tasks.promotion.promote import serving_runtime
-    from tasks.registry import versions
+    from tasks.promotion.promote import log_served
     from tasks.reporting import tracking
 
     start = time.perf_counter()
     folder = work / runtime
-    chosen = serving_runtime(
-        model,
-        splits.class_names,
-        encoding,
-        splits.test,
-        splits.train,
-        runtime,
-        folder / "export",
-        ExportParams(),
-    )
     tracking.configure(work / "mlflow")
     with mlflow.start_run():
-        info = versions.log_classifier(
-            model,
-            splits.class_names,
-            encoding,
-            folder / "log",
-            Path(splits.test.paths[0]),
-            runtime=(chosen.runtime, chosen.path) if chosen.path else None,
-        )
+        info, chosen = log_served(model, splits, encoding, folder / "log", runtime, ExportParams())
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(folder / "model")))
     parity = vars(chosen.parity) if chosen.parity else None
     seconds = round(time.perf_counter() - start, 1)

@@ -150,24 +150,14 @@ def register_candidate(
     if existing is not None:
         return finish_registration(model_name, existing.version, existing.tags)
     decision = decide(evaluation, data.test.y, params)
-    served = serving_runtime(
+    info, served = log_served(
         model,
-        data.class_names,
-        encoding,
-        data.test,
-        data.train,
-        params.serve_runtime,
-        workdir / "runtime",
-        export_params or ExportParams(),
-        evaluation.challenger.probabilities,
-    )
-    info = versions.log_classifier(
-        model,
-        data.class_names,
+        data,
         encoding,
         workdir,
-        Path(data.test.paths[0]),
-        runtime=(served.runtime, served.path) if served.path else None,
+        params.serve_runtime,
+        export_params or ExportParams(),
+        evaluation.challenger.probabilities,
     )
     reference = workdir / "reference_features.npy"  # what `retrain` measures drift against
     np.save(reference, drift.reference_features(backbones.backbone_of(model), data.train, encoding))
@@ -336,3 +326,36 @@ def serving_runtime(
     return ServingRuntime(
         runtime, f"{runtime}: parity on {parity.images} test examples ({parity.words()})", path, parity
     )
+
+
+def log_served(
+    model: Any,
+    data: SplitData,
+    encoding: Encoding,
+    workdir: Path,
+    runtime: str,
+    export_params: ExportParams,
+    reference: np.ndarray | None = None,
+) -> tuple[mlflow.models.model.ModelInfo, ServingRuntime]:
+    """Log the classifier in the active run, answering through `runtime` where its export passes
+    the check on `data.test` (`serving_runtime`): the model's info and how its runtime was chosen."""
+    served = serving_runtime(
+        model,
+        data.class_names,
+        encoding,
+        data.test,
+        data.train,
+        runtime,
+        workdir / "runtime",
+        export_params,
+        reference,
+    )
+    info = versions.log_classifier(
+        model,
+        data.class_names,
+        encoding,
+        workdir,
+        Path(data.test.paths[0]),
+        runtime=(served.runtime, served.path) if served.path else None,
+    )
+    return info, served

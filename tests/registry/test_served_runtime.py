@@ -22,7 +22,7 @@ from tasks.modality.pixels import Images, Pixels
 from tasks.modality.tokens import Texts, Tokens
 from tasks.models.backbones import build_backbone, build_classifier, build_head
 from tasks.models.minilm import build_minilm
-from tasks.promotion.promote import serving_runtime
+from tasks.promotion.promote import log_served, serving_runtime
 from tasks.registry import versions
 from tasks.registry.serving import files_frame, forward_function
 from tasks.reporting import tracking
@@ -59,28 +59,12 @@ def tiny_texts(root):
 
 def served(root, model, splits, encoding, runtime="onnx", reference=None):
     """(the registered pyfunc, how it was chosen): logged as the register stage logs it."""
-    chosen = serving_runtime(
-        model,
-        splits.class_names,
-        encoding,
-        splits.test,
-        splits.train,
-        runtime,
-        root / "rt",
-        ExportParams(),
-        reference,
-    )
     with pytest.MonkeyPatch.context() as mp:
         clear_mlflow_env(mp)
         tracking.configure(root / "mlflow")
         with mlflow.start_run():
-            info = versions.log_classifier(
-                model,
-                splits.class_names,
-                encoding,
-                root / "work",
-                splits.test.paths[0],
-                runtime=(chosen.runtime, chosen.path) if chosen.path else None,
+            info, chosen = log_served(
+                model, splits, encoding, root / "work", runtime, ExportParams(), reference
             )
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "model"))
     return local, chosen
