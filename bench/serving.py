@@ -196,10 +196,18 @@ def request(url: str, body: bytes) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def served(model_dir: Path, row: dict[str, str], workers: int, n: int, work: Path) -> dict[str, Any]:
-    """`mlflow models serve` with `workers` uvicorn workers: 1 client, then 8 clients."""
+def served(
+    model_dir: Path, row: dict[str, str], workers: int, n: int, work: Path, keras: bool = False
+) -> dict[str, Any]:
+    """`mlflow models serve` with `workers` uvicorn workers: 1 client, then 8 clients; `keras`:
+    the Keras model answers, whatever export the version has (TRANSFEROPS_SERVE_RUNTIME)."""
+    from tasks.registry.serving import RUNTIME_VARIABLE
+
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop(RUNTIME_VARIABLE, None)
+    if keras:
+        env[RUNTIME_VARIABLE] = "keras"
     command = ["mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local"]
     process = subprocess.Popen(
         [sys.executable, "-m", *command, "--host", "127.0.0.1", "-p", str(port), "-w", str(workers)],
@@ -308,6 +316,52 @@ def measure(
     return found
 
 
+def champion(root: Path, work: Path, jpeg: Path, n: int) -> dict[str, Any]:
+    """The champion of the project at `root` (e.g. the demo's), served as registered and with
+    Keras forced, one 640x480 JPEG a request."""
+    import mlflow
+
+    from tasks.core.config import load_params
+    from tasks.reporting import tracking
+
+    name = load_params(root / "params.yaml").register.model_name if (root / "params.yaml").exists() else None
+    name = name or "transferops-classifier"
+    tracking.configure(root / "mlflow")
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(work / "champion"))
+    )
+    row = {"image": base64.b64encode(jpeg.read_bytes()).decode("ascii")}
+    return {
+        "model": f"{name} v{version.version}",
+        "backbone": version.tags.get("backbone"),
+        "strategy": version.tags.get("strategy"),
+        "registered_runtime": version.tags.get("serve.runtime", "keras"),
+        "max_abs_difference": version.tags.get("export.onnx.max_abs_difference"),
+        "as_registered": served(local, row, 1, n, work),
+        "keras": served(local, row, 1, n, work, keras=True),
+    }
+
+
+def champion_lines(found: dict[str, Any], n: int) -> list[str]:
+    lines = [
+        "",
+        f"**A project's champion**, {found['model']} ({found['backbone']}), registered to answer "
+        f"through {found['registered_runtime']} (max abs prob diff vs Keras on its test split "
+        f"{found['max_abs_difference']}), one 640x480 JPEG a request, {n} sequential requests:",
+        "",
+        "| served through | 1 client: median (ms) | p95 (ms) | req/s | 8 clients: req/s |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key in ((found["registered_runtime"], "as_registered"), ("keras (forced)", "keras")):
+        r = found[key]
+        lines.append(
+            f"| {label} | {r['one_client']['median_ms']} | {r['one_client']['p95_ms']} "
+            f"| {r['one_client_rps']} | {r['eight_clients_rps']} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
@@ -325,6 +379,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="transferops-serving-") as tmp:
         work = Path(tmp)
         jpeg = photo(work / "photos")
+        if args.champion:
+            found = champion(args.champion.resolve(), work, jpeg, args.requests)
+            report = {
+                **results_io.header("bench.serving", argv),
+                "requests": args.requests,
+                "champion": found,
+            }
+            text = (
+                f"# Serving a champion ({report['date']})\n\n`{report['command']}` on {report['machine']}.\n"
+            )
+            text += "\n".join(champion_lines(found, args.requests)) + "\n"
+            return results_io.write(args.out, "serving-champion", report, text)
         report: dict[str, Any] = {
             **results_io.header("bench.serving", argv),
             "requests": args.requests,
