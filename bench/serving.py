@@ -348,7 +348,8 @@ def champion_lines(found: dict[str, Any], n: int) -> list[str]:
         "",
         f"**A project's champion**, {found['model']} ({found['backbone']}), registered to answer "
         f"through {found['registered_runtime']} (max abs prob diff vs Keras on its test split "
-        f"{found['max_abs_difference']}), one 640x480 JPEG a request, {n} sequential requests:",
+        f"{float(found['max_abs_difference'] or 0):.2g}), one 640x480 JPEG a request, "
+        f"{n} sequential requests:",
         "",
         "| served through | 1 client: median (ms) | p95 (ms) | req/s | 8 clients: req/s |",
         "|---|---|---|---|---|",
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--exports", action="store_true", help="also every export format of the image version"
     )
+    parser.add_argument("--champion", type=Path, help="a project root: serve its champion only (the demo's)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="transferops-serving-") as tmp:
         work = Path(tmp)
