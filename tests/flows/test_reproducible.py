@@ -37,6 +37,7 @@ FAST = sets(
         "finetune.batch_size": 16,
         "finetune.head_learning_rate": 0.01,
         "search.enabled": "false",
+        "register.serve_runtime": "keras",  # the ONNX check is tested end to end, not here
     }
 )
 

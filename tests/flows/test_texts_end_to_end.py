@@ -171,7 +171,9 @@ def test_distill_a_text_version_into_a_student(project):
     """The fixed recipe on the teacher's soft targets: the student is MiniLM again, its top
     layers fine-tuned on the streamed tokens."""
     root, args = project
-    one_epoch = sets({"finetune.finetune_epochs": 1})  # of the top layers: the plumbing, not the score
+    # one epoch of the top layers: the plumbing, not the score; served by Keras (MiniLM's ONNX
+    # check costs about 40 s, tested at the first registration above)
+    one_epoch = sets({"finetune.finetune_epochs": 1, "register.serve_runtime": "keras"})
     assert main([*args, *one_epoch, "distill", "1", "--student", "minilm:all-MiniLM-L6-v2"]) == 0
     summary = json.loads((root / "reports" / "distill.json").read_text())
     version = mlflow.MlflowClient().get_model_version(MODEL, summary["registered"]["version"])
@@ -192,7 +194,7 @@ def test_retrain_on_a_table_measures_drift_on_embeddings_and_gc_keeps_the_champi
     ]
     table = root / "data" / "news.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
-    assert main([*args, "retrain", "--data", str(table)]) == 0
+    assert main([*args, "--set", "register.serve_runtime=keras", "retrain", "--data", str(table)]) == 0
     report = json.loads((root / "reports" / "retrain.json").read_text())
     assert report["drift"] is not None and 0 <= report["drift"]["p_value"] <= 1, report["drift"]
     assert sum(report["examples"].values()) == (PER_CLASS + 6) * len(CLASSES)
