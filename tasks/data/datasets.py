@@ -38,10 +38,12 @@ class Split:
     y: np.ndarray  # (n,) int class indices into class_names
     sha256: list[str] | None = None  # each file's content hash (from the manifest), same order
     parts: tuple[Path, ...] = ()  # a joined split's folders under `root`: no file leaves its own
+    decoders: list[str | None] | None = None  # each file's manifest `decoder` (images), same order
 
     def digest(self) -> str:
         """Which images, by content when known (a key for what is computed from them)."""
-        return lineage.digest([self.files, self.sha256 or str(self.root), self.y.tolist()])
+        decoded = [self.decoders] if self.decoders is not None else []  # how: within a grey level
+        return lineage.digest([self.files, self.sha256 or str(self.root), self.y.tolist(), *decoded])
 
     def __len__(self) -> int:
         return len(self.y)
@@ -54,14 +56,17 @@ class Split:
     def subset(self, rows: np.ndarray | list[int]) -> Split:
         rows = np.asarray(rows, dtype=np.int64)
         sha = [self.sha256[i] for i in rows] if self.sha256 is not None else None
-        return Split(self.root, [self.files[i] for i in rows], self.y[rows], sha, self.parts)
+        decoders = [self.decoders[i] for i in rows] if self.decoders is not None else None
+        return Split(self.root, [self.files[i] for i in rows], self.y[rows], sha, self.parts, decoders)
 
     def batches(
         self, encoding: Encoding, batch_size: int, labels: bool = True, shuffle_seed: int | None = None
     ) -> tf.data.Dataset:
         """The split as a `tf.data` pipeline of model-input batches (with labels by default)."""
         y = self.y if labels else None
-        return encoding.batches(self.root, self.files, batch_size, y, shuffle_seed, parts=self.parts)
+        return encoding.batches(
+            self.root, self.files, batch_size, y, shuffle_seed, parts=self.parts, decoders=self.decoders
+        )
 
     def in_run_order(self, encoding: Encoding) -> tuple[Split, np.ndarray | None]:
         """The split in the order `encoding` runs a pass in (texts shortest first, so that a
@@ -135,7 +140,15 @@ def split_of(split_table: pd.DataFrame, root: Path, name: str, class_names: list
         rows["path"].tolist(),
         rows["label"].map(index).to_numpy(dtype=np.int64),
         rows["sha256"].tolist() if "sha256" in rows else None,
+        decoders=decoders_of(rows),
     )
+
+
+def decoders_of(rows: pd.DataFrame) -> list[str | None] | None:
+    """The manifest rows' `decoder`s (`Split.decoders`), None where the manifest has none."""
+    if "decoder" not in rows:
+        return None
+    return [d if isinstance(d, str) else None for d in rows["decoder"].tolist()]
 
 
 def prepare_splits(manifest: pd.DataFrame, data_dir: Path, params: SplitParams) -> SplitData:
@@ -176,7 +189,8 @@ def unlabelled(folder: Path, modality: Modality) -> Split:
         first = skipped.iloc[0]
         what = f"{printable(first.path)}: {first.error}"
         progress.say(f"transfer set {printable(str(folder))}: skipped {len(skipped)} file(s) (first: {what})")
-    return Split(folder, rows["path"].tolist(), np.full(len(rows), UNLABELLED, np.int64), rows["sha256"].tolist())
+    labels = np.full(len(rows), UNLABELLED, np.int64)
+    return Split(folder, rows["path"].tolist(), labels, rows["sha256"].tolist(), decoders=decoders_of(rows))
 
 
 def joined(first: Split, second: Split) -> Split:
@@ -190,4 +204,6 @@ def joined(first: Split, second: Split) -> Split:
         (split.root.resolve() / f).relative_to(root).as_posix() for split in (first, second) for f in split.files
     ]
     sha = first.sha256 + second.sha256 if first.sha256 is not None and second.sha256 is not None else None
-    return Split(root, files, np.concatenate([first.y, second.y]), sha, parts)
+    both = first.decoders is not None and second.decoders is not None
+    decoders = first.decoders + second.decoders if both else None
+    return Split(root, files, np.concatenate([first.y, second.y]), sha, parts, decoders)

@@ -75,8 +75,11 @@ class Encoding(Protocol):
         labels: np.ndarray | None = None,
         shuffle_seed: int | None = None,
         parts: tuple[Path, ...] = (),
+        decoders: Sequence[str | None] | None = None,
     ) -> tf.data.Dataset:
-        """`files` under `root` as a `tf.data` stream of model-input batches (with labels)."""
+        """`files` under `root` as a `tf.data` stream of model-input batches (with labels).
+        `decoders`: each file's manifest `decoder`, where its modality records one (images:
+        which files TensorFlow's own decoders read exactly)."""
         ...
 
     def examples(self, root: Path, files: Sequence[str], parts: tuple[Path, ...] = ()) -> np.ndarray:

@@ -5,6 +5,10 @@ greyscale, CMYK and 16-bit images converted, the first frame of an animation tak
 the square by the resize policy (`fit`). A JPEG much larger than the target is decoded at 1/2,
 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's draft mode), never below the target size: a
 3000x2000 photo for a 224-px model decodes 64x fewer pixels.
+
+`inspect` also names, per file, whether TensorFlow's own C++ decoder gives the same pixels
+(`decoder`: "jpeg" or "png"; `native_decoder`): training streams decode those inside the
+`tf.data` graph (`tasks.modality.pixels`), everything else through `decode`.
 """
 
 from __future__ import annotations
@@ -83,9 +87,32 @@ def decode(data: bytes, size: int, max_pixels: int = 40_000_000, resize: str = "
         raise ImageError(f"cannot decode: {exc}") from None
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def native_decoder(image: Image.Image, data: bytes) -> str | None:
+    """ "jpeg" or "png" where TensorFlow's `decode_jpeg` (at `decode`'s draft scale) / `decode_png`
+    give the pixels `to_rgb` gives (within a grey level after the resize:
+    bench/results/decode_parity.md); None where only `decode` does: EXIF rotation, CMYK,
+    palette, alpha or transparency, 16-bit or 1-bit, animation, any other format. `image` is
+    loaded (a PNG's EXIF may follow its pixels)."""
+    if getattr(image, "n_frames", 1) != 1 or image.mode not in ("RGB", "L") or "transparency" in image.info:
+        return None
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        return None
+    if image.format == "JPEG":
+        return "jpeg"
+    # PNG header: signature, IHDR's length and name, width, height, then bit depth and colour
+    # type (0 grey, 2 RGB); PIL opens a 16-bit RGB PNG as "RGB" too
+    if image.format == "PNG" and data[12:16] == b"IHDR" and data[24] == 8 and data[25] in (0, 2):
+        return "png"
+    return None
+
+
 def inspect(data: bytes, max_pixels: int) -> dict[str, object]:
-    """One file's bytes -> its format, mode, size and frames, `decodable`, and `error` when it is
-    not an image this project can use (fully decoded once: a truncated file fails here)."""
+    """One file's bytes -> its format, mode, size and frames, `decodable`, `decoder`
+    (`native_decoder`), and `error` when it is not an image this project can use (fully decoded
+    once: a truncated file fails here)."""
     out: dict[str, object] = {}
     try:
         with warnings.catch_warnings():
@@ -109,6 +136,7 @@ def inspect(data: bytes, max_pixels: int) -> dict[str, object]:
                     # file fails the same way); only the inverse DCT runs at 1/8 scale
                     image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
+                out["decoder"] = native_decoder(image, data)
         out["decodable"] = True
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         out["error"] = f"decompression bomb: {exc}"

@@ -6,8 +6,12 @@ a split's images (or their bytes) in memory at once. Each file goes through the 
 function (`images.decode`: EXIF rotation, CMYK, 16-bit, palette, first frame, the pixel
 limit, JPEG draft mode, the resize policy), the same function the served model runs, on
 `tf.data`'s parallel map (PIL releases the GIL while it decodes and resizes, so the threads
-use every core). Batches are uint8, as the models take them: preprocessing lives inside each
-model.
+use every core) -- except the files TensorFlow's own C++ decoders give the same pixels for
+(ordinary JPEG and 8-bit PNG, as the manifest's `decoder` column says: `images.native_decoder`),
+which are read, decoded (JPEG at `decode`'s draft scale) and resized inside the graph, off
+Python's lock, under the squash policy (within one grey level of `images.decode`: a test and
+bench/results/decode_parity.md). Batches are uint8, as the models take them: preprocessing
+lives inside each model.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasks.core import runner
-from tasks.core.files import read_inside
+from tasks.core.files import paths_inside, read_inside
 from tasks.modality import images, register, streams
 
 if TYPE_CHECKING:
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
     from tasks.core.config import Params
 
 BASELINE_URI = "pixels:28"  # the raw-pixel baseline's name in the search's records
+NATIVE = ("jpeg", "png")  # manifest `decoder`s decoded in the graph (branches 1, 2; 0 is PIL's)
+JPEG_SCALES = (1, 2, 4, 8)  # libjpeg's DCT scaling: PIL's draft picks the largest that keeps the size
 
 
 @dataclass(frozen=True)
@@ -107,16 +113,19 @@ class Pixels:
         shuffle_seed: int | None = None,
         parts: tuple[Path, ...] = (),
         cache_bytes: int = streams.CACHE_BYTES,
+        decoders: Sequence[str | None] | None = None,
     ) -> tf.data.Dataset:
         """A `tf.data` pipeline over `files` (relative to `root`; `parts`: see `decode_file`):
         decoded in parallel, in order (or reshuffled every epoch with `shuffle_seed`), batched,
         prefetched. Yields uint8 image batches, or (images, labels) with `labels`. Decoded pixels
-        are kept between epochs when the whole split fits `cache_bytes`."""
+        are kept between epochs when the whole split fits `cache_bytes`. `decoders`: each file's
+        manifest `decoder` (`images.native_decoder`); without them every file goes through PIL."""
         import tensorflow as tf
 
         files = list(files)
         root = Path(root)
         size = self.size
+        kinds, paths = self.routes(root, files, decoders, parts)
 
         def load(index: np.ndarray) -> np.ndarray:
             return self.decode_file(root, files[int(index)], parts)
@@ -124,10 +133,22 @@ class Pixels:
         # Plain graph code: autograph would convert these (writing its generated source to the
         # temp folder, left there until the process exits) for nothing.
         @tf.autograph.experimental.do_not_convert
-        def image(index: tf.Tensor) -> tf.Tensor:
+        def through_pil(index: tf.Tensor) -> tf.Tensor:
             decoded = tf.numpy_function(load, [index], tf.uint8, stateful=False)
             decoded.set_shape((size, size, 3))
             return decoded
+
+        image = through_pil
+        if kinds.any():
+            kind_of, path_of = tf.constant(kinds), tf.constant(paths)
+
+            @tf.autograph.experimental.do_not_convert
+            def image(index: tf.Tensor) -> tf.Tensor:
+                data = lambda: tf.io.read_file(tf.gather(path_of, index))  # noqa: E731
+                branches = [lambda: through_pil(index), lambda: self._jpeg(data()), lambda: self._png(data())]
+                decoded = tf.switch_case(tf.gather(kind_of, index), branches)
+                decoded.set_shape((size, size, 3))
+                return decoded
 
         indices = tf.data.Dataset.range(len(files))
         # A split whose decoded pixels fit cache_bytes is decoded once and kept for later epochs
@@ -151,6 +172,48 @@ class Pixels:
             if shuffle_seed is not None:  # the same order as shuffling the indices with this seed
                 stream = stream.shuffle(max(len(files), 1), seed=shuffle_seed, reshuffle_each_iteration=True)
         return stream.batch(batch_size).prefetch(2).with_options(streams.options())
+
+    def routes(
+        self, root: Path, files: Sequence[str], decoders: Sequence[str | None] | None, parts: tuple[Path, ...]
+    ) -> tuple[np.ndarray, list[str]]:
+        """Per file, how `batches` decodes it (0: PIL, 1 + its index in NATIVE: in the graph) and
+        for the graph the file it reads: checked inside the folder here (`files.paths_inside`),
+        links resolved. A file that cannot be placed goes through PIL, which says why."""
+        kinds, paths = np.zeros(len(files), np.int32), [""] * len(files)
+        if decoders is None or self.resize != "squash":  # crop and pad: PIL's box arithmetic
+            return kinds, paths
+        native = [i for i, decoder in enumerate(decoders) if decoder in NATIVE]
+        for i, path in zip(native, paths_inside(root, [files[i] for i in native], parts), strict=True):
+            if path is not None:
+                kinds[i], paths[i] = 1 + NATIVE.index(decoders[i]), path
+        return kinds, paths
+
+    def _jpeg(self, data: tf.Tensor) -> tf.Tensor:
+        """A JPEG decoded at PIL's draft scale (the largest of JPEG_SCALES that keeps both sides
+        >= the target) with libjpeg's accurate integer DCT, as PIL's, then resized."""
+        import tensorflow as tf
+
+        height, width = tf.unstack(tf.io.extract_jpeg_shape(data)[:2])
+        scale = tf.minimum(width // self.size, height // self.size)
+        branch = tf.reduce_sum(tf.cast(scale >= tf.constant(JPEG_SCALES[1:], tf.int32), tf.int32))
+
+        def at(ratio: int) -> Callable[[], tf.Tensor]:
+            return lambda: tf.io.decode_jpeg(data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
+
+        return self._squash(tf.switch_case(branch, [at(ratio) for ratio in JPEG_SCALES]))
+
+    def _png(self, data: tf.Tensor) -> tf.Tensor:
+        import tensorflow as tf
+
+        return self._squash(tf.io.decode_png(data, channels=3))
+
+    def _squash(self, pixels: tf.Tensor) -> tf.Tensor:
+        """`images.fit`'s squash in the graph: bilinear with PIL's widened support when reducing."""
+        import tensorflow as tf
+
+        side = (self.size, self.size)
+        resized = tf.image.resize(tf.cast(pixels, tf.float32), side, "bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
     def baseline(self, side: int = 28) -> keras.Model:
         """The raw-pixel baseline as a backbone: the image resized to `side` x `side`, grey, scaled
@@ -228,7 +291,7 @@ class Images:
     augment: Augment = Augment()
     name = "images"
     noun = "image"
-    columns = ("format", "mode", "width", "height", "n_frames")
+    columns = ("format", "mode", "width", "height", "n_frames", "decoder")
     integer_columns = ("width", "height", "n_frames")
 
     @property

@@ -138,13 +138,15 @@ class Tokens:
         labels: np.ndarray | None = None,
         shuffle_seed: int | None = None,
         parts: tuple[Path, ...] = (),
+        decoders: Sequence[str | None] | None = None,
     ) -> tf.data.Dataset:
         """Batches of token ids (n, longest in the batch), in order, or with `shuffle_seed`
         reshuffled every epoch and bucketed by length (`BUCKET` batches' texts sorted by length
         into batches, which come in a random order: a batch pads little); with labels when
         given. A batch of texts (a pool of `BUCKET` in training) is in memory at a time.
         Without labels (a feature pass, predictions) a batch holds `batch_size // windows`
-        texts: the encoder's activations grow with the windows in a batch."""
+        texts: the encoder's activations grow with the windows in a batch. Texts have one
+        decoder (`decoders` is None)."""
         import tensorflow as tf
 
         files, root = list(files), Path(root)
