@@ -9,7 +9,9 @@ ImageNet backbone `lite0:imagenet`, 32 with an untrained `keras:MobileNetV3Small
   largest cached stage result), then `transferops predict FOLDER --out labels.parquet`;
 - the pipelines alone, in one fresh process each, same files and model: a fine-tune epoch
   (the top layers unfrozen) and frozen-feature extraction through `Split.batches` (ours)
-  against `keras.utils.image_dataset_from_directory` + `fit` / `predict` (plain Keras).
+  against `keras.utils.image_dataset_from_directory` + `fit` / `predict` (plain Keras); with
+  `--pil` also our stream with every file decoded by PIL (what it did before ordinary JPEG/PNG
+  were decoded in C++).
 
 Results: bench/results/scale.json and scale.md (ratios side by side from the same run).
 """
@@ -185,8 +187,8 @@ PIPELINES = textwrap.dedent(
     from pathlib import Path
     import keras, numpy as np
     from tasks.core.config import Candidate, SplitParams
-    from tasks.data.datasets import load_folder
-    from tasks.modality.pixels import Pixels
+    from tasks.data.datasets import Split, load_folder
+    from tasks.modality.pixels import Images, Pixels
     from tasks.models import features
     from tasks.modality.pixels import input_size
     from tasks.selection.families import load_candidate
@@ -198,6 +200,8 @@ PIPELINES = textwrap.dedent(
     splits = SplitParams(val_fraction=0.0001, test_fraction=0.0001)
     data = load_folder(folder, splits, Images(max_pixels=40_000_000))
     files = data.train
+    if which == "pil":  # ours without the manifest's decoders: every file through PIL
+        files, which = Split(files.root, files.files, files.y, files.sha256), "ours"
     if which == "ours":
         images = files.batches(Pixels(side), 32)
         unlabelled = files.batches(Pixels(side), 32, labels=False)
@@ -209,6 +213,8 @@ PIPELINES = textwrap.dedent(
             folder, labels=None, image_size=(side, side), batch_size=32, shuffle=False
         )
     n = len(files) if which == "ours" else len(unlabelled.file_paths)
+    kinds = Pixels(side).routes(files.root, files.files, files.decoders, files.parts)[0]
+    native = float((kinds > 0).mean()) if which == "ours" else None
     start = time.perf_counter()
     if which == "ours":
         features.features(backbone, "", files, Pixels(side), None)
@@ -223,21 +229,22 @@ PIPELINES = textwrap.dedent(
     start = time.perf_counter()
     model.fit(images, epochs=1, verbose=0, shuffle=False)
     epoch = time.perf_counter() - start
-    print(json.dumps({"images": n, "extract_img_s": n / extract, "epoch_img_s": n / epoch,
+    print(json.dumps({"images": n, "extract_img_s": n / extract, "epoch_img_s": n / epoch, "native": native,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """
 )
 
 
-def pipelines(folder: Path, side: int, work: Path, repeats: int = 1) -> dict[str, Any]:
-    """Our stream and plain Keras on the same files and model, each in a fresh process,
-    `repeats` times, interleaved (ours first, then Keras first, ...): img/s is the median of
-    the repeats (one measurement each swung 0.6x-1.6x on this shared machine), peak RSS the
-    largest."""
+def pipelines(folder: Path, side: int, work: Path, repeats: int = 1, pil: bool = False) -> dict[str, Any]:
+    """Our stream and plain Keras (and with `pil` our stream with every file decoded by PIL) on
+    the same files and model, each in a fresh process, `repeats` times, interleaved (ours
+    first, then Keras first, ...): img/s is the median of the repeats (one measurement each
+    swung 0.6x-1.6x on this shared machine), peak RSS the largest."""
     uri = "lite0:imagenet" if side == 224 else "keras:MobileNetV3Small"
-    found: dict[str, list[dict[str, Any]]] = {"ours": [], "keras": []}
+    arms = ("ours", "keras", "pil") if pil else ("ours", "keras")
+    found: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for repeat in range(repeats):
-        for which in ("ours", "keras") if repeat % 2 == 0 else ("keras", "ours"):
+        for which in arms if repeat % 2 == 0 else arms[::-1]:
             done = run_measured(
                 [sys.executable, "-c", PIPELINES, str(folder), str(side), which, uri, str(work / "backbones")]
             )
@@ -245,6 +252,7 @@ def pipelines(folder: Path, side: int, work: Path, repeats: int = 1) -> dict[str
     return {
         which: {
             "images": runs[0]["images"],
+            "native_share": runs[0].get("native"),  # of our files decoded in the graph (C++)
             "extract_img_s": statistics.median(r["extract_img_s"] for r in runs),
             "epoch_img_s": statistics.median(r["epoch_img_s"] for r in runs),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
@@ -261,6 +269,14 @@ def commands(report: dict[str, Any]) -> str:
 
 def figure(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def pil_figures(pil: dict[str, Any] | None, keras: dict[str, Any]) -> str:
+    if pil is None:
+        return "-"
+    epoch, extract = pil["epoch_img_s"], pil["extract_img_s"]
+    ratios = epoch / keras["epoch_img_s"], extract / keras["extract_img_s"]
+    return f"{epoch:.1f} ({ratios[0]:.2f}x) / {extract:.1f} ({ratios[1]:.2f}x)"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -287,8 +303,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| photos | px | fine-tune epoch img/s: ours / plain Keras (ratio) "
-        "| frozen features img/s: ours / Keras predict (ratio) | pipeline peak RSS MB: ours / Keras |",
-        "|---|---|---|---|---|",
+        "| frozen features img/s: ours / Keras predict (ratio) | pipeline peak RSS MB: ours / Keras "
+        "| ours decoded in C++ | ours, every file through PIL: epoch / features img/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in (r for r in report["runs"] if "pipelines" in r):
         ours, keras = r["pipelines"]["ours"], r["pipelines"]["keras"]
@@ -298,7 +315,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"({ours['epoch_img_s'] / keras['epoch_img_s']:.2f}x) "
             f"| {ours['extract_img_s']:.1f} / {keras['extract_img_s']:.1f} "
             f"({ours['extract_img_s'] / keras['extract_img_s']:.2f}x) "
-            f"| {ours['peak_rss_mb']:.0f} / {keras['peak_rss_mb']:.0f} |"
+            f"| {ours['peak_rss_mb']:.0f} / {keras['peak_rss_mb']:.0f} "
+            f"| {figure(ours.get('native_share'), '.0%')} | {pil_figures(r['pipelines'].get('pil'), keras)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -319,6 +337,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each pipeline, interleaved; img/s is their median"
+    )
+    parser.add_argument(
+        "--pil",
+        action="store_true",
+        help="also run our stream with every file decoded by PIL (no C++ decoding), in the same interleaving",
     )
     parser.add_argument(
         "--train-only",
@@ -342,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"scale: {n} photos at {side} px", flush=True)
             run = {"n": n, "px": side, "transferops": transferops(folder, n, side, work, not args.train_only)}
             if not args.train_only:
-                run["pipelines"] = pipelines(folder, side, work, args.repeats)
+                run["pipelines"] = pipelines(folder, side, work, args.repeats, args.pil)
             runs.append(run)
             print(json.dumps(run), flush=True)
     header, earlier, kept = results_io.header("bench.scale", argv), args.out / "scale.json", []
