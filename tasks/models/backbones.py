@@ -170,7 +170,10 @@ def keras_application(name: str, size: int, weights: str | None, seed: int = 0) 
 KERAS_SIZE = 224  # the input side of a keras: candidate that names none (what ImageNet weights expect)
 
 
-EAGER_IMAGES = 512  # a split of at most this many images skips tracing a predict function
+EAGER_IMAGES = 512  # a split of at most this many images skips tracing a predict function,
+EAGER_VALUES = 64 * 64 * 3  # of inputs up to 64x64 RGB: Lite0 at 224 px called eagerly held
+# 3.2 GB more peak memory on 40 images, 4.8 GB on 320 (and ran slower: 6.0 s against 4.5),
+# where its predict function held 0.35 GB (AMD EPYC, 2 cores); at 32 px eager saves ~0.3 s
 
 
 def drop_pages(array: Any) -> None:
@@ -246,14 +249,17 @@ def extract_features(
     model input, or arrays), in inference mode, with a progress bar on a terminal. With `out`,
     written into a .npy file there (under a temporary name until complete, a batch at a time)
     and returned memory-mapped, so no more than one batch of them is ever in memory. A few
-    batches of images (`EAGER_IMAGES`) go through the backbone called as it is: tracing Keras'
-    predict function costs more than they do (0.2-0.3 s a backbone on 2 cores). Token ids
+    batches of small images (`EAGER_IMAGES`, `EAGER_VALUES`) go through the backbone called as
+    it is: tracing Keras' predict function costs more than they do (0.2-0.3 s a backbone on 2
+    cores); larger images never do (memory). Token ids
     never do: MiniLM called eagerly costs about 0.2 s more a batch of 32 than its compiled
     predict (512 articles at 128 tokens: 13.4 s against 10.2 s, stop 49). `rows`: where each
     example given goes (a stream in another order than the features are kept in, such as texts
     by length); in order when None."""
     dim = int(backbone.output_shape[-1])
-    eager = total <= EAGER_IMAGES and "int" not in str(backbone.inputs[0].dtype)
+    values_each = int(np.prod(backbone.input_shape[1:]))
+    small = total <= EAGER_IMAGES and values_each <= EAGER_VALUES
+    eager = small and "int" not in str(backbone.inputs[0].dtype)
     if out is None:
         features: np.ndarray | _NpyWriter = np.zeros((total, dim), dtype="float32")
     else:
