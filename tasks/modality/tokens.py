@@ -276,8 +276,10 @@ class Texts:
         return Tokens(size, self.windows)
 
     def encoding_for(self, model: keras.Model, uri: str) -> Tokens:
+        from tasks.modality.token_layers import PositionAndType
+
         rank = token_input(model, uri)
-        positions = [layer.positions for layer in model.layers if hasattr(layer, "positions")]
+        positions = [layer.positions for layer in model.layers if isinstance(layer, PositionAndType)]
         if positions and min(positions) < self.window:
             raise UserError(
                 f"{uri}: reads at most {min(positions)} tokens at a time; set texts.window to "
