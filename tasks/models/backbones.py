@@ -257,8 +257,8 @@ def extract_features(
     example given goes (a stream in another order than the features are kept in, such as texts
     by length); in order when None."""
     dim = int(backbone.output_shape[-1])
-    values_each = int(np.prod(backbone.input_shape[1:]))
-    small = total <= EAGER_IMAGES and values_each <= EAGER_VALUES
+    dims = backbone.input_shape[1:]  # token ids: (None, ...), never eager
+    small = total <= EAGER_IMAGES and None not in dims and int(np.prod(dims)) <= EAGER_VALUES
     eager = small and "int" not in str(backbone.inputs[0].dtype)
     if out is None:
         features: np.ndarray | _NpyWriter = np.zeros((total, dim), dtype="float32")
