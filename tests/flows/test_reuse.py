@@ -67,12 +67,10 @@ def test_unchanged_rerun_reuses_every_stage_and_a_change_reruns_from_where_it_ma
     assert versions(root) == ["1"]
 
     # the champion now (v1) is this very training: its test scores are ours, evaluate is reused
-    promoted = train(root)
-    assert promoted["reused"] == STAGES
-    assert promoted["champion_before"]["version"] == "1"
-    assert promoted["champion_before"]["metrics"] == first["test"]
-
+    # (one rerun checks all of it: a third run checked the same again, ~15 s of CI)
     again = train(root)
+    assert again["champion_before"]["version"] == "1"
+    assert again["champion_before"]["metrics"] == first["test"]
     assert again["reused"] == STAGES
     assert again["registered"]["version"] == "1" and versions(root) == ["1"]
     assert "already registered as v1" in again["registered"]["reason"]
