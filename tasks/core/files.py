@@ -118,15 +118,10 @@ def _in_part(root: Path, rel: str, parts: tuple[Path, ...]) -> tuple[Path, str]:
     raise UnsafePathError(f"{rel}: outside the folders of its split")
 
 
-def path_inside(root: Path, rel: str, parts: tuple[Path, ...] = ()) -> Path:
-    """Where `rel` under `root` leads, links resolved, refused (UnsafePathError) outside `root`
-    or, with `parts` (a split joined from folders under `root`), outside the part `rel` names."""
-    return resolve_inside(*_in_part(root, rel, parts))
-
-
 def paths_inside(root: Path, rels: list[str], parts: tuple[Path, ...] = ()) -> list[str | None]:
-    """`path_inside` for many files at once (each folder resolved once): each one's real path,
-    or None where `path_inside` would refuse it."""
+    """Where each of `rels` leads, as `read_inside` checks it (links resolved, inside `root` or
+    its part of a joined split), each folder resolved once: the real path, or None where
+    `read_inside` would refuse it."""
     bases = {part: os.path.realpath(part) + os.sep for part in (parts or (root,))}
     out: list[str | None] = []
     for rel in rels:
@@ -141,8 +136,9 @@ def paths_inside(root: Path, rels: list[str], parts: tuple[Path, ...] = ()) -> l
 
 
 def read_inside(root: Path, rel: str, parts: tuple[Path, ...] = ()) -> bytes:
-    """The bytes of `rel` under `root` (`path_inside`), only if it is a regular file."""
-    return open_regular(path_inside(root, rel, parts))
+    """The bytes of `rel` under `root`, only if it is (or links to) a regular file inside it.
+    With `parts` (a split joined from folders under `root`), inside the part `rel` names."""
+    return open_regular(resolve_inside(*_in_part(root, rel, parts)))
 
 
 def size_inside(root: Path, rel: str, parts: tuple[Path, ...] = ()) -> int:

@@ -251,9 +251,9 @@ def extract_features(
     and returned memory-mapped, so no more than one batch of them is ever in memory. A few
     batches of small images (`EAGER_IMAGES`, `EAGER_VALUES`) go through the backbone called as
     it is: tracing Keras' predict function costs more than they do (0.2-0.3 s a backbone on 2
-    cores); larger images never do (memory). Token ids
-    never do: MiniLM called eagerly costs about 0.2 s more a batch of 32 than its compiled
-    predict (512 articles at 128 tokens: 13.4 s against 10.2 s, stop 49). `rows`: where each
+    cores). Larger images never do (memory), nor do token ids: MiniLM called eagerly costs
+    about 0.2 s more a batch of 32 than its compiled predict (512 articles at 128 tokens: 13.4 s
+    against 10.2 s, stop 49). `rows`: where each
     example given goes (a stream in another order than the features are kept in, such as texts
     by length); in order when None."""
     dim = int(backbone.output_shape[-1])
